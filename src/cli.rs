@@ -1,0 +1,183 @@
+//! The command line: `run`, `crds` and `send`. Every setting is a flag with an `ASC_*` environment fallback;
+//! nothing else in the crate reads the environment.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// App Store Connect webhooks in, Kubernetes Jobs and HTTP calls out.
+#[derive(Debug, Parser)]
+#[command(
+    name = "asc-webhook-operator",
+    version,
+    about,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as multi-document YAML (or write one file each).
+    Crds(CrdsArgs),
+    /// Sign an event body as App Store Connect does and POST it to a route, to test it without Apple.
+    Send(SendArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Settings of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address of the public listener that App Store Connect posts to (`POST /hooks/{namespace}/{route}`).
+    #[arg(long, env = "ASC_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+    /// Address of the admin listener: `/healthz`, `/readyz`, `/metrics`. Keep it off the Ingress.
+    #[arg(long, env = "ASC_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// The externally reachable base URL of the public listener (e.g. `https://asc-hooks.example.com`);
+    /// each route's `status.url` is this plus `/hooks/{namespace}/{route}`.
+    #[arg(long, env = "ASC_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "ASC_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(long, env = "ASC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a whole request body; slower ones get 408.
+    #[arg(long, env = "ASC_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// How long a webhook secret read from its Secret is trusted before it is read again. A signature that
+    /// fails against a secret older than one second triggers an early re-read, so rotations apply at once.
+    #[arg(long, env = "ASC_SECRET_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub secret_cache_ttl: Duration,
+    /// Failed signatures allowed per route per minute before the route answers 429.
+    #[arg(long, env = "ASC_FAILED_SIGNATURES_PER_MINUTE", default_value_t = 30)]
+    pub failed_signatures_per_minute: u32,
+    /// Attempts per delivery before a transiently failing delivery is marked `Failed`.
+    #[arg(long, env = "ASC_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: i32,
+    /// First retry delay; it doubles per attempt (with jitter) up to `--retry-max-delay`.
+    #[arg(long, env = "ASC_RETRY_BASE_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub retry_base_delay: Duration,
+    /// Longest delay between retries.
+    #[arg(long, env = "ASC_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
+    /// Elect a leader through a Lease so only one replica runs the controllers (every replica receives).
+    #[arg(long, env = "ASC_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "ASC_LEASE_NAME", default_value = "asc-webhook-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (usually the operator's own, from the downward API).
+    #[arg(long, env = "ASC_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (usually the pod name).
+    #[arg(long, env = "ASC_IDENTITY")]
+    pub identity: Option<String>,
+    /// Seconds a leader's Lease stays valid without renewal.
+    #[arg(long, env = "ASC_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "ASC_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(long, env = "ASC_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// Settings of `crds`.
+#[derive(Debug, Clone, Args)]
+pub struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Settings of `send`.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// The route's URL, e.g. `https://asc-hooks.example.com/hooks/ios/release`.
+    #[arg(long, env = "ASC_SEND_URL")]
+    pub url: String,
+    /// File holding the webhook secret (trailing newline ignored).
+    #[arg(long, env = "ASC_SEND_SECRET_FILE")]
+    pub secret_file: PathBuf,
+    /// JSON body to send, byte for byte.
+    #[arg(long, conflicts_with = "example", required_unless_present = "example")]
+    pub event: Option<PathBuf>,
+    /// A built-in example event.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::examples::NAMES))]
+    pub example: Option<String>,
+    /// Request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Parses `500ms`, `10s`, `5m` or `1h`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 10s, 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn send_requires_an_event_or_an_example() {
+        let err = Cli::try_parse_from(["x", "send", "--url", "http://h", "--secret-file", "f"])
+            .unwrap_err();
+        assert!(err.to_string().contains("--event"));
+        let ok = Cli::try_parse_from([
+            "x",
+            "send",
+            "--url",
+            "u",
+            "--secret-file",
+            "f",
+            "--example",
+            "webhook-ping",
+        ]);
+        assert!(ok.is_ok());
+    }
+}

@@ -1,0 +1,12 @@
+//! asc-webhook-operator: App Store Connect webhook notifications in, Kubernetes Jobs and HTTP calls out.
+//!
+//! `asc` knows App Store Connect and nothing of Kubernetes; `resources` is the contract users see;
+//! `receiver` turns signed requests into `WebhookDelivery` objects; `controllers` turn those into work;
+//! `actions` holds the pure builders of that work.
+
+pub mod asc;
+pub mod cli;
+pub mod examples;
+pub mod resources;
+pub mod send;
+pub mod telemetry;

@@ -1,0 +1,39 @@
+use asc_webhook_operator::cli::{Cli, Command};
+use asc_webhook_operator::{resources::crds, send};
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds(args) => report(crds::print_or_write(args.out_dir.as_deref())),
+        Command::Send(args) => match send::send(&args).await {
+            Ok(outcome) => {
+                println!("{} {}", outcome.status, outcome.body);
+                if (200..300).contains(&outcome.status) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => report(Err(e)),
+        },
+    }
+}
+
+fn report<E: std::error::Error>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = format!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `WebhookDelivery`: one accepted App Store Connect event and everything that happened because of it.
+//! Its name is derived from the route and the event id, which is what makes a second delivery of the same
+//! event a no-op, across restarts and replicas.
+
+use super::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One event received on a route. Created by the receiver; its status is written by the delivery controller.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "asc.webhooks.dev",
+    version = "v1alpha1",
+    kind = "WebhookDelivery",
+    plural = "webhookdeliveries",
+    singular = "webhookdelivery",
+    shortname = "ascdel",
+    shortname = "whd",
+    category = "asc",
+    namespaced,
+    status = "WebhookDeliveryStatus",
+    printcolumn(name = "Route", type_ = "string", json_path = ".spec.route"),
+    printcolumn(name = "Event", type_ = "string", json_path = ".spec.eventType"),
+    printcolumn(name = "New State", type_ = "string", json_path = ".spec.newState"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Attempts",
+        type_ = "integer",
+        json_path = ".status.attempts",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Event ID",
+        type_ = "string",
+        json_path = ".spec.eventId",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDeliverySpec {
+    /// Name of the `WebhookRoute` that received the event (same namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub route: String,
+    /// Apple's event id (`data.id`): the same event delivered twice has the same id.
+    #[schemars(length(min = 1, max = 256))]
+    pub event_id: String,
+    /// The event type (`data.type`), e.g. `buildUploadStateUpdated`.
+    #[schemars(length(min = 1, max = 256))]
+    pub event_type: String,
+    /// The state before the change, if the event has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<String>,
+    /// The state after the change (`newState`, `newValue` or `newExternalBuildState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<String>,
+    /// The App Store Connect object the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceReference>,
+    /// When the receiver accepted the event (RFC 3339).
+    pub received_at: String,
+    /// How the event arrived.
+    #[serde(default)]
+    pub source: DeliverySource,
+    /// Apple's `x-apple-request-uuid` header, for correlating with Apple's delivery log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The request body exactly as received (the bytes the signature covered).
+    #[schemars(length(max = 1048576))]
+    pub payload: String,
+}
+
+/// Reference to the object an event is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReference {
+    /// JSON:API type, e.g. `buildUploads` or `appStoreVersions`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The object's id.
+    pub id: String,
+    /// The API URL of the object (`links.self`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// How an event reached the operator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeliverySource {
+    /// POSTed by App Store Connect (or `asc-webhook-operator send`).
+    #[default]
+    Webhook,
+    /// Fetched from App Store Connect's delivery list after a gap.
+    CatchUp,
+    /// Replayed on request.
+    Replay,
+}
+
+/// Where a delivery is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// Accepted, not yet processed.
+    #[default]
+    Pending,
+    /// Actions started, not all finished.
+    Running,
+    /// Every action succeeded.
+    Succeeded,
+    /// At least one action failed for good.
+    Failed,
+    /// No rule of the route matched the event.
+    NoMatch,
+}
+
+impl Phase {
+    /// Whether nothing more will happen to the delivery.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::NoMatch)
+    }
+
+    /// The name shown in `kubectl get`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::NoMatch => "NoMatch",
+        }
+    }
+}
+
+/// What the delivery controller did with the event.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDeliveryStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed` or `NoMatch`.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Processing attempts so far (each retry after a transient failure counts).
+    #[serde(default)]
+    pub attempts: i32,
+    /// Names of the rules that matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_rules: Vec<String>,
+    /// What the App Store Connect API said about the event's object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<EnrichmentStatus>,
+    /// One entry per action of each matched rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionStatus>,
+    /// A sentence about the outcome, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the next retry is due, while one is scheduled (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<String>,
+    /// When the delivery reached a terminal phase (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// `Completed`: whether the delivery is finished, and how.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The enrichment summary kept in status (never the whole object).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrichmentStatus {
+    /// `Enriched`, `Failed` or `Skipped`.
+    pub result: String,
+    /// Marketing version (`versionString` or `cfBundleShortVersionString`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Build number (`cfBundleVersion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_number: Option<String>,
+    /// Platform, e.g. `IOS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The object's own state, as the API reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Apple's errors, one line each (e.g. `ITMS-90683: Missing purpose string…`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Why enrichment failed or was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The outcome of one action.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionStatus {
+    /// The rule the action belongs to.
+    pub rule: String,
+    /// `Job` or `Http`.
+    pub kind: String,
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    pub state: String,
+    /// Name of the Job created, for Job actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Last HTTP status code received, for HTTP actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status_code: Option<i32>,
+    /// Attempts made for this action.
+    #[serde(default)]
+    pub attempts: i32,
+    /// A short error, never containing secrets or response bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the action last changed state (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}

@@ -1,0 +1,263 @@
+//! `WebhookRoute`: one App Store Connect webhook endpoint and what to do with each event it receives.
+
+use super::{Condition, LocalObjectReference, SecretKeySelector, common::open_object};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Deliveries kept per route when `deliveryHistoryLimit` is not set.
+pub const DEFAULT_HISTORY_LIMIT: i32 = 100;
+
+/// A webhook endpoint for App Store Connect: the secret it is signed with, an optional API credential for
+/// enrichment, and rules that turn events into Jobs or HTTP calls.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "asc.webhooks.dev",
+    version = "v1alpha1",
+    kind = "WebhookRoute",
+    plural = "webhookroutes",
+    singular = "webhookroute",
+    shortname = "ascroute",
+    shortname = "whr",
+    category = "asc",
+    namespaced,
+    status = "WebhookRouteStatus",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Last Event",
+        type_ = "string",
+        json_path = ".status.lastDelivery.eventType"
+    ),
+    printcolumn(
+        name = "Last State",
+        type_ = "string",
+        json_path = ".status.lastDelivery.newState"
+    ),
+    printcolumn(
+        name = "Received",
+        type_ = "integer",
+        json_path = ".status.deliveries.received"
+    ),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.url",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookRouteSpec {
+    /// The Secret key holding the webhook secret entered in App Store Connect; every request must carry a
+    /// valid `x-apple-signature` made with it. Rotating the Secret takes effect within seconds.
+    pub secret_ref: SecretKeySelector,
+    /// The `AscCredential` used to fetch the object each event is about (version, build number, errors).
+    /// Without it, rules run without enrichment; a rule with `enrich: Required` then fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_ref: Option<LocalObjectReference>,
+    /// What to do with events. Every rule whose filter matches runs; an event no rule matches is recorded
+    /// with phase `NoMatch`.
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(a, self.filter(b, b.name == a.name).size() == 1)",
+        "message": "rule names must be unique within a route"
+    }]))]
+    pub rules: Vec<Rule>,
+    /// How many `WebhookDelivery` objects to keep for this route; the oldest finished ones are deleted first.
+    /// Defaults to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub delivery_history_limit: Option<i32>,
+}
+
+impl WebhookRouteSpec {
+    /// The history limit, defaulted.
+    pub fn history_limit(&self) -> i32 {
+        self.delivery_history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT)
+    }
+}
+
+/// One event filter and the single action it triggers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.job) != has(self.http)",
+    "message": "each rule needs exactly one action: job or http"
+}]))]
+pub struct Rule {
+    /// Name of the rule, unique within the route; part of the names of the Jobs it creates, so keep it short.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Which events this rule acts on. An empty filter matches every event except pings.
+    #[serde(default)]
+    pub on: EventFilter,
+    /// Whether to fetch the event's object from the App Store Connect API first. `Optional` (default):
+    /// enrich when a credential is configured and carry on without it if the API fails. `Required`: the
+    /// delivery fails when enrichment fails. `Never`: do not call the API for this rule.
+    #[serde(default)]
+    pub enrich: EnrichPolicy,
+    /// Create a Job from this template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobAction>,
+    /// Send an HTTP request (Slack, GitHub `repository_dispatch`, Jira, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAction>,
+}
+
+/// Conditions on an event, all of which must hold. Within one list any entry may match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFilter {
+    /// Event types, as in the payload (`buildUploadStateUpdated`) or as the subscription name
+    /// (`BUILD_UPLOAD_STATE_UPDATED`). Empty: any type except `webhookPingCreated`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub event_types: Vec<String>,
+    /// New states (`newState`, `newValue` or `newExternalBuildState` of the event), e.g. `COMPLETE`,
+    /// `READY_FOR_DISTRIBUTION`. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub new_states: Vec<String>,
+    /// Previous states. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub old_states: Vec<String>,
+}
+
+/// Whether a rule fetches the event's object from the App Store Connect API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum EnrichPolicy {
+    /// Enrich when a credential is configured; run the action without enrichment if the API fails.
+    #[default]
+    Optional,
+    /// Fail the delivery if enrichment is not possible.
+    Required,
+    /// Never call the API for this rule.
+    Never,
+}
+
+/// Creates a `batch/v1` Job per matching event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobAction {
+    /// A `batch/v1` JobTemplateSpec (`metadata` and `spec`), as in a CronJob's `jobTemplate`. Event data
+    /// reaches the containers as `ASC_*` environment variables, never spliced into commands.
+    #[schemars(schema_with = "open_object")]
+    pub template: serde_json::Value,
+    /// Add `APP_STORE_CONNECT_API_KEY_KEY_ID`, `APP_STORE_CONNECT_API_KEY_ISSUER_ID` and
+    /// `APP_STORE_CONNECT_API_KEY_KEY` (by `secretKeyRef` to the credential's Secret) to every container,
+    /// the variables fastlane reads. Requires `credentialRef`.
+    #[serde(default)]
+    pub inject_api_key: bool,
+}
+
+/// Sends one HTTP request per matching event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpAction {
+    /// The Secret key holding the URL (a Slack webhook URL is itself a secret).
+    pub url_secret_ref: SecretKeySelector,
+    /// HTTP method. Defaults to POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(GET|POST|PUT|PATCH|DELETE)$"))]
+    pub method: Option<String>,
+    /// A Secret whose every key is sent as a header of that name (for `Authorization` and the like).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<LocalObjectReference>,
+    /// A MiniJinja template for the body, rendered with `event`, `instance` (enrichment, when available) and
+    /// `route`. When the content type is JSON, every value printed with `{{ }}` is JSON-escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
+    /// `content-type` of the body. Defaults to `application/json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Per-attempt timeout in seconds. Defaults to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<i32>,
+    /// Attempts before the action is marked failed (5xx, 429 and connection errors are retried with
+    /// backoff). Defaults to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_attempts: Option<i32>,
+}
+
+/// What the operator last observed about the route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookRouteStatus {
+    /// The URL to paste into App Store Connect (Users and Access → Integrations → Webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `Ready`: references resolve and every rule is valid; otherwise the reason says what to fix.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Counts of deliveries by outcome.
+    #[serde(default)]
+    pub deliveries: DeliveryCounts,
+    /// The most recently received delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<LastDelivery>,
+    /// When App Store Connect last sent a test ping (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ping_time: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Deliveries by outcome since the route was created (pruned deliveries stay counted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryCounts {
+    /// Events accepted.
+    #[serde(default)]
+    pub received: i64,
+    /// Deliveries whose actions all succeeded.
+    #[serde(default)]
+    pub succeeded: i64,
+    /// Deliveries with a failed action.
+    #[serde(default)]
+    pub failed: i64,
+    /// Deliveries no rule matched.
+    #[serde(default)]
+    pub no_match: i64,
+    /// Deliveries still pending or running.
+    #[serde(default)]
+    pub in_progress: i64,
+}
+
+/// A summary of one delivery, for `kubectl get`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastDelivery {
+    /// Name of the `WebhookDelivery`.
+    pub name: String,
+    /// The event type.
+    pub event_type: String,
+    /// The event's new state, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<String>,
+    /// The delivery's phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// When the receiver accepted it (RFC 3339).
+    pub received_at: String,
+}

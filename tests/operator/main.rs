@@ -1,0 +1,4 @@
+//! The one integration test binary (one link on 2-core machines): contract checks of the resource types and
+//! CRDs, and whole-operator scenarios against the in-process fake API server and mock ASC API.
+
+mod contract;

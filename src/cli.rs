@@ -23,6 +23,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: the webhook receiver on every replica, the controllers on the leader.
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as multi-document YAML (or write one file each).
     Crds(CrdsArgs),
     /// Sign an event body as App Store Connect does and POST it to a route, to test it without Apple.

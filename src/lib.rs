@@ -7,6 +7,11 @@
 pub mod asc;
 pub mod cli;
 pub mod examples;
+pub mod metrics;
+pub mod naming;
+pub mod operator;
+pub mod receiver;
 pub mod resources;
 pub mod send;
 pub mod telemetry;
+pub mod time;

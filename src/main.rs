@@ -1,5 +1,5 @@
 use asc_webhook_operator::cli::{Cli, Command};
-use asc_webhook_operator::{resources::crds, send};
+use asc_webhook_operator::{operator, resources::crds, send, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -19,6 +19,10 @@ async fn main() -> ExitCode {
             }
             Err(e) => report(Err(e)),
         },
+        Command::Run(args) => {
+            telemetry::init(args.log_format, &args.log_filter);
+            report(operator::run(*args).await)
+        }
     }
 }
 

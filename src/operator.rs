@@ -1,0 +1,148 @@
+//! `asc-webhook-operator run`: starts the receiver on every replica and the controllers on the leader,
+//! then waits for SIGTERM and shuts down gracefully.
+
+use crate::cli::RunArgs;
+use crate::metrics::Metrics;
+use crate::receiver::admin::{self, Readiness};
+use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
+use crate::receiver::{Receiver, ReceiverConfig};
+use crate::resources::WebhookRoute;
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why the operator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No kubeconfig or in-cluster configuration.
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server failed.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl From<&RunArgs> for ReceiverConfig {
+    fn from(a: &RunArgs) -> Self {
+        ReceiverConfig {
+            max_body_bytes: a.max_body_bytes,
+            body_timeout: a.body_timeout,
+            secret_cache_ttl: a.secret_cache_ttl,
+            failed_signatures_per_minute: a.failed_signatures_per_minute,
+        }
+    }
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(forward_signals(shutdown.clone()));
+    run_with(client, args, shutdown).await
+}
+
+/// Runs against `client` until `shutdown` is cancelled.
+pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+
+    let routes_api: Api<WebhookRoute> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (routes, writer) = reflector::store();
+    let route_stream = reflector(writer, watcher(routes_api, watcher::Config::default().any_semantic()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "route watch interrupted; retrying");
+            }
+        });
+    tokio::spawn(route_stream);
+    {
+        let routes = routes.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            if routes.wait_until_ready().await.is_ok() {
+                tracing::info!(routes = routes.len(), "route store synced");
+                readiness.set_ready();
+            }
+        });
+    }
+
+    let receiver = Receiver::new(
+        Arc::new(routes.clone()),
+        Arc::new(KubeSecrets::new(client.clone())),
+        Arc::new(KubeDeliveries::new(client.clone())),
+        ReceiverConfig::from(&args),
+        metrics.clone(),
+    );
+    {
+        let receiver = receiver.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => receiver.forget_quiet_routes(),
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    let public = TcpListener::bind(args.listen_addr)
+        .await
+        .map_err(|source| RunError::Bind { addr: args.listen_addr, source })?;
+    let admin = TcpListener::bind(args.admin_addr)
+        .await
+        .map_err(|source| RunError::Bind { addr: args.admin_addr, source })?;
+    tracing::info!(public = %args.listen_addr, admin = %args.admin_addr, "listening");
+
+    let public_server = axum::serve(public, receiver.router()).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (p, a) = tokio::join!(public_server.into_future(), admin_server.into_future());
+    p.map_err(RunError::Serve)?;
+    a.map_err(RunError::Serve)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn forward_signals(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: no new requests, finishing those in flight");
+    shutdown.cancel();
+}

@@ -1,0 +1,141 @@
+//! One request's way through the receiver.
+
+use super::Receiver;
+use super::answer::Answer;
+use super::backend::{Recorded, SinkError};
+use super::record::build_delivery;
+use super::secret_cache::{SecretBytes, SecretLookupError};
+use crate::asc::event::WebhookEvent;
+use crate::asc::signature::{self, SignatureError};
+use crate::metrics::{OutcomeLabels, RequestLabels, RouteLabels};
+use crate::resources::WebhookRoute;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A cached secret younger than this is not re-read after a signature failure.
+const REREAD_AFTER: Duration = Duration::from_secs(1);
+
+pub(super) async fn hook(
+    State(rx): State<Arc<Receiver>>,
+    Path((namespace, route_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let started = Instant::now();
+    let route = rx.routes.route(&namespace, &route_name);
+    let answer = match &route {
+        None => Answer::UnknownRoute,
+        Some(route) => handle(&rx, route, &namespace, &headers, body).await,
+    };
+    let label = match route {
+        Some(_) => format!("{namespace}/{route_name}"),
+        None => "unknown".to_owned(),
+    };
+    rx.metrics.requests.get_or_create(&RequestLabels { route: label, outcome: answer.outcome() }).inc();
+    rx.metrics
+        .request_duration
+        .get_or_create(&OutcomeLabels { outcome: answer.outcome() })
+        .observe(started.elapsed().as_secs_f64());
+    match &answer {
+        Answer::Accepted(name) => tracing::info!(%namespace, route = %route_name, delivery = %name, "event accepted"),
+        Answer::Duplicate(name) => tracing::info!(%namespace, route = %route_name, delivery = %name, "duplicate event"),
+        Answer::Unavailable(why) | Answer::Internal(why) => {
+            tracing::warn!(%namespace, route = %route_name, reason = %why, outcome = answer.outcome(), "event not recorded")
+        }
+        other => tracing::debug!(%namespace, route = %route_name, outcome = other.outcome(), "request refused"),
+    }
+    answer
+}
+
+async fn handle(rx: &Receiver, route: &WebhookRoute, namespace: &str, headers: &HeaderMap, body: Body) -> Answer {
+    let body = match read_body(rx, headers, body).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let secret_ref = &route.spec.secret_ref;
+    let secret = match rx.secrets.get(namespace, &secret_ref.name, &secret_ref.key).await {
+        Ok(secret) => secret,
+        Err(e) => return unavailable_secret(e),
+    };
+    let header = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
+    if let Err(why) = verify_with_reread(rx, route, namespace, &secret, &body, header).await {
+        return why;
+    }
+    let event = match WebhookEvent::parse(body) {
+        Ok(event) => event,
+        Err(e) => return Answer::BadRequest(e.to_string()),
+    };
+    let request_id = headers.get("x-apple-request-uuid").and_then(|v| v.to_str().ok());
+    let delivery = build_delivery(route, &event, request_id, &crate::time::now_rfc3339());
+    let name = delivery.metadata.name.clone().unwrap_or_default();
+    match rx.sink.record(delivery).await {
+        Ok(Recorded::Created) => Answer::Accepted(name),
+        Ok(Recorded::Duplicate) => Answer::Duplicate(name),
+        Err(SinkError::Unavailable(e)) => Answer::Unavailable(format!("cannot store the delivery: {e}")),
+        Err(SinkError::Refused(e)) => Answer::Internal(format!("the API server refused the delivery: {e}")),
+    }
+}
+
+async fn read_body(rx: &Receiver, headers: &HeaderMap, body: Body) -> Result<Bytes, Answer> {
+    let max = rx.config.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(Answer::TooLarge);
+    }
+    match tokio::time::timeout(rx.config.body_timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err(Answer::Timeout),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Answer::TooLarge),
+        Ok(Err(_)) => Err(Answer::BadRequest("the request body could not be read".into())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Verifies the signature; on a mismatch re-reads a secret that may have been rotated, at most once per
+/// second per Secret, and counts the failure against the route's budget.
+async fn verify_with_reread(
+    rx: &Receiver,
+    route: &WebhookRoute,
+    namespace: &str,
+    secret: &SecretBytes,
+    body: &[u8],
+    header: Option<&str>,
+) -> Result<(), Answer> {
+    let first = signature::verify(secret.expose(), body, header);
+    let Err(why) = first else { return Ok(()) };
+    let route_key = format!("{namespace}/{}", route.metadata.name.as_deref().unwrap_or_default());
+    rx.metrics.signature_failures.get_or_create(&RouteLabels { route: route_key.clone() }).inc();
+    if rx.failed_signatures.check_key(&route_key).is_err() {
+        return Err(Answer::RateLimited);
+    }
+    if why == SignatureError::Mismatch {
+        let secret_ref = &route.spec.secret_ref;
+        if let Ok(fresh) = rx
+            .secrets
+            .refresh_if_older(namespace, &secret_ref.name, &secret_ref.key, REREAD_AFTER)
+            .await
+            && signature::verify(fresh.expose(), body, header).is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(Answer::BadSignature)
+}
+
+fn unavailable_secret(e: SecretLookupError) -> Answer {
+    // A missing Secret is the operator's misconfiguration, not the sender's: 503 tells Apple to come back,
+    // and the route's status says what to fix.
+    match e {
+        SecretLookupError::SecretNotFound { .. } | SecretLookupError::KeyNotFound { .. } => {
+            Answer::Unavailable("the route's webhook secret is not configured".into())
+        }
+        SecretLookupError::Unavailable(_) => Answer::Unavailable("cannot read the route's webhook secret".into()),
+    }
+}

@@ -1,0 +1,93 @@
+//! The webhook receiver: `POST /hooks/{namespace}/{route}` in, one durable `WebhookDelivery` per event out.
+//!
+//! Checks run in the order of PRODUCT.md's bad-input table — route, size and time limits, signature over
+//! the raw bytes, parse — and nothing is written for a request that fails one. Routes come from an
+//! in-memory reflector store, never from an API call per request.
+
+pub mod admin;
+mod answer;
+pub mod backend;
+mod handler;
+pub mod kube_backend;
+pub mod record;
+pub mod secret_cache;
+
+pub use answer::Answer;
+pub use backend::{DeliverySink, Recorded, RouteLookup, SecretSource, SinkError};
+
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::routing::post;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use secret_cache::SecretCache;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits and cache settings of the receiver.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Time allowed for the whole body to arrive.
+    pub body_timeout: Duration,
+    /// How long a webhook secret is trusted before it is read again.
+    pub secret_cache_ttl: Duration,
+    /// Failed signatures allowed per route per minute before 429.
+    pub failed_signatures_per_minute: u32,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            secret_cache_ttl: Duration::from_secs(30),
+            failed_signatures_per_minute: 30,
+        }
+    }
+}
+
+/// Shared state of the public listener.
+pub struct Receiver {
+    routes: Arc<dyn RouteLookup>,
+    secrets: SecretCache,
+    sink: Arc<dyn DeliverySink>,
+    failed_signatures: DefaultKeyedRateLimiter<String>,
+    config: ReceiverConfig,
+    metrics: Metrics,
+}
+
+impl Receiver {
+    /// A receiver reading routes from `routes`, secrets from `secrets` and storing into `sink`.
+    pub fn new(
+        routes: Arc<dyn RouteLookup>,
+        secrets: Arc<dyn SecretSource>,
+        sink: Arc<dyn DeliverySink>,
+        config: ReceiverConfig,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let per_minute = NonZeroU32::new(config.failed_signatures_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        Arc::new(Receiver {
+            routes,
+            secrets: SecretCache::new(secrets, config.secret_cache_ttl, metrics.clone()),
+            sink,
+            failed_signatures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            config,
+            metrics,
+        })
+    }
+
+    /// The public router: only the hook endpoint, so an Ingress exposes nothing else.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/hooks/{namespace}/{route}", post(handler::hook))
+            .with_state(self.clone())
+    }
+
+    /// Forgets rate-limit state of routes that have been quiet, so memory stays bounded. Run periodically.
+    pub fn forget_quiet_routes(&self) {
+        self.failed_signatures.retain_recent();
+        self.failed_signatures.shrink_to_fit();
+    }
+}

@@ -1,0 +1,249 @@
+//! Webhook secrets, cached. A flood of requests must never become a flood of API calls, yet a rotated
+//! secret must apply within seconds:
+//! - a secret is read at most once per `ttl` per Secret, by one caller while the others wait for its result;
+//! - a missing Secret or a failed read is remembered for one second, so an outage is not hammered;
+//! - when a signature fails against a secret read more than a second ago, the receiver asks for a re-read
+//!   ([`SecretCache::refresh_if_older`]) and verifies once more: a rotation applies on the first request
+//!   signed with the new secret, and a flood of bad signatures costs at most one read per second.
+
+use super::backend::{SecretSource, SecretSourceError};
+use crate::metrics::{Metrics, OutcomeLabels};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a missing Secret or a failed read is remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+/// Secret bytes that never print.
+#[derive(Clone)]
+pub struct SecretBytes(Arc<[u8]>);
+
+impl SecretBytes {
+    /// The bytes, for HMAC keys and the like. Never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBytes(<redacted>)")
+    }
+}
+
+/// Why a secret value is not available.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SecretLookupError {
+    /// The Secret does not exist.
+    #[error("Secret {namespace}/{name} not found")]
+    SecretNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+    },
+    /// The Secret exists but lacks the key.
+    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    KeyNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The missing key.
+        key: String,
+    },
+    /// The API server could not be asked.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone)]
+enum Fetched {
+    Data(Arc<BTreeMap<String, Vec<u8>>>),
+    Missing,
+    Failed(String),
+}
+
+struct Entry {
+    fetched: Fetched,
+    at: Instant,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+
+/// Cached reads of Secrets through a [`SecretSource`].
+pub struct SecretCache {
+    source: Arc<dyn SecretSource>,
+    ttl: Duration,
+    slots: RwLock<HashMap<(String, String), Slot>>,
+    metrics: Metrics,
+}
+
+impl SecretCache {
+    /// A cache that trusts a read for `ttl`.
+    pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, metrics: Metrics) -> Self {
+        SecretCache { source, ttl, slots: RwLock::new(HashMap::new()), metrics }
+    }
+
+    /// The value of `key` in Secret `namespace/name`, read through the cache.
+    pub async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<SecretBytes, SecretLookupError> {
+        self.lookup(namespace, name, key, None).await
+    }
+
+    /// Like [`get`](Self::get), but re-reads the Secret if the cached copy is older than `min_age`.
+    pub async fn refresh_if_older(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        min_age: Duration,
+    ) -> Result<SecretBytes, SecretLookupError> {
+        self.lookup(namespace, name, key, Some(min_age)).await
+    }
+
+    async fn lookup(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        refresh_older_than: Option<Duration>,
+    ) -> Result<SecretBytes, SecretLookupError> {
+        let slot = self.slot(namespace, name);
+        // One caller reads while the others wait here and then find a fresh entry.
+        let mut entry = slot.lock().await;
+        let fresh = entry.as_ref().is_some_and(|e| {
+            let age = e.at.elapsed();
+            let ttl = match e.fetched {
+                Fetched::Data(_) => refresh_older_than.map_or(self.ttl, |m| m.min(self.ttl)),
+                Fetched::Missing | Fetched::Failed(_) => NEGATIVE_TTL,
+            };
+            age < ttl
+        });
+        if !fresh {
+            let fetched = match self.source.secret(namespace, name).await {
+                Ok(Some(data)) => Fetched::Data(Arc::new(data)),
+                Ok(None) => Fetched::Missing,
+                Err(SecretSourceError::Unavailable { .. }) => Fetched::Failed(format!(
+                    "cannot read Secret {namespace}/{name}: API server unavailable"
+                )),
+            };
+            let outcome = match fetched {
+                Fetched::Data(_) => "ok",
+                Fetched::Missing => "missing",
+                Fetched::Failed(_) => "error",
+            };
+            self.metrics.secret_fetches.get_or_create(&OutcomeLabels { outcome }).inc();
+            *entry = Some(Entry { fetched, at: Instant::now() });
+        }
+        let fetched = entry.as_ref().map(|e| e.fetched.clone());
+        drop(entry);
+        match fetched {
+            Some(Fetched::Data(data)) => data
+                .get(key)
+                .filter(|v| !v.is_empty())
+                .map(|v| SecretBytes(Arc::from(v.as_slice())))
+                .ok_or_else(|| SecretLookupError::KeyNotFound {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    key: key.to_owned(),
+                }),
+            Some(Fetched::Missing) => Err(SecretLookupError::SecretNotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+            Some(Fetched::Failed(msg)) => Err(SecretLookupError::Unavailable(msg)),
+            None => Err(SecretLookupError::Unavailable("secret cache entry vanished".into())),
+        }
+    }
+
+    fn slot(&self, namespace: &str, name: &str) -> Slot {
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(slot) = self.slots.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return slot.clone();
+        }
+        self.slots.write().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Counting {
+        value: Mutex<Option<Vec<u8>>>,
+        reads: AtomicUsize,
+    }
+
+    impl SecretSource for Counting {
+        fn secret<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<BTreeMap<String, Vec<u8>>>, SecretSourceError>> {
+            Box::pin(async move {
+                self.reads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let v = self.value.lock().unwrap().clone();
+                Ok(v.map(|v| BTreeMap::from([("secret".to_owned(), v)])))
+            })
+        }
+    }
+
+    fn cache(source: Arc<Counting>, ttl: Duration) -> SecretCache {
+        SecretCache::new(source, ttl, Metrics::new())
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_lookups_reads_the_secret_once() {
+        let source = Arc::new(Counting::default());
+        *source.value.lock().unwrap() = Some(b"s1".to_vec());
+        let cache = Arc::new(cache(source.clone(), Duration::from_secs(30)));
+        let lookups = (0..200).map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get("ns", "hook", "secret").await.unwrap().expose().to_vec() })
+        });
+        for r in futures::future::join_all(lookups).await {
+            assert_eq!(r.unwrap(), b"s1");
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn refresh_rereads_only_an_entry_older_than_asked() {
+        let source = Arc::new(Counting::default());
+        *source.value.lock().unwrap() = Some(b"old".to_vec());
+        let cache = cache(source.clone(), Duration::from_secs(30));
+        cache.get("ns", "hook", "secret").await.unwrap();
+        *source.value.lock().unwrap() = Some(b"new".to_vec());
+        let still = cache.refresh_if_older("ns", "hook", "secret", Duration::from_secs(1)).await.unwrap();
+        assert_eq!(still.expose(), b"old");
+        let fresh = cache.refresh_if_older("ns", "hook", "secret", Duration::ZERO).await.unwrap();
+        assert_eq!(fresh.expose(), b"new");
+        assert_eq!(source.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn missing_secret_and_missing_key_are_told_apart() {
+        let source = Arc::new(Counting::default());
+        let cache = cache(source.clone(), Duration::from_secs(30));
+        assert!(matches!(cache.get("ns", "hook", "secret").await, Err(SecretLookupError::SecretNotFound { .. })));
+        *source.value.lock().unwrap() = Some(b"x".to_vec());
+        // The miss is remembered briefly, so an outage or a typo is not hammered.
+        assert!(matches!(cache.get("ns", "hook", "secret").await, Err(SecretLookupError::SecretNotFound { .. })));
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+        let fresh = cache.refresh_if_older("ns", "hook", "other", Duration::ZERO).await;
+        assert!(matches!(fresh, Err(SecretLookupError::SecretNotFound { .. })), "negative entries keep their 1 s");
+    }
+
+    #[test]
+    fn secret_bytes_never_print() {
+        let s = SecretBytes(Arc::from(&b"hunter2"[..]));
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

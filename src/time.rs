@@ -1,0 +1,28 @@
+//! Timestamps as the resources store them: RFC 3339, UTC, whole seconds like the API server's own.
+
+/// Now, e.g. `2026-11-27T10:50:00Z`.
+pub fn now_rfc3339() -> String {
+    format_ts(jiff::Timestamp::now())
+}
+
+/// `ts` in the resources' format.
+pub fn format_ts(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Parses an RFC 3339 timestamp written by [`format_ts`] or by the API server.
+pub fn parse_ts(s: &str) -> Option<jiff::Timestamp> {
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let s = now_rfc3339();
+        assert!(s.ends_with('Z') && s.len() == 20, "{s}");
+        assert_eq!(format_ts(parse_ts(&s).unwrap()), s);
+    }
+}

@@ -44,13 +44,19 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "route store not synced yet")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "route store not synced yet",
+        )
     }
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }

@@ -74,8 +74,12 @@ impl Answer {
             Answer::TooLarge => json!({"error": "request body too large"}),
             Answer::Timeout => json!({"error": "request body not received in time"}),
             Answer::BadSignature => json!({"error": "invalid signature"}),
-            Answer::RateLimited => json!({"error": "too many failed signatures on this route; slow down"}),
-            Answer::BadRequest(why) => json!({"error": format!("not an App Store Connect event: {why}")}),
+            Answer::RateLimited => {
+                json!({"error": "too many failed signatures on this route; slow down"})
+            }
+            Answer::BadRequest(why) => {
+                json!({"error": format!("not an App Store Connect event: {why}")})
+            }
             Answer::Unavailable(why) => json!({"error": format!("temporarily unavailable: {why}")}),
             Answer::Internal(why) => json!({"error": why}),
         }
@@ -105,12 +109,25 @@ mod tests {
         let r = Answer::Unavailable("x".into()).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-        assert!(Answer::RateLimited.into_response().headers().contains_key(header::RETRY_AFTER));
-        assert!(!Answer::BadSignature.into_response().headers().contains_key(header::RETRY_AFTER));
+        assert!(
+            Answer::RateLimited
+                .into_response()
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
+        assert!(
+            !Answer::BadSignature
+                .into_response()
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
     }
 
     #[test]
     fn bad_signature_gives_no_hint() {
-        assert_eq!(Answer::BadSignature.body(), json!({"error": "invalid signature"}));
+        assert_eq!(
+            Answer::BadSignature.body(),
+            json!({"error": "invalid signature"})
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! secret, store a delivery. The operator plugs in the reflector store and the API server; the receiver
 //! benchmark plugs in memory, so both measure the same request path.
 
-use crate::resources::WebhookRoute;
 use crate::resources::WebhookDelivery;
+use crate::resources::WebhookRoute;
 use futures::future::BoxFuture;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::BTreeMap;
@@ -37,6 +37,9 @@ pub enum SecretSourceError {
     },
 }
 
+/// A Secret's decoded `data`.
+pub type SecretData = BTreeMap<String, Vec<u8>>;
+
 /// Reads Secrets. `Ok(None)` means the Secret does not exist.
 pub trait SecretSource: Send + Sync + 'static {
     /// The Secret's decoded `data`.
@@ -44,7 +47,7 @@ pub trait SecretSource: Send + Sync + 'static {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, Vec<u8>>>, SecretSourceError>>;
+    ) -> BoxFuture<'a, Result<Option<SecretData>, SecretSourceError>>;
 }
 
 /// The result of storing a delivery.

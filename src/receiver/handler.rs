@@ -36,29 +36,53 @@ pub(super) async fn hook(
         Some(_) => format!("{namespace}/{route_name}"),
         None => "unknown".to_owned(),
     };
-    rx.metrics.requests.get_or_create(&RequestLabels { route: label, outcome: answer.outcome() }).inc();
+    rx.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: label,
+            outcome: answer.outcome(),
+        })
+        .inc();
     rx.metrics
         .request_duration
-        .get_or_create(&OutcomeLabels { outcome: answer.outcome() })
+        .get_or_create(&OutcomeLabels {
+            outcome: answer.outcome(),
+        })
         .observe(started.elapsed().as_secs_f64());
     match &answer {
-        Answer::Accepted(name) => tracing::info!(%namespace, route = %route_name, delivery = %name, "event accepted"),
-        Answer::Duplicate(name) => tracing::info!(%namespace, route = %route_name, delivery = %name, "duplicate event"),
+        Answer::Accepted(name) => {
+            tracing::info!(%namespace, route = %route_name, delivery = %name, "event accepted")
+        }
+        Answer::Duplicate(name) => {
+            tracing::info!(%namespace, route = %route_name, delivery = %name, "duplicate event")
+        }
         Answer::Unavailable(why) | Answer::Internal(why) => {
             tracing::warn!(%namespace, route = %route_name, reason = %why, outcome = answer.outcome(), "event not recorded")
         }
-        other => tracing::debug!(%namespace, route = %route_name, outcome = other.outcome(), "request refused"),
+        other => {
+            tracing::debug!(%namespace, route = %route_name, outcome = other.outcome(), "request refused")
+        }
     }
     answer
 }
 
-async fn handle(rx: &Receiver, route: &WebhookRoute, namespace: &str, headers: &HeaderMap, body: Body) -> Answer {
+async fn handle(
+    rx: &Receiver,
+    route: &WebhookRoute,
+    namespace: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Answer {
     let body = match read_body(rx, headers, body).await {
         Ok(body) => body,
         Err(answer) => return answer,
     };
     let secret_ref = &route.spec.secret_ref;
-    let secret = match rx.secrets.get(namespace, &secret_ref.name, &secret_ref.key).await {
+    let secret = match rx
+        .secrets
+        .get(namespace, &secret_ref.name, &secret_ref.key)
+        .await
+    {
         Ok(secret) => secret,
         Err(e) => return unavailable_secret(e),
     };
@@ -70,14 +94,20 @@ async fn handle(rx: &Receiver, route: &WebhookRoute, namespace: &str, headers: &
         Ok(event) => event,
         Err(e) => return Answer::BadRequest(e.to_string()),
     };
-    let request_id = headers.get("x-apple-request-uuid").and_then(|v| v.to_str().ok());
+    let request_id = headers
+        .get("x-apple-request-uuid")
+        .and_then(|v| v.to_str().ok());
     let delivery = build_delivery(route, &event, request_id, &crate::time::now_rfc3339());
     let name = delivery.metadata.name.clone().unwrap_or_default();
     match rx.sink.record(delivery).await {
         Ok(Recorded::Created) => Answer::Accepted(name),
         Ok(Recorded::Duplicate) => Answer::Duplicate(name),
-        Err(SinkError::Unavailable(e)) => Answer::Unavailable(format!("cannot store the delivery: {e}")),
-        Err(SinkError::Refused(e)) => Answer::Internal(format!("the API server refused the delivery: {e}")),
+        Err(SinkError::Unavailable(e)) => {
+            Answer::Unavailable(format!("cannot store the delivery: {e}"))
+        }
+        Err(SinkError::Refused(e)) => {
+            Answer::Internal(format!("the API server refused the delivery: {e}"))
+        }
     }
 }
 
@@ -93,7 +123,9 @@ async fn read_body(rx: &Receiver, headers: &HeaderMap, body: Body) -> Result<Byt
     match tokio::time::timeout(rx.config.body_timeout, Limited::new(body, max).collect()).await {
         Err(_) => Err(Answer::Timeout),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Answer::TooLarge),
-        Ok(Err(_)) => Err(Answer::BadRequest("the request body could not be read".into())),
+        Ok(Err(_)) => Err(Answer::BadRequest(
+            "the request body could not be read".into(),
+        )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
@@ -110,8 +142,16 @@ async fn verify_with_reread(
 ) -> Result<(), Answer> {
     let first = signature::verify(secret.expose(), body, header);
     let Err(why) = first else { return Ok(()) };
-    let route_key = format!("{namespace}/{}", route.metadata.name.as_deref().unwrap_or_default());
-    rx.metrics.signature_failures.get_or_create(&RouteLabels { route: route_key.clone() }).inc();
+    let route_key = format!(
+        "{namespace}/{}",
+        route.metadata.name.as_deref().unwrap_or_default()
+    );
+    rx.metrics
+        .signature_failures
+        .get_or_create(&RouteLabels {
+            route: route_key.clone(),
+        })
+        .inc();
     if rx.failed_signatures.check_key(&route_key).is_err() {
         return Err(Answer::RateLimited);
     }
@@ -136,6 +176,8 @@ fn unavailable_secret(e: SecretLookupError) -> Answer {
         SecretLookupError::SecretNotFound { .. } | SecretLookupError::KeyNotFound { .. } => {
             Answer::Unavailable("the route's webhook secret is not configured".into())
         }
-        SecretLookupError::Unavailable(_) => Answer::Unavailable("cannot read the route's webhook secret".into()),
+        SecretLookupError::Unavailable(_) => {
+            Answer::Unavailable("cannot read the route's webhook secret".into())
+        }
     }
 }

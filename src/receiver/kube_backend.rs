@@ -1,12 +1,13 @@
 //! The API-server implementations of the receiver's traits.
 
-use super::backend::{DeliverySink, Recorded, SecretSource, SecretSourceError, SinkError};
+use super::backend::{
+    DeliverySink, Recorded, SecretData, SecretSource, SecretSourceError, SinkError,
+};
 use crate::resources::{FIELD_MANAGER, WebhookDelivery};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
 use kube::Client;
-use std::collections::BTreeMap;
+use kube::api::{Api, PostParams};
 
 /// Reads Secrets with a GET per cache miss (the cache in front of it keeps that rare).
 #[derive(Clone)]
@@ -26,15 +27,24 @@ impl SecretSource for KubeSecrets {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, Vec<u8>>>, SecretSourceError>> {
+    ) -> BoxFuture<'a, Result<Option<SecretData>, SecretSourceError>> {
         Box::pin(async move {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-            let secret = api.get_opt(name).await.map_err(|e| SecretSourceError::Unavailable {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                source: Box::new(e),
-            })?;
-            Ok(secret.map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
+            let secret = api
+                .get_opt(name)
+                .await
+                .map_err(|e| SecretSourceError::Unavailable {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    source: Box::new(e),
+                })?;
+            Ok(secret.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            }))
         })
     }
 }
@@ -57,7 +67,10 @@ impl DeliverySink for KubeDeliveries {
         Box::pin(async move {
             let namespace = delivery.metadata.namespace.clone().unwrap_or_default();
             let api: Api<WebhookDelivery> = Api::namespaced(self.client.clone(), &namespace);
-            let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..Default::default()
+            };
             match api.create(&params, &delivery).await {
                 Ok(_) => Ok(Recorded::Created),
                 Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(Recorded::Duplicate),
@@ -70,7 +83,13 @@ impl DeliverySink for KubeDeliveries {
 /// Server-side trouble and transport failures are worth a retry from Apple; anything else is a refusal.
 fn classify(e: kube::Error) -> SinkError {
     match &e {
-        kube::Error::Api(s) if s.code >= 500 || s.code == 429 || s.code == 403 && s.reason == "Forbidden" && s.message.contains("being terminated") => {
+        kube::Error::Api(s)
+            if s.code >= 500
+                || s.code == 429
+                || s.code == 403
+                    && s.reason == "Forbidden"
+                    && s.message.contains("being terminated") =>
+        {
             SinkError::Unavailable(Box::new(e))
         }
         kube::Error::Api(_) => SinkError::Refused(Box::new(e)),

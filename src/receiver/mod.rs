@@ -67,7 +67,8 @@ impl Receiver {
         config: ReceiverConfig,
         metrics: Metrics,
     ) -> Arc<Self> {
-        let per_minute = NonZeroU32::new(config.failed_signatures_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let per_minute =
+            NonZeroU32::new(config.failed_signatures_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         Arc::new(Receiver {
             routes,
             secrets: SecretCache::new(secrets, config.secret_cache_ttl, metrics.clone()),

@@ -24,7 +24,10 @@ pub fn build_delivery(
     let route_name = route.name_any();
     let labels = BTreeMap::from([
         (LABEL_ROUTE.to_owned(), naming::label_value(&route_name)),
-        (LABEL_EVENT_TYPE.to_owned(), naming::label_value(event.event_type.as_str())),
+        (
+            LABEL_EVENT_TYPE.to_owned(),
+            naming::label_value(event.event_type.as_str()),
+        ),
     ]);
     let mut delivery = WebhookDelivery::new(
         &naming::delivery_name(&route_name, &event.id),
@@ -65,7 +68,10 @@ mod tests {
         let mut r = WebhookRoute::new(
             "release",
             WebhookRouteSpec {
-                secret_ref: SecretKeySelector { name: "s".into(), key: "k".into() },
+                secret_ref: SecretKeySelector {
+                    name: "s".into(),
+                    key: "k".into(),
+                },
                 credential_ref: None,
                 rules: vec![],
                 delivery_history_limit: None,
@@ -81,10 +87,16 @@ mod tests {
         let raw = include_bytes!("../../tests/fixtures/asc/events/build-upload-complete.json");
         let event = WebhookEvent::parse(Bytes::from_static(raw)).unwrap();
         let d = build_delivery(&route(), &event, Some("req-1"), "2026-01-01T00:00:00Z");
-        assert_eq!(d.metadata.name.as_deref(), Some(naming::delivery_name("release", &event.id).as_str()));
+        assert_eq!(
+            d.metadata.name.as_deref(),
+            Some(naming::delivery_name("release", &event.id).as_str())
+        );
         assert_eq!(d.metadata.namespace.as_deref(), Some("ios"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("WebhookRoute", "uid-1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("WebhookRoute", "uid-1")
+        );
         assert_eq!(d.spec.payload.as_bytes(), raw);
         assert_eq!(d.spec.new_state.as_deref(), Some("COMPLETE"));
         assert_eq!(d.spec.instance.as_ref().unwrap().type_, "buildUploads");

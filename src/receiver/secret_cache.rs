@@ -6,9 +6,9 @@
 //!   ([`SecretCache::refresh_if_older`]) and verifies once more: a rotation applies on the first request
 //!   signed with the new secret, and a flood of bad signatures costs at most one read per second.
 
-use super::backend::{SecretSource, SecretSourceError};
+use super::backend::{SecretData, SecretSource, SecretSourceError};
 use crate::metrics::{Metrics, OutcomeLabels};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ pub enum SecretLookupError {
 
 #[derive(Clone)]
 enum Fetched {
-    Data(Arc<BTreeMap<String, Vec<u8>>>),
+    Data(Arc<SecretData>),
     Missing,
     Failed(String),
 }
@@ -84,11 +84,21 @@ pub struct SecretCache {
 impl SecretCache {
     /// A cache that trusts a read for `ttl`.
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, metrics: Metrics) -> Self {
-        SecretCache { source, ttl, slots: RwLock::new(HashMap::new()), metrics }
+        SecretCache {
+            source,
+            ttl,
+            slots: RwLock::new(HashMap::new()),
+            metrics,
+        }
     }
 
     /// The value of `key` in Secret `namespace/name`, read through the cache.
-    pub async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<SecretBytes, SecretLookupError> {
+    pub async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretBytes, SecretLookupError> {
         self.lookup(namespace, name, key, None).await
     }
 
@@ -134,8 +144,14 @@ impl SecretCache {
                 Fetched::Missing => "missing",
                 Fetched::Failed(_) => "error",
             };
-            self.metrics.secret_fetches.get_or_create(&OutcomeLabels { outcome }).inc();
-            *entry = Some(Entry { fetched, at: Instant::now() });
+            self.metrics
+                .secret_fetches
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc();
+            *entry = Some(Entry {
+                fetched,
+                at: Instant::now(),
+            });
         }
         let fetched = entry.as_ref().map(|e| e.fetched.clone());
         drop(entry);
@@ -154,16 +170,28 @@ impl SecretCache {
                 name: name.to_owned(),
             }),
             Some(Fetched::Failed(msg)) => Err(SecretLookupError::Unavailable(msg)),
-            None => Err(SecretLookupError::Unavailable("secret cache entry vanished".into())),
+            None => Err(SecretLookupError::Unavailable(
+                "secret cache entry vanished".into(),
+            )),
         }
     }
 
     fn slot(&self, namespace: &str, name: &str) -> Slot {
         let key = (namespace.to_owned(), name.to_owned());
-        if let Some(slot) = self.slots.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(slot) = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return slot.clone();
         }
-        self.slots.write().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
     }
 }
 
@@ -171,6 +199,7 @@ impl SecretCache {
 mod tests {
     use super::*;
     use futures::future::BoxFuture;
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -185,7 +214,7 @@ mod tests {
             &'a self,
             _: &'a str,
             _: &'a str,
-        ) -> BoxFuture<'a, Result<Option<BTreeMap<String, Vec<u8>>>, SecretSourceError>> {
+        ) -> BoxFuture<'a, Result<Option<SecretData>, SecretSourceError>> {
             Box::pin(async move {
                 self.reads.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -206,7 +235,14 @@ mod tests {
         let cache = Arc::new(cache(source.clone(), Duration::from_secs(30)));
         let lookups = (0..200).map(|_| {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.get("ns", "hook", "secret").await.unwrap().expose().to_vec() })
+            tokio::spawn(async move {
+                cache
+                    .get("ns", "hook", "secret")
+                    .await
+                    .unwrap()
+                    .expose()
+                    .to_vec()
+            })
         });
         for r in futures::future::join_all(lookups).await {
             assert_eq!(r.unwrap(), b"s1");
@@ -221,9 +257,15 @@ mod tests {
         let cache = cache(source.clone(), Duration::from_secs(30));
         cache.get("ns", "hook", "secret").await.unwrap();
         *source.value.lock().unwrap() = Some(b"new".to_vec());
-        let still = cache.refresh_if_older("ns", "hook", "secret", Duration::from_secs(1)).await.unwrap();
+        let still = cache
+            .refresh_if_older("ns", "hook", "secret", Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(still.expose(), b"old");
-        let fresh = cache.refresh_if_older("ns", "hook", "secret", Duration::ZERO).await.unwrap();
+        let fresh = cache
+            .refresh_if_older("ns", "hook", "secret", Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(fresh.expose(), b"new");
         assert_eq!(source.reads.load(Ordering::SeqCst), 2);
     }
@@ -232,13 +274,24 @@ mod tests {
     async fn missing_secret_and_missing_key_are_told_apart() {
         let source = Arc::new(Counting::default());
         let cache = cache(source.clone(), Duration::from_secs(30));
-        assert!(matches!(cache.get("ns", "hook", "secret").await, Err(SecretLookupError::SecretNotFound { .. })));
+        assert!(matches!(
+            cache.get("ns", "hook", "secret").await,
+            Err(SecretLookupError::SecretNotFound { .. })
+        ));
         *source.value.lock().unwrap() = Some(b"x".to_vec());
         // The miss is remembered briefly, so an outage or a typo is not hammered.
-        assert!(matches!(cache.get("ns", "hook", "secret").await, Err(SecretLookupError::SecretNotFound { .. })));
+        assert!(matches!(
+            cache.get("ns", "hook", "secret").await,
+            Err(SecretLookupError::SecretNotFound { .. })
+        ));
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
-        let fresh = cache.refresh_if_older("ns", "hook", "other", Duration::ZERO).await;
-        assert!(matches!(fresh, Err(SecretLookupError::SecretNotFound { .. })), "negative entries keep their 1 s");
+        let fresh = cache
+            .refresh_if_older("ns", "hook", "other", Duration::ZERO)
+            .await;
+        assert!(
+            matches!(fresh, Err(SecretLookupError::SecretNotFound { .. })),
+            "negative entries keep their 1 s"
+        );
     }
 
     #[test]

@@ -1,0 +1,677 @@
+//! App Store Connect API client: authenticated GETs against the credential's API origin only, with
+//! bounded retries.
+//!
+//! Webhook payloads carry a `links.self` URL. Following it blindly would let anyone who can get a payload
+//! signed (or a future Apple bug) point our token at another host, so every URL is checked against the
+//! configured `api_url` origin before a token is even minted, and redirects are never followed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, RETRY_AFTER};
+use serde_json::Value;
+use url::Url;
+
+use super::token::{TokenError, TokenSource};
+
+/// Apple's production API origin, used when a credential does not override it.
+pub const DEFAULT_API_URL: &str = "https://api.appstoreconnect.apple.com";
+
+/// Timeouts, retry bounds and size limits for an [`AscClient`].
+#[derive(Debug, Clone)]
+pub struct AscClientOptions {
+    /// Time allowed to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for one whole attempt, body included.
+    pub request_timeout: Duration,
+    /// Total attempts per call, the first one included.
+    pub max_attempts: usize,
+    /// First retry delay; later ones double (with jitter) up to `max_delay`.
+    pub base_delay: Duration,
+    /// Largest computed retry delay.
+    pub max_delay: Duration,
+    /// Largest `Retry-After` honoured: a server asking for longer gets this instead, so a call never
+    /// stalls a reconcile for minutes.
+    pub max_retry_after: Duration,
+    /// Responses larger than this are refused rather than buffered.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AscClientOptions {
+    fn default() -> Self {
+        AscClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_attempts: 4,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// What went wrong talking to the App Store Connect API. Never contains a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A URL (the configured `apiUrl` or a payload link) does not parse.
+    #[error("{url:?} is not a valid URL")]
+    InvalidUrl {
+        /// The offending text.
+        url: String,
+        /// The parse error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// The configured `apiUrl` is not `http` or `https`.
+    #[error("apiUrl {url} must use https (or http for a local test server)")]
+    UnsupportedScheme {
+        /// The configured URL.
+        url: String,
+    },
+    /// A URL points somewhere other than the credential's API origin; no request was made.
+    #[error(
+        "refusing to call {url}: only {expected} (the credential's apiUrl origin) may be called"
+    )]
+    ForeignOrigin {
+        /// The refused URL, without any userinfo.
+        url: String,
+        /// The only origin allowed.
+        expected: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("could not build the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// No token could be minted.
+    #[error("could not mint an App Store Connect API token")]
+    Token(#[from] TokenError),
+    /// 401: the token was refused.
+    #[error(
+        "ASC API refused the token (401): check keyId/issuerId and that the key is not revoked{}",
+        asc_says(.asc_message)
+    )]
+    Unauthorized {
+        /// Apple's error code and detail, if any.
+        asc_message: Option<String>,
+    },
+    /// 403: the key may not do this.
+    #[error(
+        "ASC API denied the request (403): the key's role does not allow it, or the key lacks access to this app{}",
+        asc_says(.asc_message)
+    )]
+    Forbidden {
+        /// Apple's error code and detail, if any.
+        asc_message: Option<String>,
+    },
+    /// 404: no such object.
+    #[error(
+        "ASC API has no object at {url} (404): it was deleted, or the key belongs to another team{}",
+        asc_says(.asc_message)
+    )]
+    NotFound {
+        /// The URL requested.
+        url: String,
+        /// Apple's error code and detail, if any.
+        asc_message: Option<String>,
+    },
+    /// Any other unsuccessful status (retryable ones once retries are used up).
+    #[error("ASC API answered {status} for {url}{}", asc_says(.asc_message))]
+    Status {
+        /// HTTP status code.
+        status: u16,
+        /// The URL requested.
+        url: String,
+        /// Apple's error code and detail, if any.
+        asc_message: Option<String>,
+    },
+    /// Connecting, sending or reading failed (including timeouts).
+    #[error("request to {url} failed")]
+    Transport {
+        /// The URL requested.
+        url: String,
+        /// The client error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The body exceeded [`AscClientOptions::max_body_bytes`].
+    #[error("response from {url} exceeds {limit} bytes")]
+    TooLarge {
+        /// The URL requested.
+        url: String,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The body is not JSON.
+    #[error("response from {url} is not JSON")]
+    Decode {
+        /// The URL requested.
+        url: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Retryable failures continued until the attempt budget ran out.
+    #[error("ASC API still failing after {attempts} attempts")]
+    GaveUp {
+        /// Attempts made.
+        attempts: usize,
+        /// The last failure.
+        #[source]
+        last: Box<ApiError>,
+    },
+}
+
+fn asc_says(message: &Option<String>) -> String {
+    message
+        .as_deref()
+        .map(|m| format!(" (ASC: {m})"))
+        .unwrap_or_default()
+}
+
+/// One failed attempt, with what the retry loop needs to know about it.
+struct Failure {
+    error: ApiError,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn fatal(error: ApiError) -> Self {
+        Failure {
+            error,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// Client for the App Store Connect API, bound to one credential's origin and token source.
+#[derive(Debug, Clone)]
+pub struct AscClient {
+    http: reqwest::Client,
+    api_url: Url,
+    tokens: TokenSource,
+    options: AscClientOptions,
+}
+
+impl AscClient {
+    /// A client with default options.
+    pub fn new(api_url: &str, tokens: TokenSource) -> Result<Self, ApiError> {
+        Self::with_options(api_url, tokens, AscClientOptions::default())
+    }
+
+    /// A client with the given options.
+    pub fn with_options(
+        api_url: &str,
+        tokens: TokenSource,
+        options: AscClientOptions,
+    ) -> Result<Self, ApiError> {
+        let api_url = Url::parse(api_url).map_err(|source| ApiError::InvalidUrl {
+            url: api_url.to_owned(),
+            source,
+        })?;
+        if !matches!(api_url.scheme(), "https" | "http") || api_url.host().is_none() {
+            return Err(ApiError::UnsupportedScheme {
+                url: api_url.to_string(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            // A redirect could leave the API origin; treat it as an unexpected status instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("asc-webhook-operator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ApiError::Client)?;
+        Ok(AscClient {
+            http,
+            api_url,
+            tokens,
+            options,
+        })
+    }
+
+    /// The configured API URL.
+    pub fn api_url(&self) -> &Url {
+        &self.api_url
+    }
+
+    /// The token source used for every request.
+    pub fn tokens(&self) -> &TokenSource {
+        &self.tokens
+    }
+
+    /// Fetches the object a webhook's `relationships.instance.links.self` points at, if and only if that
+    /// URL is on the configured API origin.
+    pub async fn fetch_instance(&self, links_self: &str) -> Result<Value, ApiError> {
+        let url = Url::parse(links_self).map_err(|source| ApiError::InvalidUrl {
+            url: links_self.to_owned(),
+            source,
+        })?;
+        self.get_url(url).await
+    }
+
+    /// GETs `path_and_query` (e.g. `/v1/webhooks/{id}/deliveries?limit=50`) on the API origin.
+    pub async fn get_json(&self, path_and_query: &str) -> Result<Value, ApiError> {
+        let url = self
+            .api_url
+            .join(path_and_query)
+            .map_err(|source| ApiError::InvalidUrl {
+                url: path_and_query.to_owned(),
+                source,
+            })?;
+        // `join` accepts absolute and scheme-relative input ("//evil.example/x"); the origin check in
+        // `get_url` is what keeps the call on the API origin.
+        self.get_url(url).await
+    }
+
+    /// A cheap authenticated call (`GET /v1/apps?limit=1`) proving the key, ids and API URL work.
+    pub async fn verify(&self) -> Result<(), ApiError> {
+        self.get_json("/v1/apps?limit=1").await.map(drop)
+    }
+
+    fn check_origin(&self, url: &Url) -> Result<(), ApiError> {
+        let has_userinfo = !url.username().is_empty() || url.password().is_some();
+        if url.origin() == self.api_url.origin() && !has_userinfo {
+            return Ok(());
+        }
+        let mut shown = url.clone();
+        // Userinfo may hold a password; the error must not repeat it.
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        Err(ApiError::ForeignOrigin {
+            url: shown.to_string(),
+            expected: self.api_url.origin().ascii_serialization(),
+        })
+    }
+
+    async fn get_url(&self, url: Url) -> Result<Value, ApiError> {
+        self.check_origin(&url)?;
+        let attempts = AtomicUsize::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.options.base_delay)
+            .with_max_delay(self.options.max_delay)
+            .with_max_times(self.options.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let cap = self.options.max_retry_after;
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.attempt(&url).await
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|failure: &Failure| failure.retryable)
+        .adjust(|failure: &Failure, computed| {
+            // `None` means the budget is spent; otherwise wait at least as long as the server asked.
+            computed.map(|delay| {
+                failure
+                    .retry_after
+                    .map_or(delay, |asked| asked.min(cap).max(delay))
+            })
+        })
+        .notify(|failure: &Failure, delay| {
+            let error = &failure.error;
+            tracing::warn!(%url, %error, retry_in = ?delay, "ASC API call failed; retrying");
+        })
+        .await;
+        result.map_err(|failure| {
+            if failure.retryable {
+                ApiError::GaveUp {
+                    attempts: attempts.load(Ordering::Relaxed),
+                    last: Box::new(failure.error),
+                }
+            } else {
+                failure.error
+            }
+        })
+    }
+
+    async fn attempt(&self, url: &Url) -> Result<Value, Failure> {
+        let token = self
+            .tokens
+            .token()
+            .await
+            .map_err(|e| Failure::fatal(e.into()))?;
+        let transport = |source: reqwest::Error| Failure {
+            retryable: source.is_timeout()
+                || source.is_connect()
+                || source.is_request()
+                || source.is_body(),
+            error: ApiError::Transport {
+                url: url.to_string(),
+                source,
+            },
+            retry_after: None,
+        };
+        let mut response = self
+            .http
+            .get(url.clone())
+            .bearer_auth(token.expose())
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        tracing::debug!(url = %url, status = status.as_u16(), "ASC API answered");
+        let retry_after = retry_after(&response);
+
+        let mut body = Vec::new();
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.options.max_body_bytes as u64)
+        {
+            return Err(Failure::fatal(self.too_large(url)));
+        }
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > self.options.max_body_bytes {
+                return Err(Failure::fatal(self.too_large(url)));
+            }
+            body.extend_from_slice(&chunk);
+        }
+
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|source| {
+                Failure::fatal(ApiError::Decode {
+                    url: url.to_string(),
+                    source,
+                })
+            });
+        }
+        let asc_message = asc_error_message(&body);
+        let error = match status {
+            StatusCode::UNAUTHORIZED => {
+                // The cached token may be the problem (e.g. minted before a clock jump); the next call
+                // should try a fresh one rather than repeat this one for its remaining lifetime.
+                self.tokens.invalidate().await;
+                ApiError::Unauthorized { asc_message }
+            }
+            StatusCode::FORBIDDEN => ApiError::Forbidden { asc_message },
+            StatusCode::NOT_FOUND => ApiError::NotFound {
+                url: url.to_string(),
+                asc_message,
+            },
+            _ => ApiError::Status {
+                status: status.as_u16(),
+                url: url.to_string(),
+                asc_message,
+            },
+        };
+        let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        Err(Failure {
+            error,
+            retryable,
+            retry_after,
+        })
+    }
+
+    fn too_large(&self, url: &Url) -> ApiError {
+        ApiError::TooLarge {
+            url: url.to_string(),
+            limit: self.options.max_body_bytes,
+        }
+    }
+}
+
+/// `Retry-After` in seconds on 429/503; the HTTP-date form is ignored in favour of normal backoff.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    if !matches!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        return None;
+    }
+    let secs = response
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// `CODE: detail` from an ASC JSON:API error body, shortened so it fits a status condition.
+fn asc_error_message(body: &[u8]) -> Option<String> {
+    let doc: Value = serde_json::from_slice(body).ok()?;
+    let first = doc.get("errors")?.get(0)?;
+    let code = first
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let text = ["detail", "title"]
+        .iter()
+        .find_map(|field| {
+            first
+                .get(*field)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_default();
+    let message = match (code.is_empty(), text.is_empty()) {
+        (true, true) => return None,
+        (false, false) => format!("{code}: {text}"),
+        _ => format!("{code}{text}"),
+    };
+    const MAX_CHARS: usize = 300;
+    Some(match message.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::asc::token::ApiKey;
+    use std::time::Instant;
+    use testkit::asc_mock::{AscMock, AscMockOptions, Fault, MockKeyKind};
+
+    const PEM: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/asc/keys/AuthKey_TEST2K9Q7X.p8"
+    ));
+    const ISSUER: &str = "69a6de70-03db-47e3-e053-5b8c7c11a4d1";
+    const COMPLETE_UPLOAD: &str = "/v1/buildUploads/3f1c2a9e-7b44-4d2e-9a51-0c8e2f6d1b77";
+
+    fn fast_options() -> AscClientOptions {
+        AscClientOptions {
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(5),
+            ..AscClientOptions::default()
+        }
+    }
+
+    fn client_for(api_url: &str, issuer: Option<&str>) -> AscClient {
+        let key = ApiKey::from_pem("TEST2K9Q7X", issuer.map(str::to_owned), PEM).unwrap();
+        AscClient::with_options(api_url, TokenSource::new(key), fast_options()).unwrap()
+    }
+
+    async fn setup() -> (AscMock, AscClient) {
+        let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+        let client = client_for(&mock.url(), Some(ISSUER));
+        (mock, client)
+    }
+
+    #[tokio::test]
+    async fn verify_succeeds_for_team_and_individual_keys() {
+        let (mock, team) = setup().await;
+        team.verify().await.unwrap();
+        client_for(&mock.url(), None).verify().await.unwrap();
+        let kinds: Vec<_> = mock.requests().iter().map(|r| r.auth.key_kind()).collect();
+        assert_eq!(
+            kinds,
+            [Some(MockKeyKind::Team), Some(MockKeyKind::Individual)]
+        );
+        assert_eq!(mock.requests()[0].path, "/v1/apps?limit=1");
+    }
+
+    #[tokio::test]
+    async fn links_on_other_origins_are_refused_without_a_request() {
+        let (mock, client) = setup().await;
+        let port = mock.addr().port();
+        let other_port = if port == 1 { 2 } else { port - 1 };
+        for link in [
+            format!("https://api.appstoreconnect.apple.com{COMPLETE_UPLOAD}"),
+            format!("https://127.0.0.1:{port}{COMPLETE_UPLOAD}"),
+            format!("http://127.0.0.1:{other_port}{COMPLETE_UPLOAD}"),
+            format!("http://localhost:{port}{COMPLETE_UPLOAD}"),
+            format!("http://user:hunter2@127.0.0.1:{port}{COMPLETE_UPLOAD}"),
+        ] {
+            let err = client.fetch_instance(&link).await.unwrap_err();
+            assert!(matches!(err, ApiError::ForeignOrigin { .. }), "{link}");
+            assert!(!err.to_string().contains("hunter2"));
+        }
+        let err = client.get_json("//evil.example/v1/apps").await.unwrap_err();
+        assert!(matches!(err, ApiError::ForeignOrigin { .. }), "{err:?}");
+        assert_eq!(mock.requests(), []);
+        assert_eq!(client.tokens().minted(), 0, "no token for a refused URL");
+    }
+
+    #[tokio::test]
+    async fn plain_http_link_is_refused_when_api_url_is_https() {
+        let client = client_for(DEFAULT_API_URL, Some(ISSUER));
+        let err = client
+            .fetch_instance(&format!(
+                "http://api.appstoreconnect.apple.com{COMPLETE_UPLOAD}"
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only https://api.appstoreconnect.apple.com"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn api_url_must_be_http_or_https() {
+        let key = ApiKey::from_pem("TEST2K9Q7X", None, PEM).unwrap();
+        let err = AscClient::new("ftp://example.com", TokenSource::new(key.clone())).unwrap_err();
+        assert!(matches!(err, ApiError::UnsupportedScheme { .. }));
+        let err = AscClient::new("not a url", TokenSource::new(key)).unwrap_err();
+        assert!(matches!(err, ApiError::InvalidUrl { .. }));
+    }
+
+    #[tokio::test]
+    async fn rate_limit_with_retry_after_is_honoured_then_succeeds() {
+        let (mock, client) = setup().await;
+        mock.inject(
+            Fault::TooManyRequests {
+                retry_after_secs: 1,
+            },
+            1,
+        );
+        let started = Instant::now();
+        let doc = client
+            .fetch_instance(&format!("{}{COMPLETE_UPLOAD}", mock.url()))
+            .await
+            .unwrap();
+        // A lower bound only: the client waited at least what the server asked for.
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(doc["data"]["id"], "3f1c2a9e-7b44-4d2e-9a51-0c8e2f6d1b77");
+        let statuses: Vec<_> = mock.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [Some(429), Some(200)]);
+    }
+
+    #[tokio::test]
+    async fn server_errors_forever_end_after_bounded_attempts() {
+        let (mock, client) = setup().await;
+        mock.inject_always(Fault::InternalServerError);
+        let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+        let ApiError::GaveUp { attempts: 4, last } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            matches!(**last, ApiError::Status { status: 500, .. }),
+            "{last:?}"
+        );
+        assert!(last.to_string().contains("UNEXPECTED_ERROR"), "{last}");
+        assert_eq!(mock.requests().len(), 4);
+        assert_eq!(client.tokens().minted(), 1, "retries reuse the token");
+    }
+
+    #[tokio::test]
+    async fn unavailable_then_ok_is_retried() {
+        let (mock, client) = setup().await;
+        mock.inject(
+            Fault::ServiceUnavailable {
+                retry_after_secs: None,
+            },
+            2,
+        );
+        client.get_json(COMPLETE_UPLOAD).await.unwrap();
+        assert_eq!(mock.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn unauthorized_is_not_retried_and_says_what_to_check() {
+        let (mock, client) = setup().await;
+        mock.inject(Fault::Unauthorized, 1);
+        let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+        assert!(matches!(err, ApiError::Unauthorized { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("keyId/issuerId") && text.contains("NOT_AUTH"),
+            "{text}"
+        );
+        assert_eq!(mock.requests().len(), 1);
+        client.get_json(COMPLETE_UPLOAD).await.unwrap();
+        assert_eq!(client.tokens().minted(), 2, "a refused token is not reused");
+    }
+
+    #[tokio::test]
+    async fn forbidden_and_not_found_are_distinct_and_not_retried() {
+        let (mock, client) = setup().await;
+        mock.inject(Fault::Forbidden, 1);
+        let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+        assert!(matches!(err, ApiError::Forbidden { .. }), "{err:?}");
+        let err = client
+            .get_json("/v1/buildUploads/00000000-0000-0000-0000-000000000000")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::NotFound { .. }), "{err:?}");
+        assert!(err.to_string().contains("(404)"));
+        assert_eq!(mock.requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn slow_response_times_out_and_is_retried() {
+        let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+        let mut client = client_for(&mock.url(), Some(ISSUER));
+        client.options.request_timeout = Duration::from_millis(300);
+        client = AscClient::with_options(&mock.url(), client.tokens, client.options).unwrap();
+        mock.inject(Fault::Delay(Duration::from_secs(3)), 1);
+        client.get_json(COMPLETE_UPLOAD).await.unwrap();
+        assert_eq!(mock.requests().len(), 2);
+        assert_eq!(mock.requests()[0].status, None, "first attempt abandoned");
+    }
+
+    #[tokio::test]
+    async fn connection_refused_ends_in_transport_error_after_retries() {
+        let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+        let url = mock.url();
+        mock.shutdown().await;
+        let err = client_for(&url, Some(ISSUER))
+            .get_json("/v1/apps")
+            .await
+            .unwrap_err();
+        let ApiError::GaveUp { attempts: 4, last } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(matches!(**last, ApiError::Transport { .. }), "{last:?}");
+    }
+
+    #[test]
+    fn asc_error_message_is_extracted_and_shortened() {
+        let detail = "d".repeat(1000);
+        let body = serde_json::json!({"errors": [{"code": "X", "title": "t", "detail": detail}]});
+        let message = asc_error_message(body.to_string().as_bytes()).unwrap();
+        assert!(message.starts_with("X: ddd") && message.ends_with('…'));
+        assert_eq!(message.chars().count(), 301);
+        assert_eq!(asc_error_message(b"<html>"), None);
+    }
+}

@@ -1,0 +1,103 @@
+//! Token checks the mock applies to every request, mirroring what App Store Connect documents.
+
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::{AuthOutcome, MockKeyKind};
+
+const AUDIENCE: &str = "appstoreconnect-v1";
+const MAX_SPAN_SECS: i64 = 20 * 60;
+/// How far in the future `iat` may be before the mock calls it a clock problem.
+const FUTURE_IAT_TOLERANCE_SECS: i64 = 60;
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    sub: Option<String>,
+    iat: Option<i64>,
+    exp: i64,
+}
+
+/// Holds the public key and the identifiers a token must carry.
+pub(crate) struct Verifier {
+    key: DecodingKey,
+    key_id: String,
+    issuer_id: String,
+}
+
+impl Verifier {
+    pub(crate) fn new(key: DecodingKey, key_id: String, issuer_id: String) -> Self {
+        Verifier {
+            key,
+            key_id,
+            issuer_id,
+        }
+    }
+
+    /// Checks the `Authorization` header; the rejection reason is for test assertions and logs.
+    pub(crate) fn check(&self, headers: &HeaderMap) -> AuthOutcome {
+        match self.verify(headers) {
+            Ok(kind) => AuthOutcome::Accepted(kind),
+            Err(reason) => AuthOutcome::Rejected(reason),
+        }
+    }
+
+    fn verify(&self, headers: &HeaderMap) -> Result<MockKeyKind, String> {
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or("no Authorization header")?
+            .to_str()
+            .map_err(|_| "Authorization header is not ASCII")?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .ok_or("Authorization is not a Bearer token")?;
+
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed JWT header: {e}"))?;
+        if header.alg != Algorithm::ES256 {
+            return Err(format!("alg is {:?}, not ES256", header.alg));
+        }
+        if header.typ.as_deref() != Some("JWT") {
+            return Err("typ is not JWT".into());
+        }
+        if header.kid.as_deref() != Some(self.key_id.as_str()) {
+            return Err(format!("unknown kid {:?}", header.kid));
+        }
+
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        // Apple allows no grace: a token past `exp` is refused, and tests of expiry must be exact.
+        validation.leeway = 0;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => {
+                    "signature does not verify with the known key".to_owned()
+                }
+                ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                ErrorKind::InvalidAudience => format!("aud is not {AUDIENCE}"),
+                _ => format!("token rejected: {e}"),
+            })?
+            .claims;
+
+        let iat = claims.iat.ok_or("no iat claim")?;
+        if claims.exp - iat > MAX_SPAN_SECS {
+            return Err(format!(
+                "exp - iat is {} s, more than {MAX_SPAN_SECS}",
+                claims.exp - iat
+            ));
+        }
+        if iat > jiff::Timestamp::now().as_second() + FUTURE_IAT_TOLERANCE_SECS {
+            return Err("iat is in the future".into());
+        }
+        match (claims.iss.as_deref(), claims.sub.as_deref()) {
+            (Some(iss), None) if iss == self.issuer_id => Ok(MockKeyKind::Team),
+            (Some(iss), None) => Err(format!("iss {iss:?} is not the known issuer")),
+            (Some(_), Some(_)) => Err("team token must not carry sub".into()),
+            (None, Some("user")) => Ok(MockKeyKind::Individual),
+            (None, _) => Err("no iss, and sub is not \"user\"".into()),
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! A mock App Store Connect API on `127.0.0.1:0`.
+//!
+//! It verifies every bearer token the way Apple does (ES256 signature against the test public key, `kid`,
+//! `aud`, expiry, `exp - iat <= 1200`, and `iss` for team keys or `sub: "user"` for individual keys),
+//! serves JSON:API documents from a fixtures directory, injects faults on demand and logs every request,
+//! so tests can assert what reached "Apple" (including that nothing did).
+//!
+//! Fixture files are named `<type>-<id>.json` and served at `/v1/<type>/<id>`; a file without a `-` is
+//! served at `/v1/<name>`. `GET /v1/apps` answers a one-app list for cheap credential checks.
+
+mod auth;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use auth::Verifier;
+
+/// Key id of the test key in `tests/fixtures/asc/keys`.
+pub const TEST_KEY_ID: &str = "TEST2K9Q7X";
+/// Issuer id paired with the test key.
+pub const TEST_ISSUER_ID: &str = "69a6de70-03db-47e3-e053-5b8c7c11a4d1";
+
+/// The repository's `tests/fixtures/asc` directory.
+pub fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/asc")
+}
+
+/// How to start an [`AscMock`]. `Default` uses the repository's fixtures and test key.
+#[derive(Debug, Clone)]
+pub struct AscMockOptions {
+    /// Directory of `<type>-<id>.json` documents to serve.
+    pub fixtures_dir: PathBuf,
+    /// PEM file of the P-256 public key tokens must verify against.
+    pub public_key_path: PathBuf,
+    /// The only `kid` accepted.
+    pub key_id: String,
+    /// The only `iss` accepted for team keys.
+    pub issuer_id: String,
+}
+
+impl Default for AscMockOptions {
+    fn default() -> Self {
+        let root = fixtures_root();
+        AscMockOptions {
+            fixtures_dir: root.join("api"),
+            public_key_path: root.join("keys/AuthKey_TEST2K9Q7X.pub.pem"),
+            key_id: TEST_KEY_ID.to_owned(),
+            issuer_id: TEST_ISSUER_ID.to_owned(),
+        }
+    }
+}
+
+/// Why the mock could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AscMockError {
+    /// A file (fixture or key) could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The public key file is not an EC public key PEM.
+    #[error("{path} is not an EC public key PEM")]
+    PublicKey {
+        /// The key file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// A fixture is not valid JSON.
+    #[error("fixture {path} is not JSON")]
+    Fixture {
+        /// The fixture file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Binding 127.0.0.1:0 failed.
+    #[error("binding the mock's listener")]
+    Bind(#[source] std::io::Error),
+}
+
+/// A response the mock gives instead of (or before) the normal one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// 401 `NOT_AUTHORIZED`, as if the key were revoked.
+    Unauthorized,
+    /// 403 `FORBIDDEN_ERROR`.
+    Forbidden,
+    /// 404 `NOT_FOUND`.
+    NotFound,
+    /// 429 `RATE_LIMIT_EXCEEDED` with `Retry-After: <secs>`.
+    TooManyRequests {
+        /// Value of the `Retry-After` header, in seconds.
+        retry_after_secs: u64,
+    },
+    /// 500 `UNEXPECTED_ERROR`.
+    InternalServerError,
+    /// 503, with `Retry-After` when given.
+    ServiceUnavailable {
+        /// Value of the `Retry-After` header, in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+}
+
+/// Which kind of key a verified token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockKeyKind {
+    /// The token carried the known `iss`.
+    Team,
+    /// The token carried `sub: "user"` and no `iss`.
+    Individual,
+}
+
+/// What the mock concluded about a request's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The token verified.
+    Accepted(MockKeyKind),
+    /// The token was refused, with the reason (for assertions; never sent to the client).
+    Rejected(String),
+}
+
+impl AuthOutcome {
+    /// Whether the token verified.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, AuthOutcome::Accepted(_))
+    }
+
+    /// The key kind, when the token verified.
+    pub fn key_kind(&self) -> Option<MockKeyKind> {
+        match self {
+            AuthOutcome::Accepted(kind) => Some(*kind),
+            AuthOutcome::Rejected(_) => None,
+        }
+    }
+}
+
+/// One request as the mock saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Token verification result.
+    pub auth: AuthOutcome,
+    /// Status answered, or `None` if the client went away before the answer (e.g. a timeout during a
+    /// [`Fault::Delay`]).
+    pub status: Option<u16>,
+}
+
+#[derive(Debug)]
+enum Remaining {
+    Times(usize),
+    Always,
+}
+
+struct Shared {
+    verifier: Verifier,
+    documents: Mutex<HashMap<String, Bytes>>,
+    faults: Mutex<VecDeque<(Fault, Remaining)>>,
+    log: Mutex<Vec<RecordedRequest>>,
+}
+
+/// Locks a mutex even if a panicking test thread poisoned it: the data stays meaningful for assertions.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running mock. Dropping it leaves the server running until the test runtime ends; call
+/// [`AscMock::shutdown`] to stop it earlier.
+pub struct AscMock {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for AscMock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AscMock")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AscMock {
+    /// Loads fixtures and the public key, binds `127.0.0.1:0` and starts serving.
+    pub async fn start(options: AscMockOptions) -> Result<AscMock, AscMockError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| AscMockError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let public_key = read(&options.public_key_path)?;
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(&public_key).map_err(|source| {
+            AscMockError::PublicKey {
+                path: options.public_key_path.clone(),
+                source,
+            }
+        })?;
+        let documents = load_fixtures(&options.fixtures_dir)?;
+        let shared = Arc::new(Shared {
+            verifier: Verifier::new(key, options.key_id, options.issuer_id),
+            documents: Mutex::new(documents),
+            faults: Mutex::new(VecDeque::new()),
+            log: Mutex::new(Vec::new()),
+        });
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(AscMockError::Bind)?;
+        let addr = listener.local_addr().map_err(AscMockError::Bind)?;
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(err) = serve.await {
+                tracing::warn!(error = %err, "ASC mock server stopped with an error");
+            }
+        });
+        Ok(AscMock {
+            addr,
+            shared,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234` (no trailing slash): use it as the credential's `apiUrl`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Rewrites an `https://api.appstoreconnect.apple.com/...` link (as found in webhook payloads) to this
+    /// mock's origin.
+    pub fn rewrite(&self, apple_url: &str) -> String {
+        match apple_url.strip_prefix("https://api.appstoreconnect.apple.com") {
+            Some(rest) => format!("{}{rest}", self.url()),
+            None => apple_url.to_owned(),
+        }
+    }
+
+    /// The next `times` requests with a valid token get `fault` (queued after faults already injected).
+    /// Requests with a bad token are answered 401 and do not consume faults, as on the real API.
+    pub fn inject(&self, fault: Fault, times: usize) {
+        if times > 0 {
+            lock(&self.shared.faults).push_back((fault, Remaining::Times(times)));
+        }
+    }
+
+    /// Every later request with a valid token gets `fault`, once the faults queued before it are used up.
+    pub fn inject_always(&self, fault: Fault) {
+        lock(&self.shared.faults).push_back((fault, Remaining::Always));
+    }
+
+    /// Drops all pending faults.
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
+    /// Serves `document` at `path` (e.g. `/v1/webhooks/abc/deliveries`), replacing any fixture there.
+    pub fn insert_document(&self, path: &str, document: &serde_json::Value) {
+        lock(&self.shared.documents).insert(path.to_owned(), Bytes::from(document.to_string()));
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// Stops accepting requests and waits (briefly) for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // A request parked in a long Delay fault would hold graceful shutdown open; do not wait for it.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+fn load_fixtures(dir: &Path) -> Result<HashMap<String, Bytes>, AscMockError> {
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AscMockError::Read { path, source }
+    };
+    let mut documents = HashMap::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err(dir))? {
+        let path = entry.map_err(read_err(dir))?.path();
+        let Some(stem) = path
+            .extension()
+            .filter(|ext| *ext == "json")
+            .and_then(|_| path.file_stem())
+            .and_then(|s| s.to_str())
+        else {
+            continue;
+        };
+        let body = std::fs::read(&path).map_err(read_err(&path))?;
+        serde_json::from_slice::<serde_json::Value>(&body).map_err(|source| {
+            AscMockError::Fixture {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        // Resource types never contain '-', ids (UUIDs) do: split at the first one.
+        let route = match stem.split_once('-') {
+            Some((kind, id)) => format!("/v1/{kind}/{id}"),
+            None => format!("/v1/{stem}"),
+        };
+        documents.insert(route, Bytes::from(body));
+    }
+    Ok(documents)
+}
+
+impl Shared {
+    fn next_fault(&self) -> Option<Fault> {
+        let mut faults = lock(&self.faults);
+        let (fault, remaining) = faults.front_mut()?;
+        let fault = fault.clone();
+        if let Remaining::Times(n) = remaining {
+            *n -= 1;
+            if *n == 0 {
+                faults.pop_front();
+            }
+        }
+        Some(fault)
+    }
+
+    async fn respond(&self, method: &Method, path: &str, auth: &AuthOutcome) -> Response {
+        if !auth.is_accepted() {
+            return unauthorized();
+        }
+        if let Some(fault) = self.next_fault() {
+            if let Fault::Delay(delay) = fault {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(response) = fault_response(&fault) {
+                return response;
+            }
+        }
+        if method != Method::GET {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "The request method is not valid for this resource.",
+                "",
+            );
+        }
+        if path == "/v1/apps" {
+            return json_response(StatusCode::OK, Bytes::from(apps_document().to_string()));
+        }
+        let document = lock(&self.documents).get(path).cloned();
+        match document {
+            Some(body) => json_response(StatusCode::OK, body),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The specified resource does not exist",
+                &format!("The path provided does not match a defined resource: {path}"),
+            ),
+        }
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let auth = shared.verifier.check(&headers);
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    // Logged on arrival so requests the client abandons (timeouts) still count.
+    let index = {
+        let mut log = lock(&shared.log);
+        log.push(RecordedRequest {
+            method: method.to_string(),
+            path: path_and_query,
+            auth: auth.clone(),
+            status: None,
+        });
+        log.len() - 1
+    };
+    let response = shared.respond(&method, uri.path(), &auth).await;
+    if let Some(entry) = lock(&shared.log).get_mut(index) {
+        entry.status = Some(response.status().as_u16());
+    }
+    response
+}
+
+fn apps_document() -> serde_json::Value {
+    json!({
+        "data": [{
+            "type": "apps",
+            "id": "1234567890",
+            "attributes": {
+                "name": "Example",
+                "bundleId": "com.example.app",
+                "sku": "EXAMPLE",
+                "primaryLocale": "en-US"
+            }
+        }],
+        "links": { "self": "https://api.appstoreconnect.apple.com/v1/apps?limit=1" },
+        "meta": { "paging": { "total": 1, "limit": 1 } }
+    })
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
+    let body = json!({
+        "errors": [{
+            "id": format!("mock-{}", status.as_u16()),
+            "status": status.as_u16().to_string(),
+            "code": code,
+            "title": title,
+            "detail": detail,
+        }]
+    });
+    json_response(status, Bytes::from(body.to_string()))
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "NOT_AUTHORIZED",
+        "Authentication credentials are missing or invalid.",
+        "Provide a properly configured and signed bearer token, and make sure that it has not expired.",
+    )
+}
+
+fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The canned answer for a fault, or `None` for faults that only delay the normal answer.
+fn fault_response(fault: &Fault) -> Option<Response> {
+    let response = match fault {
+        Fault::Unauthorized => unauthorized(),
+        Fault::Forbidden => error(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_ERROR",
+            "This request is forbidden for security reasons",
+            "The API key in use does not allow this request",
+        ),
+        Fault::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The specified resource does not exist",
+            "",
+        ),
+        Fault::TooManyRequests { retry_after_secs } => with_retry_after(
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMIT_EXCEEDED",
+                "The request rate limit has been reached.",
+                "We've received too many requests for this API. \
+                 Please wait and try again or slow down your request rate.",
+            ),
+            Some(*retry_after_secs),
+        ),
+        Fault::InternalServerError => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNEXPECTED_ERROR",
+            "An unexpected error occurred.",
+            "An unexpected error occurred on the server side.",
+        ),
+        Fault::ServiceUnavailable { retry_after_secs } => with_retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "The service is unavailable.",
+                "",
+            ),
+            *retry_after_secs,
+        ),
+        Fault::Delay(_) => return None,
+    };
+    Some(response)
+}

@@ -1,0 +1,2 @@
+//! Test support for asc-webhook-operator. Nothing here is shipped in the operator binary.
+pub mod asc_mock;

@@ -14,6 +14,10 @@ pub struct SecretKeySelector {
     /// Key within the Secret's `data` whose value is used.
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
+    /// Leave empty. References resolve only in this resource's own namespace; any other value is refused
+    /// with the reason `CrossNamespaceReference`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A reference by name to an object in the same namespace.
@@ -23,6 +27,15 @@ pub struct LocalObjectReference {
     /// Name of the referenced object, in the same namespace as this resource.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Leave empty. References resolve only in this resource's own namespace; any other value is refused
+    /// with the reason `CrossNamespaceReference`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Whether a reference written with an explicit `namespace` points outside `own`.
+pub fn crosses_namespace(reference_namespace: Option<&str>, own: &str) -> bool {
+    reference_namespace.is_some_and(|ns| !ns.is_empty() && ns != own)
 }
 
 /// A schema for fields kept as an open object (validated by the controller, not the API server), so the

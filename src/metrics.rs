@@ -97,16 +97,23 @@ impl Metrics {
         let mut registry = Registry::with_prefix("asc_webhook");
         let requests = Family::<RequestLabels, Counter>::default();
         let signature_failures = Family::<RouteLabels, Counter>::default();
-        let request_duration =
-            Family::<OutcomeLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let secret_fetches = Family::<OutcomeLabels, Counter>::default();
         let reconciles = Family::<ReconcileLabels, Counter>::default();
-        let reconcile_duration =
-            Family::<ControllerLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let actions = Family::<ActionLabels, Counter>::default();
-        let action_duration =
-            Family::<ActionLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register("receiver_requests", "Webhook requests by route and outcome", requests.clone());
+        let action_duration = Family::<ActionLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "receiver_requests",
+            "Webhook requests by route and outcome",
+            requests.clone(),
+        );
         registry.register(
             "receiver_signature_failures",
             "Requests refused for a missing, malformed or wrong signature",
@@ -117,15 +124,31 @@ impl Metrics {
             "Time from request to answer",
             request_duration.clone(),
         );
-        registry.register("receiver_secret_fetches", "Webhook secret reads from the API server", secret_fetches.clone());
-        registry.register("controller_reconciles", "Reconciles by controller and result", reconciles.clone());
+        registry.register(
+            "receiver_secret_fetches",
+            "Webhook secret reads from the API server",
+            secret_fetches.clone(),
+        );
+        registry.register(
+            "controller_reconciles",
+            "Reconciles by controller and result",
+            reconciles.clone(),
+        );
         registry.register(
             "controller_reconcile_duration_seconds",
             "Reconcile duration by controller",
             reconcile_duration.clone(),
         );
-        registry.register("actions", "Actions run, by kind and outcome", actions.clone());
-        registry.register("action_duration_seconds", "Duration of one action attempt", action_duration.clone());
+        registry.register(
+            "actions",
+            "Actions run, by kind and outcome",
+            actions.clone(),
+        );
+        registry.register(
+            "action_duration_seconds",
+            "Duration of one action attempt",
+            action_duration.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -156,10 +179,18 @@ mod tests {
     fn counted_requests_show_up_in_the_text_format() {
         let m = Metrics::new();
         m.requests
-            .get_or_create(&RequestLabels { route: "ios/release".into(), outcome: "accepted" })
+            .get_or_create(&RequestLabels {
+                route: "ios/release".into(),
+                outcome: "accepted",
+            })
             .inc();
         let text = m.encode();
-        assert!(text.contains(r#"asc_webhook_receiver_requests_total{route="ios/release",outcome="accepted"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"asc_webhook_receiver_requests_total{route="ios/release",outcome="accepted"} 1"#
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -16,7 +16,11 @@ pub fn delivery_name(route: &str, event_id: &str) -> String {
 
 /// Name of the Job that `rule` of `route` runs for `event_id`.
 pub fn job_name(route: &str, rule: &str, event_id: &str) -> String {
-    join(&format!("{route}-{rule}"), &digest(&[route, rule, event_id], 10), MAX_LABEL)
+    join(
+        &format!("{route}-{rule}"),
+        &digest(&[route, rule, event_id], 10),
+        MAX_LABEL,
+    )
 }
 
 /// Hex of SHA-256 over the parts, separated so `("a-b","c")` and `("a","b-c")` differ.
@@ -38,7 +42,11 @@ fn join(prefix: &str, hash: &str, max: usize) -> String {
     while p.ends_with(['-', '.']) {
         p.pop();
     }
-    if p.is_empty() { hash.to_owned() } else { format!("{p}-{hash}") }
+    if p.is_empty() {
+        hash.to_owned()
+    } else {
+        format!("{p}-{hash}")
+    }
 }
 
 #[cfg(test)]
@@ -47,8 +55,14 @@ mod tests {
 
     #[test]
     fn same_event_on_same_route_gets_the_same_delivery_name() {
-        assert_eq!(delivery_name("release", "e1"), delivery_name("release", "e1"));
-        assert_ne!(delivery_name("release", "e1"), delivery_name("release", "e2"));
+        assert_eq!(
+            delivery_name("release", "e1"),
+            delivery_name("release", "e1")
+        );
+        assert_ne!(
+            delivery_name("release", "e1"),
+            delivery_name("release", "e2")
+        );
         assert_ne!(delivery_name("release", "e1"), delivery_name("other", "e1"));
         assert!(delivery_name("release", "e1").starts_with("release-"));
     }
@@ -58,7 +72,10 @@ mod tests {
         let long = "a".repeat(200);
         let name = job_name(&long, "submit", "e1");
         assert!(name.len() <= 63, "{}", name.len());
-        assert_ne!(job_name(&long, "submit", "e1"), job_name(&long, "submit", "e2"));
+        assert_ne!(
+            job_name(&long, "submit", "e1"),
+            job_name(&long, "submit", "e2")
+        );
         assert_ne!(job_name("r", "a-b", "e"), job_name("r-a", "b", "e"));
     }
 
@@ -75,7 +92,8 @@ mod tests {
 /// so a long route name or an odd event type still labels its objects.
 pub fn label_value(s: &str) -> String {
     let valid = s.len() <= MAX_LABEL
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric());
     if valid || s.is_empty() {
@@ -83,7 +101,13 @@ pub fn label_value(s: &str) -> String {
     }
     let cleaned: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let trimmed = cleaned.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
     join(trimmed, &digest(&[s], 8), MAX_LABEL)
@@ -95,11 +119,17 @@ mod label_tests {
 
     #[test]
     fn valid_label_values_pass_through_and_others_are_made_valid() {
-        assert_eq!(label_value("buildUploadStateUpdated"), "buildUploadStateUpdated");
+        assert_eq!(
+            label_value("buildUploadStateUpdated"),
+            "buildUploadStateUpdated"
+        );
         let long = label_value(&"r".repeat(100));
         assert!(long.len() <= 63);
         let odd = label_value("weird type/with spaces");
-        assert!(odd.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{odd}");
+        assert!(
+            odd.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "{odd}"
+        );
         assert_ne!(label_value(&"r".repeat(100)), label_value(&"r".repeat(101)));
     }
 }

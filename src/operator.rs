@@ -55,7 +55,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 }
 
 /// Runs against `client` until `shutdown` is cancelled.
-pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run_with(
+    client: Client,
+    args: RunArgs,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let readiness = Readiness::default();
 
@@ -64,14 +68,17 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
         None => Api::all(client.clone()),
     };
     let (routes, writer) = reflector::store();
-    let route_stream = reflector(writer, watcher(routes_api, watcher::Config::default().any_semantic()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "route watch interrupted; retrying");
-            }
-        });
+    let route_stream = reflector(
+        writer,
+        watcher(routes_api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "route watch interrupted; retrying");
+        }
+    });
     tokio::spawn(route_stream);
     {
         let routes = routes.clone();
@@ -107,13 +114,20 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
 
     let public = TcpListener::bind(args.listen_addr)
         .await
-        .map_err(|source| RunError::Bind { addr: args.listen_addr, source })?;
+        .map_err(|source| RunError::Bind {
+            addr: args.listen_addr,
+            source,
+        })?;
     let admin = TcpListener::bind(args.admin_addr)
         .await
-        .map_err(|source| RunError::Bind { addr: args.admin_addr, source })?;
+        .map_err(|source| RunError::Bind {
+            addr: args.admin_addr,
+            source,
+        })?;
     tracing::info!(public = %args.listen_addr, admin = %args.admin_addr, "listening");
 
-    let public_server = axum::serve(public, receiver.router()).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let public_server = axum::serve(public, receiver.router())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let (p, a) = tokio::join!(public_server.into_future(), admin_server.into_future());

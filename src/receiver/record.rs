@@ -71,6 +71,7 @@ mod tests {
                 secret_ref: SecretKeySelector {
                     name: "s".into(),
                     key: "k".into(),
+                    namespace: None,
                 },
                 credential_ref: None,
                 rules: vec![],

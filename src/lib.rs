@@ -4,8 +4,10 @@
 //! `receiver` turns signed requests into `WebhookDelivery` objects; `controllers` turn those into work;
 //! `actions` holds the pure builders of that work.
 
+pub mod actions;
 pub mod asc;
 pub mod cli;
+pub mod controllers;
 pub mod examples;
 pub mod metrics;
 pub mod naming;

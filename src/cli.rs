@@ -78,6 +78,15 @@ pub struct RunArgs {
     /// Longest delay between retries.
     #[arg(long, env = "ASC_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
+    /// Per-request timeout of App Store Connect API calls.
+    #[arg(long, env = "ASC_API_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub asc_api_timeout: Duration,
+    /// Attempts per App Store Connect API call (429, 5xx and connection errors are retried).
+    #[arg(long, env = "ASC_API_MAX_ATTEMPTS", default_value_t = 4)]
+    pub asc_api_max_attempts: usize,
+    /// First delay between App Store Connect API retries (doubles each time; `Retry-After` wins).
+    #[arg(long, env = "ASC_API_RETRY_BASE_DELAY", default_value = "500ms", value_parser = parse_duration)]
+    pub asc_api_retry_base_delay: Duration,
     /// Elect a leader through a Lease so only one replica runs the controllers (every replica receives).
     #[arg(long, env = "ASC_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,

@@ -9,6 +9,7 @@ pub mod asc;
 pub mod cli;
 pub mod controllers;
 pub mod examples;
+pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod operator;

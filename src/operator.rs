@@ -1,7 +1,10 @@
 //! `asc-webhook-operator run`: starts the receiver on every replica and the controllers on the leader,
 //! then waits for SIGTERM and shuts down gracefully.
 
+use crate::asc::api::AscClientOptions;
 use crate::cli::RunArgs;
+use crate::controllers::{self, Context, Settings};
+use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
@@ -30,6 +33,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The controllers' HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// Leader election could not start.
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
     /// A server failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
@@ -42,6 +51,23 @@ impl From<&RunArgs> for ReceiverConfig {
             body_timeout: a.body_timeout,
             secret_cache_ttl: a.secret_cache_ttl,
             failed_signatures_per_minute: a.failed_signatures_per_minute,
+        }
+    }
+}
+
+impl From<&RunArgs> for Settings {
+    fn from(a: &RunArgs) -> Self {
+        Settings {
+            public_url: a.public_url.clone(),
+            max_attempts: a.max_attempts.max(1),
+            retry_base_delay: a.retry_base_delay,
+            retry_max_delay: a.retry_max_delay,
+            asc: AscClientOptions {
+                request_timeout: a.asc_api_timeout,
+                max_attempts: a.asc_api_max_attempts.max(1),
+                base_delay: a.asc_api_retry_base_delay,
+                ..AscClientOptions::default()
+            },
         }
     }
 }
@@ -130,9 +156,58 @@ pub async fn run_with(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let (p, a) = tokio::join!(public_server.into_future(), admin_server.into_future());
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!(
+            "asc-webhook-operator-{}",
+            hex::encode(rand::random::<[u8; 6]>())
+        )
+    });
+    let reporter = kube::runtime::events::Reporter {
+        controller: "asc-webhook-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            Settings::from(&args),
+            reporter,
+        )
+        .map_err(RunError::HttpClient)?,
+    );
+    let namespace = args.namespace.clone();
+    let controllers = {
+        let shutdown = shutdown.clone();
+        async move {
+            if args.leader_election {
+                let settings = LeaseSettings {
+                    name: args.lease_name.clone(),
+                    namespace: args.lease_namespace.clone(),
+                    identity,
+                    duration_seconds: args.lease_duration_seconds.max(2),
+                };
+                leader::run_while_leader(client, settings, shutdown, move |stop| {
+                    Box::pin(controllers::run(
+                        ctx.clone(),
+                        namespace.clone(),
+                        stop.cancelled_owned(),
+                    ))
+                })
+                .await?;
+            } else {
+                controllers::run(ctx, namespace, shutdown.cancelled_owned()).await;
+            }
+            Ok::<(), RunError>(())
+        }
+    };
+    let (p, a, c) = tokio::join!(
+        public_server.into_future(),
+        admin_server.into_future(),
+        controllers
+    );
     p.map_err(RunError::Serve)?;
     a.map_err(RunError::Serve)?;
+    c?;
     tracing::info!("stopped");
     Ok(())
 }

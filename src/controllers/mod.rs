@@ -1,3 +1,177 @@
-//! The controllers: deliveries into work, routes and credentials into truthful status.
+//! The controllers: deliveries into work, routes and credentials into truthful status. They run on the
+//! leader only; the receiver runs on every replica.
 
+pub mod context;
+pub mod credential;
+pub mod delivery;
+pub mod delivery_state;
 pub mod matching;
+pub mod route;
+pub mod route_status;
+mod status;
+
+pub use context::{Context, Settings};
+
+use crate::actions::job::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::metrics::{ControllerLabels, ReconcileLabels};
+use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a reconcile did not finish. Both kinds are retried with backoff; invalid specs are not errors but
+/// conditions, so they never land here.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server failed or refused a call.
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[source] kube::Error),
+    /// Something outside the operator is temporarily unavailable.
+    #[error("temporarily unavailable: {0}")]
+    Transient(String),
+}
+
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Wraps a reconciler with metrics and failure bookkeeping.
+async fn instrumented<K, F, Fut>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    controller: &'static str,
+    f: F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let started = Instant::now();
+    let k = key(obj.as_ref());
+    let result = f(obj, ctx.clone()).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&ControllerLabels { controller })
+        .observe(started.elapsed().as_secs_f64());
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            controller,
+            result: label,
+        })
+        .inc();
+    if result.is_ok() {
+        ctx.record_success(&k);
+    }
+    result
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let delay = ctx.record_failure(&key(obj.as_ref()));
+    tracing::warn!(object = %key(obj.as_ref()), error = %crate::controllers::credential::error_chain(error), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the three controllers until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+
+    let jobs_cfg = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let deliveries = Controller::new(
+        api::<WebhookDelivery>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<Job>(&client, ns), jobs_cfg)
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        |d, c| instrumented(d, c, "delivery", delivery::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+
+    let route_controller = Controller::new(
+        api::<WebhookRoute>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let route_store = route_controller.store();
+    let routes = route_controller
+        .owns(
+            api::<WebhookDelivery>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .watches(
+            api::<AscCredential>(&client, ns),
+            watcher::Config::default().any_semantic(),
+            move |cred| {
+                let cred_ns = cred.namespace();
+                let cred_name = cred.name_any();
+                route_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| {
+                        r.namespace() == cred_ns
+                            && r.spec
+                                .credential_ref
+                                .as_ref()
+                                .is_some_and(|c| c.name == cred_name)
+                    })
+                    .map(|r| ObjectRef::from_obj(r.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |r, c| instrumented(r, c, "route", route::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let credentials = Controller::new(
+        api::<AscCredential>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        |c, x| instrumented(c, x, "credential", credential::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+
+    tokio::join!(deliveries, routes, credentials);
+}

@@ -215,6 +215,9 @@ pub struct WebhookRouteStatus {
     /// The most recently received delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery: Option<LastDelivery>,
+    /// Deliveries deleted by history pruning, by outcome; already included in `deliveries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<DeliveryCounts>,
     /// When App Store Connect last sent a test ping (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ping_time: Option<String>,

@@ -1,0 +1,355 @@
+//! What every reconciler shares: the client, settings, metrics, the Event recorder, App Store Connect
+//! clients per credential, and the per-object failure counts behind the retry backoff.
+
+use crate::asc::api::{AscClient, AscClientOptions};
+use crate::asc::enrich::Enrichment;
+use crate::asc::token::{ApiKey, TokenSource};
+use crate::metrics::Metrics;
+use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Settings of the controllers, from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base of each route's `status.url`.
+    pub public_url: Option<String>,
+    /// Processing passes before a transiently failing delivery is marked `Failed`.
+    pub max_attempts: i32,
+    /// First retry delay.
+    pub retry_base_delay: Duration,
+    /// Longest retry delay.
+    pub retry_max_delay: Duration,
+    /// Options of App Store Connect API clients.
+    pub asc: AscClientOptions,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            public_url: None,
+            max_attempts: 8,
+            retry_base_delay: Duration::from_secs(2),
+            retry_max_delay: Duration::from_secs(300),
+            asc: AscClientOptions::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Exponential backoff for the `attempt`-th retry (1-based), with up to 20 % jitter so a burst of
+    /// failures does not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry_base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.retry_max_delay);
+        let jitter = capped.mul_f64(rand::random::<f64>() * 0.2);
+        capped
+            .saturating_add(jitter)
+            .min(self.retry_max_delay.max(self.retry_base_delay))
+    }
+}
+
+/// Why a credential cannot serve API calls right now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialProblem {
+    /// Any reason, with whether trying again later may help.
+    #[error("{reason}: {message}")]
+    Unusable {
+        /// Condition reason, e.g. `SecretNotFound`.
+        reason: &'static str,
+        /// For a person.
+        message: String,
+        /// Whether a retry may succeed without a change by the user (API server trouble).
+        transient: bool,
+    },
+}
+
+/// What a usable credential gives the delivery controller.
+#[derive(Clone)]
+pub struct ResolvedCredential {
+    /// The API client (tokens cached inside).
+    pub client: AscClient,
+    /// The credential, as read.
+    pub credential: AscCredential,
+}
+
+struct CachedClient {
+    fingerprint: String,
+    client: AscClient,
+}
+
+/// State shared by the reconcilers.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings.
+    pub settings: Settings,
+    /// HTTP client for HTTP actions.
+    pub http: reqwest::Client,
+    recorder: Recorder,
+    asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
+    failures: Mutex<HashMap<String, u32>>,
+    enrichments: Mutex<HashMap<String, Enrichment>>,
+}
+
+/// Enrichments kept in memory, so HTTP retries of one delivery do not call App Store Connect again.
+const ENRICHMENT_CACHE: usize = 1024;
+
+impl Context {
+    /// A context publishing Events as `reporter`.
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        settings: Settings,
+        reporter: Reporter,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            http: crate::actions::http::client()?,
+            asc_clients: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            enrichments: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(truncate(&note, 1000)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::debug!(error = %e, reason, "could not publish Event");
+        }
+    }
+
+    /// Counts a failed reconcile of `key` and returns the delay before the next try.
+    pub fn record_failure(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        self.settings.backoff(*n).min(Duration::from_secs(60))
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub fn record_success(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The enrichment fetched earlier for `d` by this process, if any.
+    pub fn cached_enrichment(&self, d: &WebhookDelivery) -> Option<Enrichment> {
+        let uid = d.uid()?;
+        self.enrichments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uid)
+            .cloned()
+    }
+
+    /// Remembers the enrichment of `d` (bounded; the oldest entries go first in bulk).
+    pub fn cache_enrichment(&self, d: &WebhookDelivery, e: &Enrichment) {
+        let Some(uid) = d.uid() else { return };
+        let mut cache = self.enrichments.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= ENRICHMENT_CACHE {
+            cache.clear();
+        }
+        cache.insert(uid, e.clone());
+    }
+
+    /// Resolves the credential `name` in `namespace` into an API client, reusing the cached client (and so
+    /// its tokens) while neither the credential nor its Secret changed.
+    pub async fn asc_client(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ResolvedCredential, CredentialProblem> {
+        let creds: Api<AscCredential> = Api::namespaced(self.client.clone(), namespace);
+        let credential = match creds.get_opt(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(unusable(
+                    "CredentialNotFound",
+                    format!("AscCredential {namespace}/{name} does not exist"),
+                    false,
+                ));
+            }
+            Err(e) => {
+                return Err(unusable(
+                    "ApiServerUnavailable",
+                    format!("cannot read AscCredential {namespace}/{name}: {e}"),
+                    true,
+                ));
+            }
+        };
+        let (secret, pem) = read_key(
+            &self.client,
+            namespace,
+            &credential.spec.private_key_secret_ref,
+        )
+        .await?;
+        let fingerprint = format!(
+            "{}/{}/{}",
+            credential.metadata.generation.unwrap_or_default(),
+            credential.uid().unwrap_or_default(),
+            secret.resource_version().unwrap_or_default()
+        );
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(cached) = self
+            .asc_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && cached.fingerprint == fingerprint
+        {
+            return Ok(ResolvedCredential {
+                client: cached.client.clone(),
+                credential,
+            });
+        }
+        let api_key = ApiKey::from_pem(
+            credential.spec.key_id.clone(),
+            credential.spec.issuer_id.clone(),
+            &pem,
+        )
+        .map_err(|e| unusable("KeyInvalid", e.to_string(), false))?;
+        let client = AscClient::with_options(
+            credential.spec.api_url(),
+            TokenSource::new(api_key),
+            self.settings.asc.clone(),
+        )
+        .map_err(|e| unusable("InvalidApiUrl", e.to_string(), false))?;
+        self.asc_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                key,
+                CachedClient {
+                    fingerprint,
+                    client: client.clone(),
+                },
+            );
+        Ok(ResolvedCredential { client, credential })
+    }
+}
+
+/// Reads the private key of a credential from its Secret.
+pub async fn read_key(
+    client: &Client,
+    namespace: &str,
+    selector: &SecretKeySelector,
+) -> Result<(Secret, Vec<u8>), CredentialProblem> {
+    if crate::resources::common::crosses_namespace(selector.namespace.as_deref(), namespace) {
+        return Err(unusable(
+            "CrossNamespaceReference",
+            format!("privateKeySecretRef must stay in namespace {namespace}"),
+            false,
+        ));
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = match secrets.get_opt(&selector.name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(unusable(
+                "SecretNotFound",
+                format!("Secret {namespace}/{} does not exist", selector.name),
+                false,
+            ));
+        }
+        Err(e) => {
+            return Err(unusable(
+                "ApiServerUnavailable",
+                format!("cannot read Secret {namespace}/{}: {e}", selector.name),
+                true,
+            ));
+        }
+    };
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&selector.key))
+        .map(|b| b.0.clone())
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| {
+            unusable(
+                "SecretKeyNotFound",
+                format!(
+                    "Secret {namespace}/{} has no key {:?}",
+                    selector.name, selector.key
+                ),
+                false,
+            )
+        })?;
+    Ok((secret, pem))
+}
+
+fn unusable(reason: &'static str, message: String, transient: bool) -> CredentialProblem {
+    CredentialProblem::Unusable {
+        reason,
+        message,
+        transient,
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let s = Settings {
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(10),
+            ..Settings::default()
+        };
+        assert!(
+            s.backoff(1) >= Duration::from_secs(1) && s.backoff(1) < Duration::from_millis(1201)
+        );
+        assert!(s.backoff(3) >= Duration::from_secs(4));
+        assert!(s.backoff(30) <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate("héllo", 2), "h…");
+        assert_eq!(truncate("ok", 10), "ok");
+    }
+}

@@ -1,0 +1,314 @@
+//! The pure half of the route controller: is the route usable (and if not, what should a person fix),
+//! what do its deliveries add up to, and which deliveries fall out of the history.
+
+use crate::actions::{job, template};
+use crate::resources::common::crosses_namespace;
+use crate::resources::conditions::{self, Condition};
+use crate::resources::delivery::Phase;
+use crate::resources::route::{DeliveryCounts, LastDelivery};
+use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute, WebhookRouteStatus};
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the route controller read from the API server about a route's references.
+#[derive(Debug, Default, Clone)]
+pub struct RouteFacts {
+    /// Secrets by name: `None` when missing, else the keys they hold.
+    pub secrets: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// The referenced credential: `None` when not referenced, `Some(None)` when missing.
+    pub credential: Option<Option<AscCredential>>,
+}
+
+/// One reason a route is not usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Condition reason.
+    pub reason: &'static str,
+    /// What to fix.
+    pub message: String,
+}
+
+fn problem(reason: &'static str, message: String) -> Problem {
+    Problem { reason, message }
+}
+
+/// Names of every Secret a route refers to (so the controller knows what to read).
+pub fn referenced_secrets(route: &WebhookRoute) -> BTreeSet<String> {
+    let mut names = BTreeSet::from([route.spec.secret_ref.name.clone()]);
+    for rule in &route.spec.rules {
+        if let Some(http) = &rule.http {
+            names.insert(http.url_secret_ref.name.clone());
+            if let Some(h) = &http.headers_secret_ref {
+                names.insert(h.name.clone());
+            }
+        }
+    }
+    names
+}
+
+/// Every problem with the route, most fundamental first.
+pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
+    let ns = route.namespace().unwrap_or_default();
+    let spec = &route.spec;
+    let mut out = Vec::new();
+    let mut refs: Vec<(&str, Option<&str>)> =
+        vec![("secretRef", spec.secret_ref.namespace.as_deref())];
+    if let Some(c) = &spec.credential_ref {
+        refs.push(("credentialRef", c.namespace.as_deref()));
+    }
+    for rule in &spec.rules {
+        if let Some(http) = &rule.http {
+            refs.push((
+                "http.urlSecretRef",
+                http.url_secret_ref.namespace.as_deref(),
+            ));
+            if let Some(h) = &http.headers_secret_ref {
+                refs.push(("http.headersSecretRef", h.namespace.as_deref()));
+            }
+        }
+    }
+    for (field, other) in refs {
+        if crosses_namespace(other, &ns) {
+            out.push(problem(
+                "CrossNamespaceReference",
+                format!(
+                    "{field} points to namespace {}; references must stay in namespace {ns}",
+                    other.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if !out.is_empty() {
+        return out;
+    }
+
+    let secret_key =
+        |name: &str, key: &str, what: &str, missing: &'static str, missing_key: &'static str| {
+            match facts.secrets.get(name) {
+                Some(Some(keys)) if keys.contains(key) => None,
+                Some(Some(_)) => Some(problem(
+                    missing_key,
+                    format!("Secret {ns}/{name} has no key {key:?} ({what})"),
+                )),
+                _ => Some(problem(
+                    missing,
+                    format!("Secret {ns}/{name} ({what}) does not exist"),
+                )),
+            }
+        };
+    out.extend(secret_key(
+        &spec.secret_ref.name,
+        &spec.secret_ref.key,
+        "webhook secret",
+        "SecretNotFound",
+        "SecretKeyNotFound",
+    ));
+
+    match (&spec.credential_ref, &facts.credential) {
+        (Some(c), Some(None)) | (Some(c), None) => out.push(problem(
+            "CredentialNotFound",
+            format!("AscCredential {ns}/{} does not exist", c.name),
+        )),
+        (Some(c), Some(Some(cred))) => {
+            let ready = cred
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, "Ready"));
+            if !ready.is_some_and(Condition::is_true) {
+                let why = ready
+                    .map(|r| format!("{}: {}", r.reason, r.message))
+                    .unwrap_or_else(|| "not checked yet".into());
+                out.push(problem(
+                    "CredentialNotReady",
+                    format!("AscCredential {ns}/{} is not ready ({why})", c.name),
+                ));
+            }
+        }
+        (None, _) => {}
+    }
+
+    for rule in &spec.rules {
+        if let Some(j) = &rule.job {
+            if let Err(e) = job::parse_template(&j.template) {
+                out.push(problem(
+                    "InvalidJobTemplate",
+                    format!("rule {}: {e}", rule.name),
+                ));
+            }
+            if j.inject_api_key && spec.credential_ref.is_none() {
+                out.push(problem(
+                    "CredentialRequired",
+                    format!(
+                        "rule {} sets job.injectApiKey but the route has no credentialRef",
+                        rule.name
+                    ),
+                ));
+            }
+        }
+        if let Some(http) = &rule.http {
+            if let Some(body) = &http.body
+                && let Err(e) = template::validate(body)
+            {
+                out.push(problem(
+                    "InvalidHttpTemplate",
+                    format!("rule {}: body template: {e}", rule.name),
+                ));
+            }
+            out.extend(secret_key(
+                &http.url_secret_ref.name,
+                &http.url_secret_ref.key,
+                &format!("URL of rule {}", rule.name),
+                "HttpSecretNotFound",
+                "HttpSecretNotFound",
+            ));
+            if let Some(h) = &http.headers_secret_ref
+                && !matches!(facts.secrets.get(&h.name), Some(Some(_)))
+            {
+                out.push(problem(
+                    "HttpSecretNotFound",
+                    format!(
+                        "Secret {ns}/{} (headers of rule {}) does not exist",
+                        h.name, rule.name
+                    ),
+                ));
+            }
+        }
+        if rule.enrich == crate::resources::route::EnrichPolicy::Required
+            && spec.credential_ref.is_none()
+        {
+            out.push(problem(
+                "CredentialRequired",
+                format!(
+                    "rule {} requires enrichment but the route has no credentialRef",
+                    rule.name
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// The `Ready` condition for a list of problems.
+pub fn ready_condition(problems: &[Problem]) -> Condition {
+    match problems.first() {
+        None => Condition::new(
+            "Ready",
+            true,
+            "Ready",
+            "references resolve and every rule is valid",
+        ),
+        Some(first) => {
+            let message = problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            Condition::new("Ready", false, first.reason, message)
+        }
+    }
+}
+
+fn phase(d: &WebhookDelivery) -> Phase {
+    d.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+fn count(deliveries: &[&WebhookDelivery]) -> DeliveryCounts {
+    let mut c = DeliveryCounts::default();
+    for d in deliveries {
+        c.received += 1;
+        match phase(d) {
+            Phase::Succeeded => c.succeeded += 1,
+            Phase::Failed => c.failed += 1,
+            Phase::NoMatch => c.no_match += 1,
+            Phase::Pending | Phase::Running => c.in_progress += 1,
+        }
+    }
+    c
+}
+
+fn add(a: &DeliveryCounts, b: &DeliveryCounts) -> DeliveryCounts {
+    DeliveryCounts {
+        received: a.received + b.received,
+        succeeded: a.succeeded + b.succeeded,
+        failed: a.failed + b.failed,
+        no_match: a.no_match + b.no_match,
+        in_progress: a.in_progress + b.in_progress,
+    }
+}
+
+fn received_key(d: &WebhookDelivery) -> (String, String) {
+    (d.spec.received_at.clone(), d.name_any())
+}
+
+/// The finished deliveries beyond `limit`, oldest first: what pruning deletes.
+pub fn to_prune<'a>(deliveries: &[&'a WebhookDelivery], limit: i32) -> Vec<&'a WebhookDelivery> {
+    let excess = deliveries
+        .len()
+        .saturating_sub(usize::try_from(limit.max(1)).unwrap_or(1));
+    let mut finished: Vec<&WebhookDelivery> = deliveries
+        .iter()
+        .copied()
+        .filter(|d| phase(d).is_terminal())
+        .collect();
+    finished.sort_by_key(|d| received_key(d));
+    finished.truncate(excess);
+    finished
+}
+
+/// The route's status after pruning `pruned_now` from `deliveries` (which still includes them).
+pub fn desired_status(
+    route: &WebhookRoute,
+    deliveries: &[&WebhookDelivery],
+    pruned_now: &[&WebhookDelivery],
+    problems: &[Problem],
+    public_url: Option<&str>,
+    now: &str,
+) -> WebhookRouteStatus {
+    let prev = route.status.clone().unwrap_or_default();
+    let pruned = add(&prev.pruned.clone().unwrap_or_default(), &count(pruned_now));
+    let totals = add(
+        &count(deliveries),
+        &DeliveryCounts {
+            in_progress: 0,
+            ..pruned.clone()
+        },
+    );
+    let last_delivery = deliveries
+        .iter()
+        .max_by_key(|d| received_key(d))
+        .map(|d| LastDelivery {
+            name: d.name_any(),
+            event_type: d.spec.event_type.clone(),
+            new_state: d.spec.new_state.clone(),
+            phase: Some(phase(d).as_str().to_owned()),
+            received_at: d.spec.received_at.clone(),
+        })
+        .or(prev.last_delivery.clone());
+    let last_ping_time = deliveries
+        .iter()
+        .filter(|d| d.spec.event_type == "webhookPingCreated")
+        .map(|d| d.spec.received_at.clone())
+        .chain(prev.last_ping_time.clone())
+        .max();
+    let ns = route.namespace().unwrap_or_default();
+    WebhookRouteStatus {
+        url: public_url.map(|base| {
+            format!(
+                "{}/hooks/{ns}/{}",
+                base.trim_end_matches('/'),
+                route.name_any()
+            )
+        }),
+        conditions: conditions::merge(
+            &prev.conditions,
+            vec![ready_condition(problems)],
+            route.metadata.generation,
+            now,
+        ),
+        deliveries: totals,
+        last_delivery,
+        pruned: (pruned != DeliveryCounts::default()).then_some(pruned),
+        last_ping_time,
+        observed_generation: route.metadata.generation,
+    }
+}

@@ -64,7 +64,7 @@ pub struct RunArgs {
     pub body_timeout: Duration,
     /// How long a webhook secret read from its Secret is trusted before it is read again. A signature that
     /// fails against a secret older than one second triggers an early re-read, so rotations apply at once.
-    #[arg(long, env = "ASC_SECRET_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "ASC_SECRET_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub secret_cache_ttl: Duration,
     /// Failed signatures allowed per route per minute before the route answers 429.
     #[arg(long, env = "ASC_FAILED_SIGNATURES_PER_MINUTE", default_value_t = 30)]

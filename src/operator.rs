@@ -71,21 +71,50 @@ impl From<&RunArgs> for Settings {
         }
     }
 }
-
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::Client(kube::Error::InferConfig(e)))?;
+    let public = TcpListener::bind(args.listen_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.listen_addr,
+            source,
+        })?;
+    let admin = TcpListener::bind(args.admin_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.admin_addr,
+            source,
+        })?;
     let shutdown = CancellationToken::new();
     tokio::spawn(forward_signals(shutdown.clone()));
-    run_with(client, args, shutdown).await
+    run_with(config, args, Listeners { public, admin }, shutdown).await
 }
 
-/// Runs against `client` until `shutdown` is cancelled.
+/// Already-bound listeners (tests bind port 0 and read the port back).
+pub struct Listeners {
+    /// The public listener (webhooks).
+    pub public: TcpListener,
+    /// The admin listener (health, metrics).
+    pub admin: TcpListener,
+}
+
+/// Runs against the API server of `config` until `shutdown` is cancelled.
 pub async fn run_with(
-    client: Client,
+    config: kube::Config,
     args: RunArgs,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
+    // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
+    // the API server is down, but say 503 and let Apple (or `send`) come back.
+    let mut receiver_config = config;
+    receiver_config.default_retry = false;
+    receiver_config.read_timeout = Some(Duration::from_secs(5));
+    let receiver_client = Client::try_from(receiver_config).map_err(RunError::Client)?;
     let metrics = Metrics::new();
     let readiness = Readiness::default();
 
@@ -119,8 +148,8 @@ pub async fn run_with(
 
     let receiver = Receiver::new(
         Arc::new(routes.clone()),
-        Arc::new(KubeSecrets::new(client.clone())),
-        Arc::new(KubeDeliveries::new(client.clone())),
+        Arc::new(KubeSecrets::new(receiver_client.clone())),
+        Arc::new(KubeDeliveries::new(receiver_client)),
         ReceiverConfig::from(&args),
         metrics.clone(),
     );
@@ -138,19 +167,8 @@ pub async fn run_with(
         });
     }
 
-    let public = TcpListener::bind(args.listen_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.listen_addr,
-            source,
-        })?;
-    let admin = TcpListener::bind(args.admin_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.admin_addr,
-            source,
-        })?;
-    tracing::info!(public = %args.listen_addr, admin = %args.admin_addr, "listening");
+    let Listeners { public, admin } = listeners;
+    tracing::info!(public = ?public.local_addr().ok(), admin = ?admin.local_addr().ok(), "listening");
 
     let public_server = axum::serve(public, receiver.router())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

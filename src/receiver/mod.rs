@@ -42,7 +42,7 @@ impl Default for ReceiverConfig {
         ReceiverConfig {
             max_body_bytes: 1024 * 1024,
             body_timeout: Duration::from_secs(10),
-            secret_cache_ttl: Duration::from_secs(30),
+            secret_cache_ttl: Duration::from_secs(5),
             failed_signatures_per_minute: 30,
         }
     }

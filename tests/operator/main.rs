@@ -1,4 +1,10 @@
 //! The one integration test binary (one link on 2-core machines): contract checks of the resource types and
-//! CRDs, and whole-operator scenarios against the in-process fake API server and mock ASC API.
+//! CRDs, the receiver over HTTP, and whole-operator scenarios against the in-process fake API server and
+//! mock ASC API.
 
+mod chart;
 mod contract;
+mod examples;
+mod fuzz_corpus;
+mod harness;
+mod receiver;

@@ -1,0 +1,96 @@
+//! Connection handling: the accept loop, per-connection HTTP/1.1 serving, and the state shared
+//! by every connection. Hand-rolled instead of `axum::serve` so that connections can be refused
+//! and dropped on demand.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use super::faults::{Faults, RequestRecord};
+use super::handlers;
+
+use super::store::Store;
+
+pub(crate) struct Settings {
+    pub bookmark_interval: Duration,
+    pub default_watch_timeout: Duration,
+    pub timeout_fault_delay: Duration,
+}
+
+pub(crate) struct Shared {
+    pub store: Mutex<Store>,
+    pub opts: Settings,
+    pub faults: Mutex<Faults>,
+    pub log: Mutex<Vec<RequestRecord>>,
+    /// Bumped to close every open connection and watch stream.
+    pub kill_tx: tokio::sync::watch::Sender<u64>,
+    pub refuse: AtomicBool,
+    pub latency: Mutex<Duration>,
+    pub paused: tokio::sync::watch::Sender<bool>,
+    pub addr: SocketAddr,
+}
+
+impl Shared {
+    pub fn disconnect_all(&self) {
+        self.kill_tx.send_modify(|e| *e += 1);
+    }
+}
+
+async fn serve_connection(
+    sock: TcpStream,
+    shared: Arc<Shared>,
+    mut kill: tokio::sync::watch::Receiver<u64>,
+) {
+    let abort = Arc::new(Notify::new());
+    let svc = {
+        let abort = abort.clone();
+        hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            let abort = abort.clone();
+            async move {
+                match handlers::serve(shared, req).await {
+                    Ok(resp) => Ok::<_, Infallible>(resp),
+                    Err(handlers::DropConnection) => {
+                        abort.notify_one();
+                        std::future::pending().await
+                    }
+                }
+            }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(sock), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = abort.notified() => {}
+        _ = kill.changed() => {}
+    }
+}
+
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                tracing::debug!(error = %e, "fake apiserver accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Subscribe before checking the flag: a refusal that lands after the check then still
+        // shows up as a kill signal, so no connection outlives `set_refuse_connections(true)`.
+        let kill = shared.kill_tx.subscribe();
+        if shared.refuse.load(Ordering::SeqCst) {
+            drop(sock);
+            continue;
+        }
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(serve_connection(sock, shared.clone(), kill));
+    }
+}

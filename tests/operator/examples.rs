@@ -1,0 +1,818 @@
+//! `examples/`: every document is a resource of the right type that the committed CRD schemas accept, every
+//! reference stays in the namespace and resolves inside the example, the rules keep the CRDs' CEL rules,
+//! Jobs get event data only through the environment, HTTP bodies stay valid JSON whatever an event holds,
+//! and each example reacts to the events its README names.
+
+use asc_webhook_operator::actions::EventContext;
+use asc_webhook_operator::actions::job::parse_template;
+use asc_webhook_operator::actions::template;
+use asc_webhook_operator::asc::enrich::Enrichment;
+use asc_webhook_operator::asc::event::WebhookEvent;
+use asc_webhook_operator::controllers::matching::{EventFacts, matching_rules};
+use asc_webhook_operator::receiver::record::build_delivery;
+use asc_webhook_operator::resources::route::{EnrichPolicy, Rule};
+use asc_webhook_operator::resources::{AscCredential, WebhookRoute};
+use k8s_openapi::api::batch::v1::JobTemplateSpec;
+use k8s_openapi::api::core::v1::{Container, Secret};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The namespace examples are applied to in these tests (the files themselves carry none).
+const NS: &str = "ios";
+
+const EXAMPLES: &[&str] = &[
+    "submit-after-processing",
+    "gitflow-merge-on-release",
+    "release-message",
+    "failure-notifier",
+    "testflight-feedback",
+];
+
+// ---------------------------------------------------------------------------------------------------------
+// Loading
+
+/// An OpenAPI v3 (Kubernetes structural) schema as JSON Schema: `nullable: true` admits `null`.
+fn openapi_to_json_schema(node: &Value) -> Value {
+    let Some(m) = node.as_object() else {
+        return node.clone();
+    };
+    let mut out = Map::new();
+    for (k, v) in m {
+        let converted = match k.as_str() {
+            "nullable" => continue,
+            "properties" => Value::Object(
+                v.as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(pk, pv)| (pk.clone(), openapi_to_json_schema(pv)))
+                    .collect(),
+            ),
+            "items" | "additionalProperties" => openapi_to_json_schema(v),
+            "allOf" | "anyOf" | "oneOf" => Value::Array(
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(openapi_to_json_schema)
+                    .collect(),
+            ),
+            _ => v.clone(),
+        };
+        out.insert(k.clone(), converted);
+    }
+    if m.get("nullable") == Some(&Value::Bool(true)) {
+        return json!({"anyOf": [{"type": "null"}, Value::Object(out)]});
+    }
+    Value::Object(out)
+}
+
+fn crd_validator(file: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap();
+    let crd: Value = serde_yaml::from_str(&text).unwrap();
+    let schema = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema")
+        .expect("openAPIV3Schema");
+    jsonschema::validator_for(&openapi_to_json_schema(schema)).unwrap()
+}
+
+fn schema_errors(v: &jsonschema::Validator, doc: &Value) -> Vec<String> {
+    v.iter_errors(doc)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect()
+}
+
+/// The CEL rules of a CRD (`x-kubernetes-validations`), to check the Rust restatement below is complete.
+fn cel_rules(file: &str) -> BTreeSet<String> {
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if k == "x-kubernetes-validations" {
+                        for rule in child.as_array().unwrap() {
+                            out.insert(rule["rule"].as_str().unwrap().to_owned());
+                        }
+                    } else {
+                        walk(child, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap();
+    let mut out = BTreeSet::new();
+    walk(&serde_yaml::from_str(&text).unwrap(), &mut out);
+    out
+}
+
+/// One example directory, loaded and checked document by document.
+struct Example {
+    name: String,
+    secrets: Vec<Secret>,
+    credentials: Vec<AscCredential>,
+    routes: Vec<WebhookRoute>,
+}
+
+fn docs_in(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            Value::deserialize(d).unwrap_or_else(|e| panic!("{}: bad YAML: {e}", path.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn typed<T: DeserializeOwned>(doc: &Value, at: &str) -> T {
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{at}: {e}"))
+}
+
+fn load(name: &str) -> Example {
+    let dir = Path::new(ROOT).join("examples").join(name);
+    let routes_v = crd_validator("webhookroutes.yaml");
+    let creds_v = crd_validator("asccredentials.yaml");
+    let mut ex = Example {
+        name: name.to_owned(),
+        secrets: vec![],
+        credentials: vec![],
+        routes: vec![],
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let fname = file.file_name().unwrap().to_string_lossy().into_owned();
+        for (i, doc) in docs_in(&file).into_iter().enumerate() {
+            let at = format!("examples/{name}/{fname} document {i}");
+            assert!(
+                doc.pointer("/metadata/namespace").is_none(),
+                "{at}: no metadata.namespace, so `kubectl apply -n` chooses it"
+            );
+            let (api_version, kind) = (
+                doc["apiVersion"].as_str().unwrap_or_default(),
+                doc["kind"].as_str().unwrap_or_default(),
+            );
+            let expected_file = match (api_version, kind) {
+                ("v1", "Secret") => {
+                    ex.secrets.push(typed(&doc, &at));
+                    "secrets.yaml"
+                }
+                ("asc.webhooks.dev/v1alpha1", "AscCredential") => {
+                    let errors = schema_errors(&creds_v, &doc);
+                    assert!(errors.is_empty(), "{at}: {errors:?}");
+                    ex.credentials.push(typed(&doc, &at));
+                    "credential.yaml"
+                }
+                ("asc.webhooks.dev/v1alpha1", "WebhookRoute") => {
+                    let errors = schema_errors(&routes_v, &doc);
+                    assert!(errors.is_empty(), "{at}: {errors:?}");
+                    ex.routes.push(typed(&doc, &at));
+                    "route.yaml"
+                }
+                other => panic!("{at}: unexpected {other:?}"),
+            };
+            assert_eq!(
+                fname, expected_file,
+                "{at}: {kind} belongs in {expected_file}"
+            );
+        }
+    }
+    ex
+}
+
+fn all_examples() -> Vec<Example> {
+    EXAMPLES.iter().map(|n| load(n)).collect()
+}
+
+fn route(ex: &Example) -> &WebhookRoute {
+    assert_eq!(ex.routes.len(), 1, "{}: one route", ex.name);
+    &ex.routes[0]
+}
+
+fn rule<'a>(r: &'a WebhookRoute, name: &str) -> &'a Rule {
+    r.spec
+        .rules
+        .iter()
+        .find(|x| x.name == name)
+        .unwrap_or_else(|| panic!("rule {name}"))
+}
+
+fn containers(t: &JobTemplateSpec) -> Vec<Container> {
+    let pod = t.spec.clone().unwrap().template.spec.unwrap();
+    pod.containers
+        .into_iter()
+        .chain(pod.init_containers.into_iter().flatten())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Shape
+
+#[test]
+fn every_example_directory_has_its_four_files() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(Path::new(ROOT).join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let listed: BTreeSet<String> = EXAMPLES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(on_disk, listed, "every example directory is tested here");
+    for name in EXAMPLES {
+        for file in ["secrets.yaml", "credential.yaml", "route.yaml", "README.md"] {
+            assert!(
+                Path::new(ROOT)
+                    .join("examples")
+                    .join(name)
+                    .join(file)
+                    .is_file(),
+                "examples/{name}/{file}"
+            );
+        }
+        let ex = load(name);
+        assert_eq!(ex.credentials.len(), 1, "{name}");
+        assert!(!route(&ex).spec.rules.is_empty(), "{name}");
+        assert!(!ex.secrets.is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn the_schema_check_is_not_vacuous() {
+    // The same checks on broken copies must fail, or the acceptance above means nothing.
+    let v = crd_validator("webhookroutes.yaml");
+    let path = Path::new(ROOT).join("examples/failure-notifier/route.yaml");
+    let good = docs_in(&path).remove(0);
+    assert!(schema_errors(&v, &good).is_empty());
+    let mut bad = good.clone();
+    bad["spec"]["rules"][0]["name"] = json!("Not A Label");
+    assert!(!schema_errors(&v, &bad).is_empty());
+    let mut bad = good.clone();
+    bad["spec"]["rules"][0]["enrich"] = json!("Sometimes");
+    assert!(!schema_errors(&v, &bad).is_empty());
+    let mut bad = good.clone();
+    bad["spec"]["rules"][0]["http"]["method"] = json!("FETCH");
+    assert!(!schema_errors(&v, &bad).is_empty());
+    // `nullable` fields accept null, as the API server does.
+    let mut ok = good;
+    ok["spec"]["rules"][0]["http"]["method"] = Value::Null;
+    assert!(schema_errors(&v, &ok).is_empty());
+    let c = crd_validator("asccredentials.yaml");
+    let path = Path::new(ROOT).join("examples/failure-notifier/credential.yaml");
+    let mut bad = docs_in(&path).remove(0);
+    bad["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("privateKeySecretRef");
+    assert!(!schema_errors(&c, &bad).is_empty());
+}
+
+#[test]
+fn secrets_hold_only_marked_placeholders() {
+    for ex in all_examples() {
+        for s in &ex.secrets {
+            let name = s.metadata.name.clone().unwrap();
+            assert!(
+                s.data.is_none(),
+                "{}/{name}: use stringData, readable placeholders",
+                ex.name
+            );
+            let data = s.string_data.clone().unwrap_or_default();
+            assert!(!data.is_empty(), "{}/{name}", ex.name);
+            for (k, v) in data {
+                assert!(
+                    v.contains("REPLACE_ME"),
+                    "{}/{name}.{k} must be a placeholder marked REPLACE_ME",
+                    ex.name
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// References
+
+/// Every reference stays in the namespace (no `namespace` field) and resolves to an object of the same
+/// example, with the key it names.
+#[test]
+fn references_stay_in_the_namespace_and_resolve_within_the_example() {
+    for ex in all_examples() {
+        let secrets: BTreeMap<String, BTreeSet<String>> = ex
+            .secrets
+            .iter()
+            .map(|s| {
+                (
+                    s.metadata.name.clone().unwrap(),
+                    s.string_data
+                        .clone()
+                        .unwrap_or_default()
+                        .into_keys()
+                        .collect(),
+                )
+            })
+            .collect();
+        let credentials: BTreeSet<String> = ex
+            .credentials
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
+        let at = |what: &str| format!("examples/{}: {what}", ex.name);
+        let key_ref = |what: &str, name: &str, key: &str, ns: &Option<String>| {
+            assert!(ns.is_none(), "{}", at(&format!("{what} names a namespace")));
+            let keys = secrets
+                .get(name)
+                .unwrap_or_else(|| panic!("{}", at(&format!("{what}: no Secret {name}"))));
+            assert!(
+                keys.contains(key),
+                "{}",
+                at(&format!("{what}: {name} has no key {key}"))
+            );
+        };
+        for c in &ex.credentials {
+            let r = &c.spec.private_key_secret_ref;
+            key_ref("privateKeySecretRef", &r.name, &r.key, &r.namespace);
+        }
+        for r in &ex.routes {
+            let s = &r.spec;
+            key_ref(
+                "secretRef",
+                &s.secret_ref.name,
+                &s.secret_ref.key,
+                &s.secret_ref.namespace,
+            );
+            if let Some(c) = &s.credential_ref {
+                assert!(
+                    c.namespace.is_none(),
+                    "{}",
+                    at("credentialRef names a namespace")
+                );
+                assert!(
+                    credentials.contains(&c.name),
+                    "{}",
+                    at("credentialRef resolves")
+                );
+            }
+            for rule in &s.rules {
+                if let Some(h) = &rule.http {
+                    let u = &h.url_secret_ref;
+                    key_ref("urlSecretRef", &u.name, &u.key, &u.namespace);
+                    if let Some(hs) = &h.headers_secret_ref {
+                        assert!(
+                            hs.namespace.is_none(),
+                            "{}",
+                            at("headersSecretRef namespace")
+                        );
+                        assert!(secrets.contains_key(&hs.name), "{}", at("headersSecretRef"));
+                    }
+                }
+                if let Some(j) = &rule.job {
+                    let t: JobTemplateSpec = serde_json::from_value(j.template.clone()).unwrap();
+                    for c in containers(&t) {
+                        for e in c.env.into_iter().flatten() {
+                            if let Some(sk) = e.value_from.and_then(|v| v.secret_key_ref) {
+                                key_ref(&format!("env {}", e.name), &sk.name, &sk.key, &None);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The CRDs' CEL rules, restated
+
+/// The CEL rules the CRDs carry; if one is added, restate it in `rules_keep_the_crd_validation_rules`.
+#[test]
+fn the_cel_rules_restated_here_are_all_there_is() {
+    let mut all = cel_rules("webhookroutes.yaml");
+    all.extend(cel_rules("asccredentials.yaml"));
+    assert_eq!(
+        all,
+        BTreeSet::from([
+            "has(self.job) != has(self.http)".to_string(),
+            "self.all(a, self.filter(b, b.name == a.name).size() == 1)".to_string(),
+        ])
+    );
+}
+
+#[test]
+fn rules_keep_the_crd_validation_rules() {
+    for ex in all_examples() {
+        for r in &ex.routes {
+            let mut names = BTreeSet::new();
+            for rule in &r.spec.rules {
+                let at = format!("{}/{}", ex.name, rule.name);
+                // has(self.job) != has(self.http)
+                assert!(
+                    rule.job.is_some() != rule.http.is_some(),
+                    "{at}: exactly one of job or http"
+                );
+                // self.all(a, self.filter(b, b.name == a.name).size() == 1)
+                assert!(names.insert(rule.name.clone()), "{at}: duplicate rule name");
+                // What the controller checks before any event: the API key and enrichment need a credential.
+                if rule.job.as_ref().is_some_and(|j| j.inject_api_key)
+                    || rule.enrich == EnrichPolicy::Required
+                {
+                    assert!(r.spec.credential_ref.is_some(), "{at}: needs credentialRef");
+                }
+                if let Some(h) = &rule.http {
+                    let body = h.body.as_deref().unwrap_or_default();
+                    template::validate(body).unwrap_or_else(|e| panic!("{at}: template: {e}"));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Jobs
+
+#[test]
+fn job_templates_are_job_template_specs_that_read_event_data_from_the_environment() {
+    let mut jobs = 0;
+    for ex in all_examples() {
+        for r in &ex.routes {
+            for rule in &r.spec.rules {
+                let Some(job) = &rule.job else { continue };
+                jobs += 1;
+                let at = format!("{}/{}", ex.name, rule.name);
+                let t: JobTemplateSpec = serde_json::from_value(job.template.clone())
+                    .unwrap_or_else(|e| panic!("{at}: not a JobTemplateSpec: {e}"));
+                let cs = containers(&t);
+                assert!(!cs.is_empty(), "{at}: at least one container");
+                // The operator's own check of the template, as the controller runs it.
+                parse_template(&job.template).unwrap_or_else(|e| panic!("{at}: {e}"));
+                for c in cs {
+                    assert!(c.image.as_deref().is_some_and(|i| !i.is_empty()), "{at}");
+                    for word in c.command.iter().flatten().chain(c.args.iter().flatten()) {
+                        // `$(VAR)` is expanded by the kubelet into the command line itself.
+                        assert!(
+                            !word.contains("$(ASC_"),
+                            "{at}: $(ASC_…) splices event data"
+                        );
+                        assert!(!word.contains("{{"), "{at}: no templating in commands");
+                        // In a shell script, event variables are only expanded inside double quotes.
+                        for (i, _) in word
+                            .match_indices("$ASC_")
+                            .chain(word.match_indices("${ASC_"))
+                        {
+                            assert!(
+                                word[..i].ends_with('"'),
+                                "{at}: unquoted event variable in {word:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        jobs, 2,
+        "submit-after-processing and gitflow-merge-on-release"
+    );
+}
+
+#[test]
+fn the_submission_job_gets_the_api_key_and_needs_enrichment() {
+    let ex = load("submit-after-processing");
+    let r = route(&ex);
+    let submit = rule(r, "submit-for-review");
+    assert_eq!(submit.enrich, EnrichPolicy::Required);
+    let job = submit.job.as_ref().unwrap();
+    assert!(job.inject_api_key);
+    let t: JobTemplateSpec = serde_json::from_value(job.template.clone()).unwrap();
+    let c = &containers(&t)[0];
+    assert_eq!(
+        c.command.clone().unwrap(),
+        ["bundle", "exec", "fastlane", "ios", "submit_for_review"]
+    );
+}
+
+#[test]
+fn the_gitflow_job_takes_git_credentials_by_reference() {
+    let ex = load("gitflow-merge-on-release");
+    let r = route(&ex);
+    let merge = rule(r, "merge-release");
+    assert_eq!(
+        merge.enrich,
+        EnrichPolicy::Required,
+        "the version comes from the API"
+    );
+    let t: JobTemplateSpec =
+        serde_json::from_value(merge.job.as_ref().unwrap().template.clone()).unwrap();
+    let c = &containers(&t)[0];
+    let env = c.env.clone().unwrap();
+    for name in ["GIT_USERNAME", "GIT_TOKEN"] {
+        let e = env.iter().find(|e| e.name == name).unwrap();
+        assert!(e.value.is_none(), "{name} never inline");
+        assert_eq!(
+            e.value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "git-credentials"
+        );
+    }
+    let script = c.args.clone().unwrap().join("\n");
+    assert!(
+        script.contains("\"release/$version\"") || script.contains("\"origin/release/$version\"")
+    );
+    assert!(script.contains("main develop"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Which events each example reacts to
+
+fn fixture_event(name: &str) -> WebhookEvent {
+    let raw = std::fs::read(Path::new(ROOT).join(format!("tests/fixtures/asc/events/{name}.json")))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+    WebhookEvent::parse(raw.into()).unwrap()
+}
+
+fn synthetic_event(event_type: &str, instance_type: &str) -> WebhookEvent {
+    let body = json!({"data": {
+        "type": event_type, "id": "3b0c2d1e-0f4a-4c55-9a61-2b7c8d9e0f11", "version": 1,
+        "attributes": {"timestamp": "2026-01-05T10:00:00.000Z"},
+        "relationships": {"instance": {
+            "data": {"type": instance_type, "id": "AJzd7Mv0s3hS5Pzb1p3Y"},
+            "links": {"self": format!("https://api.appstoreconnect.apple.com/v1/{instance_type}/AJzd7Mv0s3hS5Pzb1p3Y")}}}}});
+    WebhookEvent::parse(serde_json::to_vec(&body).unwrap().into()).unwrap()
+}
+
+fn fired<'a>(r: &'a WebhookRoute, e: &WebhookEvent) -> Vec<&'a str> {
+    let facts = EventFacts {
+        event_type: e.event_type.as_str(),
+        new_state: e.new_state.as_deref(),
+        old_state: e.old_state.as_deref(),
+    };
+    matching_rules(&r.spec.rules, facts)
+        .into_iter()
+        .map(|r| r.name.as_str())
+        .collect()
+}
+
+#[test]
+fn each_example_reacts_to_its_events_and_only_those() {
+    let crash = synthetic_event(
+        "betaFeedbackCrashSubmissionCreated",
+        "betaFeedbackCrashSubmissions",
+    );
+    let screenshot = synthetic_event(
+        "betaFeedbackScreenshotSubmissionCreated",
+        "betaFeedbackScreenshotSubmissions",
+    );
+    let named: Vec<(&str, WebhookEvent)> = [
+        "webhook-ping",
+        "build-upload-complete",
+        "build-upload-failed",
+        "app-version-waiting-for-review",
+        "app-version-in-review",
+        "app-version-developer-rejected",
+        "app-version-ready-for-review",
+        "app-version-prepare-for-submission",
+        "app-version-pending-developer-release",
+        "app-version-ready-for-distribution",
+    ]
+    .into_iter()
+    .map(|n| (n, fixture_event(n)))
+    .chain([("crash", crash), ("screenshot", screenshot)])
+    .collect();
+
+    let expected: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::from([
+        (
+            ("submit-after-processing", "build-upload-complete"),
+            vec!["submit-for-review"],
+        ),
+        (
+            (
+                "gitflow-merge-on-release",
+                "app-version-ready-for-distribution",
+            ),
+            vec!["merge-release"],
+        ),
+        (
+            ("release-message", "app-version-ready-for-distribution"),
+            vec!["slack", "jira"],
+        ),
+        (
+            ("failure-notifier", "build-upload-failed"),
+            vec!["build-failed"],
+        ),
+        (
+            ("failure-notifier", "app-version-developer-rejected"),
+            vec!["version-rejected"],
+        ),
+        (("testflight-feedback", "crash"), vec!["crash"]),
+        (("testflight-feedback", "screenshot"), vec!["screenshot"]),
+    ]);
+    for ex in all_examples() {
+        let r = route(&ex);
+        for (event_name, event) in &named {
+            let want = expected
+                .get(&(ex.name.as_str(), *event_name))
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(fired(r, event), want, "{} on {event_name}", ex.name);
+        }
+    }
+
+    // The other rejection states of the failure notifier, from the same fixture with the state changed.
+    let ex = load("failure-notifier");
+    let raw = std::fs::read_to_string(
+        Path::new(ROOT).join("tests/fixtures/asc/events/app-version-developer-rejected.json"),
+    )
+    .unwrap();
+    for state in ["REJECTED", "METADATA_REJECTED", "INVALID_BINARY"] {
+        let e = WebhookEvent::parse(raw.replace("DEVELOPER_REJECTED", state).into_bytes().into())
+            .unwrap();
+        assert_eq!(fired(route(&ex), &e), vec!["version-rejected"], "{state}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// HTTP bodies
+
+fn enrichment_for(e: &WebhookEvent) -> Option<Enrichment> {
+    let i = e.instance.as_ref()?;
+    let path = Path::new(ROOT).join(format!("tests/fixtures/asc/api/{}-{}.json", i.kind, i.id));
+    let raw = std::fs::read(path).ok()?;
+    Some(Enrichment::from_document(&serde_json::from_slice(&raw).unwrap()).unwrap())
+}
+
+/// The template context the delivery controller builds for `e` on `r`, with or without enrichment.
+fn context(r: &WebhookRoute, e: &WebhookEvent, enrichment: Option<&Enrichment>) -> Value {
+    let mut r = r.clone();
+    r.metadata.namespace = Some(NS.into());
+    r.metadata.uid = Some("route-uid".into());
+    let d = build_delivery(&r, e, None, "2026-01-05T10:00:01Z");
+    EventContext {
+        delivery: &d,
+        enrichment,
+    }
+    .template_values()
+}
+
+/// Renders a rule's body and parses it as JSON (every example uses the default JSON content type).
+fn render_json(rule: &Rule, ctx: &Value) -> Value {
+    let h = rule.http.as_ref().unwrap();
+    let ct = h.content_type.as_deref().unwrap_or("application/json");
+    assert!(template::is_json(ct), "{}: JSON body", rule.name);
+    let body = template::render(h.body.as_deref().unwrap(), ctx, true)
+        .unwrap_or_else(|e| panic!("{}: {e}", rule.name));
+    serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{}: body is not JSON ({e}):\n{body}", rule.name))
+}
+
+/// Replaces every string in `v` with text that breaks naive JSON splicing.
+fn hostile(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(format!("{s}\"}}, \"x\": [\"\\\n\t\u{1}")),
+        Value::Array(a) => Value::Array(a.iter().map(hostile).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), hostile(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn http_bodies_are_valid_json_whatever_the_event_holds() {
+    let events = [
+        fixture_event("build-upload-failed"),
+        fixture_event("app-version-developer-rejected"),
+        fixture_event("app-version-ready-for-distribution"),
+        synthetic_event(
+            "betaFeedbackCrashSubmissionCreated",
+            "betaFeedbackCrashSubmissions",
+        ),
+        synthetic_event(
+            "betaFeedbackScreenshotSubmissionCreated",
+            "betaFeedbackScreenshotSubmissions",
+        ),
+    ];
+    let mut rendered = 0;
+    for ex in all_examples() {
+        let r = route(&ex);
+        for e in &events {
+            let enriched = enrichment_for(e);
+            for rule in matching_rules(
+                &r.spec.rules,
+                EventFacts {
+                    event_type: e.event_type.as_str(),
+                    new_state: e.new_state.as_deref(),
+                    old_state: e.old_state.as_deref(),
+                },
+            ) {
+                if rule.http.is_none() {
+                    continue;
+                }
+                let mut contexts = vec![context(r, e, None)];
+                if let Some(en) = &enriched {
+                    contexts.push(context(r, e, Some(en)));
+                }
+                // An enrichment with every field an attacker-controlled string could reach.
+                let mut feedback = contexts[0].clone();
+                feedback["instance"] = json!({
+                    "version": "1.0", "buildNumber": "7", "platform": "IOS", "state": "X",
+                    "errors": ["ITMS-1: a", "ITMS-2: b"], "errorsText": "ITMS-1: a\nITMS-2: b",
+                    "attributes": {"comment": "it crashed"}
+                });
+                contexts.push(feedback);
+                let hostile_contexts: Vec<Value> = contexts.iter().map(hostile).collect();
+                contexts.extend(hostile_contexts);
+                for ctx in &contexts {
+                    let v = render_json(rule, ctx);
+                    assert!(v.is_object(), "{}/{}", ex.name, rule.name);
+                    assert!(
+                        v.get("x").is_none(),
+                        "{}/{}: a value broke out",
+                        ex.name,
+                        rule.name
+                    );
+                    rendered += 1;
+                }
+            }
+        }
+    }
+    assert!(rendered >= 30, "rendered {rendered} bodies");
+}
+
+#[test]
+fn messages_carry_the_facts_people_need() {
+    // Failure notifier: Apple's error text and the build.
+    let ex = load("failure-notifier");
+    let r = route(&ex);
+    let e = fixture_event("build-upload-failed");
+    let en = enrichment_for(&e).expect("API fixture");
+    let text = render_json(rule(r, "build-failed"), &context(r, &e, Some(&en)))["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("ITMS-90683"), "{text}");
+    assert!(text.contains("1.101.0") && text.contains("(3)"), "{text}");
+    let bare = render_json(rule(r, "build-failed"), &context(r, &e, None))["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        bare.contains("failed processing") && !bare.contains("```"),
+        "{bare}"
+    );
+
+    let e = fixture_event("app-version-developer-rejected");
+    let text = render_json(rule(r, "version-rejected"), &context(r, &e, None))["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.contains("WAITING_FOR_REVIEW") && text.contains("DEVELOPER_REJECTED"),
+        "{text}"
+    );
+
+    // Release message: the version, to Slack and Jira.
+    let ex = load("release-message");
+    let r = route(&ex);
+    let e = fixture_event("app-version-ready-for-distribution");
+    let en = enrichment_for(&e).expect("API fixture");
+    let version = en.version.clone().expect("fixture has a version");
+    let ctx = context(r, &e, Some(&en));
+    let slack = render_json(rule(r, "slack"), &ctx);
+    assert!(
+        slack["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Version {version}"))
+    );
+    let jira = render_json(rule(r, "jira"), &ctx);
+    assert_eq!(jira["data"]["version"], json!(version));
+    assert_eq!(jira["data"]["state"], "READY_FOR_DISTRIBUTION");
+    let h = rule(r, "jira").http.as_ref().unwrap();
+    assert_eq!(
+        h.headers_secret_ref.as_ref().unwrap().name,
+        "jira-automation-headers"
+    );
+    assert_eq!(rule(r, "jira").enrich, EnrichPolicy::Required);
+
+    // TestFlight: the feedback id without enrichment.
+    let ex = load("testflight-feedback");
+    let r = route(&ex);
+    let e = synthetic_event(
+        "betaFeedbackCrashSubmissionCreated",
+        "betaFeedbackCrashSubmissions",
+    );
+    let text = render_json(rule(r, "crash"), &context(r, &e, None))["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("AJzd7Mv0s3hS5Pzb1p3Y"), "{text}");
+}

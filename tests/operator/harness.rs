@@ -1,0 +1,295 @@
+//! A whole operator under test: the real `run` wiring (receiver, controllers, leader election) in-process
+//! against the fake API server, plus the mock App Store Connect API and an HTTP recorder standing in for
+//! Slack and Jira.
+
+use asc_webhook_operator::asc::signature;
+use asc_webhook_operator::cli::{Cli, Command, RunArgs};
+use asc_webhook_operator::operator::{Listeners, run_with};
+use asc_webhook_operator::resources::{WebhookDelivery, WebhookRoute};
+use clap::Parser;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use testkit::apiserver::{FakeApiServer, FakeApiServerOptions};
+use testkit::asc_mock::{AscMock, AscMockOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+pub const NS: &str = "ios";
+pub const WEBHOOK_SECRET: &str = "k3tSx0mJ7vQ2pL9wR4zN8cF1bH6dY5aE";
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(ROOT)
+            .join("tests/fixtures/asc/events")
+            .join(format!("{name}.json")),
+    )
+    .unwrap()
+}
+
+pub async fn fake_api() -> FakeApiServer {
+    let opts = FakeApiServerOptions {
+        namespaces: vec!["default".into(), NS.into(), "payments".into()],
+        ..Default::default()
+    };
+    FakeApiServer::start(opts.crd_dir(Path::new(ROOT).join("crds"))).await
+}
+
+/// One operator process, in-process.
+pub struct Operator {
+    pub url: String,
+    pub admin_url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    /// Starts `run` with `extra` flags (on top of fast test settings) against `api`.
+    pub async fn start(api: &FakeApiServer, extra: &[&str]) -> Operator {
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", public.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        let mut argv = vec![
+            "asc-webhook-operator",
+            "run",
+            "--public-url",
+            "https://hooks.example.com",
+            "--retry-base-delay",
+            "100ms",
+            "--retry-max-delay",
+            "1s",
+            "--asc-api-retry-base-delay",
+            "50ms",
+            "--asc-api-timeout",
+            "2s",
+        ];
+        argv.extend_from_slice(extra);
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let args: RunArgs = *args;
+        let shutdown = CancellationToken::new();
+        let config = api.config();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            run_with(config, args, Listeners { public, admin }, stop)
+                .await
+                .unwrap();
+        });
+        let op = Operator {
+            url,
+            admin_url,
+            shutdown,
+            task,
+        };
+        op.wait_ready().await;
+        op
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.admin_url);
+        eventually("the operator is ready", Duration::from_secs(10), || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    /// Stops gracefully and waits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("operator stops")
+            .unwrap();
+    }
+
+    /// Aborts without any shutdown work, like a killed process.
+    #[allow(dead_code)]
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// POSTs `body` signed with `secret` to `/hooks/{ns}/{route}`.
+    pub async fn post(&self, route: &str, body: &[u8], secret: &str) -> (u16, Value) {
+        let sig = signature::sign(secret.as_bytes(), body);
+        self.post_raw(&format!("/hooks/{NS}/{route}"), body.to_vec(), Some(&sig))
+            .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        signature_header: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .header(
+                "x-apple-request-uuid",
+                "2f1e5c8a-0000-4000-8000-000000000001",
+            )
+            .body(body);
+        if let Some(s) = signature_header {
+            req = req.header(signature::HEADER, s);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Polls `check` until it yields a value, or panics naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub async fn put_secret(api: &FakeApiServer, name: &str, data: &[(&str, &str)]) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "stringData": data.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+    }))
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(api.client(), NS);
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            let mut existing = secrets.get(name).await.unwrap();
+            existing.data = None;
+            existing.string_data = secret.string_data.clone();
+            secrets
+                .replace(name, &PostParams::default(), &existing)
+                .await
+                .unwrap();
+        }
+        Err(e) => panic!("creating Secret {name}: {e}"),
+    }
+}
+
+/// Creates any namespaced object from YAML/JSON text through the API (so schema validation applies).
+pub async fn create_yaml<K>(api: &FakeApiServer, yaml: &str) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_yaml::from_str(yaml).unwrap();
+    let ns = obj
+        .meta()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| NS.to_owned());
+    Api::<K>::namespaced(api.client(), &ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap()
+}
+
+pub async fn route_with(
+    api: &FakeApiServer,
+    name: &str,
+    rules_yaml: &str,
+    extra_spec: &str,
+) -> WebhookRoute {
+    let yaml = format!(
+        "apiVersion: asc.webhooks.dev/v1alpha1\nkind: WebhookRoute\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  secretRef: {{name: hook-secret, key: secret}}\n{extra_spec}  rules:\n{rules_yaml}"
+    );
+    create_yaml(api, &yaml).await
+}
+
+pub fn deliveries(api: &FakeApiServer) -> Vec<WebhookDelivery> {
+    api.list_objects("webhookdeliveries", Some(NS))
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
+}
+
+pub fn jobs(api: &FakeApiServer) -> Vec<k8s_openapi::api::batch::v1::Job> {
+    api.list_objects("jobs", Some(NS))
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
+}
+
+pub fn get_delivery(api: &FakeApiServer, name: &str) -> Option<WebhookDelivery> {
+    api.get_object("webhookdeliveries", NS, name)
+        .map(|v| serde_json::from_value(v).unwrap())
+}
+
+pub fn get_route(api: &FakeApiServer, name: &str) -> WebhookRoute {
+    serde_json::from_value(
+        api.get_object("webhookroutes", NS, name)
+            .expect("route exists"),
+    )
+    .unwrap()
+}
+
+/// Marks a Job finished the way the Job controller would.
+pub async fn complete_job(api: &FakeApiServer, name: &str, succeeded: bool) {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(api.client(), NS);
+    let (t, count) = if succeeded {
+        ("Complete", "succeeded")
+    } else {
+        ("Failed", "failed")
+    };
+    let status = serde_json::json!({"status": {"conditions": [{"type": t, "status": "True", "reason": if succeeded {"Completed"} else {"BackoffLimitExceeded"}}], count: 1}});
+    jobs.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+}
+
+pub async fn asc_mock() -> AscMock {
+    AscMock::start(AscMockOptions::default()).await.unwrap()
+}
+
+/// The payload of `fixture` with its `links.self` pointing at the mock instead of Apple.
+pub fn fixture_for_mock(name: &str, mock: &AscMock) -> Vec<u8> {
+    let text = String::from_utf8(fixture(name)).unwrap();
+    text.replace("https://api.appstoreconnect.apple.com", &mock.url())
+        .into_bytes()
+}

@@ -51,6 +51,7 @@ pub struct Operator {
 impl Operator {
     /// Starts `run` with `extra` flags (on top of fast test settings) against `api`.
     pub async fn start(api: &FakeApiServer, extra: &[&str]) -> Operator {
+        crate::logs::init();
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());

@@ -7,4 +7,8 @@ mod contract;
 mod examples;
 mod fuzz_corpus;
 mod harness;
+mod logs;
 mod receiver;
+mod recorder;
+mod scenarios;
+mod world;

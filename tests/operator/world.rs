@@ -1,0 +1,205 @@
+//! A world for whole-operator scenarios: fake API server, mock App Store Connect, a Slack/Jira recorder,
+//! and one example of `examples/` loaded with test values in place of its placeholders.
+
+use crate::harness::*;
+use crate::recorder::Recorder;
+use asc_webhook_operator::resources::delivery::Phase;
+use asc_webhook_operator::resources::{AscCredential, WebhookDelivery, WebhookRoute};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+use testkit::apiserver::FakeApiServer;
+use testkit::asc_mock::{AscMock, TEST_ISSUER_ID, TEST_KEY_ID};
+
+pub struct World {
+    pub api: FakeApiServer,
+    pub asc: AscMock,
+    pub hooks: Recorder,
+    pub op: Operator,
+    /// Every secret value placed in the cluster: none may ever show up in status, Events, metrics or logs.
+    pub secret_values: Vec<String>,
+}
+
+pub fn test_key_pem() -> String {
+    std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/asc/keys/AuthKey_TEST2K9Q7X.p8"))
+        .unwrap()
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Loads `examples/<name>/` into namespace `NS`, swapping placeholders for test values: the webhook
+/// secret, the test API key and mock API, and recorder URLs (`<recorder>/<secret name>`).
+pub async fn load_example(
+    api: &FakeApiServer,
+    name: &str,
+    asc: &AscMock,
+    hooks: &Recorder,
+) -> Vec<String> {
+    let dir = Path::new(ROOT).join("examples").join(name);
+    let mut secret_values = vec![WEBHOOK_SECRET.to_owned()];
+    for file in ["secrets.yaml", "credential.yaml", "route.yaml"] {
+        for mut doc in documents(&dir.join(file)) {
+            doc["metadata"]["namespace"] = Value::from(NS);
+            let kind = doc["kind"].as_str().unwrap().to_owned();
+            let obj_name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+            match kind.as_str() {
+                "Secret" => {
+                    let data = doc["stringData"]
+                        .as_object_mut()
+                        .expect("example Secrets use stringData");
+                    for (key, value) in data.iter_mut() {
+                        let original = value.as_str().unwrap_or_default().to_owned();
+                        let replaced = if key.ends_with(".p8") {
+                            test_key_pem()
+                        } else if key == "secret" {
+                            WEBHOOK_SECRET.to_owned()
+                        } else if original.starts_with("https://") {
+                            format!("{}/{obj_name}", hooks.url)
+                        } else {
+                            format!("test-{obj_name}-{key}-value")
+                        };
+                        if !key.ends_with(".p8") {
+                            secret_values.push(replaced.clone());
+                        }
+                        *value = Value::from(replaced);
+                    }
+                    let secret: Secret = serde_json::from_value(doc).unwrap();
+                    Api::<Secret>::namespaced(api.client(), NS)
+                        .create(&PostParams::default(), &secret)
+                        .await
+                        .unwrap();
+                }
+                "AscCredential" => {
+                    doc["spec"]["keyId"] = Value::from(TEST_KEY_ID);
+                    if doc["spec"].get("issuerId").is_some() {
+                        doc["spec"]["issuerId"] = Value::from(TEST_ISSUER_ID);
+                    }
+                    doc["spec"]["apiUrl"] = Value::from(asc.url());
+                    let c: AscCredential = serde_json::from_value(doc).unwrap();
+                    Api::<AscCredential>::namespaced(api.client(), NS)
+                        .create(&PostParams::default(), &c)
+                        .await
+                        .unwrap();
+                }
+                "WebhookRoute" => {
+                    let r: WebhookRoute = serde_json::from_value(doc).unwrap();
+                    Api::<WebhookRoute>::namespaced(api.client(), NS)
+                        .create(&PostParams::default(), &r)
+                        .await
+                        .unwrap();
+                }
+                other => panic!("unexpected {other} in examples/{name}"),
+            }
+        }
+    }
+    // The key's body lines are secret too.
+    secret_values.extend(
+        test_key_pem()
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 20)
+            .map(str::to_owned),
+    );
+    secret_values
+}
+
+impl World {
+    pub async fn example(name: &str, extra: &[&str]) -> World {
+        let api = fake_api().await;
+        let asc = asc_mock().await;
+        let hooks = Recorder::start().await;
+        let secret_values = load_example(&api, name, &asc, &hooks).await;
+        let op = Operator::start(&api, extra).await;
+        World {
+            api,
+            asc,
+            hooks,
+            op,
+            secret_values,
+        }
+    }
+
+    pub fn route_name(&self) -> String {
+        let routes = self.api.list_objects("webhookroutes", Some(NS));
+        routes[0]["metadata"]["name"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn wait_route_ready(&self) -> WebhookRoute {
+        let name = self.route_name();
+        eventually("the route is Ready", Duration::from_secs(15), || {
+            let r = get_route(&self.api, &name);
+            async move {
+                let ready = r
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(r)
+            }
+        })
+        .await
+    }
+
+    /// Signs and posts a fixture whose links point at the mock API; returns the delivery name.
+    pub async fn deliver(&self, body: &[u8]) -> String {
+        let (status, answer) = self.op.post(&self.route_name(), body, WEBHOOK_SECRET).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["delivery"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn wait_phase(&self, delivery: &str, wanted: Phase) -> WebhookDelivery {
+        eventually(
+            &format!("delivery {delivery} is {wanted:?}"),
+            Duration::from_secs(20),
+            || {
+                let d = get_delivery(&self.api, delivery);
+                async move { d.filter(|d| d.status.as_ref().is_some_and(|s| s.phase == wanted)) }
+            },
+        )
+        .await
+    }
+
+    pub async fn wait_terminal(&self, delivery: &str) -> WebhookDelivery {
+        eventually(&format!("delivery {delivery} finishes"), Duration::from_secs(30), || {
+            let d = get_delivery(&self.api, delivery);
+            async move { d.filter(|d| d.status.as_ref().is_some_and(|s| s.phase.is_terminal())) }
+        })
+        .await
+    }
+
+    /// Asserts no secret value appears in any stored status, Event, metric or captured log line.
+    pub async fn assert_no_secret_leaks(&self) {
+        let mut haystacks = vec![
+            ("metrics".to_owned(), self.op.metrics().await),
+            ("logs".to_owned(), crate::logs::captured()),
+        ];
+        for resource in ["webhookroutes", "webhookdeliveries", "asccredentials"] {
+            for obj in self.api.list_objects(resource, Some(NS)) {
+                haystacks.push((
+                    format!("{resource} status"),
+                    obj.get("status").map(Value::to_string).unwrap_or_default(),
+                ));
+            }
+        }
+        for event in self.api.list_objects("events", Some(NS)) {
+            haystacks.push(("Event".into(), event.to_string()));
+        }
+        for (what, text) in &haystacks {
+            for secret in &self.secret_values {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "{what} contains the secret value {secret:?}"
+                );
+            }
+        }
+    }
+}

@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Longest delay between retries.
     #[arg(long, env = "ASC_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
+    /// How often routes and not-ready credentials are re-checked without a watched change; a fixed
+    /// Secret takes effect within this time (Secrets are read by name, not watched).
+    #[arg(long, env = "ASC_RECHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub recheck_interval: Duration,
     /// Per-request timeout of App Store Connect API calls.
     #[arg(long, env = "ASC_API_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub asc_api_timeout: Duration,

@@ -62,6 +62,7 @@ impl From<&RunArgs> for Settings {
             max_attempts: a.max_attempts.max(1),
             retry_base_delay: a.retry_base_delay,
             retry_max_delay: a.retry_max_delay,
+            recheck_interval: a.recheck_interval,
             asc: AscClientOptions {
                 request_timeout: a.asc_api_timeout,
                 max_attempts: a.asc_api_max_attempts.max(1),

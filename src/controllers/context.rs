@@ -26,6 +26,9 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// Options of App Store Connect API clients.
     pub asc: AscClientOptions,
+    /// How often routes and not-ready credentials are re-checked without a watched change (Secrets are
+    /// read by name, not watched).
+    pub recheck_interval: Duration,
 }
 
 impl Default for Settings {
@@ -36,6 +39,7 @@ impl Default for Settings {
             retry_base_delay: Duration::from_secs(2),
             retry_max_delay: Duration::from_secs(300),
             asc: AscClientOptions::default(),
+            recheck_interval: Duration::from_secs(30),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! Connect accept it (`Verified`)? The key and tokens are never written anywhere.
 //!
 //! Secrets are not watched (that would need list/watch on every Secret in the cluster); a credential that
-//! is not ready is re-checked every 30 seconds instead, so a fixed Secret takes effect without a restart.
+//! is not ready is re-checked every `--recheck-interval` (30 s) instead, so a fixed Secret takes effect without a restart.
 
 use super::context::{Context, CredentialProblem, read_key};
 use super::{Error, status};
@@ -14,8 +14,6 @@ use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a credential that is not ready is re-checked.
-pub const NOT_READY_RECHECK: Duration = Duration::from_secs(30);
 /// How often a ready credential without verification is re-checked (a revoked Secret shows up).
 pub const READY_RECHECK: Duration = Duration::from_secs(600);
 
@@ -189,7 +187,7 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
     let verified_ok =
         conditions::find(&new_status.conditions, "Verified").is_none_or(Condition::is_true);
     Ok(Action::requeue(match (ready && verified_ok, interval) {
-        (false, _) => NOT_READY_RECHECK,
+        (false, _) => ctx.settings.recheck_interval,
         (true, Some(i)) => i.min(READY_RECHECK),
         (true, None) => READY_RECHECK,
     }))

@@ -2,7 +2,7 @@
 //! `route_status`), counts and prunes deliveries, and applies the status.
 //!
 //! It runs when a route changes, when one of its deliveries changes (they are owned by the route), when
-//! a referenced credential changes, and every minute otherwise, since Secrets are read by name rather
+//! a referenced credential changes, and every `--recheck-interval` otherwise, since Secrets are read by name rather
 //! than watched.
 
 use super::context::Context;
@@ -16,10 +16,6 @@ use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How often a route is re-checked without any watched change.
-pub const RECHECK: Duration = Duration::from_secs(60);
 
 /// Reconciles one route.
 pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -85,7 +81,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
             Err(e) => return Err(Error::Kube(e)),
         }
     }
-    Ok(Action::requeue(RECHECK))
+    Ok(Action::requeue(ctx.settings.recheck_interval))
 }
 
 async fn read_facts(

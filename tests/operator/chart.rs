@@ -730,6 +730,55 @@ fn rendered_env_is_accepted_by_the_binary() {
     );
 }
 
+/// The chart can pass every setting of `run`, and its defaults are the binary's, except where it means to
+/// differ. A flag added to the binary, or a default changed there, fails here until the chart follows.
+#[test]
+fn the_chart_covers_every_run_setting_with_the_binarys_defaults() {
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").expect("run subcommand");
+    let settings: BTreeMap<String, Option<String>> = run
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_str()?.to_owned();
+            let default = a
+                .get_default_values()
+                .first()
+                .map(|d| d.to_string_lossy().into_owned());
+            Some((env, default))
+        })
+        .collect();
+    let all = operator_container(&deployment(all_options_render()));
+    let set: BTreeSet<String> = env_of(&all).into_iter().map(|e| e.name).collect();
+    assert_eq!(
+        set,
+        settings.keys().cloned().collect::<BTreeSet<_>>(),
+        "with every option on, the chart sets exactly the settings of `run`"
+    );
+    // Where the chart deliberately differs from the binary's defaults, and why.
+    let deliberate: BTreeMap<&str, String> = BTreeMap::from([
+        // Log pipelines read JSON.
+        ("ASC_LOG_FORMAT", "json".to_string()),
+        // A rolling update runs two pods for a moment.
+        ("ASC_LEADER_ELECTION", "true".to_string()),
+        ("ASC_LEASE_NAME", format!("{RELEASE}-asc-webhook-operator")),
+        ("ASC_LEASE_NAMESPACE", RELEASE_NAMESPACE.to_string()),
+    ]);
+    let c = operator_container(&deployment(default_render()));
+    for (env, default) in &settings {
+        let Some(chart) = env_value(&c, env) else {
+            continue;
+        };
+        match deliberate.get(env.as_str()) {
+            Some(want) => assert_eq!(&chart, want, "{env}"),
+            None => assert_eq!(
+                Some(&chart),
+                default.as_ref(),
+                "{env}: the chart's default differs from the binary's; change values.yaml"
+            ),
+        }
+    }
+}
+
 #[test]
 fn public_url_defaults_to_the_ingress_host() {
     let docs = template(&[

@@ -294,3 +294,90 @@ pub fn fixture_for_mock(name: &str, mock: &AscMock) -> Vec<u8> {
     text.replace("https://api.appstoreconnect.apple.com", &mock.url())
         .into_bytes()
 }
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary as a child process, for tests that kill it.
+pub struct Process {
+    child: tokio::process::Child,
+    pub url: String,
+    pub admin_url: String,
+}
+
+impl Process {
+    pub async fn start(api: &FakeApiServer, dir: &Path, extra: &[&str]) -> Process {
+        let kubeconfig = dir.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).unwrap();
+        let (public, admin) = (free_port().await, free_port().await);
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asc-webhook-operator"))
+            .arg("run")
+            .args([
+                "--listen-addr",
+                &format!("127.0.0.1:{public}"),
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args([
+                "--retry-base-delay",
+                "100ms",
+                "--retry-max-delay",
+                "1s",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let p = Process {
+            child,
+            url: format!("http://127.0.0.1:{public}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
+        };
+        let ready = format!("{}/readyz", p.admin_url);
+        eventually(
+            "the operator process is ready",
+            Duration::from_secs(20),
+            || {
+                let ready = ready.clone();
+                async move {
+                    reqwest::get(&ready)
+                        .await
+                        .ok()
+                        .filter(|r| r.status() == 200)
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+        p
+    }
+
+    /// SIGKILL: no graceful shutdown, no lease release, no final status write.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub async fn post(&self, route: &str, body: &[u8], secret: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/hooks/{NS}/{route}", self.url))
+            .header(signature::HEADER, signature::sign(secret.as_bytes(), body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}

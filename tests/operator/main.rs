@@ -10,5 +10,6 @@ mod harness;
 mod logs;
 mod receiver;
 mod recorder;
+mod reliability;
 mod scenarios;
 mod world;

@@ -111,12 +111,18 @@ pub async fn load_example(
     secret_values
 }
 
+/// An example loaded into a fresh fake API server, with no operator running yet.
+pub async fn stage(name: &str) -> (FakeApiServer, AscMock, Recorder, Vec<String>) {
+    let api = fake_api().await;
+    let asc = asc_mock().await;
+    let hooks = Recorder::start().await;
+    let secret_values = load_example(&api, name, &asc, &hooks).await;
+    (api, asc, hooks, secret_values)
+}
+
 impl World {
     pub async fn example(name: &str, extra: &[&str]) -> World {
-        let api = fake_api().await;
-        let asc = asc_mock().await;
-        let hooks = Recorder::start().await;
-        let secret_values = load_example(&api, name, &asc, &hooks).await;
+        let (api, asc, hooks, secret_values) = stage(name).await;
         let op = Operator::start(&api, extra).await;
         World {
             api,

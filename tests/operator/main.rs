@@ -4,9 +4,11 @@
 
 mod chart;
 mod contract;
+mod credentials;
 mod examples;
 mod fuzz_corpus;
 mod harness;
+mod leader;
 mod logs;
 mod receiver;
 mod recorder;

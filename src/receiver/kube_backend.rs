@@ -96,3 +96,178 @@ fn classify(e: kube::Error) -> SinkError {
         _ => SinkError::Unavailable(Box::new(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Request-level tests: the exact API calls, against a `tower-test` mock behind a real `kube::Client`.
+    use super::*;
+    use crate::resources::{WebhookDelivery, WebhookDeliverySpec};
+    use http::{Request, Response};
+    use http_body_util::BodyExt;
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn client() -> (Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(service, "default"), handle)
+    }
+
+    fn delivery() -> WebhookDelivery {
+        let mut d = WebhookDelivery::new(
+            "release-abc",
+            WebhookDeliverySpec {
+                route: "release".into(),
+                event_id: "e1".into(),
+                event_type: "webhookPingCreated".into(),
+                old_state: None,
+                new_state: None,
+                instance: None,
+                received_at: "2026-01-01T00:00:00Z".into(),
+                source: Default::default(),
+                request_id: None,
+                payload: "{}".into(),
+            },
+        );
+        d.metadata.namespace = Some("ios".into());
+        d
+    }
+
+    fn status_body(code: u16, reason: &str) -> Body {
+        Body::from(
+            serde_json::to_vec(&serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": reason
+            }))
+            .unwrap(),
+        )
+    }
+
+    async fn expect_create(handle: &mut Handle, answer: Response<Body>) -> serde_json::Value {
+        let (request, send) = handle.next_request().await.expect("a request");
+        assert_eq!(request.method(), http::Method::POST);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/asc.webhooks.dev/v1alpha1/namespaces/ios/webhookdeliveries"
+        );
+        assert!(
+            request
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .contains("fieldManager=asc-webhook-operator")
+        );
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        send.send_response(answer);
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn created_delivery_is_posted_once_to_its_namespace() {
+        let (client, mut handle) = client();
+        let verifier = tokio::spawn(async move {
+            let body = expect_create(
+                &mut handle,
+                Response::builder()
+                    .status(201)
+                    .body(Body::from(serde_json::to_vec(&delivery()).unwrap()))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(body["metadata"]["name"], "release-abc");
+            assert_eq!(body["spec"]["eventId"], "e1");
+        });
+        assert_eq!(
+            KubeDeliveries::new(client)
+                .record(delivery())
+                .await
+                .unwrap(),
+            Recorded::Created
+        );
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn already_exists_means_duplicate() {
+        let (client, mut handle) = client();
+        let verifier = tokio::spawn(async move {
+            expect_create(
+                &mut handle,
+                Response::builder()
+                    .status(409)
+                    .body(status_body(409, "AlreadyExists"))
+                    .unwrap(),
+            )
+            .await;
+        });
+        assert_eq!(
+            KubeDeliveries::new(client)
+                .record(delivery())
+                .await
+                .unwrap(),
+            Recorded::Duplicate
+        );
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_unavailable_and_validation_errors_refused() {
+        let (client, mut handle) = client();
+        let verifier = tokio::spawn(async move {
+            expect_create(
+                &mut handle,
+                Response::builder()
+                    .status(503)
+                    .body(status_body(503, "ServiceUnavailable"))
+                    .unwrap(),
+            )
+            .await;
+            expect_create(
+                &mut handle,
+                Response::builder()
+                    .status(422)
+                    .body(status_body(422, "Invalid"))
+                    .unwrap(),
+            )
+            .await;
+        });
+        let sink = KubeDeliveries::new(client);
+        assert!(matches!(
+            sink.record(delivery()).await,
+            Err(SinkError::Unavailable(_))
+        ));
+        assert!(matches!(
+            sink.record(delivery()).await,
+            Err(SinkError::Refused(_))
+        ));
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_secret_is_none_and_present_one_is_decoded() {
+        let (client, mut handle) = client();
+        let verifier = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.uri().path(), "/api/v1/namespaces/ios/secrets/hook");
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(status_body(404, "NotFound"))
+                    .unwrap(),
+            );
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::GET);
+            let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook", "namespace": "ios"}, "data": {"secret": "czNjcjN0"}});
+            send.send_response(
+                Response::builder()
+                    .status(200)
+                    .body(Body::from(serde_json::to_vec(&secret).unwrap()))
+                    .unwrap(),
+            );
+        });
+        let secrets = KubeSecrets::new(client);
+        assert!(secrets.secret("ios", "hook").await.unwrap().is_none());
+        let data = secrets.secret("ios", "hook").await.unwrap().unwrap();
+        assert_eq!(data["secret"], b"s3cr3t");
+        verifier.await.unwrap();
+    }
+}

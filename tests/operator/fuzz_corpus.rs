@@ -36,8 +36,11 @@ fn regressions(target: &str) -> Vec<(String, Vec<u8>)> {
     inputs(&Path::new(ROOT).join("fuzz/regressions").join(target), "")
 }
 
+/// A fuzz target's body: panics on a broken property, returns which way the input went.
+type Check = fn(&[u8]) -> bool;
+
 /// Runs `check` on every seed and asserts the outcome its name promises.
-fn replay_seeds(target: &str, check: fn(&[u8]) -> bool, yes: &str, no: &str, at_least: usize) {
+fn replay_seeds(target: &str, check: Check, yes: &str, no: &str, at_least: usize) {
     let seeds = seeds(target);
     assert!(
         seeds.len() >= at_least,
@@ -124,7 +127,7 @@ fn rule_matching_seeds_hold_the_properties_and_match_as_named() {
 
 #[test]
 fn saved_fuzz_findings_stay_fixed() {
-    let targets: [(&str, fn(&[u8]) -> bool); 3] = [
+    let targets: [(&str, Check); 3] = [
         ("signature_header", checks::signature_header),
         ("event_parse", checks::event_parse),
         ("rule_matching", checks::rule_matching),

@@ -210,11 +210,17 @@ async fn slack_always_500_fails_after_the_retry_limit_with_the_reason() {
             .contains("endpoint answered 500; gave up after 5 attempts")
     );
     assert!(done.message.unwrap().contains("rule build-failed"));
-    let events = w.api.list_objects("events", Some(NS));
-    assert!(
-        events.iter().any(|e| e["reason"] == "DeliveryFailed"),
-        "a Warning Event says so"
-    );
+    // The Event follows the status write.
+    eventually("a Warning Event says so", Duration::from_secs(10), || {
+        let events = w.api.list_objects("events", Some(NS));
+        async move {
+            events
+                .iter()
+                .any(|e| e["reason"] == "DeliveryFailed" && e["type"] == "Warning")
+                .then_some(())
+        }
+    })
+    .await;
     w.assert_no_secret_leaks().await;
     w.op.stop().await;
 }

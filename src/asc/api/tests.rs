@@ -1,0 +1,210 @@
+use super::*;
+use crate::asc::token::ApiKey;
+use std::time::Instant;
+use testkit::asc_mock::{AscMock, AscMockOptions, Fault, MockKeyKind};
+
+const PEM: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/asc/keys/AuthKey_TEST2K9Q7X.p8"
+));
+const ISSUER: &str = "69a6de70-03db-47e3-e053-5b8c7c11a4d1";
+const COMPLETE_UPLOAD: &str = "/v1/buildUploads/3f1c2a9e-7b44-4d2e-9a51-0c8e2f6d1b77";
+
+fn fast_options() -> AscClientOptions {
+    AscClientOptions {
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        request_timeout: Duration::from_secs(5),
+        ..AscClientOptions::default()
+    }
+}
+
+fn client_for(api_url: &str, issuer: Option<&str>) -> AscClient {
+    let key = ApiKey::from_pem("TEST2K9Q7X", issuer.map(str::to_owned), PEM).unwrap();
+    AscClient::with_options(api_url, TokenSource::new(key), fast_options()).unwrap()
+}
+
+async fn setup() -> (AscMock, AscClient) {
+    let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+    let client = client_for(&mock.url(), Some(ISSUER));
+    (mock, client)
+}
+
+#[tokio::test]
+async fn verify_succeeds_for_team_and_individual_keys() {
+    let (mock, team) = setup().await;
+    team.verify().await.unwrap();
+    client_for(&mock.url(), None).verify().await.unwrap();
+    let kinds: Vec<_> = mock.requests().iter().map(|r| r.auth.key_kind()).collect();
+    assert_eq!(
+        kinds,
+        [Some(MockKeyKind::Team), Some(MockKeyKind::Individual)]
+    );
+    assert_eq!(mock.requests()[0].path, "/v1/apps?limit=1");
+}
+
+#[tokio::test]
+async fn links_on_other_origins_are_refused_without_a_request() {
+    let (mock, client) = setup().await;
+    let port = mock.addr().port();
+    let other_port = if port == 1 { 2 } else { port - 1 };
+    for link in [
+        format!("https://api.appstoreconnect.apple.com{COMPLETE_UPLOAD}"),
+        format!("https://127.0.0.1:{port}{COMPLETE_UPLOAD}"),
+        format!("http://127.0.0.1:{other_port}{COMPLETE_UPLOAD}"),
+        format!("http://localhost:{port}{COMPLETE_UPLOAD}"),
+        format!("http://user:hunter2@127.0.0.1:{port}{COMPLETE_UPLOAD}"),
+    ] {
+        let err = client.fetch_instance(&link).await.unwrap_err();
+        assert!(matches!(err, ApiError::ForeignOrigin { .. }), "{link}");
+        assert!(!err.to_string().contains("hunter2"));
+    }
+    let err = client.get_json("//evil.example/v1/apps").await.unwrap_err();
+    assert!(matches!(err, ApiError::ForeignOrigin { .. }), "{err:?}");
+    assert_eq!(mock.requests(), []);
+    assert_eq!(client.tokens().minted(), 0, "no token for a refused URL");
+}
+
+#[tokio::test]
+async fn plain_http_link_is_refused_when_api_url_is_https() {
+    let client = client_for(DEFAULT_API_URL, Some(ISSUER));
+    let err = client
+        .fetch_instance(&format!(
+            "http://api.appstoreconnect.apple.com{COMPLETE_UPLOAD}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only https://api.appstoreconnect.apple.com"),
+        "{err}"
+    );
+}
+
+#[test]
+fn api_url_must_be_http_or_https() {
+    let key = ApiKey::from_pem("TEST2K9Q7X", None, PEM).unwrap();
+    let err = AscClient::new("ftp://example.com", TokenSource::new(key.clone())).unwrap_err();
+    assert!(matches!(err, ApiError::UnsupportedScheme { .. }));
+    let err = AscClient::new("not a url", TokenSource::new(key)).unwrap_err();
+    assert!(matches!(err, ApiError::InvalidUrl { .. }));
+}
+
+#[tokio::test]
+async fn rate_limit_with_retry_after_is_honoured_then_succeeds() {
+    let (mock, client) = setup().await;
+    mock.inject(
+        Fault::TooManyRequests {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let started = Instant::now();
+    let doc = client
+        .fetch_instance(&format!("{}{COMPLETE_UPLOAD}", mock.url()))
+        .await
+        .unwrap();
+    // A lower bound only: the client waited at least what the server asked for.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(doc["data"]["id"], "3f1c2a9e-7b44-4d2e-9a51-0c8e2f6d1b77");
+    let statuses: Vec<_> = mock.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Some(429), Some(200)]);
+}
+
+#[tokio::test]
+async fn server_errors_forever_end_after_bounded_attempts() {
+    let (mock, client) = setup().await;
+    mock.inject_always(Fault::InternalServerError);
+    let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+    let ApiError::GaveUp { attempts: 4, last } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(**last, ApiError::Status { status: 500, .. }),
+        "{last:?}"
+    );
+    assert!(last.to_string().contains("UNEXPECTED_ERROR"), "{last}");
+    assert_eq!(mock.requests().len(), 4);
+    assert_eq!(client.tokens().minted(), 1, "retries reuse the token");
+}
+
+#[tokio::test]
+async fn unavailable_then_ok_is_retried() {
+    let (mock, client) = setup().await;
+    mock.inject(
+        Fault::ServiceUnavailable {
+            retry_after_secs: None,
+        },
+        2,
+    );
+    client.get_json(COMPLETE_UPLOAD).await.unwrap();
+    assert_eq!(mock.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn unauthorized_is_not_retried_and_says_what_to_check() {
+    let (mock, client) = setup().await;
+    mock.inject(Fault::Unauthorized, 1);
+    let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+    assert!(matches!(err, ApiError::Unauthorized { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("keyId/issuerId") && text.contains("NOT_AUTH"),
+        "{text}"
+    );
+    assert_eq!(mock.requests().len(), 1);
+    client.get_json(COMPLETE_UPLOAD).await.unwrap();
+    assert_eq!(client.tokens().minted(), 2, "a refused token is not reused");
+}
+
+#[tokio::test]
+async fn forbidden_and_not_found_are_distinct_and_not_retried() {
+    let (mock, client) = setup().await;
+    mock.inject(Fault::Forbidden, 1);
+    let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+    assert!(matches!(err, ApiError::Forbidden { .. }), "{err:?}");
+    let err = client
+        .get_json("/v1/buildUploads/00000000-0000-0000-0000-000000000000")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::NotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("(404)"));
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn slow_response_times_out_and_is_retried() {
+    let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+    let mut client = client_for(&mock.url(), Some(ISSUER));
+    client.options.request_timeout = Duration::from_millis(300);
+    client = AscClient::with_options(&mock.url(), client.tokens, client.options).unwrap();
+    mock.inject(Fault::Delay(Duration::from_secs(3)), 1);
+    client.get_json(COMPLETE_UPLOAD).await.unwrap();
+    assert_eq!(mock.requests().len(), 2);
+    assert_eq!(mock.requests()[0].status, None, "first attempt abandoned");
+}
+
+#[tokio::test]
+async fn connection_refused_ends_in_transport_error_after_retries() {
+    let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+    let url = mock.url();
+    mock.shutdown().await;
+    let err = client_for(&url, Some(ISSUER))
+        .get_json("/v1/apps")
+        .await
+        .unwrap_err();
+    let ApiError::GaveUp { attempts: 4, last } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(matches!(**last, ApiError::Transport { .. }), "{last:?}");
+}
+
+#[test]
+fn asc_error_message_is_extracted_and_shortened() {
+    let detail = "d".repeat(1000);
+    let body = serde_json::json!({"errors": [{"code": "X", "title": "t", "detail": detail}]});
+    let message = asc_error_message(body.to_string().as_bytes()).unwrap();
+    assert!(message.starts_with("X: ddd") && message.ends_with('…'));
+    assert_eq!(message.chars().count(), 301);
+    assert_eq!(asc_error_message(b"<html>"), None);
+}

@@ -1,0 +1,244 @@
+use super::*;
+use crate::resources::delivery::WebhookDeliveryStatus;
+use crate::resources::route::{EnrichPolicy, EventFilter, HttpAction, JobAction, Rule};
+use crate::resources::{
+    AscCredentialSpec, AscCredentialStatus, LocalObjectReference, SecretKeySelector,
+    WebhookRouteSpec,
+};
+use serde_json::json;
+
+fn sel(name: &str, key: &str) -> SecretKeySelector {
+    SecretKeySelector {
+        name: name.into(),
+        key: key.into(),
+        namespace: None,
+    }
+}
+
+fn job_rule(name: &str, template: serde_json::Value) -> Rule {
+    Rule {
+        name: name.into(),
+        on: EventFilter::default(),
+        enrich: EnrichPolicy::Optional,
+        job: Some(JobAction {
+            template,
+            inject_api_key: false,
+        }),
+        http: None,
+    }
+}
+
+fn good_template() -> serde_json::Value {
+    json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "b"}]}}}})
+}
+
+fn route(rules: Vec<Rule>, credential: Option<&str>) -> WebhookRoute {
+    let mut r = WebhookRoute::new(
+        "release",
+        WebhookRouteSpec {
+            secret_ref: sel("hook", "secret"),
+            credential_ref: credential.map(|c| LocalObjectReference {
+                name: c.into(),
+                namespace: None,
+            }),
+            rules,
+            delivery_history_limit: Some(2),
+        },
+    );
+    r.metadata.namespace = Some("ios".into());
+    r.metadata.generation = Some(3);
+    r
+}
+
+fn facts_with(secrets: &[(&str, &[&str])]) -> RouteFacts {
+    RouteFacts {
+        secrets: secrets
+            .iter()
+            .map(|(n, keys)| {
+                (
+                    n.to_string(),
+                    Some(keys.iter().map(|k| k.to_string()).collect()),
+                )
+            })
+            .collect(),
+        credential: None,
+    }
+}
+
+fn credential(ready: bool) -> AscCredential {
+    let mut c = AscCredential::new(
+        "team",
+        AscCredentialSpec {
+            key_id: "K".into(),
+            issuer_id: None,
+            private_key_secret_ref: sel("k", "p8"),
+            api_url: None,
+            verify_interval_minutes: None,
+        },
+    );
+    c.status = Some(AscCredentialStatus {
+        conditions: vec![Condition::new(
+            "Ready",
+            ready,
+            if ready { "KeyUsable" } else { "KeyInvalid" },
+            "",
+        )],
+        ..Default::default()
+    });
+    c
+}
+
+#[test]
+fn a_complete_route_is_ready_with_its_url() {
+    let r = route(vec![job_rule("submit", good_template())], None);
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    assert!(p.is_empty(), "{p:?}");
+    let s = desired_status(&r, &[], &[], &p, Some("https://hooks.example.com/"), "t");
+    assert_eq!(
+        s.url.as_deref(),
+        Some("https://hooks.example.com/hooks/ios/release")
+    );
+    let ready = conditions::find(&s.conditions, "Ready").unwrap();
+    assert!(ready.is_true());
+    assert_eq!(ready.observed_generation, Some(3));
+    assert_eq!(s.observed_generation, Some(3));
+}
+
+#[test]
+fn missing_secret_and_missing_key_have_their_own_reasons() {
+    let r = route(vec![], None);
+    assert_eq!(
+        problems(&r, &RouteFacts::default())[0].reason,
+        "SecretNotFound"
+    );
+    assert_eq!(
+        problems(&r, &facts_with(&[("hook", &["other"])]))[0].reason,
+        "SecretKeyNotFound"
+    );
+}
+
+#[test]
+fn cross_namespace_references_are_refused_first() {
+    let mut r = route(vec![], Some("team"));
+    r.spec.secret_ref.namespace = Some("payments".into());
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    assert_eq!(p[0].reason, "CrossNamespaceReference");
+    assert!(p[0].message.contains("payments"));
+    let mut same = route(vec![], None);
+    same.spec.secret_ref.namespace = Some("ios".into());
+    assert!(problems(&same, &facts_with(&[("hook", &["secret"])])).is_empty());
+}
+
+#[test]
+fn credential_must_exist_and_be_ready() {
+    let r = route(vec![], Some("team"));
+    let mut f = facts_with(&[("hook", &["secret"])]);
+    f.credential = Some(None);
+    assert_eq!(problems(&r, &f)[0].reason, "CredentialNotFound");
+    f.credential = Some(Some(credential(false)));
+    assert_eq!(problems(&r, &f)[0].reason, "CredentialNotReady");
+    f.credential = Some(Some(credential(true)));
+    assert!(problems(&r, &f).is_empty());
+}
+
+#[test]
+fn invalid_job_and_http_templates_make_the_route_not_ready() {
+    let bad_job = job_rule(
+        "submit",
+        json!({"spec": {"template": {"spec": {"containers": []}}}}),
+    );
+    let bad_http = Rule {
+        name: "slack".into(),
+        on: EventFilter::default(),
+        enrich: EnrichPolicy::Optional,
+        job: None,
+        http: Some(HttpAction {
+            url_secret_ref: sel("slack", "url"),
+            method: None,
+            headers_secret_ref: None,
+            body: Some("{{ event.newState ".into()),
+            content_type: None,
+            timeout_seconds: None,
+            max_attempts: None,
+        }),
+    };
+    let r = route(vec![bad_job, bad_http], None);
+    let p = problems(
+        &r,
+        &facts_with(&[("hook", &["secret"]), ("slack", &["url"])]),
+    );
+    let reasons: Vec<_> = p.iter().map(|p| p.reason).collect();
+    assert_eq!(reasons, vec!["InvalidJobTemplate", "InvalidHttpTemplate"]);
+    let c = ready_condition(&p);
+    assert_eq!(c.reason, "InvalidJobTemplate");
+    assert!(c.message.contains("rule slack"));
+}
+
+fn delivery(name: &str, at: &str, phase: Phase, event_type: &str) -> WebhookDelivery {
+    let mut d = crate::actions::context::tests::delivery("build-upload-complete");
+    d.metadata.name = Some(name.into());
+    d.spec.received_at = at.into();
+    d.spec.event_type = event_type.into();
+    d.status = Some(WebhookDeliveryStatus {
+        phase,
+        ..Default::default()
+    });
+    d
+}
+
+#[test]
+fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
+    let r = route(vec![], None);
+    let a = delivery(
+        "a",
+        "2026-01-01T00:00:01Z",
+        Phase::Succeeded,
+        "buildUploadStateUpdated",
+    );
+    let b = delivery(
+        "b",
+        "2026-01-01T00:00:02Z",
+        Phase::Running,
+        "buildUploadStateUpdated",
+    );
+    let c = delivery(
+        "c",
+        "2026-01-01T00:00:03Z",
+        Phase::Failed,
+        "webhookPingCreated",
+    );
+    let d = delivery(
+        "d",
+        "2026-01-01T00:00:04Z",
+        Phase::NoMatch,
+        "buildUploadStateUpdated",
+    );
+    let all = vec![&a, &b, &c, &d];
+    let prune = to_prune(&all, 2);
+    let names: Vec<_> = prune.iter().map(|d| d.name_any()).collect();
+    assert_eq!(names, vec!["a", "c"], "running deliveries are never pruned");
+    let s = desired_status(&r, &all, &prune, &[], None, "t");
+    assert_eq!(
+        s.deliveries,
+        DeliveryCounts {
+            received: 4,
+            succeeded: 1,
+            failed: 1,
+            no_match: 1,
+            in_progress: 1
+        }
+    );
+    assert_eq!(s.last_delivery.as_ref().unwrap().name, "d");
+    assert_eq!(s.last_ping_time.as_deref(), Some("2026-01-01T00:00:03Z"));
+
+    let mut after = r.clone();
+    after.status = Some(s);
+    let remaining = vec![&b, &d];
+    let s2 = desired_status(&after, &remaining, &[], &[], None, "t");
+    assert_eq!(s2.deliveries.received, 4, "pruned deliveries stay counted");
+    assert_eq!(
+        s2.last_ping_time.as_deref(),
+        Some("2026-01-01T00:00:03Z"),
+        "the last ping survives pruning"
+    );
+}

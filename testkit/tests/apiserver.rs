@@ -134,6 +134,12 @@ fn no_retry_client(server: &FakeApiServer) -> Client {
     Client::try_from(config).expect("client")
 }
 
+#[test]
+fn handle_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<FakeApiServer>();
+}
+
 #[tokio::test]
 async fn discovery_lists_builtins_and_crds() {
     let server = server().await;
@@ -280,6 +286,17 @@ async fn conflicts_already_exists_and_not_found() {
     assert!(err.is_not_found());
     assert_eq!(err.details.as_ref().map(|d| d.name.as_str()), Some("nope"));
     assert!(widgets.get_opt("nope").await.expect("get_opt").is_none());
+
+    // Re-creating an object read back from the server (resourceVersion still set) fails.
+    let mut copy = created.clone();
+    copy.metadata.name = Some("copy".into());
+    let err = api_err(
+        widgets
+            .create(&PostParams::default(), &copy)
+            .await
+            .expect_err("rv on create"),
+    );
+    assert_eq!(err.code, 500);
 
     // A merge patch that pins a stale resourceVersion conflicts too.
     let patch = json!({"metadata": {"resourceVersion": created.resource_version()}, "spec": {"replicas": 9}});
@@ -813,6 +830,7 @@ async fn expired_watch_gets_410_and_watcher_relists() {
     // Cut the watcher off, change things while it is away and expire the history: it resumes
     // from its last version, is told 410, and has to list again.
     server.set_refuse_connections(true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
     server
         .put_object(
             "secrets",
@@ -821,16 +839,6 @@ async fn expired_watch_gets_410_and_watcher_relists() {
         .expect("seed");
     server.compact();
     server.set_refuse_connections(false);
-    let srv = &server;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    for r in srv.request_log().iter().rev().take(12) {
-        eprintln!("DBG {} {} {} {}", r.method, r.path, r.query, r.status);
-    }
-    eprintln!(
-        "DBG errors {:?} rv {}",
-        stream_errors.lock().unwrap(),
-        srv.resource_version()
-    );
     eventually("relist after 410", || {
         server.count_requests(|r| r.verb == Verb::List && r.resource == "secrets") > lists_before
     })
@@ -987,6 +995,26 @@ async fn injected_faults_and_refused_connections() {
         0,
         "reads only"
     );
+
+    server.pause();
+    let pending = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.get("s").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "held while paused");
+    server.resume();
+    pending.await.expect("join").expect("answered after resume");
+
+    server.shutdown();
+    assert!(
+        secrets.get("s").await.is_err(),
+        "nothing answers after shutdown"
+    );
+    assert!(
+        server.get_object("secrets", "default", "s").is_some(),
+        "store outlives the listener"
+    );
 }
 
 #[tokio::test]
@@ -1104,29 +1132,50 @@ async fn builtins_jobs_secrets_leases_events() {
 
 #[tokio::test]
 async fn controller_reconciles_against_the_fake() {
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
     let server = server().await;
     let client = server.client();
     let widgets: Api<Widget> = Api::all(client.clone());
 
-    async fn reconcile(w: Arc<Widget>, client: Arc<Client>) -> Result<Action, kube::Error> {
-        let api: Api<Widget> =
-            Api::namespaced((*client).clone(), &w.namespace().unwrap_or_default());
-        let status = json!({"apiVersion": "test.testkit.dev/v1", "kind": "Widget",
-            "status": {"phase": "Ready", "observedGeneration": w.metadata.generation}});
-        api.patch_status(
-            &w.name_any(),
-            &PatchParams::apply("widget-controller").force(),
-            &Patch::Apply(status),
-        )
-        .await?;
-        Ok(Action::await_change())
+    struct Ctx {
+        client: Client,
+        cleaned: std::sync::Mutex<Vec<String>>,
     }
-    fn on_error(_: Arc<Widget>, _: &kube::Error, _: Arc<Client>) -> Action {
+    type Error = kube::runtime::finalizer::Error<kube::Error>;
+    async fn reconcile(w: Arc<Widget>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+        let api: Api<Widget> =
+            Api::namespaced(ctx.client.clone(), &w.namespace().unwrap_or_default());
+        finalizer(&api, "test.testkit.dev/cleanup", w, |event| async {
+            match event {
+                Finalizer::Apply(w) => {
+                    let status = json!({"apiVersion": "test.testkit.dev/v1", "kind": "Widget",
+                        "status": {"phase": "Ready", "observedGeneration": w.metadata.generation}});
+                    api.patch_status(
+                        &w.name_any(),
+                        &PatchParams::apply("widget-controller").force(),
+                        &Patch::Apply(status),
+                    )
+                    .await?;
+                    Ok(Action::await_change())
+                }
+                Finalizer::Cleanup(w) => {
+                    ctx.cleaned.lock().expect("lock").push(w.name_any());
+                    Ok(Action::await_change())
+                }
+            }
+        })
+        .await
+    }
+    fn on_error(_: Arc<Widget>, _: &Error, _: Arc<Ctx>) -> Action {
         Action::requeue(Duration::from_millis(100))
     }
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        cleaned: Default::default(),
+    });
     let ctl = tokio::spawn(
         Controller::new(widgets, watcher::Config::default())
-            .run(reconcile, on_error, Arc::new(client.clone()))
+            .run(reconcile, on_error, ctx.clone())
             .for_each(|_| async {}),
     );
     let ns_api: Api<Widget> = Api::namespaced(client.clone(), "team");
@@ -1137,14 +1186,13 @@ async fn controller_reconciles_against_the_fake() {
             .expect("create");
     }
     eventually("all widgets reconciled", || {
-        server
-            .list_objects("widgets", Some("team"))
-            .iter()
-            .all(|w| {
+        let all = server.list_objects("widgets", Some("team"));
+        all.len() == 10
+            && all.iter().all(|w| {
                 w["status"]["phase"] == "Ready"
                     && w["status"]["observedGeneration"] == w["metadata"]["generation"]
+                    && w["metadata"]["finalizers"] == json!(["test.testkit.dev/cleanup"])
             })
-            && server.list_objects("widgets", Some("team")).len() == 10
     })
     .await;
     ns_api
@@ -1161,6 +1209,16 @@ async fn controller_reconciles_against_the_fake() {
             .is_some_and(|w| w["status"]["observedGeneration"] == 2)
     })
     .await;
+    // Deletion waits for the controller's cleanup, then the object goes.
+    ns_api
+        .delete("c5", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("finalizer cleanup ran and released the object", || {
+        server.get_object("widgets", "team", "c5").is_none()
+    })
+    .await;
+    assert_eq!(*ctx.cleaned.lock().expect("lock"), ["c5"]);
     ctl.abort();
 }
 
@@ -1377,4 +1435,68 @@ async fn selector_watch_transitions_metadata_and_bulk_events() {
     })
     .await;
     task.abort();
+}
+
+#[tokio::test]
+async fn project_crds_load_validate_and_default() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let server = FakeApiServer::start(FakeApiServerOptions::default().crd_dir(&dir)).await;
+    let client = server.client();
+    let discovery = kube::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let group = discovery
+        .groups()
+        .find(|g| g.name() == "asc.webhooks.dev")
+        .expect("group served");
+    let mut kinds: Vec<String> = group
+        .recommended_resources()
+        .into_iter()
+        .map(|(ar, _)| ar.kind)
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["AscCredential", "WebhookDelivery", "WebhookRoute"]);
+
+    let (ar, _) = discovery
+        .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+            "asc.webhooks.dev",
+            "v1alpha1",
+            "WebhookDelivery",
+        ))
+        .expect("delivery resolvable");
+    let deliveries: Api<kube::api::DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let delivery = |spec: serde_json::Value| -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookDelivery",
+            "metadata": {"generateName": "d-"}, "spec": spec
+        }))
+        .expect("dynamic object")
+    };
+    let valid = json!({
+        "eventId": "e1", "eventType": "buildUploadStateUpdated", "payload": "{}",
+        "receivedAt": "2025-01-01T00:00:00Z", "route": "r", "instance": null, "unknownField": 1
+    });
+    let created = deliveries
+        .create(&PostParams::default(), &delivery(valid.clone()))
+        .await
+        .expect("valid delivery");
+    assert_eq!(created.data["spec"]["source"], "Webhook", "schema default");
+    assert!(created.data["spec"].get("unknownField").is_none(), "pruned");
+
+    let mut bad = valid;
+    bad["eventType"] = json!("");
+    bad.as_object_mut().expect("object").remove("route");
+    let err = api_err(
+        deliveries
+            .create(&PostParams::default(), &delivery(bad))
+            .await
+            .expect_err("invalid"),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("spec.eventType") && err.message.contains("spec.route"),
+        "{}",
+        err.message
+    );
 }

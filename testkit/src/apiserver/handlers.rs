@@ -180,7 +180,7 @@ pub(crate) async fn serve(
             Fault::Drop => Err(DropConnection),
         };
         rec.status = outcome.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-        shared.log.lock().push(rec);
+        shared.record(rec);
         return outcome;
     }
 
@@ -191,7 +191,7 @@ pub(crate) async fn serve(
     };
     let resp = result.unwrap_or_else(|e| error_response(&e));
     rec.status = resp.status().as_u16();
-    shared.log.lock().push(rec);
+    shared.record(rec);
     Ok(resp)
 }
 

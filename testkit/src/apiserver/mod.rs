@@ -34,7 +34,9 @@
 //! - `resourceVersion` is one global counter; every stored write takes the next value. A
 //!   write that changes nothing is not stored (no new version, no event), as in the real registry.
 //! - Create: `generateName` (5-char suffix), `uid`, `creationTimestamp`, `generation: 1`;
-//!   409 `AlreadyExists`; the body's `kind`/`apiVersion`/namespace must match the URL (400).
+//!   409 `AlreadyExists`; the body's `kind`/`apiVersion`/namespace must match the URL (400); a
+//!   body that still carries `metadata.resourceVersion` gets the etcd store's 500
+//!   ("resourceVersion should not be set on objects to be created").
 //! - Update/patch: 409 `Conflict` when the body (or the patched result) carries a
 //!   `metadata.resourceVersion` other than the stored one, or a different `uid`. A PUT without
 //!   a resourceVersion is an unconditional update. PUT of a missing object is 404.
@@ -62,7 +64,8 @@
 //!   ownership of the fields they change from everyone. Differences: a manager never conflicts with
 //!   itself (even across Apply/Update entries); client-supplied `managedFields` are ignored; applied
 //!   fields unknown to a CRD schema are pruned rather than rejected; an explicit `null` in an applied
-//!   configuration removes the field.
+//!   configuration removes the field. Non-apply writes without `fieldManager` are recorded under
+//!   the User-Agent up to its first `/` (or `unknown`), as the real server does.
 //! - Finalizers: delete of an object with finalizers sets `deletionTimestamp` (+ generation bump,
 //!   MODIFIED event) and keeps it; the write that removes the last finalizer deletes it (one DELETED
 //!   event). No new finalizers may be added while deleting (422). Delete preconditions (`uid`,
@@ -115,6 +118,9 @@
 //! [`FakeApiServer::count_requests`]); direct store access ([`FakeApiServer::get_object`],
 //! [`FakeApiServer::list_objects`], [`FakeApiServer::put_object`], [`FakeApiServer::patch_object`],
 //! [`FakeApiServer::delete_object`]) that goes through the same write path, so watchers see it.
+//! [`FakeApiServer::fail_next`] and rules without a verb skip discovery requests. Remember that
+//! kube's default client retries 429/503/504 by itself (up to 15 times): build a client from
+//! [`FakeApiServer::config`] with `default_retry = false` to observe each failure.
 
 mod admission;
 mod error;

@@ -144,6 +144,16 @@ fn create_inner(
 ) -> Result<Arc<Value>, ApiError> {
     check_type_meta(ctx, &body)?;
     check_namespace(ctx, &mut body)?;
+    // The etcd store refuses this with a bare 500; it catches objects copied from a cache and
+    // re-created without clearing their version.
+    let plain_create = entries.is_none() && !ctx.seed;
+    if plain_create && meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+        return Err(ApiError::new(
+            500,
+            "InternalError",
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
     let now = now_rfc3339();
     let key = ctx.rt.storage_key();
     let has_name = meta_str(&body, "name").is_some_and(|n| !n.is_empty());

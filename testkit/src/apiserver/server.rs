@@ -37,9 +37,20 @@ pub(crate) struct Shared {
     pub addr: SocketAddr,
 }
 
+/// The request log keeps this many entries, so long benchmarks do not grow it without bound.
+const LOG_LIMIT: usize = 200_000;
+
 impl Shared {
     pub fn disconnect_all(&self) {
         self.kill_tx.send_modify(|e| *e += 1);
+    }
+
+    pub fn record(&self, rec: RequestRecord) {
+        let mut log = self.log.lock();
+        if log.len() >= LOG_LIMIT {
+            log.drain(..LOG_LIMIT / 10);
+        }
+        log.push(rec);
     }
 }
 
@@ -67,9 +78,10 @@ async fn serve_connection(
     };
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(sock), svc);
     tokio::select! {
-        _ = conn => {}
-        _ = abort.notified() => {}
+        biased;
         _ = kill.changed() => {}
+        _ = abort.notified() => {}
+        _ = conn => {}
     }
 }
 

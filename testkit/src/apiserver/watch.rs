@@ -185,9 +185,12 @@ async fn pump(
     ticker.tick().await;
     let mut last_rv = start_rv;
     loop {
+        // Biased so that a disconnect that happened "before" a write wins over that write's
+        // event, even when both are ready by the time this task runs.
         let line = tokio::select! {
-            _ = &mut deadline => return,
+            biased;
             _ = kill.changed() => return,
+            _ = &mut deadline => return,
             _ = tx.closed() => return,
             _ = ticker.tick(), if spec.bookmarks => Some(spec.bookmark(last_rv, false)),
             ev = events.recv() => match ev {

@@ -164,14 +164,17 @@ pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Act
                     Some(format!("enrichment is required but failed: {message}")),
                     &now,
                 ),
-                // Not attempted this pass (a retry is scheduled) or no credential: wait, or fail without one.
-                _ if route.spec.credential_ref.is_none() => ds::transition(
-                    a,
-                    state::FAILED,
-                    Some("enrichment is required but the route has no credentialRef".into()),
-                    &now,
-                ),
-                _ => {}
+                // Waiting for a scheduled retry.
+                _ if !retry_due => {}
+                // Nothing could be fetched at all: no credential, or an event without an object.
+                _ => {
+                    let why = if route.spec.credential_ref.is_none() {
+                        "enrichment is required but the route has no credentialRef"
+                    } else {
+                        "enrichment is required but the event names no App Store Connect object to fetch"
+                    };
+                    ds::transition(a, state::FAILED, Some(why.into()), &now)
+                }
             }
             continue;
         }

@@ -381,3 +381,19 @@ impl Process {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 }
+
+impl Process {
+    /// SIGTERM, then the exit status (graceful shutdown must finish within ten seconds).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap()
+    }
+}

@@ -259,3 +259,99 @@ async fn route_referencing_another_namespace_is_refused_with_a_reason() {
     assert!(ready.message.contains("payments"));
     op.stop().await;
 }
+
+#[tokio::test]
+async fn history_limit_prunes_the_oldest_finished_deliveries_but_keeps_counting() {
+    let api = fake_api().await;
+    put_secret(&api, "hook-secret", &[("secret", WEBHOOK_SECRET)]).await;
+    let rules = "    - name: never\n      on: {eventTypes: [SOMETHING_ELSE]}\n      http: {urlSecretRef: {name: slack, key: url}}\n";
+    route_with(&api, "short", rules, "  deliveryHistoryLimit: 2\n").await;
+    let op = Operator::start(&api, &["--recheck-interval", "500ms"]).await;
+    for i in 0..5 {
+        let body = format!(
+            r#"{{"data":{{"type":"buildUploadStateUpdated","id":"evt-{i}","attributes":{{"newState":"PROCESSING"}}}}}}"#
+        );
+        assert_eq!(
+            op.post("short", body.as_bytes(), WEBHOOK_SECRET).await.0,
+            202
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await; // distinct receivedAt seconds, so "oldest" is well defined
+    }
+    let status = eventually(
+        "the route pruned to its limit",
+        Duration::from_secs(20),
+        || {
+            let kept = deliveries(&api).len();
+            let r = get_route(&api, "short");
+            async move {
+                r.status.filter(|s| {
+                    kept == 2 && s.deliveries.received == 5 && s.deliveries.no_match == 5
+                })
+            }
+        },
+    )
+    .await;
+    let kept: Vec<String> = deliveries(&api)
+        .into_iter()
+        .map(|d| d.spec.event_id)
+        .collect();
+    assert_eq!(kept.len(), 2);
+    assert!(
+        kept.contains(&"evt-4".to_owned()) && kept.contains(&"evt-3".to_owned()),
+        "the newest stay: {kept:?}"
+    );
+    assert_eq!(status.pruned.unwrap().received, 3);
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_process_cleanly() {
+    let api = fake_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let process = Process::start(
+        &api,
+        dir.path(),
+        &[
+            "--leader-election",
+            "--lease-namespace",
+            NS,
+            "--identity",
+            "term-test",
+        ],
+    )
+    .await;
+    eventually("it leads", Duration::from_secs(10), || {
+        let h = api.get_object("leases", NS, "asc-webhook-operator");
+        async move {
+            h.filter(|l| l["spec"]["holderIdentity"] == "term-test")
+                .map(|_| ())
+        }
+    })
+    .await;
+    let status = process.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let lease = api
+        .get_object("leases", NS, "asc-webhook-operator")
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null() || lease["spec"]["holderIdentity"] == "",
+        "the lease is released: {lease}"
+    );
+}
+
+#[tokio::test]
+async fn required_enrichment_of_an_event_without_an_object_fails_instead_of_waiting() {
+    let w = World::example("submit-after-processing", &[]).await;
+    w.wait_route_ready().await;
+    let body = br#"{"data":{"type":"buildUploadStateUpdated","id":"no-instance","attributes":{"oldState":"PROCESSING","newState":"COMPLETE"}}}"#;
+    let name = w.deliver(body).await;
+    let done = w.wait_terminal(&name).await.status.unwrap();
+    assert_eq!(done.phase, Phase::Failed);
+    assert!(
+        done.message
+            .unwrap()
+            .contains("names no App Store Connect object")
+    );
+    assert!(jobs(&w.api).is_empty());
+    w.op.stop().await;
+}

@@ -72,3 +72,33 @@ fn schema_refuses_an_empty_key_id() {
     c["spec"]["keyId"] = Value::from("");
     assert!(!validator("asccredentials.yaml").is_valid(&c));
 }
+
+/// `kubectl apply --dry-run=client -f crds/` against the fake API server (kubectl needs a server for
+/// discovery even in client dry-run).
+#[tokio::test]
+async fn kubectl_client_dry_run_accepts_the_committed_crds() {
+    let api = testkit::apiserver::FakeApiServer::start(Default::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = std::env::var("ASC_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let out = tokio::process::Command::new(&kubectl)
+        .args(["apply", "--dry-run=client", "--validate=false", "-f"])
+        .arg(Path::new(ROOT).join("crds"))
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{kubectl} not runnable ({e}): run the tests with `bash .ci/test`, which installs it"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["asccredentials", "webhookroutes", "webhookdeliveries"] {
+        assert!(
+            stdout.contains(&format!("{name}.asc.webhooks.dev created (dry run)")),
+            "{stdout}"
+        );
+    }
+}

@@ -64,6 +64,7 @@ where
         tracing::info!(identity = %settings.identity, lease = %settings.name, "became leader; starting controllers");
         let stop = shutdown.child_token();
         let mut running = tokio::spawn(work(stop.clone()));
+        let mut finished = false;
         loop {
             tokio::select! {
                 changed = leading.changed() => {
@@ -73,11 +74,17 @@ where
                     }
                 }
                 _ = shutdown.cancelled() => break,
-                _ = &mut running => break,
+                _ = &mut running => {
+                    finished = true;
+                    break;
+                }
             }
         }
         stop.cancel();
-        let _ = running.await;
+        // A JoinHandle must not be polled again once it has completed.
+        if !finished {
+            let _ = running.await;
+        }
         if shutdown.is_cancelled() {
             break;
         }

@@ -15,12 +15,13 @@ use crate::actions::http::{self, AttemptOutcome};
 use crate::actions::job::{self, ApiKeyEnv};
 use crate::asc::enrich::Enrichment;
 use crate::metrics::ActionLabels;
+use crate::receiver::record::LABEL_FINISHED;
 use crate::resources::delivery::{EnrichmentStatus, Phase, WebhookDeliveryStatus};
 use crate::resources::route::{EnrichPolicy, HttpAction, JobAction, Rule};
 use crate::resources::{AscCredential, FIELD_MANAGER, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use std::collections::BTreeMap;
@@ -41,6 +42,10 @@ enum Enriched {
 pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Action, Error> {
     let previous = d.status.clone().unwrap_or_default();
     if previous.phase.is_terminal() {
+        // A crash between the terminal status and the label leaves the label to set now.
+        if !d.labels().contains_key(LABEL_FINISHED) {
+            mark_finished(&ctx, &d).await?;
+        }
         return Ok(Action::await_change());
     }
     let namespace = d.namespace().unwrap_or_default();
@@ -259,7 +264,33 @@ async fn write(
             .unwrap_or_else(|| "an action failed".into());
         ctx.event(d, true, "DeliveryFailed", why).await;
     }
+    if st.phase.is_terminal() {
+        mark_finished(ctx, d).await?;
+    }
     Ok(next_action(&st, jiff::Timestamp::now()))
+}
+
+/// Labels a finished delivery, which drops it from this controller's watch (and memory).
+async fn mark_finished(ctx: &Context, d: &WebhookDelivery) -> Result<(), Error> {
+    let api: Api<WebhookDelivery> =
+        Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "asc.webhooks.dev/v1alpha1",
+        "kind": "WebhookDelivery",
+        "metadata": {"labels": {LABEL_FINISHED: "true"}},
+    });
+    match api
+        .patch(
+            &d.name_any(),
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
 }
 
 fn summary(e: &Enrichment) -> EnrichmentStatus {

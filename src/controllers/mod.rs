@@ -14,6 +14,7 @@ pub use context::{Context, Settings};
 
 use crate::actions::job::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::metrics::{ControllerLabels, ReconcileLabels};
+use crate::receiver::record::LABEL_FINISHED;
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -110,18 +111,19 @@ pub async fn run(
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
 
     let jobs_cfg = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let deliveries = Controller::new(
-        api::<WebhookDelivery>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(api::<Job>(&client, ns), jobs_cfg)
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        |d, c| instrumented(d, c, "delivery", delivery::reconcile),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+    // Only unfinished deliveries: finished ones are labelled and leave the cache.
+    let unfinished = watcher::Config::default()
+        .any_semantic()
+        .labels(&format!("!{LABEL_FINISHED}"));
+    let deliveries = Controller::new(api::<WebhookDelivery>(&client, ns), unfinished)
+        .owns(api::<Job>(&client, ns), jobs_cfg)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |d, c| instrumented(d, c, "delivery", delivery::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
 
     let route_controller = Controller::new(
         api::<WebhookRoute>(&client, ns),

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 
 /// Label carrying the route's name on deliveries and Jobs.
 pub const LABEL_ROUTE: &str = "asc.webhooks.dev/route";
+/// Label set on a delivery once it reached a terminal phase. The delivery controller watches only
+/// deliveries without it, so its cache holds the work in flight, not the whole history.
+pub const LABEL_FINISHED: &str = "asc.webhooks.dev/finished";
 /// Label carrying the event type on deliveries and Jobs.
 pub const LABEL_EVENT_TYPE: &str = "asc.webhooks.dev/event-type";
 

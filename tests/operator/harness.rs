@@ -336,7 +336,7 @@ impl Process {
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("operator-{public}.log"))).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap();

@@ -329,7 +329,13 @@ async fn sigterm_stops_the_process_cleanly() {
     })
     .await;
     let status = process.terminate().await;
-    assert!(status.success(), "{status:?}");
+    let log: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(status.success(), "{status:?}: {log}");
     let lease = api
         .get_object("leases", NS, "asc-webhook-operator")
         .unwrap();

@@ -82,6 +82,9 @@ pub struct RunArgs {
     /// Secret takes effect within this time (Secrets are read by name, not watched).
     #[arg(long, env = "ASC_RECHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub recheck_interval: Duration,
+    /// Reconciles running at once, per controller (each holds API connections while it runs).
+    #[arg(long, env = "ASC_MAX_CONCURRENT_RECONCILES", default_value_t = 8)]
+    pub max_concurrent_reconciles: u16,
     /// Per-request timeout of App Store Connect API calls.
     #[arg(long, env = "ASC_API_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub asc_api_timeout: Duration,

@@ -63,6 +63,7 @@ impl From<&RunArgs> for Settings {
             retry_base_delay: a.retry_base_delay,
             retry_max_delay: a.retry_max_delay,
             recheck_interval: a.recheck_interval,
+            max_concurrent_reconciles: a.max_concurrent_reconciles.max(1),
             asc: AscClientOptions {
                 request_timeout: a.asc_api_timeout,
                 max_attempts: a.asc_api_max_attempts.max(1),
@@ -126,7 +127,15 @@ pub async fn run_with(
     let (routes, writer) = reflector::store();
     let route_stream = reflector(
         writer,
-        watcher(routes_api, watcher::Config::default().any_semantic()),
+        // The receiver needs a route's name, uid and spec: dropping status, managed fields and
+        // annotations (kubectl's last-applied copy of the spec) keeps 1,000 routes small.
+        watcher(routes_api, watcher::Config::default().any_semantic()).modify(
+            |route: &mut WebhookRoute| {
+                route.status = None;
+                route.metadata.managed_fields = None;
+                route.metadata.annotations = None;
+            },
+        ),
     )
     .default_backoff()
     .touched_objects()

@@ -29,6 +29,8 @@ pub struct Settings {
     /// How often routes and not-ready credentials are re-checked without a watched change (Secrets are
     /// read by name, not watched).
     pub recheck_interval: Duration,
+    /// Reconciles running at once, per controller.
+    pub max_concurrent_reconciles: u16,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             retry_max_delay: Duration::from_secs(300),
             asc: AscClientOptions::default(),
             recheck_interval: Duration::from_secs(30),
+            max_concurrent_reconciles: 8,
         }
     }
 }

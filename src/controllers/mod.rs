@@ -18,7 +18,7 @@ use crate::receiver::record::LABEL_FINISHED;
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -100,6 +100,12 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
+/// Bounded concurrency: each reconcile holds API connections, and a burst (1,000 routes at start-up)
+/// must not open a connection per object.
+fn controller_config(ctx: &Context) -> controller::Config {
+    controller::Config::default().concurrency(ctx.settings.max_concurrent_reconciles)
+}
+
 /// Runs the three controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -117,6 +123,7 @@ pub async fn run(
         .labels(&format!("!{LABEL_FINISHED}"));
     let deliveries = Controller::new(api::<WebhookDelivery>(&client, ns), unfinished)
         .owns(api::<Job>(&client, ns), jobs_cfg)
+        .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |d, c| instrumented(d, c, "delivery", delivery::reconcile),
@@ -155,6 +162,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
+        .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |r, c| instrumented(r, c, "route", route::reconcile),
@@ -167,6 +175,7 @@ pub async fn run(
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
+    .with_config(controller_config(&ctx))
     .graceful_shutdown_on(shutdown.clone())
     .run(
         |c, x| instrumented(c, x, "credential", credential::reconcile),

@@ -397,3 +397,9 @@ impl Process {
             .unwrap()
     }
 }
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+}

@@ -127,10 +127,12 @@ pub async fn run_with(
     let (routes, writer) = reflector::store();
     let route_stream = reflector(
         writer,
-        // The receiver needs a route's name, uid and spec: dropping status, managed fields and
-        // annotations (kubectl's last-applied copy of the spec) keeps 1,000 routes small.
+        // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates are
+        // the bulk), status, managed fields and annotations (kubectl's last-applied copy of the spec)
+        // keeps 1,000 routes small.
         watcher(routes_api, watcher::Config::default().any_semantic()).modify(
             |route: &mut WebhookRoute| {
+                route.spec.rules.clear();
                 route.status = None;
                 route.metadata.managed_fields = None;
                 route.metadata.annotations = None;

@@ -1,0 +1,232 @@
+//! End-to-end latency and footprint of the real operator binary against the in-process fake API server.
+//!
+//! `cargo bench --bench operator_e2e` (the bench profile builds the binary with the release settings).
+//!
+//! 1. Footprint: starts the binary with 1,000 `WebhookRoute`s in the store and reads its resident memory
+//!    (`VmRSS`) once idle; then pushes 10,000 deliveries through it and reads it again.
+//! 2. Latency: 500 signed POSTs, each for a new event that a rule turns into a Job; the time from the
+//!    start of the POST to the Job's ADDED event on a watch, p50/p99.
+//!
+//! The fake API server answers writes in microseconds from memory; a real API server adds its own write
+//! latency (etcd commit, admission) to every step, typically a few milliseconds per write.
+
+use asc_webhook_operator::asc::signature;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use k8s_openapi::api::batch::v1::Job;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use testkit::apiserver::{FakeApiServer, FakeApiServerOptions};
+
+const NS: &str = "bench";
+const SECRET: &str = "bench-webhook-secret";
+const ROUTES: usize = 1_000;
+const DELIVERIES: usize = 10_000;
+const LATENCY_EVENTS: usize = 500;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn route(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "secretRef": {"name": "hook", "key": "secret"},
+            "deliveryHistoryLimit": 10000,
+            "rules": [{
+                "name": "build",
+                "on": {"eventTypes": ["BUILD_UPLOAD_STATE_UPDATED"], "newStates": ["COMPLETE"]},
+                "enrich": "Never",
+                "job": {"template": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "lane", "image": "busybox", "command": ["true"]}]}}}}}
+            }]
+        }
+    })
+}
+
+fn event(id: &str, new_state: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"data": {"type": "buildUploadStateUpdated", "id": id, "version": 1,
+        "attributes": {"oldState": "PROCESSING", "newState": new_state},
+        "relationships": {"instance": {"data": {"type": "buildUploads", "id": format!("b-{id}")}}}}}))
+    .unwrap_or_default()
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> u16 {
+    let sig = signature::sign(SECRET.as_bytes(), &body);
+    match client
+        .post(url)
+        .header(signature::HEADER, sig)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let opts = FakeApiServerOptions {
+        namespaces: vec!["default".into(), NS.into()],
+        history_limit: 50_000,
+        ..Default::default()
+    };
+    let api = FakeApiServer::start(opts.crd_dir(root.join("crds"))).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    api.put_object(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook", "namespace": NS},
+        "stringData": {"secret": SECRET}}),
+    )
+    .expect("secret");
+    for i in 0..ROUTES {
+        api.put_object("webhookroutes", route(&format!("route-{i}")))
+            .expect("route");
+    }
+
+    let (public, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_asc-webhook-operator"))
+        .args([
+            "run",
+            "--listen-addr",
+            &format!("127.0.0.1:{public}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(["--log-filter", "warn"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("operator binary starts");
+    let pid = child.id();
+    let http = reqwest::Client::new();
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    let started = Instant::now();
+    while !http
+        .get(&ready)
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "operator never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the route controller settle every route's status before measuring "idle".
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let idle = rss_kib(pid);
+    eprintln!(
+        "idle with {ROUTES} routes: {idle} KiB after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Latency: POST → Job ADDED, observed on a watch of Jobs.
+    let jobs: Api<Job> = Api::namespaced(api.client(), NS);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    tokio::spawn(async move {
+        let mut stream = watcher(jobs, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(job)) = stream.next().await {
+            let delivery = job
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .remove("asc.webhooks.dev/delivery")
+                .unwrap_or_default();
+            let _ = tx.send((delivery, Instant::now()));
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    let url = format!("http://127.0.0.1:{public}/hooks/{NS}/route-0");
+    for i in 0..LATENCY_EVENTS {
+        let t0 = Instant::now();
+        let status = post(&http, &url, event(&format!("lat-{i}"), "COMPLETE")).await;
+        assert_eq!(status, 202, "event {i}");
+        let (_, seen) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("Job appears")
+            .expect("watch alive");
+        latency
+            .record(seen.duration_since(t0).as_micros() as u64)
+            .ok();
+    }
+
+    eprintln!("latency measured over {} events", latency.len());
+    // Load: 10,000 deliveries across the routes (no rule matches, so each ends NoMatch).
+    let load_start = Instant::now();
+    let mut posted = 0;
+    for chunk in (0..DELIVERIES).collect::<Vec<_>>().chunks(50) {
+        let sends = chunk.iter().map(|i| {
+            let http = http.clone();
+            let url = format!("http://127.0.0.1:{public}/hooks/{NS}/route-{}", i % ROUTES);
+            async move { post(&http, &url, event(&format!("load-{i}"), "PROCESSING")).await }
+        });
+        posted += futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|s| *s == 202)
+            .count();
+    }
+    let load_secs = load_start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_asc-webhook-operator"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "operator_e2e (fake API server in-process; a real API server adds its own write latency)"
+    );
+    println!("| measure | value | goal |");
+    println!("|---|---|---|");
+    println!(
+        "| signed POST → Job exists, p50 | {:.2} ms | < 50 ms |",
+        latency.value_at_quantile(0.5) as f64 / 1000.0
+    );
+    println!(
+        "| signed POST → Job exists, p99 | {:.2} ms | |",
+        latency.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    println!("| events measured | {} | ≥ 500 |", latency.len());
+    println!(
+        "| RSS idle, {ROUTES} routes | {:.1} MiB | < 25 MiB |",
+        idle as f64 / 1024.0
+    );
+    println!(
+        "| RSS after {posted} deliveries ({:.0}/s) | {:.1} MiB | |",
+        posted as f64 / load_secs,
+        after as f64 / 1024.0
+    );
+    println!(
+        "| binary size (bench profile = release settings) | {:.1} MiB | < 25 MiB |",
+        binary as f64 / 1_048_576.0
+    );
+}

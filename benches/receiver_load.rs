@@ -23,179 +23,27 @@
 //! `LOAD_FAILED_SIGNATURES_PER_MINUTE` (default: the receiver's own default), `LOAD_LOG=json` (install
 //! the operator's JSON log format, written to a sink, to include logging cost).
 
+mod support;
+
 use asc_webhook_operator::asc::event::WebhookEvent;
 use asc_webhook_operator::asc::signature;
 use asc_webhook_operator::metrics::Metrics;
-use asc_webhook_operator::receiver::backend::{SecretData, SecretSourceError};
-use asc_webhook_operator::receiver::{
-    DeliverySink, Receiver, ReceiverConfig, Recorded, RouteLookup, SecretSource, SinkError,
-};
-use asc_webhook_operator::resources::{
-    SecretKeySelector, WebhookDelivery, WebhookRoute, WebhookRouteSpec,
-};
-use axum::Router;
-use axum::extract::Path as UrlPath;
-use axum::http::StatusCode;
-use axum::routing::post;
-use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
+use asc_webhook_operator::receiver::{Receiver, ReceiverConfig};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{BodyTemplate, MemSink, NAMESPACE, ROUTE, SECRET, WRONG_SECRET, event_id};
 
-const SECRET: &[u8] = b"k3tSx0mJ7vQ2pL9wR4zN8cF1bH6dY5aE";
-const WRONG_SECRET: &[u8] = b"not-the-secret-apple-was-given";
-const NAMESPACE: &str = "ios";
-const ROUTE: &str = "release";
-const FIXTURE: &str = "tests/fixtures/asc/events/build-upload-complete.json";
+const FIXTURE: &str = "build-upload-complete";
 const SERVER_THREAD: &str = "load-server";
 const CLIENT_THREAD: &str = "load-client";
-
-// ------------------------------------------------------------------------------------------------
-// In-memory backends
-// ------------------------------------------------------------------------------------------------
-
-struct MemRoutes(HashMap<(String, String), Arc<WebhookRoute>>);
-
-impl RouteLookup for MemRoutes {
-    fn route(&self, namespace: &str, name: &str) -> Option<Arc<WebhookRoute>> {
-        self.0
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
-    }
-}
-
-struct MemSecrets(HashMap<(String, String), SecretData>);
-
-impl SecretSource for MemSecrets {
-    fn secret<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SecretData>, SecretSourceError>> {
-        let found = self
-            .0
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned();
-        futures::future::ready(Ok(found)).boxed()
-    }
-}
-
-#[derive(Default)]
-struct MemSink(Mutex<HashSet<String>>);
-
-impl MemSink {
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-impl DeliverySink for MemSink {
-    fn record(&self, delivery: WebhookDelivery) -> BoxFuture<'_, Result<Recorded, SinkError>> {
-        let name = delivery.metadata.name.unwrap_or_default();
-        let new = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name);
-        let recorded = if new {
-            Recorded::Created
-        } else {
-            Recorded::Duplicate
-        };
-        futures::future::ready(Ok(recorded)).boxed()
-    }
-}
-
-fn route(namespace: &str, name: &str, uid: usize) -> WebhookRoute {
-    let mut r = WebhookRoute::new(
-        name,
-        WebhookRouteSpec {
-            secret_ref: SecretKeySelector {
-                name: "asc-webhook".into(),
-                key: "secret".into(),
-                namespace: None,
-            },
-            credential_ref: None,
-            rules: vec![],
-            delivery_history_limit: None,
-        },
-    );
-    r.metadata.namespace = Some(namespace.into());
-    r.metadata.uid = Some(format!("00000000-0000-4000-8000-{uid:012x}"));
-    r
-}
-
-/// `count` routes (the benchmarked `ios/release` among them) and one webhook Secret per namespace.
-fn backends(count: usize) -> (MemRoutes, MemSecrets) {
-    let mut routes = HashMap::new();
-    let mut secrets = HashMap::new();
-    let mut add = |ns: String, name: String, uid: usize| {
-        secrets.insert(
-            (ns.clone(), "asc-webhook".to_owned()),
-            BTreeMap::from([("secret".to_owned(), SECRET.to_vec())]),
-        );
-        routes.insert((ns.clone(), name.clone()), Arc::new(route(&ns, &name, uid)));
-    };
-    add(NAMESPACE.into(), ROUTE.into(), 0);
-    for i in 1..count.max(1) {
-        add(format!("team-{}", i % 100), format!("route-{i}"), i);
-    }
-    (MemRoutes(routes), MemSecrets(secrets))
-}
-
-// ------------------------------------------------------------------------------------------------
-// Request bodies
-// ------------------------------------------------------------------------------------------------
-
-/// A fixture split around its `data.id` string, so each request gets Apple's exact layout with a new id.
-struct BodyTemplate {
-    prefix: Vec<u8>,
-    suffix: Vec<u8>,
-}
-
-impl BodyTemplate {
-    fn from_fixture(raw: &[u8]) -> BodyTemplate {
-        let value: serde_json::Value = serde_json::from_slice(raw).expect("fixture is JSON");
-        let id = value
-            .pointer("/data/id")
-            .and_then(|v| v.as_str())
-            .expect("fixture has data.id");
-        let needle = format!("\"{id}\"");
-        let positions: Vec<usize> = raw
-            .windows(needle.len())
-            .enumerate()
-            .filter(|(_, w)| *w == needle.as_bytes())
-            .map(|(i, _)| i)
-            .collect();
-        assert_eq!(positions.len(), 1, "data.id must occur exactly once");
-        let at = positions[0] + 1;
-        BodyTemplate {
-            prefix: raw[..at].to_vec(),
-            suffix: raw[at + id.len()..].to_vec(),
-        }
-    }
-
-    fn body(&self, id: &str) -> Bytes {
-        let mut out = Vec::with_capacity(self.prefix.len() + id.len() + self.suffix.len());
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(&self.suffix);
-        Bytes::from(out)
-    }
-}
-
-fn event_id(n: u64) -> String {
-    format!("00000000-0000-4000-8000-{n:012x}")
-}
 
 // ------------------------------------------------------------------------------------------------
 // Load generator
@@ -463,7 +311,7 @@ struct Servers {
 }
 
 fn start_servers(runtime: &tokio::runtime::Runtime, settings: &Settings) -> Servers {
-    let (routes, secrets) = backends(settings.routes);
+    let (routes, secrets) = support::backends(settings.routes);
     let sink = Arc::new(MemSink::default());
     let metrics = Metrics::new();
     let config = ReceiverConfig {
@@ -478,16 +326,9 @@ fn start_servers(runtime: &tokio::runtime::Runtime, settings: &Settings) -> Serv
         metrics.clone(),
     );
     let receiver_app = receiver.router();
-    let bare_app: Router = Router::new().route(
-        "/hooks/{namespace}/{route}",
-        post(
-            |UrlPath((_namespace, _route)): UrlPath<(String, String)>, _body: Bytes| async {
-                StatusCode::OK
-            },
-        ),
-    );
+    let bare_app = support::bare_router();
     runtime.block_on(async {
-        let serve = |app: Router| async move {
+        let serve = |app: axum::Router| async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind loopback");
@@ -700,9 +541,7 @@ fn main() -> ExitCode {
         .build()
         .expect("client runtime");
 
-    let raw = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE))
-        .expect("fixture is readable");
-    let template = BodyTemplate::from_fixture(&raw);
+    let template = BodyTemplate::fixture(FIXTURE);
     // The template really produces the event it claims to.
     let probe = WebhookEvent::parse(template.body(&event_id(u64::MAX >> 16))).expect("parses");
     assert_eq!(probe.id, event_id(u64::MAX >> 16));

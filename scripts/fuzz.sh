@@ -18,12 +18,12 @@ fi
 export RUSTC_BOOTSTRAP=1
 sanitizer="${FUZZ_SANITIZER:-address}"
 nice -n 10 cargo fuzz build -s "$sanitizer"
-mkdir -p logs
+mkdir -p target/logs
 total=0
 for t in "${targets[@]}"; do
     dict=()
     [ -f "$t.dict" ] && dict=("-dict=$t.dict")
-    log="logs/$t.log"
+    log="target/logs/$t.log"
     # -max_total_time bounds the run; -runs bounds it too, so a fast target cannot run forever.
     nice -n 10 cargo fuzz run -s "$sanitizer" "$t" "corpus/$t" -- \
         -max_total_time="$seconds" -runs=100000000 -max_len=65536 -print_final_stats=1 "${dict[@]}" \

@@ -4,7 +4,8 @@
 Seed names carry the outcome the seed must have, and tests/operator/fuzz_corpus.rs asserts it:
   signature_header: seed-<tag>-valid / seed-<tag>-invalid   (file = header \\n secret \\n body)
   event_parse:      seed-ok-<name> / seed-err-<name>         (file = request body)
-  rule_matching:    seed-match-<name> / seed-nomatch-<name>  (file = event type \\n filter entry)
+  rule_matching:    seed-match-<name> / seed-nomatch-<name>
+                    (file = type \\n filter types \\n new state \\n old state \\n filter new \\n filter old)
 Rerun after changing the fixtures: python3 scripts/make-fuzz-seeds.py
 """
 import json
@@ -58,6 +59,7 @@ def event_seeds():
         "ok-unknown-type-and-state": '{"data":{"type":"backgroundAssetVersionStateUpdated","id":"x","attributes":{"oldAssetState":"A","newAssetState":"SOMETHING_NEW"}}}',
         "ok-screaming-type": '{"data":{"type":"BUILD_UPLOAD_STATE_UPDATED","id":"s1","attributes":{"newState":"FAILED"}}}',
         "ok-odd-type-label": '{"data":{"type":"weird type/with spaces and ünïcode","id":"u1"}}',
+        "ok-lone-surrogate-in-unknown-field": '{"data":{"type":"x","id":"s","note":"\\ud800"}}',
         "err-not-json": "not json",
         "err-no-data": "{}",
         "err-no-id": '{"data":{"type":"x"}}',
@@ -92,7 +94,13 @@ def matching_seeds():
     pairs = {
         "nomatch-prefix-only": "buildUploadStateUpdated\nBUILD_UPLOAD_STATE",
         "nomatch-other-type": "webhookPingCreated\nbuildUploadStateUpdated",
-        "nomatch-empty-filter": "buildUploadStateUpdated\n",
+        "match-empty-filter-takes-any-but-ping": "buildUploadStateUpdated\n",
+        "nomatch-empty-filter-ping": "webhookPingCreated\n",
+        "match-type-and-states": "buildUploadStateUpdated\nBUILD_UPLOAD_STATE_UPDATED\nCOMPLETE\nPROCESSING\nCOMPLETE\nPROCESSING",
+        "match-state-case-and-list": "appStoreVersionAppVersionStateUpdated\nbuildUploadStateUpdated,APP_STORE_VERSION_APP_VERSION_STATE_UPDATED\nrejected\n\nMETADATA_REJECTED,REJECTED\n",
+        "nomatch-wrong-new-state": "buildUploadStateUpdated\nBUILD_UPLOAD_STATE_UPDATED\nFAILED\n\nCOMPLETE\n",
+        "nomatch-old-state-missing": "buildUploadStateUpdated\n\nCOMPLETE\n\n\nPROCESSING",
+        "match-unknown-type-new-state": "backgroundAssetVersionStateUpdated\n\nBRAND_NEW_STATE\n\nBRAND_NEW_STATE\n",
         "match-empty-both": "\n",
         "match-odd-underscores": "buildUploadStateUpdated\n__build_upload__STATE_updated_",
         "nomatch-non-ascii-case": "ÄbcStateUpdated\näBC_STATE_UPDATED",

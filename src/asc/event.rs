@@ -20,6 +20,10 @@ pub enum EventError {
     /// Not JSON at all (or not UTF-8).
     #[error("body is not valid JSON: {0}")]
     Json(#[source] serde_json::Error),
+    /// Not UTF-8. serde_json does not validate the strings it skips, so this is checked up front: an
+    /// accepted body must be storable as text, byte for byte.
+    #[error("body is not UTF-8 (byte {0})")]
+    NotUtf8(usize),
     /// JSON, but without the `data` object every ASC event has.
     #[error("body has no `data` object")]
     NoData,
@@ -176,6 +180,7 @@ struct Data {
 impl WebhookEvent {
     /// Parses a body that has already passed signature verification. The bytes are kept untouched.
     pub fn parse(raw: Bytes) -> Result<Self, EventError> {
+        std::str::from_utf8(&raw).map_err(|e| EventError::NotUtf8(e.valid_up_to()))?;
         let envelope: Envelope = serde_json::from_slice(&raw).map_err(EventError::Json)?;
         let data = envelope.data.ok_or(EventError::NoData)?;
         let id = non_empty_string(data.id).ok_or(EventError::MissingField("id"))?;
@@ -207,7 +212,7 @@ impl WebhookEvent {
         &self.raw
     }
 
-    /// The body as text (it parsed as JSON, so it is UTF-8).
+    /// The body as text ([`parse`](Self::parse) refused anything that is not UTF-8).
     pub fn raw_str(&self) -> &str {
         std::str::from_utf8(&self.raw).unwrap_or_default()
     }
@@ -367,5 +372,9 @@ mod tests {
         assert!(err(br#"{"data":{"id":"x","type":""}}"#).contains("data.type"));
         assert!(err(br#"{"data":{"id":7,"type":"x"}}"#).contains("data.id"));
         assert!(err(b"[1,2]").contains("not valid JSON"));
+        assert!(
+            err(b"{\"data\":{\"id\":\"x\",\"type\":\"y\",\"skipped\":\"\xff\"}}")
+                .contains("not UTF-8")
+        );
     }
 }

@@ -397,9 +397,3 @@ impl Process {
             .unwrap()
     }
 }
-
-impl Process {
-    pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or_default()
-    }
-}

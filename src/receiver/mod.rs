@@ -83,6 +83,9 @@ impl Receiver {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/hooks/{namespace}/{route}", post(handler::hook))
+            // A bug that panics on one request answers 500 instead of dropping the connection; nothing
+            // was stored for it, so the sender's retry loses nothing.
+            .layer(tower_http::catch_panic::CatchPanicLayer::new())
             .with_state(self.clone())
     }
 
@@ -90,5 +93,83 @@ impl Receiver {
     pub fn forget_quiet_routes(&self) {
         self.failed_signatures.retain_recent();
         self.failed_signatures.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backend::{SecretData, SecretSourceError};
+    use super::*;
+    use crate::resources::{SecretKeySelector, WebhookDelivery, WebhookRoute, WebhookRouteSpec};
+    use axum::body::Body;
+    use futures::future::BoxFuture;
+    use http::Request;
+    use tower::ServiceExt;
+
+    struct OneRoute(Arc<WebhookRoute>);
+    impl RouteLookup for OneRoute {
+        fn route(&self, namespace: &str, name: &str) -> Option<Arc<WebhookRoute>> {
+            (namespace == "ios" && name == "release").then(|| self.0.clone())
+        }
+    }
+
+    struct FixedSecret;
+    impl SecretSource for FixedSecret {
+        fn secret<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<SecretData>, SecretSourceError>> {
+            Box::pin(async {
+                Ok(Some(SecretData::from([(
+                    "k".to_owned(),
+                    b"s3cret".to_vec(),
+                )])))
+            })
+        }
+    }
+
+    struct PanickingSink;
+    impl DeliverySink for PanickingSink {
+        fn record(&self, _: WebhookDelivery) -> BoxFuture<'_, Result<Recorded, SinkError>> {
+            Box::pin(async { panic!("a bug in the store") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_answers_500_and_the_receiver_keeps_serving() {
+        let mut route = WebhookRoute::new(
+            "release",
+            WebhookRouteSpec {
+                secret_ref: SecretKeySelector {
+                    name: "hook".into(),
+                    key: "k".into(),
+                    namespace: None,
+                },
+                credential_ref: None,
+                rules: vec![],
+                delivery_history_limit: None,
+            },
+        );
+        route.metadata.namespace = Some("ios".into());
+        let rx = Receiver::new(
+            Arc::new(OneRoute(Arc::new(route))),
+            Arc::new(FixedSecret),
+            Arc::new(PanickingSink),
+            ReceiverConfig::default(),
+            Metrics::new(),
+        );
+        let body = include_bytes!("../../tests/fixtures/asc/events/webhook-ping.json");
+        for _ in 0..2 {
+            let request = Request::post("/hooks/ios/release")
+                .header(
+                    crate::asc::signature::HEADER,
+                    crate::asc::signature::sign(b"s3cret", body),
+                )
+                .body(Body::from(&body[..]))
+                .unwrap();
+            let response = rx.router().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 500);
+        }
     }
 }

@@ -101,7 +101,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::asc::event::WebhookEvent;
     use crate::receiver::record::build_delivery;
-    use crate::resources::{SecretKeySelector, WebhookRoute, WebhookRouteSpec};
 
     pub(crate) fn delivery(fixture: &str) -> WebhookDelivery {
         let raw = std::fs::read(format!(
@@ -110,21 +109,7 @@ pub(crate) mod tests {
         ))
         .unwrap();
         let event = WebhookEvent::parse(raw.into()).unwrap();
-        let mut route = WebhookRoute::new(
-            "release",
-            WebhookRouteSpec {
-                secret_ref: SecretKeySelector {
-                    name: "s".into(),
-                    key: "k".into(),
-                    namespace: None,
-                },
-                credential_ref: None,
-                rules: vec![],
-                delivery_history_limit: None,
-            },
-        );
-        route.metadata.namespace = Some("ios".into());
-        route.metadata.uid = Some("route-uid".into());
+        let route = crate::receiver::record::tests::route();
         let mut d = build_delivery(&route, &event, None, "2026-01-01T00:00:00Z");
         d.metadata.uid = Some("delivery-uid".into());
         d

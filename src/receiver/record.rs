@@ -62,12 +62,13 @@ pub fn build_delivery(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::resources::{SecretKeySelector, WebhookRouteSpec};
     use bytes::Bytes;
 
-    fn route() -> WebhookRoute {
+    /// Route `ios/release` with uid `uid-1` and no rules.
+    pub(crate) fn route() -> WebhookRoute {
         let mut r = WebhookRoute::new(
             "release",
             WebhookRouteSpec {

@@ -20,7 +20,8 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
@@ -106,6 +107,39 @@ fn controller_config(ctx: &Context) -> controller::Config {
     controller::Config::default().concurrency(ctx.settings.max_concurrent_reconciles)
 }
 
+/// A controller's own cache, without what reconciles never read: `managedFields` (trees as large as the
+/// object once server-side apply writes status) and kubectl's last-applied copy of the whole object.
+fn slim_cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, config).modify(|obj: &mut K| {
+            let meta = obj.meta_mut();
+            meta.managed_fields = None;
+            if let Some(a) = meta.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        }),
+    )
+    .applied_objects();
+    (reader, stream)
+}
+
 /// Runs the three controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -121,7 +155,9 @@ pub async fn run(
     let unfinished = watcher::Config::default()
         .any_semantic()
         .labels(&format!("!{LABEL_FINISHED}"));
-    let deliveries = Controller::new(api::<WebhookDelivery>(&client, ns), unfinished)
+    let (delivery_store, delivery_stream) =
+        slim_cache(api::<WebhookDelivery>(&client, ns), unfinished);
+    let deliveries = Controller::for_stream(delivery_stream, delivery_store)
         .owns(api::<Job>(&client, ns), jobs_cfg)
         .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
@@ -132,10 +168,11 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
-    let route_controller = Controller::new(
+    let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
         watcher::Config::default().any_semantic(),
     );
+    let route_controller = Controller::for_stream(route_stream, route_store);
     let route_store = route_controller.store();
     let routes = route_controller
         .owns(
@@ -171,18 +208,19 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
-    let credentials = Controller::new(
+    let (credential_store, credential_stream) = slim_cache(
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
-    )
-    .with_config(controller_config(&ctx))
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        |c, x| instrumented(c, x, "credential", credential::reconcile),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+    );
+    let credentials = Controller::for_stream(credential_stream, credential_store)
+        .with_config(controller_config(&ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |c, x| instrumented(c, x, "credential", credential::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
 
     tokio::join!(deliveries, routes, credentials);
 }

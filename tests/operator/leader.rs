@@ -21,6 +21,19 @@ fn holder(api: &testkit::apiserver::FakeApiServer) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Waits until `identity` holds the operator's Lease.
+async fn wait_holder(api: &testkit::apiserver::FakeApiServer, identity: &str, seconds: u64) {
+    eventually(
+        &format!("{identity} holds the lease"),
+        Duration::from_secs(seconds),
+        || {
+            let h = holder(api);
+            async move { (h.as_deref() == Some(identity)).then_some(()) }
+        },
+    )
+    .await;
+}
+
 async fn wait_done(api: &testkit::apiserver::FakeApiServer, name: &str) {
     eventually(&format!("{name} succeeds"), Duration::from_secs(20), || {
         let d = get_delivery(api, name);
@@ -44,11 +57,7 @@ async fn only_the_leader_reconciles_and_stopping_it_hands_over() {
         ]
     };
     let a = Operator::start(&api, &flags("replica-a")).await;
-    eventually("replica-a holds the lease", Duration::from_secs(10), || {
-        let h = holder(&api);
-        async move { (h.as_deref() == Some("replica-a")).then_some(()) }
-    })
-    .await;
+    wait_holder(&api, "replica-a", 10).await;
     let b = Operator::start(&api, &flags("replica-b")).await;
 
     // The follower receives; the leader does the work.
@@ -66,11 +75,7 @@ async fn only_the_leader_reconciles_and_stopping_it_hands_over() {
     assert_eq!(hooks.to("/slack-webhook").len(), 1);
 
     a.stop().await;
-    eventually("replica-b takes over", Duration::from_secs(15), || {
-        let h = holder(&api);
-        async move { (h.as_deref() == Some("replica-b")).then_some(()) }
-    })
-    .await;
+    wait_holder(&api, "replica-b", 15).await;
     let (status, answer) = b
         .post(
             "failure-notifier",
@@ -108,22 +113,10 @@ async fn a_leader_that_stops_renewing_is_replaced_after_the_lease_expires() {
         ]
     };
     let a = Process::start(&api, dir.path(), &flags("proc-a")).await;
-    eventually("proc-a leads", Duration::from_secs(10), || {
-        let h = holder(&api);
-        async move { (h.as_deref() == Some("proc-a")).then_some(()) }
-    })
-    .await;
+    wait_holder(&api, "proc-a", 10).await;
     let b = Process::start(&api, dir.path(), &flags("proc-b")).await;
     a.kill().await;
-    eventually(
-        "proc-b takes over once the lease expires",
-        Duration::from_secs(20),
-        || {
-            let h = holder(&api);
-            async move { (h.as_deref() == Some("proc-b")).then_some(()) }
-        },
-    )
-    .await;
+    wait_holder(&api, "proc-b", 20).await;
     let (status, answer) = b
         .post(
             "failure-notifier",

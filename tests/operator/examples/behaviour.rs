@@ -40,22 +40,12 @@ fn each_example_reacts_to_its_events_and_only_those() {
         "betaFeedbackScreenshotSubmissionCreated",
         "betaFeedbackScreenshotSubmissions",
     );
-    let named: Vec<(&str, WebhookEvent)> = [
-        "webhook-ping",
-        "build-upload-complete",
-        "build-upload-failed",
-        "app-version-waiting-for-review",
-        "app-version-in-review",
-        "app-version-developer-rejected",
-        "app-version-ready-for-review",
-        "app-version-prepare-for-submission",
-        "app-version-pending-developer-release",
-        "app-version-ready-for-distribution",
-    ]
-    .into_iter()
-    .map(|n| (n, fixture_event(n)))
-    .chain([("crash", crash), ("screenshot", screenshot)])
-    .collect();
+    let named: Vec<(&str, WebhookEvent)> = asc_webhook_operator::examples::NAMES
+        .iter()
+        .copied()
+        .map(|n| (n, fixture_event(n)))
+        .chain([("crash", crash), ("screenshot", screenshot)])
+        .collect();
 
     let expected: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::from([
         (

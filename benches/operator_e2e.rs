@@ -46,7 +46,7 @@ fn route(name: &str) -> serde_json::Value {
             "deliveryHistoryLimit": 10000,
             "rules": [{
                 "name": "build",
-                "on": {"eventTypes": ["BUILD_UPLOAD_STATE_UPDATED"], "newStates": ["COMPLETE"]},
+                "match": {"eventTypes": ["BUILD_UPLOAD_STATE_UPDATED"], "newStates": ["COMPLETE"]},
                 "enrich": "Never",
                 "job": {"template": {"spec": {"template": {"spec": {"restartPolicy": "Never",
                     "containers": [{"name": "lane", "image": "busybox", "command": ["true"]}]}}}}}

@@ -361,9 +361,9 @@ pub fn rule_matching(data: &[u8]) -> bool {
         "spelling changed the match"
     );
 
-    let rule = |name: &str, on: EventFilter| Rule {
+    let rule = |name: &str, filter: EventFilter| Rule {
         name: name.into(),
-        on,
+        filter: Some(filter),
         enrich: EnrichPolicy::Never,
         job: None,
         http: None,

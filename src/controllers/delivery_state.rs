@@ -208,7 +208,7 @@ mod tests {
     fn http_rule() -> Rule {
         Rule {
             name: "slack".into(),
-            on: EventFilter::default(),
+            filter: Some(EventFilter::default()),
             enrich: EnrichPolicy::Optional,
             job: None,
             http: Some(HttpAction {

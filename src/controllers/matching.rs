@@ -36,7 +36,9 @@ fn state_matches(wanted: &[String], actual: Option<&str>) -> bool {
 pub fn matching_rules<'r>(rules: &'r [Rule], facts: EventFacts<'_>) -> Vec<&'r Rule> {
     rules
         .iter()
-        .filter(|r| filter_matches(&r.on, facts))
+        // A rule whose filter could not be read matches nothing: acting on every event is the one outcome
+        // worse than acting on none. The route controller reports it as `InvalidRule`.
+        .filter(|r| r.filter.as_ref().is_some_and(|f| filter_matches(f, facts)))
         .collect()
 }
 
@@ -48,11 +50,11 @@ mod tests {
     fn rule(name: &str, types: &[&str], new: &[&str], old: &[&str]) -> Rule {
         Rule {
             name: name.into(),
-            on: EventFilter {
+            filter: Some(EventFilter {
                 event_types: types.iter().map(|s| s.to_string()).collect(),
                 new_states: new.iter().map(|s| s.to_string()).collect(),
                 old_states: old.iter().map(|s| s.to_string()).collect(),
-            },
+            }),
             enrich: EnrichPolicy::Optional,
             job: None,
             http: None,
@@ -167,6 +169,19 @@ mod tests {
         assert_eq!(
             matching_rules(&pings, facts("webhookPingCreated", None, None)).len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_rule_without_a_readable_filter_matches_nothing() {
+        let mut r = rule("lost", &[], &[], &[]);
+        r.filter = None;
+        assert!(
+            matching_rules(
+                &[r],
+                facts("buildUploadStateUpdated", Some("FAILED"), None)
+            )
+            .is_empty()
         );
     }
 

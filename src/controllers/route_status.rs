@@ -128,6 +128,16 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
     }
 
     for rule in &spec.rules {
+        if rule.filter.is_none() {
+            out.push(problem(
+                "InvalidRule",
+                format!(
+                    "rule {} has no readable `match` filter; it acts on nothing until one is set \
+                     (a route written with the old `on:` key arrives as a property named \"true\": rename it to `match:`)",
+                    rule.name
+                ),
+            ));
+        }
         if let Some(j) = &rule.job {
             if let Err(e) = job::parse_template(&j.template) {
                 out.push(problem(

@@ -97,6 +97,10 @@ impl WebhookRouteSpec {
     "rule": "has(self.job) != has(self.http)",
     "message": "each rule needs exactly one action: job or http"
 }]))]
+// `match` is required by the schema, so the API server refuses a rule without it; the Rust side still
+// reads it as optional, because an object stored before the rename (whose `on:` YAML 1.1 tools turned
+// into a property named `"true"`) must surface as `InvalidRule`, not break the whole watch.
+#[schemars(extend("required" = ["match", "name"]))]
 pub struct Rule {
     /// Name of the rule, unique within the route; part of the names of the Jobs it creates, so keep it short.
     #[schemars(
@@ -104,9 +108,12 @@ pub struct Rule {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// Which events this rule acts on. An empty filter matches every event except pings.
-    #[serde(default)]
-    pub on: EventFilter,
+    /// Which events this rule acts on; required. An empty filter (`match: {}`) matches every event except
+    /// pings. (Named `match`, not `on`: YAML 1.1 tools such as kubectl, Helm and Argo CD read a bare `on`
+    /// key as the boolean `true`.)
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "EventFilter")]
+    pub filter: Option<EventFilter>,
     /// Whether to fetch the event's object from the App Store Connect API first. `Optional` (default):
     /// enrich when a credential is configured and carry on without it if the API fails. `Required`: the
     /// delivery fails when enrichment fails. `Never`: do not call the API for this rule.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use testkit::apiserver::{Fault, FaultRule, Verb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const RULE_ALL: &str = "    - name: notify\n      on: {eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}\n      http: {urlSecretRef: {name: slack, key: url}}\n";
+const RULE_ALL: &str = "    - name: notify\n      match: {eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}\n      http: {urlSecretRef: {name: slack, key: url}}\n";
 
 async fn setup(extra: &[&str]) -> (testkit::apiserver::FakeApiServer, Operator) {
     let api = fake_api().await;

@@ -264,7 +264,7 @@ async fn route_referencing_another_namespace_is_refused_with_a_reason() {
 async fn history_limit_prunes_the_oldest_finished_deliveries_but_keeps_counting() {
     let api = fake_api().await;
     put_secret(&api, "hook-secret", &[("secret", WEBHOOK_SECRET)]).await;
-    let rules = "    - name: never\n      on: {eventTypes: [SOMETHING_ELSE]}\n      http: {urlSecretRef: {name: slack, key: url}}\n";
+    let rules = "    - name: never\n      match: {eventTypes: [SOMETHING_ELSE]}\n      http: {urlSecretRef: {name: slack, key: url}}\n";
     route_with(&api, "short", rules, "  deliveryHistoryLimit: 2\n").await;
     let op = Operator::start(&api, &["--recheck-interval", "500ms"]).await;
     for i in 0..5 {

@@ -18,7 +18,7 @@ fn sel(name: &str, key: &str) -> SecretKeySelector {
 fn job_rule(name: &str, template: serde_json::Value) -> Rule {
     Rule {
         name: name.into(),
-        on: EventFilter::default(),
+        filter: Some(EventFilter::default()),
         enrich: EnrichPolicy::Optional,
         job: Some(JobAction {
             template,
@@ -105,6 +105,20 @@ fn a_complete_route_is_ready_with_its_url() {
 }
 
 #[test]
+fn a_rule_whose_filter_did_not_survive_storage_is_an_invalid_rule() {
+    // What the API server hands back for a route written with the old `on:` key through a YAML 1.1
+    // tool: the filter is gone (pruned as an unknown property named "true").
+    let mut rule = job_rule("submit", good_template());
+    rule.filter = None;
+    let r = route(vec![rule], None);
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].reason, "InvalidRule");
+    assert!(p[0].message.contains("rule submit"), "{}", p[0].message);
+    assert!(p[0].message.contains("match"), "{}", p[0].message);
+}
+
+#[test]
 fn missing_secret_and_missing_key_have_their_own_reasons() {
     let r = route(vec![], None);
     assert_eq!(
@@ -149,7 +163,7 @@ fn invalid_job_and_http_templates_make_the_route_not_ready() {
     );
     let bad_http = Rule {
         name: "slack".into(),
-        on: EventFilter::default(),
+        filter: Some(EventFilter::default()),
         enrich: EnrichPolicy::Optional,
         job: None,
         http: Some(HttpAction {

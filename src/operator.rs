@@ -2,6 +2,7 @@
 //! then waits for SIGTERM and shuts down gracefully.
 
 use crate::asc::api::AscClientOptions;
+use crate::asc::origins::AllowedOrigins;
 use crate::cli::RunArgs;
 use crate::controllers::{self, Context, Settings};
 use crate::leader::{self, LeaseSettings};
@@ -70,6 +71,12 @@ impl From<&RunArgs> for Settings {
                 base_delay: a.asc_api_retry_base_delay,
                 ..AscClientOptions::default()
             },
+            asc_origins: AllowedOrigins::new(a.asc_api_origins.iter().cloned()),
+            http_deny: a.http_action_deny_cidrs.clone().with_addresses(&a.pod_ips),
+            default_service_account: a
+                .default_service_account
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
         }
     }
 }

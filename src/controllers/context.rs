@@ -2,7 +2,10 @@
 //! clients per credential, and the per-object failure counts behind the retry backoff.
 
 use crate::asc::api::{AscClient, AscClientOptions};
+use crate::actions::egress::DenyList;
+use crate::actions::http::ActionHttp;
 use crate::asc::enrich::Enrichment;
+use crate::asc::origins::AllowedOrigins;
 use crate::asc::token::{ApiKey, TokenSource};
 use crate::metrics::Metrics;
 use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery};
@@ -31,6 +34,12 @@ pub struct Settings {
     pub recheck_interval: Duration,
     /// Reconciles running at once, per controller.
     pub max_concurrent_reconciles: u16,
+    /// Origins credentials may send tokens to.
+    pub asc_origins: AllowedOrigins,
+    /// Addresses HTTP actions may not connect to (the pod's own included).
+    pub http_deny: DenyList,
+    /// The ServiceAccount impersonated for routes that name none; `None` acts as the operator itself.
+    pub default_service_account: Option<String>,
 }
 
 impl Default for Settings {
@@ -43,6 +52,12 @@ impl Default for Settings {
             asc: AscClientOptions::default(),
             recheck_interval: Duration::from_secs(30),
             max_concurrent_reconciles: 8,
+            asc_origins: AllowedOrigins::default(),
+            http_deny: crate::actions::egress::parse_deny_cidrs(
+                crate::actions::egress::DEFAULT_DENY_CIDRS,
+            )
+            .unwrap_or_default(),
+            default_service_account: None,
         }
     }
 }
@@ -99,8 +114,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Settings.
     pub settings: Settings,
-    /// HTTP client for HTTP actions.
-    pub http: reqwest::Client,
+    /// HTTP client for HTTP actions, behind the egress guard.
+    pub http: ActionHttp,
     recorder: Recorder,
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -120,10 +135,10 @@ impl Context {
     ) -> Result<Self, reqwest::Error> {
         Ok(Context {
             recorder: Recorder::new(client.clone(), reporter),
+            http: crate::actions::http::client(settings.http_deny.clone())?,
             client,
             metrics,
             settings,
-            http: crate::actions::http::client()?,
             asc_clients: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             enrichments: Mutex::new(HashMap::new()),
@@ -215,6 +230,11 @@ impl Context {
                 ));
             }
         };
+        // Before the key is read: a refused origin never gets a token minted for it.
+        self.settings
+            .asc_origins
+            .check(credential.spec.api_url())
+            .map_err(|m| unusable("ApiUrlNotAllowed", m, false))?;
         let (secret, pem) = read_key(
             &self.client,
             namespace,

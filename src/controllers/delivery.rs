@@ -579,7 +579,7 @@ async fn run_http(
     let label = match &outcome {
         AttemptOutcome::Succeeded { .. } => "succeeded",
         AttemptOutcome::Retryable { .. } => "retry",
-        AttemptOutcome::Permanent { .. } => "failed",
+        AttemptOutcome::Permanent { .. } | AttemptOutcome::Denied { .. } => "failed",
     };
     ctx.metrics
         .action_duration

@@ -94,6 +94,10 @@ pub fn record_http_attempt(
             transition(a, state::FAILED, Some(error.clone()), now);
             None
         }
+        AttemptOutcome::Denied { error } => {
+            transition(a, state::FAILED, Some(error.clone()), now);
+            None
+        }
         AttemptOutcome::Retryable {
             status,
             error,

@@ -145,6 +145,15 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
                     format!("rule {}: {e}", rule.name),
                 ));
             }
+            if let Some(e) = job::parse_template(&j.template)
+                .ok()
+                .and_then(|t| job::check_expansions(&t).err())
+            {
+                out.push(problem(
+                    "UnsafeJobTemplate",
+                    format!("rule {}: {e}", rule.name),
+                ));
+            }
             if j.inject_api_key && spec.credential_ref.is_none() {
                 out.push(problem(
                     "CredentialRequired",

@@ -256,3 +256,45 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
         "the last ping survives pruning"
     );
 }
+
+#[test]
+fn a_job_template_expanding_asc_variables_in_args_is_unsafe() {
+    let template = |field: &str, value: &str, init: bool| {
+        let container = json!({"name": "notify", "image": "alpine", field: ["sh", "-c", value]});
+        let (containers, init_containers) = if init {
+            (json!([{"name": "a", "image": "b"}]), json!([container]))
+        } else {
+            (json!([container]), json!([]))
+        };
+        json!({"spec": {"template": {"spec": {
+            "containers": containers, "initContainers": init_containers}}}})
+    };
+    let facts = facts_with(&[("hook", &["secret"])]);
+    for (field, init) in [("args", false), ("command", false), ("args", true)] {
+        let r = route(
+            vec![job_rule(
+                "feedback",
+                template(field, "echo $(ASC_INSTANCE)", init),
+            )],
+            None,
+        );
+        let p = problems(&r, &facts);
+        assert_eq!(
+            p.iter().map(|p| p.reason).collect::<Vec<_>>(),
+            vec!["UnsafeJobTemplate"],
+            "{field} (init: {init})"
+        );
+        let c = ready_condition(&p);
+        assert!(!c.is_true());
+        assert!(c.message.contains("rule feedback"), "{}", c.message);
+        assert!(c.message.contains(field), "{}", c.message);
+    }
+    let safe = route(
+        vec![job_rule(
+            "feedback",
+            template("args", "notify \"$ASC_INSTANCE\" $(OTHER)", false),
+        )],
+        None,
+    );
+    assert!(problems(&safe, &facts).is_empty());
+}

@@ -71,6 +71,7 @@ impl Operator {
             "2s",
         ];
         argv.extend_from_slice(extra);
+        argv.extend(test_defaults(extra));
         let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
         };
@@ -165,6 +166,30 @@ impl Operator {
             .await
             .unwrap()
     }
+}
+
+/// Flags every test operator gets unless the test sets them itself: HTTP actions go to the loopback
+/// recorder, so the egress guard is off unless a test turns it on.
+fn test_defaults(extra: &[&str]) -> Vec<&'static str> {
+    if extra.contains(&"--http-action-deny-cidrs") {
+        Vec::new()
+    } else {
+        vec!["--http-action-deny-cidrs", "none"]
+    }
+}
+
+/// `--asc-api-origins <mock>`: credentials in tests point at the mock, which the operator refuses
+/// unless told otherwise.
+pub fn origin_flags(asc: &AscMock) -> [String; 2] {
+    ["--asc-api-origins".to_owned(), asc.url()]
+}
+
+/// `base` followed by `more`, as the `&[&str]` the start functions take.
+pub fn flags<'a>(base: &'a [&'a str], more: &'a [String]) -> Vec<&'a str> {
+    base.iter()
+        .copied()
+        .chain(more.iter().map(String::as_str))
+        .collect()
 }
 
 /// Polls `check` until it yields a value, or panics naming `what`.
@@ -333,6 +358,7 @@ impl Process {
                 "json",
             ])
             .args(extra)
+            .args(test_defaults(extra))
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(std::process::Stdio::null())

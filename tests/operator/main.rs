@@ -5,6 +5,7 @@
 mod chart;
 mod contract;
 mod credentials;
+mod egress;
 mod examples;
 mod fuzz_corpus;
 mod harness;

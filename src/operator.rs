@@ -4,6 +4,7 @@
 use crate::asc::api::AscClientOptions;
 use crate::asc::origins::AllowedOrigins;
 use crate::cli::RunArgs;
+use crate::controllers::impersonation::ActionClients;
 use crate::controllers::{self, Context, Settings};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
@@ -120,7 +121,7 @@ pub async fn run_with(
     let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
     // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
     // the API server is down, but say 503 and let Apple (or `send`) come back.
-    let mut receiver_config = config;
+    let mut receiver_config = config.clone();
     receiver_config.default_retry = false;
     receiver_config.read_timeout = Some(Duration::from_secs(5));
     let receiver_client = Client::try_from(receiver_config).map_err(RunError::Client)?;
@@ -210,7 +211,8 @@ pub async fn run_with(
             Settings::from(&args),
             reporter,
         )
-        .map_err(RunError::HttpClient)?,
+        .map_err(RunError::HttpClient)?
+        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
     );
     let namespace = args.namespace.clone();
     let controllers = {

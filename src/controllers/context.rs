@@ -8,7 +8,8 @@ use crate::asc::enrich::Enrichment;
 use crate::asc::origins::AllowedOrigins;
 use crate::asc::token::{ApiKey, TokenSource};
 use crate::metrics::Metrics;
-use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery};
+use super::impersonation::{ActionClients, Identity, ImpersonationError};
+use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -117,6 +118,7 @@ pub struct Context {
     /// HTTP client for HTTP actions, behind the egress guard.
     pub http: ActionHttp,
     recorder: Recorder,
+    actions: ActionClients,
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
     failures: Mutex<HashMap<String, u32>>,
     enrichments: Mutex<HashMap<String, Enrichment>>,
@@ -135,6 +137,7 @@ impl Context {
     ) -> Result<Self, reqwest::Error> {
         Ok(Context {
             recorder: Recorder::new(client.clone(), reporter),
+            actions: ActionClients::operator_only(client.clone()),
             http: crate::actions::http::client(settings.http_deny.clone())?,
             client,
             metrics,
@@ -143,6 +146,23 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             enrichments: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Uses `actions` for the routes' actions (see [`Context::action_client`]).
+    pub fn with_action_clients(mut self, actions: ActionClients) -> Self {
+        self.actions = actions;
+        self
+    }
+
+    /// Whom `route`'s actions run as.
+    pub fn action_identity(&self, route: &WebhookRoute) -> Identity {
+        Identity::for_route(route, self.settings.default_service_account.as_deref())
+    }
+
+    /// The client for `route`'s actions — creating its Jobs, reading its HTTP actions' Secrets — acting as
+    /// the route's ServiceAccount (or the default one), so a route can do only what that account may.
+    pub fn action_client(&self, route: &WebhookRoute) -> Result<Client, ImpersonationError> {
+        self.actions.client_for(&self.action_identity(route))
     }
 
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.

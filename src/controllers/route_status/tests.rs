@@ -36,6 +36,7 @@ fn route(rules: Vec<Rule>, credential: Option<&str>) -> WebhookRoute {
     let mut r = WebhookRoute::new(
         "release",
         WebhookRouteSpec {
+            service_account_name: None,
             secret_ref: sel("hook", "secret"),
             credential_ref: credential.map(|c| LocalObjectReference {
                 name: c.into(),

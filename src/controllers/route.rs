@@ -11,7 +11,8 @@ use super::{Error, status};
 use crate::receiver::record::LABEL_ROUTE;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
-use k8s_openapi::api::core::v1::Secret;
+use super::impersonation::Identity;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -102,6 +103,12 @@ async fn read_facts(
     if let Some(c) = &route.spec.credential_ref {
         let creds: Api<AscCredential> = Api::namespaced(ctx.client.clone(), namespace);
         facts.credential = Some(creds.get_opt(&c.name).await.map_err(Error::Kube)?);
+    }
+    if let Identity::ServiceAccount { name, .. } = ctx.action_identity(route) {
+        let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+        if accounts.get_opt(&name).await.map_err(Error::Kube)?.is_none() {
+            facts.missing_service_account = Some(name);
+        }
     }
     Ok(facts)
 }

@@ -17,6 +17,8 @@ pub struct RouteFacts {
     pub secrets: BTreeMap<String, Option<BTreeSet<String>>>,
     /// The referenced credential: `None` when not referenced, `Some(None)` when missing.
     pub credential: Option<Option<AscCredential>>,
+    /// The ServiceAccount the route's actions act as, when one is used and does not exist.
+    pub missing_service_account: Option<String>,
 }
 
 /// One reason a route is not usable.
@@ -125,6 +127,18 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
             }
         }
         (None, _) => {}
+    }
+
+    if let Some(sa) = &facts.missing_service_account {
+        // Deliveries still run (RBAC may name an account before it exists), but every action will most
+        // likely be refused: say so before the first event does.
+        out.push(problem(
+            "ServiceAccountNotFound",
+            format!(
+                "ServiceAccount {ns}/{sa} does not exist; the route's actions act as it and will be refused \
+                 (Forbidden) unless RBAC grants it what they do"
+            ),
+        ));
     }
 
     for rule in &spec.rules {

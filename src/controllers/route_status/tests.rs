@@ -62,7 +62,7 @@ fn facts_with(secrets: &[(&str, &[&str])]) -> RouteFacts {
                 )
             })
             .collect(),
-        credential: None,
+        ..RouteFacts::default()
     }
 }
 
@@ -298,4 +298,19 @@ fn a_job_template_expanding_asc_variables_in_args_is_unsafe() {
         None,
     );
     assert!(problems(&safe, &facts).is_empty());
+}
+
+#[test]
+fn a_missing_service_account_is_reported_with_its_name() {
+    let r = route(vec![job_rule("submit", good_template())], None);
+    let facts = RouteFacts {
+        missing_service_account: Some("builder".into()),
+        ..facts_with(&[("hook", &["secret"])])
+    };
+    let p = problems(&r, &facts);
+    assert_eq!(
+        p.iter().map(|p| p.reason).collect::<Vec<_>>(),
+        vec!["ServiceAccountNotFound"]
+    );
+    assert!(p[0].message.contains("ios/builder"), "{}", p[0].message);
 }

@@ -8,6 +8,7 @@
 
 use super::context::{Context, CredentialProblem};
 use super::delivery_state::{self as ds, state};
+use super::impersonation;
 use super::matching::{EventFacts, matching_rules};
 use super::{Error, credential::error_chain, status};
 use crate::actions::EventContext;
@@ -20,11 +21,9 @@ use crate::resources::delivery::{EnrichmentStatus, Phase, WebhookDeliveryStatus}
 use crate::resources::route::{EnrichPolicy, HttpAction, JobAction, Rule};
 use crate::resources::{AscCredential, FIELD_MANAGER, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -193,7 +192,8 @@ pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Act
                 continue;
             }
             did_work = true;
-            if let Some(hint) = run_http(&ctx, &namespace, http_action, &event_ctx, a, &now).await?
+            if let Some(hint) =
+                run_http(&ctx, &namespace, &route, http_action, &event_ctx, a, &now).await?
             {
                 let backoff = ctx.settings.backoff(u32::try_from(a.attempts).unwrap_or(1));
                 let wanted = hint
@@ -431,7 +431,13 @@ async fn run_job(
     }
     let api_key = if action.inject_api_key {
         match api_key_env(ctx, namespace, route).await? {
-            Ok(k) => Some(k),
+            Ok(k) => match may_mount_key(ctx, namespace, route, &k).await? {
+                Ok(()) => Some(k),
+                Err(why) => {
+                    ds::transition(a, state::FAILED, Some(why), now);
+                    return Ok(false);
+                }
+            },
             Err(why) => {
                 ds::transition(a, state::FAILED, Some(why), now);
                 return Ok(false);
@@ -459,10 +465,22 @@ async fn run_job(
         ..Default::default()
     };
     a.attempts += 1;
-    let created = match jobs.create(&params, &job).await {
+    // Created as the route's ServiceAccount: a route creates only the Jobs that account may create.
+    let acting: Api<Job> = match ctx.action_client(route) {
+        Ok(client) => Api::namespaced(client, namespace),
+        Err(e) => {
+            ds::transition(a, state::FAILED, Some(format!("ImpersonationFailed: {e}")), now);
+            return Ok(true);
+        }
+    };
+    let created = match acting.create(&params, &job).await {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.is_already_exists() => false,
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 || s.code == 403 => {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            ds::transition(a, state::FAILED, Some(impersonation::forbidden(&s)), now);
+            return Ok(true);
+        }
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
             ds::transition(
                 a,
                 state::FAILED,
@@ -529,24 +547,52 @@ async fn api_key_env(
     )
 }
 
+/// A pod may mount any Secret of its namespace, so the API key goes into a Job only if the route's
+/// ServiceAccount may read it itself (the operator's own identity needs no check).
+async fn may_mount_key(
+    ctx: &Context,
+    namespace: &str,
+    route: &WebhookRoute,
+    key: &ApiKeyEnv,
+) -> Result<Result<(), String>, Error> {
+    if ctx.action_identity(route) == impersonation::Identity::Operator {
+        return Ok(Ok(()));
+    }
+    match ctx.action_client(route) {
+        Ok(client) => impersonation::may_read_secret(client, namespace, &key.private_key.name)
+            .await
+            .map_err(Error::Kube),
+        Err(e) => Ok(Err(format!("ImpersonationFailed: {e}"))),
+    }
+}
+
 /// One HTTP attempt. Returns `Some(retry_after)` when another attempt is due.
 async fn run_http(
     ctx: &Context,
     namespace: &str,
+    route: &WebhookRoute,
     action: &HttpAction,
     event_ctx: &EventContext<'_>,
     a: &mut crate::resources::delivery::ActionStatus,
     now: &str,
 ) -> Result<Option<Option<u64>>, Error> {
     let max = http::max_attempts(action);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let url_ref = &action.url_secret_ref;
-    let url = secrets
-        .get_opt(&url_ref.name)
-        .await
-        .map_err(Error::Kube)?
-        .and_then(|s| s.data.and_then(|mut d| d.remove(&url_ref.key)))
-        .and_then(|b| String::from_utf8(b.0).ok());
+    // The Secrets are read as the route's ServiceAccount: a route sends only what that account may read.
+    let found = match ctx.action_client(route) {
+        Ok(client) => impersonation::http_secrets(client, namespace, action)
+            .await
+            .map_err(Error::Kube)?,
+        Err(e) => Err(format!("ImpersonationFailed: {e}")),
+    };
+    let (url, headers) = match found {
+        Ok(found) => found,
+        Err(why) => {
+            a.attempts += 1;
+            ds::transition(a, state::FAILED, Some(why), now);
+            return Ok(None);
+        }
+    };
     let Some(url) = url else {
         let outcome = AttemptOutcome::Retryable {
             status: None,
@@ -558,14 +604,6 @@ async fn run_http(
         };
         return Ok(ds::record_http_attempt(a, &outcome, max, now));
     };
-    let mut headers = BTreeMap::new();
-    if let Some(h) = &action.headers_secret_ref
-        && let Some(secret) = secrets.get_opt(&h.name).await.map_err(Error::Kube)?
-    {
-        for (k, v) in secret.data.unwrap_or_default() {
-            headers.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-        }
-    }
     let request = match http::prepare(action, &url, &headers, event_ctx) {
         Ok(r) => r,
         Err(e) => {

@@ -50,12 +50,19 @@ pub fn crds_as_kubectl_sends_them() -> Vec<String> {
 }
 
 pub async fn fake_api() -> FakeApiServer {
+    fake_api_with(|o| o).await
+}
+
+/// A fake API server with changed options (e.g. authorization on).
+pub async fn fake_api_with(
+    change: impl FnOnce(FakeApiServerOptions) -> FakeApiServerOptions,
+) -> FakeApiServer {
     let opts = FakeApiServerOptions {
         namespaces: vec!["default".into(), NS.into(), "payments".into()],
         crd_yaml: crds_as_kubectl_sends_them(),
         ..Default::default()
     };
-    FakeApiServer::start(opts).await
+    FakeApiServer::start(change(opts)).await
 }
 
 /// One operator process, in-process.

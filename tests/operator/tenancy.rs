@@ -250,3 +250,78 @@ async fn a_route_naming_a_missing_service_account_says_so() {
     assert!(ready.message.contains("ios/ghost"), "{}", ready.message);
     op.stop().await;
 }
+
+#[tokio::test]
+async fn the_multi_tenant_example_grants_jobs_and_its_named_secrets_and_nothing_else() {
+    let api = fake_api_with(|o| o.authorization(true)).await;
+    put_secret(&api, "hook-secret", &[("secret", WEBHOOK_SECRET)]).await;
+    let path = std::path::Path::new(ROOT).join("examples/multi-tenant-rbac.yaml");
+    for mut doc in crate::manifests::kubectl_reads_file(&path) {
+        doc["metadata"]["namespace"] = json!(NS);
+        let resource = match doc["kind"].as_str().unwrap() {
+            "ServiceAccount" => "serviceaccounts",
+            "Role" => "roles.rbac.authorization.k8s.io",
+            "RoleBinding" => "rolebindings.rbac.authorization.k8s.io",
+            other => panic!("unexpected {other}"),
+        };
+        api.put_object(resource, doc).unwrap();
+    }
+    let hooks = Recorder::start().await;
+    put_secret(&api, "slack-webhook", &[("url", &format!("{}/slack", hooks.url))]).await;
+    put_secret(&api, "payments-webhook", &[("url", &format!("{}/payments", hooks.url))]).await;
+    route_with(&api, "build", JOB_RULE, "").await;
+    let http = |secret: &str| {
+        format!(
+            "    - name: notify\n      match: {{}}\n      http: {{urlSecretRef: {{name: {secret}, key: url}}, maxAttempts: 1}}\n"
+        )
+    };
+    route_with(&api, "slack", &http("slack-webhook"), "").await;
+    route_with(&api, "sneaky", &http("payments-webhook"), "").await;
+    let op = Operator::start(&api, &["--default-service-account", "asc-actions"]).await;
+
+    assert_eq!(deliver(&api, &op, "build").await.state, "Running");
+    assert_eq!(deliver(&api, &op, "slack").await.state, "Succeeded");
+    let sneaky = deliver(&api, &op, "sneaky").await;
+    assert_eq!(sneaky.state, "Failed");
+    assert!(
+        sneaky.error.as_deref().unwrap().starts_with("Forbidden: secrets \"payments-webhook\""),
+        "{sneaky:?}"
+    );
+    assert_eq!(hooks.to("/slack").len(), 1);
+    assert!(hooks.to("/payments").is_empty());
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn inject_api_key_needs_the_service_account_to_read_the_key_secret() {
+    let api = cluster().await;
+    put_secret(&api, "team-key", &[("AuthKey.p8", "not used")]).await;
+    crate::harness::create_yaml::<asc_webhook_operator::resources::AscCredential>(
+        &api,
+        &format!(
+            "apiVersion: asc.webhooks.dev/v1alpha1\nkind: AscCredential\nmetadata: {{name: team, namespace: {NS}}}\nspec:\n  keyId: K\n  privateKeySecretRef: {{name: team-key, key: AuthKey.p8}}\n"
+        ),
+    )
+    .await;
+    let rule = "    - name: build\n      match: {}\n      enrich: Never\n      job:\n        injectApiKey: true\n        template: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}}}}\n";
+    // builder may create Jobs but not read the key: its Job would otherwise mount it.
+    route_with(
+        &api,
+        "fastlane",
+        rule,
+        "  serviceAccountName: builder\n  credentialRef: {name: team}\n",
+    )
+    .await;
+    let op = Operator::start(&api, &[]).await;
+    let a = deliver(&api, &op, "fastlane").await;
+    assert_eq!(a.state, "Failed");
+    assert!(
+        a.error
+            .as_deref()
+            .unwrap()
+            .starts_with("Forbidden: secrets \"team-key\" is forbidden: User \"system:serviceaccount:ios:builder\""),
+        "{a:?}"
+    );
+    assert_eq!(jobs_of(&api, "fastlane"), 0);
+    op.stop().await;
+}

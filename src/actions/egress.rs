@@ -84,7 +84,10 @@ impl DenyList {
     pub fn check(&self, ip: IpAddr) -> Result<(), EgressDenied> {
         let ip = canonical(ip);
         match self.nets.iter().find(|n| n.contains(&ip)) {
-            Some(net) => Err(EgressDenied { addr: ip, net: *net }),
+            Some(net) => Err(EgressDenied {
+                addr: ip,
+                net: *net,
+            }),
             None => Ok(()),
         }
     }
@@ -136,9 +139,8 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let deny = self.deny.clone();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             let allowed = deny.filter(found)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -185,7 +187,13 @@ mod tests {
                 "{ip} must be denied"
             );
         }
-        for ip in ["10.0.0.7", "172.16.3.4", "192.168.1.1", "fd12::1", "8.8.8.8"] {
+        for ip in [
+            "10.0.0.7",
+            "172.16.3.4",
+            "192.168.1.1",
+            "fd12::1",
+            "8.8.8.8",
+        ] {
             assert!(deny.check(ip.parse().unwrap()).is_ok(), "{ip} is allowed");
         }
     }
@@ -207,7 +215,9 @@ mod tests {
         assert!(err.contains("not-a-net"), "{err}");
         assert!(parse_deny_cidrs(" , ").is_err());
         assert_eq!(
-            parse_deny_cidrs("10.9.9.9").unwrap().check("10.9.9.9".parse().unwrap()),
+            parse_deny_cidrs("10.9.9.9")
+                .unwrap()
+                .check("10.9.9.9".parse().unwrap()),
             Err(EgressDenied {
                 addr: "10.9.9.9".parse().unwrap(),
                 net: "10.9.9.9/32".parse().unwrap()

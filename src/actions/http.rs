@@ -363,10 +363,8 @@ mod tests {
             delivery: &d,
             enrichment: None,
         };
-        let guarded = client(
-            egress::parse_deny_cidrs(egress::DEFAULT_DENY_CIDRS).unwrap(),
-        )
-        .unwrap();
+        let guarded =
+            client(egress::parse_deny_cidrs(egress::DEFAULT_DENY_CIDRS).unwrap()).unwrap();
         for url in [
             "http://127.0.0.1:9/x",
             "http://169.254.169.254/latest/meta-data/",

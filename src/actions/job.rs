@@ -59,10 +59,18 @@ pub enum JobTemplateError {
 /// same variables read as `"$ASC_PAYLOAD"` inside the script stay data. Even the escaped `$$(ASC_` is
 /// refused: one lost `$` in an edit turns it back into an expansion.
 pub fn check_expansions(template: &JobTemplateSpec) -> Result<(), JobTemplateError> {
-    let Some(pod) = template.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+    let Some(pod) = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+    else {
         return Ok(());
     };
-    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
         for (field, values) in [("command", &c.command), ("args", &c.args)] {
             if values.iter().flatten().any(|v| v.contains("$(ASC_")) {
                 return Err(JobTemplateError::UnsafeExpansion {

@@ -81,7 +81,11 @@ mod tests {
     #[test]
     fn apple_is_allowed_by_default_and_other_hosts_are_not() {
         let allowed = AllowedOrigins::default();
-        assert!(allowed.check("https://api.appstoreconnect.apple.com").is_ok());
+        assert!(
+            allowed
+                .check("https://api.appstoreconnect.apple.com")
+                .is_ok()
+        );
         assert!(
             allowed
                 .check("https://api.appstoreconnect.apple.com/")
@@ -91,7 +95,11 @@ mod tests {
             .check("https://api.appstoreconnect.apple.com.evil.example")
             .unwrap_err();
         assert!(err.contains("not allowed"), "{err}");
-        assert!(allowed.check("http://api.appstoreconnect.apple.com").is_err());
+        assert!(
+            allowed
+                .check("http://api.appstoreconnect.apple.com")
+                .is_err()
+        );
         assert!(
             allowed
                 .check("https://api.appstoreconnect.apple.com:8443")

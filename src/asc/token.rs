@@ -428,9 +428,15 @@ mod tests {
             .mint_scoped_at(now, Some("GET /v1/buildUploads/42"))
             .unwrap();
         let (_, claims) = decode(&token);
-        assert_eq!(claims["scope"], serde_json::json!(["GET /v1/buildUploads/42"]));
+        assert_eq!(
+            claims["scope"],
+            serde_json::json!(["GET /v1/buildUploads/42"])
+        );
         let lifetime = claims["exp"].as_i64().unwrap() - 1_700_000_000;
-        assert!(lifetime <= 5 * 60, "{lifetime} s is more than a few minutes");
+        assert!(
+            lifetime <= 5 * 60,
+            "{lifetime} s is more than a few minutes"
+        );
         let (_, unscoped) = decode(&team_key().mint_at(now).unwrap());
         assert!(unscoped.get("scope").is_none());
     }

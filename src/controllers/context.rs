@@ -1,14 +1,14 @@
 //! What every reconciler shares: the client, settings, metrics, the Event recorder, App Store Connect
 //! clients per credential, and the per-object failure counts behind the retry backoff.
 
-use crate::asc::api::{AscClient, AscClientOptions};
+use super::impersonation::{ActionClients, Identity, ImpersonationError};
 use crate::actions::egress::DenyList;
 use crate::actions::http::ActionHttp;
+use crate::asc::api::{AscClient, AscClientOptions};
 use crate::asc::enrich::Enrichment;
 use crate::asc::origins::AllowedOrigins;
 use crate::asc::token::{ApiKey, TokenSource};
 use crate::metrics::Metrics;
-use super::impersonation::{ActionClients, Identity, ImpersonationError};
 use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};

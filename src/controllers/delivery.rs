@@ -469,7 +469,12 @@ async fn run_job(
     let acting: Api<Job> = match ctx.action_client(route) {
         Ok(client) => Api::namespaced(client, namespace),
         Err(e) => {
-            ds::transition(a, state::FAILED, Some(format!("ImpersonationFailed: {e}")), now);
+            ds::transition(
+                a,
+                state::FAILED,
+                Some(format!("ImpersonationFailed: {e}")),
+                now,
+            );
             return Ok(true);
         }
     };

@@ -117,14 +117,14 @@ impl ActionClients {
         ActionClients {
             operator,
             config: None,
-            make: Arc::new(|c| Client::try_from(c)),
+            make: Arc::new(Client::try_from),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// Clients derived from the operator's configuration.
     pub fn from_config(operator: Client, config: kube::Config) -> Self {
-        Self::with_factory(operator, config, Arc::new(|c| Client::try_from(c)))
+        Self::with_factory(operator, config, Arc::new(Client::try_from))
     }
 
     /// Clients built by `make` from the operator's configuration plus impersonation.

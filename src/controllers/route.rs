@@ -6,12 +6,12 @@
 //! than watched.
 
 use super::context::Context;
+use super::impersonation::Identity;
 use super::route_status::{self, RouteFacts};
 use super::{Error, status};
 use crate::receiver::record::LABEL_ROUTE;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
-use super::impersonation::Identity;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
@@ -106,7 +106,12 @@ async fn read_facts(
     }
     if let Identity::ServiceAccount { name, .. } = ctx.action_identity(route) {
         let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
-        if accounts.get_opt(&name).await.map_err(Error::Kube)?.is_none() {
+        if accounts
+            .get_opt(&name)
+            .await
+            .map_err(Error::Kube)?
+            .is_none()
+        {
             facts.missing_service_account = Some(name);
         }
     }

@@ -16,7 +16,10 @@ async fn guarded_world(hooks: &Recorder) -> FakeApiServer {
     let port = hooks.url.rsplit(':').next().unwrap().to_owned();
     let urls = [
         ("loopback", format!("http://127.0.0.1:{port}/loopback")),
-        ("metadata", "http://169.254.169.254/latest/meta-data/".to_owned()),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+        ),
         ("by-name", format!("http://localhost:{port}/by-name")),
     ];
     let mut rules = String::new();
@@ -61,7 +64,11 @@ async fn loopback_metadata_and_names_resolving_to_loopback_are_egress_denied_by_
         assert_eq!(a.http_status_code, None);
     }
     assert!(
-        actions[2].error.as_deref().unwrap().contains("169.254.169.254"),
+        actions[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("169.254.169.254"),
         "{:?}",
         actions[2]
     );

@@ -120,10 +120,14 @@ async fn a_route_gets_its_job_only_when_its_service_account_may_create_jobs() {
         .into_iter()
         .find(|d| d.spec.route == "refused")
         .unwrap();
-    let phase = eventually("the refused delivery is Failed", Duration::from_secs(10), || {
-        let d = get_delivery(&api, &d.metadata.name.clone().unwrap());
-        async move { d?.status.map(|s| s.phase).filter(|p| *p == Phase::Failed) }
-    })
+    let phase = eventually(
+        "the refused delivery is Failed",
+        Duration::from_secs(10),
+        || {
+            let d = get_delivery(&api, &d.metadata.name.clone().unwrap());
+            async move { d?.status.map(|s| s.phase).filter(|p| *p == Phase::Failed) }
+        },
+    )
     .await;
     assert_eq!(phase, Phase::Failed);
     op.stop().await;
@@ -233,15 +237,19 @@ async fn a_route_naming_a_missing_service_account_says_so() {
     let api = cluster().await;
     route_with(&api, "ghost", JOB_RULE, "  serviceAccountName: ghost\n").await;
     let op = Operator::start(&api, &[]).await;
-    let ready = eventually("the route reports the account", Duration::from_secs(10), || {
-        let r = get_route(&api, "ghost");
-        async move {
-            r.status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")
-        }
-    })
+    let ready = eventually(
+        "the route reports the account",
+        Duration::from_secs(10),
+        || {
+            let r = get_route(&api, "ghost");
+            async move {
+                r.status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")
+            }
+        },
+    )
     .await;
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -267,8 +275,18 @@ async fn the_multi_tenant_example_grants_jobs_and_its_named_secrets_and_nothing_
         api.put_object(resource, doc).unwrap();
     }
     let hooks = Recorder::start().await;
-    put_secret(&api, "slack-webhook", &[("url", &format!("{}/slack", hooks.url))]).await;
-    put_secret(&api, "payments-webhook", &[("url", &format!("{}/payments", hooks.url))]).await;
+    put_secret(
+        &api,
+        "slack-webhook",
+        &[("url", &format!("{}/slack", hooks.url))],
+    )
+    .await;
+    put_secret(
+        &api,
+        "payments-webhook",
+        &[("url", &format!("{}/payments", hooks.url))],
+    )
+    .await;
     route_with(&api, "build", JOB_RULE, "").await;
     let http = |secret: &str| {
         format!(
@@ -284,7 +302,11 @@ async fn the_multi_tenant_example_grants_jobs_and_its_named_secrets_and_nothing_
     let sneaky = deliver(&api, &op, "sneaky").await;
     assert_eq!(sneaky.state, "Failed");
     assert!(
-        sneaky.error.as_deref().unwrap().starts_with("Forbidden: secrets \"payments-webhook\""),
+        sneaky
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("Forbidden: secrets \"payments-webhook\""),
         "{sneaky:?}"
     );
     assert_eq!(hooks.to("/slack").len(), 1);

@@ -227,7 +227,10 @@ async fn each_call_gets_a_token_of_minutes_scoped_to_its_one_get() {
     );
     for r in &log {
         let lifetime = r.token.lifetime_secs.unwrap();
-        assert!(lifetime <= 6 * 60, "{lifetime} s is more than a few minutes");
+        assert!(
+            lifetime <= 6 * 60,
+            "{lifetime} s is more than a few minutes"
+        );
     }
     assert_eq!(client.tokens().minted(), 2, "one token per call");
 }

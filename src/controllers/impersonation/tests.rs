@@ -48,9 +48,7 @@ fn a_route_acts_as_its_own_service_account_else_the_default_else_the_operator() 
 
 /// A client whose every request goes to `service` through kube's own header layer for `config`, exactly
 /// the headers `Client::try_from(config)` would add.
-fn via_mock(
-    service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
-) -> Arc<MakeClient> {
+fn via_mock(service: tower_test::mock::Mock<Request<Body>, Response<Body>>) -> Arc<MakeClient> {
     Arc::new(move |config: kube::Config| {
         let layered = tower::ServiceBuilder::new()
             .layer(config.extra_headers_layer()?)
@@ -104,7 +102,10 @@ async fn a_service_accounts_requests_carry_impersonate_user_and_the_operators_no
     let seen = verifier.await.unwrap();
     let sa = vec!["system:serviceaccount:ios:builder".to_owned()];
     assert_eq!(seen[0].1, sa);
-    assert!(seen[1].1.is_empty(), "the operator's own requests impersonate nobody");
+    assert!(
+        seen[1].1.is_empty(),
+        "the operator's own requests impersonate nobody"
+    );
     assert_eq!(seen[2].1, sa);
     assert_eq!(seen[0].0, "/api/v1/namespaces/ios/secrets/h");
     assert_eq!(clients.cached(), 1, "one client per identity, reused");

@@ -183,7 +183,11 @@ fn cluster_role_key(store: &Store) -> String {
 }
 
 /// Allows the request, or the real server's 403 for it.
-pub(crate) fn authorize(store: &Store, user: &UserInfo, rec: &RequestRecord) -> Result<(), ApiError> {
+pub(crate) fn authorize(
+    store: &Store,
+    user: &UserInfo,
+    rec: &RequestRecord,
+) -> Result<(), ApiError> {
     if rec.verb == Verb::Discovery {
         return Ok(());
     }

@@ -29,8 +29,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use auth::Verifier;
 pub use auth::TokenFacts;
+use auth::Verifier;
 
 /// Key id of the test key in `tests/fixtures/asc/keys`.
 pub const TEST_KEY_ID: &str = "TEST2K9Q7X";

@@ -362,9 +362,15 @@ async fn a_scoped_token_opens_only_the_request_it_names() {
                 "scope": [format!("GET {FAILED_UPLOAD}")]}),
     );
     assert_eq!(get(&mock, FAILED_UPLOAD, Some(&scoped)).await.status, 200);
-    assert_eq!(get(&mock, "/v1/apps?limit=1", Some(&scoped)).await.status, 401);
+    assert_eq!(
+        get(&mock, "/v1/apps?limit=1", Some(&scoped)).await.status,
+        401
+    );
     let log = mock.requests();
-    assert_eq!(log[0].token.scope, Some(vec![format!("GET {FAILED_UPLOAD}")]));
+    assert_eq!(
+        log[0].token.scope,
+        Some(vec![format!("GET {FAILED_UPLOAD}")])
+    );
     assert_eq!(log[0].token.lifetime_secs, Some(300));
     match &log[1].auth {
         AuthOutcome::Rejected(why) => assert!(why.contains("scope"), "{why}"),

@@ -25,11 +25,11 @@ async fn authorizing_server() -> FakeApiServer {
     put(
         "roles.rbac.authorization.k8s.io",
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "job-runner", "namespace": "ios"},
-            "rules": [
-                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]},
-                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["slack"], "verbs": ["get"]},
-            ]}),
+        "metadata": {"name": "job-runner", "namespace": "ios"},
+        "rules": [
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["slack"], "verbs": ["get"]},
+        ]}),
     );
     put(
         "rolebindings.rbac.authorization.k8s.io",
@@ -66,10 +66,16 @@ fn job(name: &str) -> Job {
 async fn a_bound_service_account_may_create_jobs_and_read_only_the_named_secret() {
     let server = authorizing_server().await;
     server
-        .put_object("secrets", json!({"metadata": {"name": "slack", "namespace": "ios"}, "stringData": {"url": "u"}}))
+        .put_object(
+            "secrets",
+            json!({"metadata": {"name": "slack", "namespace": "ios"}, "stringData": {"url": "u"}}),
+        )
         .unwrap();
     server
-        .put_object("secrets", json!({"metadata": {"name": "prod-db", "namespace": "ios"}, "stringData": {"p": "x"}}))
+        .put_object(
+            "secrets",
+            json!({"metadata": {"name": "prod-db", "namespace": "ios"}, "stringData": {"p": "x"}}),
+        )
         .unwrap();
     let builder = as_user(&server, "system:serviceaccount:ios:builder");
     Api::<Job>::namespaced(builder.clone(), "ios")
@@ -121,7 +127,10 @@ async fn an_unbound_service_account_gets_the_real_forbidden_status() {
         "jobs.batch is forbidden: User \"system:serviceaccount:ios:intern\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"ios\""
     );
     let details = e.details.as_ref().unwrap();
-    assert_eq!((details.group.as_str(), details.kind.as_str()), ("batch", "jobs"));
+    assert_eq!(
+        (details.group.as_str(), details.kind.as_str()),
+        ("batch", "jobs")
+    );
     assert!(server.list_objects("jobs", Some("ios")).is_empty());
 }
 
@@ -133,10 +142,13 @@ async fn requests_that_impersonate_nobody_and_servers_without_authorization_allo
         .await
         .unwrap();
     let open = FakeApiServer::start(FakeApiServerOptions::default()).await;
-    Api::<Job>::namespaced(as_user(&open, "system:serviceaccount:default:nobody"), "default")
-        .create(&PostParams::default(), &job("j"))
-        .await
-        .unwrap();
+    Api::<Job>::namespaced(
+        as_user(&open, "system:serviceaccount:default:nobody"),
+        "default",
+    )
+    .create(&PostParams::default(), &job("j"))
+    .await
+    .unwrap();
     assert_eq!(
         open.request_log()
             .iter()

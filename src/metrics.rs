@@ -78,6 +78,8 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     /// Action duration in seconds (one HTTP attempt, one Job create), by kind.
     pub action_duration: Family<ActionLabels, Histogram>,
+    /// Delivery status writes refused because the copy they were decided on was stale (a lagging cache).
+    pub stale_writes: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -144,6 +146,12 @@ impl Metrics {
             "Actions run, by kind and outcome",
             actions.clone(),
         );
+        let stale_writes = Counter::default();
+        registry.register(
+            "controller_stale_writes",
+            "Delivery status writes refused because the cached copy was stale; the pass started again from a fresh read",
+            stale_writes.clone(),
+        );
         registry.register(
             "action_duration_seconds",
             "Duration of one action attempt",
@@ -159,6 +167,7 @@ impl Metrics {
             reconcile_duration,
             actions,
             action_duration,
+            stale_writes,
         }
     }
 

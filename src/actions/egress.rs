@@ -28,9 +28,7 @@ pub struct DenyList {
 
 /// An HTTP action was refused before any byte was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "EgressDenied: the URL's host is {addr}, inside {net}, which --http-action-deny-cidrs refuses"
-)]
+#[error("the URL's host is {addr}, inside {net}, which --http-action-deny-cidrs refuses")]
 pub struct EgressDenied {
     /// The refused address (an address, never the URL, which is a secret).
     pub addr: IpAddr,

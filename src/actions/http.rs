@@ -158,7 +158,7 @@ pub enum AttemptOutcome {
     },
     /// Not sent: the destination is an address HTTP actions may not reach. Never retried.
     Denied {
-        /// `EgressDenied: …`, naming the address, never the URL.
+        /// Naming the address, never the URL (recorded with reason `EgressDenied`).
         error: String,
     },
 }
@@ -374,7 +374,7 @@ mod tests {
             let req = prepare(&action(None), url, &BTreeMap::new(), &ctx).unwrap();
             match send(&guarded, &req).await {
                 AttemptOutcome::Denied { error } => {
-                    assert!(error.starts_with("EgressDenied: "), "{error}");
+                    assert!(error.contains("--http-action-deny-cidrs"), "{error}");
                     assert!(!error.contains("/x"), "the URL stays out: {error}");
                 }
                 other => panic!("{url}: {other:?}"),

@@ -10,10 +10,9 @@
 //! on `groups`.
 
 use crate::resources::WebhookRoute;
-use crate::resources::route::HttpAction;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Who a route's actions run as.
@@ -168,22 +167,18 @@ impl ActionClients {
     }
 }
 
-/// The reason written into a failed action when the API server refused the identity: `Forbidden: …`
-/// with the API server's own message (which names the user, verb and resource).
-pub fn forbidden(status: &kube::core::Status) -> String {
-    format!("Forbidden: {}", status.message)
-}
-
-/// The failed action's message when a call was refused (403), else `None` (other errors stay errors).
+/// The API server's message when a call was refused (403), else `None` (other errors stay errors). The
+/// message names the user, verb and resource, so it goes into the failed action as it is, with reason
+/// `Forbidden`.
 pub fn refusal(e: &kube::Error) -> Option<String> {
     match e {
-        kube::Error::Api(s) if s.code == 403 => Some(forbidden(s)),
+        kube::Error::Api(s) if s.code == 403 => Some(s.message.clone()),
         _ => None,
     }
 }
 
 /// A Secret read as the route's identity. Outer error: the API server failed (retry); inner: the
-/// identity may not read it (`Forbidden: …`, the action fails).
+/// identity may not read it (the API server's message; the action fails `Forbidden`).
 pub async fn read_secret(
     client: Client,
     namespace: &str,
@@ -194,55 +189,6 @@ pub async fn read_secret(
         .await
     {
         Ok(s) => Ok(Ok(s)),
-        Err(e) => match refusal(&e) {
-            Some(why) => Ok(Err(why)),
-            None => Err(e),
-        },
-    }
-}
-
-/// The URL and headers of an HTTP action, read as the route's identity: `(url, headers)`, the URL `None`
-/// when its Secret or key is missing. Inner error: a Secret the identity may not read; then nothing is sent.
-pub async fn http_secrets(
-    client: Client,
-    namespace: &str,
-    action: &HttpAction,
-) -> Result<Result<(Option<String>, BTreeMap<String, String>), String>, kube::Error> {
-    let url_ref = &action.url_secret_ref;
-    let url = match read_secret(client.clone(), namespace, &url_ref.name).await? {
-        Err(why) => return Ok(Err(why)),
-        Ok(s) => s
-            .and_then(|s| s.data.and_then(|mut d| d.remove(&url_ref.key)))
-            .and_then(|b| String::from_utf8(b.0).ok()),
-    };
-    let mut headers = BTreeMap::new();
-    if let Some(h) = &action.headers_secret_ref {
-        match read_secret(client, namespace, &h.name).await? {
-            Err(why) => return Ok(Err(why)),
-            Ok(secret) => {
-                for (k, v) in secret.and_then(|s| s.data).unwrap_or_default() {
-                    headers.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-                }
-            }
-        }
-    }
-    Ok(Ok((url, headers)))
-}
-
-/// Whether the route's identity may read the Secret a Job will take by `secretKeyRef` (`injectApiKey`):
-/// a pod can mount any Secret of its namespace, so creating the Job must not let a route reach a key
-/// its ServiceAccount could not read itself. Only metadata is fetched; a missing Secret is left to the
-/// pod to report.
-pub async fn may_read_secret(
-    client: Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Result<(), String>, kube::Error> {
-    match Api::<Secret>::namespaced(client, namespace)
-        .get_metadata_opt(name)
-        .await
-    {
-        Ok(_) => Ok(Ok(())),
         Err(e) => match refusal(&e) {
             Some(why) => Ok(Err(why)),
             None => Err(e),

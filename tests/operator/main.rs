@@ -6,6 +6,7 @@ mod chart;
 mod contract;
 mod credentials;
 mod egress;
+mod exactly_once;
 mod examples;
 mod fuzz_corpus;
 mod harness;

@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use crate::recorder::Recorder;
-use asc_webhook_operator::resources::delivery::{ActionStatus, Phase};
+use asc_webhook_operator::resources::delivery::{ActionState, ActionStatus, Phase};
 use serde_json::json;
 use std::time::Duration;
 use testkit::apiserver::{FakeApiServer, Verb};
@@ -65,9 +65,10 @@ async fn deliver(api: &FakeApiServer, op: &Operator, route: &str) -> ActionStatu
             let d = get_delivery(api, &name);
             async move {
                 d?.status.filter(|s| {
-                    s.actions
-                        .first()
-                        .is_some_and(|a| a.state != "Pending" || a.job_name.is_some())
+                    s.actions.first().is_some_and(|a| {
+                        !matches!(a.state, ActionState::Pending | ActionState::InFlight)
+                            || a.job_name.is_some()
+                    })
                 })
             }
         },
@@ -100,7 +101,7 @@ async fn a_route_gets_its_job_only_when_its_service_account_may_create_jobs() {
     let op = Operator::start(&api, &[]).await;
 
     let allowed = deliver(&api, &op, "allowed").await;
-    assert_eq!(allowed.state, "Running", "{allowed:?}");
+    assert_eq!(allowed.state.as_str(), "Running", "{allowed:?}");
     assert_eq!(jobs_of(&api, "allowed"), 1);
     assert_eq!(
         job_creators(&api),
@@ -108,12 +109,13 @@ async fn a_route_gets_its_job_only_when_its_service_account_may_create_jobs() {
     );
 
     let refused = deliver(&api, &op, "refused").await;
-    assert_eq!(refused.state, "Failed");
-    assert_eq!(
-        refused.error.as_deref(),
-        Some(
-            "Forbidden: jobs.batch is forbidden: User \"system:serviceaccount:ios:intern\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"ios\""
-        )
+    assert_eq!(refused.state.as_str(), "Failed");
+    assert_eq!(refused.reason.as_deref(), Some("Forbidden"));
+    assert!(
+        refused.error.as_deref().unwrap().ends_with(
+            "jobs.batch is forbidden: User \"system:serviceaccount:ios:intern\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"ios\""
+        ),
+        "the API server's message: {refused:?}"
     );
     assert_eq!(jobs_of(&api, "refused"), 0, "no Job");
     let d = deliveries(&api)
@@ -141,7 +143,7 @@ async fn with_a_default_service_account_a_route_without_its_own_acts_as_it() {
     let op = Operator::start(&api, &["--default-service-account", "builder"]).await;
 
     let plain = deliver(&api, &op, "plain").await;
-    assert_eq!(plain.state, "Running", "{plain:?}");
+    assert_eq!(plain.state.as_str(), "Running", "{plain:?}");
     assert_eq!(
         job_creators(&api),
         vec![Some("system:serviceaccount:ios:builder".to_owned())],
@@ -149,7 +151,8 @@ async fn with_a_default_service_account_a_route_without_its_own_acts_as_it() {
     );
     // A route's own account wins over the default.
     let own = deliver(&api, &op, "own").await;
-    assert_eq!(own.state, "Failed");
+    assert_eq!(own.state.as_str(), "Failed");
+    assert_eq!(own.reason.as_deref(), Some("Forbidden"));
     assert!(
         own.error
             .as_deref()
@@ -167,7 +170,7 @@ async fn without_any_service_account_a_route_acts_as_the_operator() {
     route_with(&api, "single-team", JOB_RULE, "").await;
     let op = Operator::start(&api, &[]).await;
     let a = deliver(&api, &op, "single-team").await;
-    assert_eq!(a.state, "Running", "{a:?}");
+    assert_eq!(a.state.as_str(), "Running", "{a:?}");
     assert_eq!(job_creators(&api), vec![None], "no impersonation");
     op.stop().await;
 }
@@ -211,18 +214,19 @@ async fn a_header_secret_the_service_account_cannot_read_fails_forbidden_and_not
     let op = Operator::start(&api, &[]).await;
 
     let refused = deliver(&api, &op, "exfiltrate").await;
-    assert_eq!(refused.state, "Failed");
+    assert_eq!(refused.state.as_str(), "Failed");
+    assert_eq!(refused.reason.as_deref(), Some("Forbidden"));
     assert_eq!(
         refused.error.as_deref(),
         Some(
-            "Forbidden: secrets \"prod-headers\" is forbidden: User \"system:serviceaccount:ios:notifier\" cannot get resource \"secrets\" in API group \"\" in the namespace \"ios\""
+            "secrets \"prod-headers\" is forbidden: User \"system:serviceaccount:ios:notifier\" cannot get resource \"secrets\" in API group \"\" in the namespace \"ios\""
         )
     );
     assert!(hooks.requests().is_empty(), "nothing was sent");
 
     // The same account reads what it may, and that is sent.
     let sent = deliver(&api, &op, "team").await;
-    assert_eq!(sent.state, "Succeeded", "{sent:?}");
+    assert_eq!(sent.state.as_str(), "Succeeded", "{sent:?}");
     let requests = hooks.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].headers["x-team"], "ios");
@@ -297,16 +301,20 @@ async fn the_multi_tenant_example_grants_jobs_and_its_named_secrets_and_nothing_
     route_with(&api, "sneaky", &http("payments-webhook"), "").await;
     let op = Operator::start(&api, &["--default-service-account", "asc-actions"]).await;
 
-    assert_eq!(deliver(&api, &op, "build").await.state, "Running");
-    assert_eq!(deliver(&api, &op, "slack").await.state, "Succeeded");
+    assert_eq!(deliver(&api, &op, "build").await.state.as_str(), "Running");
+    assert_eq!(
+        deliver(&api, &op, "slack").await.state.as_str(),
+        "Succeeded"
+    );
     let sneaky = deliver(&api, &op, "sneaky").await;
-    assert_eq!(sneaky.state, "Failed");
+    assert_eq!(sneaky.state.as_str(), "Failed");
+    assert_eq!(sneaky.reason.as_deref(), Some("Forbidden"));
     assert!(
         sneaky
             .error
             .as_deref()
             .unwrap()
-            .starts_with("Forbidden: secrets \"payments-webhook\""),
+            .starts_with("secrets \"payments-webhook\" is forbidden"),
         "{sneaky:?}"
     );
     assert_eq!(hooks.to("/slack").len(), 1);
@@ -336,12 +344,12 @@ async fn inject_api_key_needs_the_service_account_to_read_the_key_secret() {
     .await;
     let op = Operator::start(&api, &[]).await;
     let a = deliver(&api, &op, "fastlane").await;
-    assert_eq!(a.state, "Failed");
+    assert_eq!(a.state.as_str(), "Failed");
+    assert_eq!(a.reason.as_deref(), Some("Forbidden"));
     assert!(
-        a.error
-            .as_deref()
-            .unwrap()
-            .starts_with("Forbidden: secrets \"team-key\" is forbidden: User \"system:serviceaccount:ios:builder\""),
+        a.error.as_deref().unwrap().starts_with(
+            "secrets \"team-key\" is forbidden: User \"system:serviceaccount:ios:builder\""
+        ),
         "{a:?}"
     );
     assert_eq!(jobs_of(&api, "fastlane"), 0);

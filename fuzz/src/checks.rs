@@ -119,6 +119,7 @@ static ROUTE: LazyLock<WebhookRoute> = LazyLock::new(|| {
     let mut route = WebhookRoute::new(
         "release",
         WebhookRouteSpec {
+            service_account_name: None,
             secret_ref: SecretKeySelector {
                 name: "asc-webhook".into(),
                 key: "secret".into(),

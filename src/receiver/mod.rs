@@ -141,6 +141,7 @@ mod tests {
         let mut route = WebhookRoute::new(
             "release",
             WebhookRouteSpec {
+                service_account_name: None,
                 secret_ref: SecretKeySelector {
                     name: "hook".into(),
                     key: "k".into(),

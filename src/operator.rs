@@ -8,6 +8,7 @@ use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
+use crate::receiver::serve::ServeLimits;
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::resources::WebhookRoute;
 use futures::StreamExt;
@@ -42,12 +43,17 @@ pub enum RunError {
     /// A server failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    /// Settings that contradict each other.
+    #[error("invalid settings: {0}")]
+    Settings(String),
 }
 
 impl From<&RunArgs> for ReceiverConfig {
     fn from(a: &RunArgs) -> Self {
         ReceiverConfig {
             max_body_bytes: a.max_body_bytes,
+            max_inflight_body_bytes: a.max_inflight_body_bytes,
+            max_object_bytes: a.max_object_bytes,
             body_timeout: a.body_timeout,
             secret_cache_ttl: a.secret_cache_ttl,
             failed_signatures_per_minute: a.failed_signatures_per_minute,
@@ -110,6 +116,7 @@ pub async fn run_with(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    check_settings(&args)?;
     let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
     // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
     // the API server is down, but say 503 and let Apple (or `send`) come back.
@@ -182,8 +189,16 @@ pub async fn run_with(
     let Listeners { public, admin } = listeners;
     tracing::info!(public = ?public.local_addr().ok(), admin = ?admin.local_addr().ok(), "listening");
 
-    let public_server = axum::serve(public, receiver.router())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let public_server = crate::receiver::serve::serve(
+        public,
+        receiver.router(),
+        ServeLimits {
+            max_connections: args.max_connections,
+            header_read_timeout: args.header_read_timeout,
+        },
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -230,15 +245,31 @@ pub async fn run_with(
             Ok::<(), RunError>(())
         }
     };
-    let (p, a, c) = tokio::join!(
-        public_server.into_future(),
-        admin_server.into_future(),
-        controllers
-    );
-    p.map_err(RunError::Serve)?;
+    let ((), a, c) = tokio::join!(public_server, admin_server.into_future(), controllers);
     a.map_err(RunError::Serve)?;
     c?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Limits that cannot work together are refused at start, not discovered on the first request.
+fn check_settings(a: &RunArgs) -> Result<(), RunError> {
+    let budget = crate::receiver::budget::BodyBudget::new(a.max_inflight_body_bytes);
+    if a.max_body_bytes > budget.largest_reservation() {
+        return Err(RunError::Settings(format!(
+            "--max-inflight-body-bytes ({}) leaves {} bytes for large bodies, less than --max-body-bytes ({}); a body that large could never be received",
+            a.max_inflight_body_bytes,
+            budget.largest_reservation(),
+            a.max_body_bytes
+        )));
+    }
+    if a.max_object_bytes <= crate::receiver::record::STORE_HEADROOM_BYTES {
+        return Err(RunError::Settings(format!(
+            "--max-object-bytes ({}) must be larger than {} bytes",
+            a.max_object_bytes,
+            crate::receiver::record::STORE_HEADROOM_BYTES
+        )));
+    }
     Ok(())
 }
 

@@ -218,12 +218,13 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| {
-            ApiError::new(
+        .map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+            Some(_) => ApiError::new(
                 413,
                 "RequestEntityTooLarge",
-                format!("failed to read request body: {e}"),
-            )
+                format!("Request entity too large: limit is {MAX_BODY}"),
+            ),
+            None => ApiError::bad_request(format!("failed to read request body: {e}")),
         })
 }
 

@@ -45,6 +45,12 @@
 //!   leaves without a generation.
 //! - Status subresource: main-resource writes keep the stored `.status` (and create drops it);
 //!   `/status` writes change only `.status`.
+//! - Size limits: a request body over 3 MiB is a 413 `RequestEntityTooLarge` ("Request entity too large:
+//!   limit is 3145728" on the real server); a stored object over etcd's default 1.5 MiB
+//!   (`--max-request-bytes` 1572864, measured on the object's JSON) is refused as kube-apiserver passes
+//!   etcd's refusal on: HTTP 500, a `Status` with an empty reason and the message
+//!   `etcdserver: request is too large` (kubernetes/kubernetes#112152 asks for a 4xx; it is still a 500).
+//!   Nothing is stored.
 //! - Secrets: `stringData` is merged into `data` as base64; `data` must be valid base64 (400).
 //! - Errors are `metav1.Status` bodies with `reason`, `code`, `message` and `details{name,group,kind}`.
 //! - Patches: `merge-patch+json` (RFC 7386); `json-patch+json` (RFC 6902, where a `test` for `null`

@@ -364,6 +364,19 @@ impl Process {
         p
     }
 
+    /// Resident memory of the operator process, from `/proc/<pid>/status`.
+    #[allow(dead_code)]
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+
     /// SIGKILL: no graceful shutdown, no lease release, no final status write.
     pub async fn kill(mut self) {
         self.child.kill().await.unwrap();

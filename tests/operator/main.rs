@@ -9,6 +9,7 @@ mod examples;
 mod fuzz_corpus;
 mod harness;
 mod leader;
+mod limits;
 mod logs;
 mod receiver;
 mod recorder;

@@ -221,6 +221,7 @@ pub async fn run_with(
         .map_err(RunError::HttpClient)?,
     );
     let namespace = args.namespace.clone();
+    let leader_gauge = metrics.leader.clone();
     let controllers = {
         let shutdown = shutdown.clone();
         async move {
@@ -231,7 +232,7 @@ pub async fn run_with(
                     identity,
                     duration_seconds: args.lease_duration_seconds.max(2),
                 };
-                leader::run_while_leader(client, settings, shutdown, move |stop| {
+                leader::run_while_leader(client, settings, shutdown, leader_gauge, move |stop| {
                     Box::pin(controllers::run(
                         ctx.clone(),
                         namespace.clone(),
@@ -240,7 +241,9 @@ pub async fn run_with(
                 })
                 .await?;
             } else {
+                leader_gauge.set(1);
                 controllers::run(ctx, namespace, shutdown.cancelled_owned()).await;
+                leader_gauge.set(0);
             }
             Ok::<(), RunError>(())
         }

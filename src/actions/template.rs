@@ -148,7 +148,7 @@ pub fn render(
         buf: Vec::new(),
         overflowed: false,
     };
-    match template.render_to_write(Value::from_serialize(context), &mut out) {
+    match template.render_captured_to(Value::from_serialize(context), &mut out) {
         Ok(_) => {}
         Err(_) if out.overflowed => {
             return Err(TemplateError(format!(

@@ -9,8 +9,8 @@
 //! still reconciling would run side effects twice.
 
 use kube::Client;
-use prometheus_client::metrics::gauge::Gauge;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::pin::Pin;
 use tokio_util::sync::CancellationToken;

@@ -63,8 +63,9 @@ pub struct ControllerLabels {
 /// Labels naming a watch stream.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabels {
-    /// The watched resource (`webhookroutes`, `webhookdeliveries`, `jobs`, `asccredentials`).
-    pub resource: &'static str,
+    /// `receiver` (the route store every replica keeps) or the controller whose watches failed
+    /// (`delivery`, `route`, `credential`).
+    pub stream: &'static str,
 }
 
 /// Every metric the operator exports, registered once at start-up.

@@ -5,7 +5,7 @@ use crate::asc::api::AscClientOptions;
 use crate::cli::RunArgs;
 use crate::controllers::{self, Context, Settings};
 use crate::leader::{self, LeaseSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WatchLabels};
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
 use crate::receiver::serve::ServeLimits;
@@ -132,27 +132,32 @@ pub async fn run_with(
         None => Api::all(client.clone()),
     };
     let (routes, writer) = reflector::store();
-    let route_stream = reflector(
-        writer,
-        // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates are
-        // the bulk), status, managed fields and annotations (kubectl's last-applied copy of the spec)
-        // keeps 1,000 routes small.
-        watcher(routes_api, watcher::Config::default().any_semantic()).modify(
-            |route: &mut WebhookRoute| {
-                route.spec.rules.clear();
-                route.status = None;
-                route.metadata.managed_fields = None;
-                route.metadata.annotations = None;
-            },
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "route watch interrupted; retrying");
-        }
-    });
+    let route_stream = {
+        let readiness = readiness.clone();
+        let metrics = metrics.clone();
+        reflector(
+            writer,
+            // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates
+            // are the bulk), status, managed fields and annotations (kubectl's last-applied copy of the
+            // spec) keeps 1,000 routes small.
+            watcher(routes_api, watcher::Config::default().any_semantic()).modify(
+                |route: &mut WebhookRoute| {
+                    route.spec.rules.clear();
+                    route.status = None;
+                    route.metadata.managed_fields = None;
+                    route.metadata.annotations = None;
+                },
+            ),
+        )
+        .default_backoff()
+        .for_each(move |event| {
+            match event {
+                Ok(_) => readiness.clear_problem(),
+                Err(e) => route_watch_failed(&e, &readiness, &metrics),
+            }
+            futures::future::ready(())
+        })
+    };
     tokio::spawn(route_stream);
     {
         let routes = routes.clone();
@@ -253,6 +258,25 @@ pub async fn run_with(
     c?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A failing route watch: counted, logged at error with what to do when a person has to act (missing
+/// CRDs, RBAC), and shown by `/readyz` until the watch works again.
+fn route_watch_failed(e: &watcher::Error, readiness: &Readiness, metrics: &Metrics) {
+    metrics
+        .watch_errors
+        .get_or_create(&WatchLabels { stream: "receiver" })
+        .inc();
+    let problem = crate::diagnose::watch_problem("webhookroutes", e);
+    if problem.needs_action() {
+        tracing::error!(
+            problem = problem.message(),
+            "cannot watch routes; not ready"
+        );
+        readiness.set_problem(problem.message().to_owned());
+    } else {
+        tracing::warn!(error = %e, "route watch interrupted; retrying");
+    }
 }
 
 /// Limits that cannot work together are refused at start, not discovered on the first request.

@@ -28,7 +28,8 @@ pub const MANAGED_BY: &str = "asc-webhook-operator";
 /// by [`OMITTED_MARKER`] and named in `ASC_OMITTED`.
 pub const MAX_ENV_VALUE_BYTES: usize = 64 * 1024;
 /// The value of a variable that was too large to pass.
-pub const OMITTED_MARKER: &str = "(omitted: larger than 64 KiB; read the WebhookDelivery's spec.payload)";
+pub const OMITTED_MARKER: &str =
+    "(omitted: larger than 64 KiB; read the WebhookDelivery's spec.payload)";
 /// Comma-separated names of the variables replaced by [`OMITTED_MARKER`]; empty when none were.
 pub const ENV_OMITTED: &str = "ASC_OMITTED";
 

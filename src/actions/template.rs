@@ -157,8 +157,7 @@ pub fn render(
         }
         Err(e) => return Err(e.into()),
     }
-    String::from_utf8(out.buf)
-        .map_err(|_| TemplateError("the rendered body is not UTF-8".into()))
+    String::from_utf8(out.buf).map_err(|_| TemplateError("the rendered body is not UTF-8".into()))
 }
 
 #[cfg(test)]

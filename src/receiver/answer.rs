@@ -128,7 +128,10 @@ mod tests {
         let r = Answer::Unavailable("x".into()).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-        assert_eq!(Answer::Busy.into_response().headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            Answer::Busy.into_response().headers()[header::RETRY_AFTER],
+            "5"
+        );
         assert!(
             Answer::RateLimited
                 .into_response()

@@ -150,9 +150,8 @@ async fn read_body(rx: &Receiver, declared: Option<usize>, body: Body) -> Result
         let mut body = body;
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(max));
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| {
-                Answer::BadRequest("the request body could not be read".into())
-            })?;
+            let frame = frame
+                .map_err(|_| Answer::BadRequest("the request body could not be read".into()))?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > max {
                     return Err(Answer::TooLarge);

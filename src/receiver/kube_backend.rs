@@ -225,7 +225,11 @@ mod tests {
                     ))
                     .unwrap()
             };
-            expect_create(&mut handle, too_large(500, "etcdserver: request is too large")).await;
+            expect_create(
+                &mut handle,
+                too_large(500, "etcdserver: request is too large"),
+            )
+            .await;
             expect_create(
                 &mut handle,
                 too_large(413, "Request entity too large: limit is 3145728"),
@@ -248,7 +252,10 @@ mod tests {
             ));
         }
         assert!(
-            matches!(sink.record(delivery()).await, Err(SinkError::Unavailable(_))),
+            matches!(
+                sink.record(delivery()).await,
+                Err(SinkError::Unavailable(_))
+            ),
             "missing RBAC can be fixed: Apple should come back"
         );
         verifier.await.unwrap();

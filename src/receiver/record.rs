@@ -138,7 +138,10 @@ pub(crate) mod tests {
         let event = WebhookEvent::parse(Bytes::from(raw.clone())).unwrap();
         let d = build_delivery(&route(), &event, None, "2026-01-01T00:00:00Z");
         let limit = 1_572_864;
-        assert!(raw.len() < limit * 6 / 10, "the body itself is well below the limit");
+        assert!(
+            raw.len() < limit * 6 / 10,
+            "the body itself is well below the limit"
+        );
         let err = check_fits(&d, limit).unwrap_err();
         assert!(err.size > limit && err.size > 2 * raw.len() - 100, "{err}");
         assert!(err.to_string().contains("1572864"), "{err}");

@@ -153,7 +153,9 @@ async fn both_led_at_once(client: &reqwest::Client, urls: &[String]) -> bool {
     }
     let [first, second] = passes;
     (0..urls.len()).any(|i| {
-        first[i] && second[i] && (0..urls.len()).any(|j| (j > i && first[j]) || (j < i && second[j]))
+        first[i]
+            && second[i]
+            && (0..urls.len()).any(|j| (j > i && first[j]) || (j < i && second[j]))
     })
 }
 
@@ -185,7 +187,10 @@ async fn replicas_racing_for_a_released_lease_never_both_lead() {
         start("race-2".into()).await,
     ];
     let urls = std::sync::Arc::new(std::sync::Mutex::new(
-        replicas.iter().map(|(_, op)| op.admin_url.clone()).collect::<Vec<_>>(),
+        replicas
+            .iter()
+            .map(|(_, op)| op.admin_url.clone())
+            .collect::<Vec<_>>(),
     ));
     let done = tokio_util::sync::CancellationToken::new();
     let watcher = {
@@ -214,11 +219,15 @@ async fn replicas_racing_for_a_released_lease_never_both_lead() {
         // A graceful stop releases the lease: the two waiting replicas race for it.
         op.stop().await;
         urls.lock().unwrap().remove(at);
-        eventually("another replica takes over", Duration::from_secs(15), || {
-            let h = holder(&api);
-            let leader = leader.clone();
-            async move { h.filter(|h| *h != leader) }
-        })
+        eventually(
+            "another replica takes over",
+            Duration::from_secs(15),
+            || {
+                let h = holder(&api);
+                let leader = leader.clone();
+                async move { h.filter(|h| *h != leader) }
+            },
+        )
         .await;
         let fresh = start(format!("race-{}", round + 3)).await;
         urls.lock().unwrap().push(fresh.1.admin_url.clone());
@@ -231,7 +240,9 @@ async fn replicas_racing_for_a_released_lease_never_both_lead() {
     // The fencing itself: the holder applied the Lease under its own field manager, so another
     // replica's apply of holderIdentity conflicts instead of silently taking it over.
     let holder = holder(&api).expect("a holder");
-    let lease = api.get_object("leases", NS, "asc-webhook-operator").unwrap();
+    let lease = api
+        .get_object("leases", NS, "asc-webhook-operator")
+        .unwrap();
     let managers: Vec<&str> = lease["metadata"]["managedFields"]
         .as_array()
         .unwrap()

@@ -93,7 +93,10 @@ async fn two_hundred_stalled_max_size_uploads_stay_within_budget_and_events_stil
         match answered(upload).await {
             Some(text) => {
                 assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-                assert!(text.to_ascii_lowercase().contains("retry-after: 5"), "{text}");
+                assert!(
+                    text.to_ascii_lowercase().contains("retry-after: 5"),
+                    "{text}"
+                );
                 busy += 1;
             }
             None => held += 1,
@@ -144,11 +147,9 @@ async fn a_signed_event_too_large_to_store_gets_413_before_any_write_every_time(
     assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
     assert_eq!(delivery_creates(&api), 0, "refused before writing");
     assert!(deliveries(&api).is_empty());
-    assert!(
-        op.metrics()
-            .await
-            .contains(r#"asc_webhook_receiver_requests_total{route="ios/release",outcome="unstorable"} 3"#)
-    );
+    assert!(op.metrics().await.contains(
+        r#"asc_webhook_receiver_requests_total{route="ios/release",outcome="unstorable"} 3"#
+    ));
     op.stop().await;
 }
 
@@ -158,7 +159,12 @@ async fn an_api_server_size_refusal_is_a_final_413_not_a_503() {
     // An operator told the API server stores more than it does: the server's refusal decides.
     let op = Operator::start(
         &api,
-        &["--max-body-bytes", "1048576", "--max-object-bytes", "4000000"],
+        &[
+            "--max-body-bytes",
+            "1048576",
+            "--max-object-bytes",
+            "4000000",
+        ],
     )
     .await;
     let body = quote_heavy_ping("too-big-2", 460_000);

@@ -15,4 +15,5 @@ mod receiver;
 mod recorder;
 mod reliability;
 mod scenarios;
+mod startup;
 mod world;

@@ -218,14 +218,16 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
-            Some(_) => ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                format!("Request entity too large: limit is {MAX_BODY}"),
-            ),
-            None => ApiError::bad_request(format!("failed to read request body: {e}")),
-        })
+        .map_err(
+            |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                Some(_) => ApiError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("Request entity too large: limit is {MAX_BODY}"),
+                ),
+                None => ApiError::bad_request(format!("failed to read request body: {e}")),
+            },
+        )
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {

@@ -69,6 +69,7 @@ impl From<&RunArgs> for Settings {
             retry_base_delay: a.retry_base_delay,
             retry_max_delay: a.retry_max_delay,
             recheck_interval: a.recheck_interval,
+            secret_recheck_interval: a.secret_recheck_interval,
             max_concurrent_reconciles: a.max_concurrent_reconciles.max(1),
             asc: AscClientOptions {
                 request_timeout: a.asc_api_timeout,

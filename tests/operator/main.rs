@@ -11,6 +11,7 @@ mod harness;
 mod leader;
 mod limits;
 mod logs;
+mod manifests;
 mod receiver;
 mod recorder;
 mod reliability;

@@ -159,16 +159,7 @@ where
                     tracing::debug!(%obj, controller, "object gone before its reconcile")
                 }
                 Err(controller::Error::QueueError(e)) => {
-                    metrics
-                        .watch_errors
-                        .get_or_create(&WatchLabels { stream: controller })
-                        .inc();
-                    let problem = crate::diagnose::watch_problem(watched, &e);
-                    if problem.needs_action() {
-                        tracing::error!(controller, problem = problem.message(), "controller cannot watch its resources");
-                    } else {
-                        tracing::warn!(controller, error = %e, "controller watch interrupted; retrying");
-                    }
+                    watch_failed(controller, watched, &e, &metrics)
                 }
                 Err(e) => {
                     metrics
@@ -181,6 +172,24 @@ where
             futures::future::ready(())
         })
         .await;
+}
+
+/// Counts a watch error and logs it, at error with what to do when a person has to act.
+fn watch_failed(controller: &'static str, watched: &str, e: &watcher::Error, metrics: &Metrics) {
+    metrics
+        .watch_errors
+        .get_or_create(&WatchLabels { stream: controller })
+        .inc();
+    let problem = crate::diagnose::watch_problem(watched, e);
+    if problem.needs_action() {
+        tracing::error!(
+            controller,
+            problem = problem.message(),
+            "controller cannot watch its resources"
+        );
+    } else {
+        tracing::warn!(controller, error = %e, "controller watch interrupted; retrying");
+    }
 }
 
 /// Time the controllers get to finish running reconciles once shutdown is requested.
@@ -227,11 +236,15 @@ pub async fn run(
     let route_store = route_controller.store();
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
-    let delivery_events = watcher(
-        api::<WebhookDelivery>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff();
+    let metrics = ctx.metrics.clone();
+    let delivery_events = futures::TryStreamExt::inspect_err(
+        watcher(
+            api::<WebhookDelivery>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff(),
+        move |e| watch_failed("route", "webhookdeliveries", e, &metrics),
+    );
     let route_triggers = ctx.deliveries.clone().follow(delivery_events);
     let (credential_store, credential_events) = slim_cache(
         api::<AscCredential>(&client, ns),

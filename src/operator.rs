@@ -324,3 +324,33 @@ async fn forward_signals(shutdown: CancellationToken) {
     tracing::info!("shutting down: no new requests, finishing those in flight");
     shutdown.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = ["asc-webhook-operator", "run"].iter().chain(extra).copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn limits_that_cannot_work_together_are_refused_at_start() {
+        assert!(check_settings(&args(&[])).is_ok());
+        let err = check_settings(&args(&[
+            "--max-body-bytes",
+            "1048576",
+            "--max-inflight-body-bytes",
+            "1048576",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--max-body-bytes"), "{err}");
+        assert!(check_settings(&args(&["--max-object-bytes", "1000"])).is_err());
+    }
+}

@@ -147,8 +147,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_panicking_request_answers_500_and_the_receiver_keeps_serving() {
+    fn ios_release() -> WebhookRoute {
         let mut route = WebhookRoute::new(
             "release",
             WebhookRouteSpec {
@@ -163,6 +162,45 @@ mod tests {
             },
         );
         route.metadata.namespace = Some("ios".into());
+        route
+    }
+
+    #[tokio::test]
+    async fn a_body_without_room_in_the_budget_gets_503_and_is_never_read() {
+        let rx = Receiver::new(
+            Arc::new(OneRoute(Arc::new(ios_release()))),
+            Arc::new(FixedSecret),
+            Arc::new(PanickingSink),
+            ReceiverConfig {
+                max_body_bytes: 64 * 1024,
+                max_inflight_body_bytes: 64 * 1024,
+                ..ReceiverConfig::default()
+            },
+            Metrics::new(),
+        );
+        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = polled.clone();
+        let body = futures::stream::poll_fn(move |_| {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::task::Poll::Ready(None::<Result<bytes::Bytes, std::io::Error>>)
+        });
+        // Seven eighths of 64 KiB are open to large bodies: 60,000 bytes do not fit.
+        let request = Request::post("/hooks/ios/release")
+            .header(http::header::CONTENT_LENGTH, "60000")
+            .body(Body::from_stream(body))
+            .unwrap();
+        let response = rx.router().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "5");
+        assert!(
+            !polled.load(std::sync::atomic::Ordering::SeqCst),
+            "body read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_answers_500_and_the_receiver_keeps_serving() {
+        let route = ios_release();
         let rx = Receiver::new(
             Arc::new(OneRoute(Arc::new(route))),
             Arc::new(FixedSecret),

@@ -185,3 +185,71 @@ async fn an_api_server_size_refusal_is_a_final_413_not_a_503() {
     assert!(deliveries(&api).is_empty(), "nothing stored");
     op.stop().await;
 }
+
+#[tokio::test]
+async fn headers_that_do_not_arrive_in_time_close_the_connection() {
+    let api = stage().await;
+    let op = Operator::start(&api, &["--header-read-timeout", "300ms"]).await;
+    let addr = op.url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"POST /hooks/ios/release HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    let (status, _) = op
+        .post("release", &fixture("webhook-ping"), WEBHOOK_SECRET)
+        .await;
+    assert_eq!(status, 202, "a prompt request is served");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_counted() {
+    let api = stage().await;
+    let op = Operator::start(&api, &["--max-connections", "2"]).await;
+    let addr = op.url.trim_start_matches("http://").to_owned();
+    let held = [
+        TcpStream::connect(&addr).await.unwrap(),
+        TcpStream::connect(&addr).await.unwrap(),
+    ];
+    // Give the server time to accept both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /hooks/ios/release HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no answer over the limit");
+    assert!(
+        op.metrics()
+            .await
+            .contains("asc_webhook_receiver_refused_connections_total 1"),
+    );
+    drop(held);
+    let body = fixture("webhook-ping");
+    let signed = asc_webhook_operator::asc::signature::sign(WEBHOOK_SECRET.as_bytes(), &body);
+    eventually("a slot is free again", Duration::from_secs(5), || {
+        let request = reqwest::Client::new()
+            .post(format!("{}/hooks/{NS}/release", op.url))
+            .header(asc_webhook_operator::asc::signature::HEADER, &signed)
+            .body(body.clone());
+        // Until the server has seen the held connections close, a new one may still be refused.
+        async move {
+            let status = request.send().await.ok()?.status();
+            (status == 202).then_some(())
+        }
+    })
+    .await;
+    op.stop().await;
+}

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub watch_errors: Family<WatchLabels, Counter>,
     /// 1 while this replica holds the leader Lease and runs the controllers (always 1 without election).
     pub leader: Gauge,
+    /// Delivery status writes refused because the copy they were decided on was stale (a lagging cache).
+    pub stale_writes: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -160,6 +162,12 @@ impl Metrics {
             "Actions run, by kind and outcome",
             actions.clone(),
         );
+        let stale_writes = Counter::default();
+        registry.register(
+            "controller_stale_writes",
+            "Delivery status writes refused because the cached copy was stale; the pass started again from a fresh read",
+            stale_writes.clone(),
+        );
         registry.register(
             "action_duration_seconds",
             "Duration of one action attempt",
@@ -196,6 +204,7 @@ impl Metrics {
             reconcile_duration,
             actions,
             action_duration,
+            stale_writes,
         }
     }
 

@@ -1,6 +1,7 @@
 //! What every reconciler shares: the client, settings, metrics, the Event recorder, App Store Connect
 //! clients per credential, and the per-object failure counts behind the retry backoff.
 
+use super::delivery::jobs::JobFact;
 use super::delivery_index::DeliveryIndex;
 use super::route::SecretFacts;
 use crate::asc::api::{AscClient, AscClientOptions};
@@ -110,6 +111,9 @@ pub struct Context {
     /// Summaries of every delivery by route, fed by a watch (the route controller counts from it).
     pub deliveries: DeliveryIndex,
     credentials: OnceLock<Store<AscCredential>>,
+    routes: OnceLock<Store<WebhookRoute>>,
+    /// What the Job watch last showed of each managed Job, by `namespace/name`.
+    job_facts: moka::sync::Cache<String, JobFact>,
     route_facts: moka::sync::Cache<String, SecretFacts>,
     recorder: Recorder,
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
@@ -137,6 +141,12 @@ impl Context {
             http: crate::actions::http::client()?,
             deliveries: DeliveryIndex::default(),
             credentials: OnceLock::new(),
+            routes: OnceLock::new(),
+            // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
+            job_facts: moka::sync::Cache::builder()
+                .max_capacity(50_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             // Bounded by the routes that exist; entries of deleted routes age out.
             route_facts: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -156,6 +166,28 @@ impl Context {
     /// Hands the route controller the credential store (once; later calls are ignored).
     pub fn set_credentials(&self, store: Store<AscCredential>) {
         let _ = self.credentials.set(store);
+    }
+
+    /// The route controller's cache of routes, once the controllers started.
+    pub fn routes(&self) -> Option<&Store<WebhookRoute>> {
+        self.routes.get()
+    }
+
+    /// Hands the delivery controller the route store (once; later calls are ignored).
+    pub fn set_routes(&self, store: Store<WebhookRoute>) {
+        let _ = self.routes.set(store);
+    }
+
+    /// What the Job watch last showed of Job `namespace/name`.
+    pub fn job_fact(&self, namespace: &str, name: &str) -> Option<JobFact> {
+        self.job_facts.get(&format!("{namespace}/{name}"))
+    }
+
+    /// Remembers what the Job watch shows of `job`.
+    pub fn remember_job(&self, job: &k8s_openapi::api::batch::v1::Job) {
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+        self.job_facts
+            .insert(key, super::delivery::jobs::fact_of(job));
     }
 
     /// What was last read about `route`'s Secrets.

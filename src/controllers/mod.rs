@@ -5,7 +5,6 @@ pub mod context;
 pub mod credential;
 pub mod delivery;
 pub mod delivery_index;
-pub mod delivery_state;
 pub mod matching;
 pub mod route;
 pub mod route_status;
@@ -212,8 +211,22 @@ pub async fn run(
         .labels(&format!("!{LABEL_FINISHED}"));
     let (delivery_store, delivery_stream) =
         slim_cache(api::<WebhookDelivery>(&client, ns), unfinished);
+    // Every Job event (deletions included) is remembered before it triggers its delivery, so the outcome
+    // of a Job that finished and was then removed by its TTL is still known.
+    let job_ctx = ctx.clone();
+    let job_events = watcher(api::<Job>(&client, ns), jobs_cfg)
+        .default_backoff()
+        .inspect(move |e| {
+            if let Ok(
+                watcher::Event::Apply(j) | watcher::Event::InitApply(j) | watcher::Event::Delete(j),
+            ) = e
+            {
+                job_ctx.remember_job(j);
+            }
+        })
+        .touched_objects();
     let deliveries = Controller::for_stream(delivery_stream, delivery_store)
-        .owns(api::<Job>(&client, ns), jobs_cfg)
+        .owns_stream(job_events)
         .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -234,6 +247,7 @@ pub async fn run(
     );
     let route_controller = Controller::for_stream(route_stream, route_store);
     let route_store = route_controller.store();
+    ctx.set_routes(route_store.clone());
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
     let metrics = ctx.metrics.clone();

@@ -5,6 +5,7 @@
 mod chart;
 mod contract;
 mod credentials;
+mod exactly_once;
 mod examples;
 mod fuzz_corpus;
 mod harness;

@@ -169,6 +169,11 @@ pub(crate) async fn serve(
         rec.injected = true;
         let outcome = match fault {
             Fault::Status(code) => Ok(error_response(&ApiError::for_code(code))),
+            Fault::StatusMessage(code, message) => {
+                let mut e = ApiError::for_code(code);
+                e.message = message;
+                Ok(error_response(&e))
+            }
             Fault::Timeout => {
                 tokio::time::sleep(shared.opts.timeout_fault_delay).await;
                 Ok(error_response(&ApiError::for_code(504)))
@@ -579,6 +584,7 @@ fn start_watch(
         bookmark_interval: shared.opts.bookmark_interval,
         timeout,
         metadata_only,
+        delay: shared.watch_delay.clone(),
     };
     let chunks = watch::start(&shared.store.lock(), spec, shared.kill_tx.subscribe());
     let mut r = Response::new(Body::from_stream(

@@ -125,6 +125,7 @@
 //! # Test hooks
 //! Faults ([`FakeApiServer::fail_next`], [`FakeApiServer::add_fault`] with a [`FaultRule`]),
 //! [`FakeApiServer::set_refuse_connections`], [`FakeApiServer::set_latency`],
+//! [`FakeApiServer::set_watch_delay`] (watch events arrive late, as from a loaded watch cache),
 //! [`FakeApiServer::pause`]/[`FakeApiServer::resume`], [`FakeApiServer::disconnect_all`],
 //! [`FakeApiServer::compact`]; introspection ([`FakeApiServer::request_log`],
 //! [`FakeApiServer::count_requests`]); direct store access ([`FakeApiServer::get_object`],
@@ -301,6 +302,7 @@ impl FakeApiServer {
             kill_tx: tokio::sync::watch::Sender::new(0),
             refuse: AtomicBool::new(false),
             latency: Mutex::new(Duration::ZERO),
+            watch_delay: Arc::new(Mutex::new(Duration::ZERO)),
             paused: tokio::sync::watch::Sender::new(false),
             addr,
         });
@@ -422,6 +424,12 @@ impl FakeApiServer {
     /// Delay added before every request is handled (watch events are not delayed).
     pub fn set_latency(&self, latency: Duration) {
         *self.shared.latency.lock() = latency;
+    }
+
+    /// Delivers every live watch event `delay` after the write that caused it (order kept), as a
+    /// loaded real API server's watch cache does: controllers then act on stale copies.
+    pub fn set_watch_delay(&self, delay: Duration) {
+        *self.shared.watch_delay.lock() = delay;
     }
 
     /// Holds every new request until [`Self::resume`].

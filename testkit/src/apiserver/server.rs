@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub kill_tx: tokio::sync::watch::Sender<u64>,
     pub refuse: AtomicBool,
     pub latency: Mutex<Duration>,
+    /// How late watch events arrive (the real watch cache lags the write that caused them).
+    pub watch_delay: std::sync::Arc<Mutex<Duration>>,
     pub paused: tokio::sync::watch::Sender<bool>,
     pub addr: SocketAddr,
 }

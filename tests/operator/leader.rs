@@ -162,6 +162,9 @@ async fn both_led_at_once(client: &reqwest::Client, urls: &[String]) -> bool {
 #[tokio::test]
 async fn replicas_racing_for_a_released_lease_never_both_lead() {
     let api = fake_api().await;
+    // Requests that take a different time each, as on a real API server, so the two waiting replicas'
+    // reads and writes interleave differently from round to round.
+    api.set_latency_jitter(Duration::from_millis(40));
     let flags = |id: &str| {
         vec![
             "--leader-election".to_owned(),

@@ -159,7 +159,8 @@ pub(crate) async fn serve(
             break;
         }
     }
-    let latency = *shared.latency.lock();
+    let jitter = *shared.latency_jitter.lock();
+    let latency = *shared.latency.lock() + jitter.mul_f64(shared.next_unit_random());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

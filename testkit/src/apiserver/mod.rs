@@ -125,6 +125,7 @@
 //! # Test hooks
 //! Faults ([`FakeApiServer::fail_next`], [`FakeApiServer::add_fault`] with a [`FaultRule`]),
 //! [`FakeApiServer::set_refuse_connections`], [`FakeApiServer::set_latency`],
+//! [`FakeApiServer::set_latency_jitter`],
 //! [`FakeApiServer::set_watch_delay`] (watch events arrive late, as from a loaded watch cache),
 //! [`FakeApiServer::pause`]/[`FakeApiServer::resume`], [`FakeApiServer::disconnect_all`],
 //! [`FakeApiServer::compact`]; introspection ([`FakeApiServer::request_log`],
@@ -302,6 +303,8 @@ impl FakeApiServer {
             kill_tx: tokio::sync::watch::Sender::new(0),
             refuse: AtomicBool::new(false),
             latency: Mutex::new(Duration::ZERO),
+            latency_jitter: Mutex::new(Duration::ZERO),
+            jitter_rng: std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             watch_delay: Arc::new(Mutex::new(Duration::ZERO)),
             paused: tokio::sync::watch::Sender::new(false),
             addr,
@@ -424,6 +427,13 @@ impl FakeApiServer {
     /// Delay added before every request is handled (watch events are not delayed).
     pub fn set_latency(&self, latency: Duration) {
         *self.shared.latency.lock() = latency;
+    }
+
+    /// Adds a different delay to each request, uniformly up to `max`, on top of
+    /// [`FakeApiServer::set_latency`]: as on a real API server, concurrent requests then finish in an
+    /// order other than the one they were sent in (races between clients show up).
+    pub fn set_latency_jitter(&self, max: Duration) {
+        *self.shared.latency_jitter.lock() = max;
     }
 
     /// Delivers every live watch event `delay` after the write that caused it (order kept), as a

@@ -16,7 +16,7 @@
 //! Reported per server: requests/s, latency p50/p99/max (hdrhistogram, µs, send → full response read),
 //! server CPU per request (the server threads' run time from `/proc/self/task/*/schedstat`), and the
 //! receiver/bare ratios. The run checks its own results and exits non-zero if any answer is not the one
-//! PRODUCT.md prescribes.
+//! docs/RESOURCES.md prescribes.
 //!
 //! `cargo bench --bench receiver_load` runs the full benchmark (~30 s). Without `--bench` (for example
 //! `cargo test --benches`) it runs a short smoke pass with the same checks. Environment overrides:
@@ -475,7 +475,7 @@ fn report(title: &str, bare: &Stats, receiver: &Stats, ratios: &[f64], mixed: bo
     }
 }
 
-/// The answers PRODUCT.md prescribes, checked; returns the problems found.
+/// The answers docs/RESOURCES.md prescribes, checked; returns the problems found.
 fn check(
     bare: &Stats,
     receiver: &Stats,

@@ -115,6 +115,25 @@ pub struct RunArgs {
     /// First delay between App Store Connect API retries (doubles each time; `Retry-After` wins).
     #[arg(long, env = "ASC_API_RETRY_BASE_DELAY", default_value = "500ms", value_parser = parse_duration)]
     pub asc_api_retry_base_delay: Duration,
+    /// Origins (`scheme://host[:port]`, comma-separated) that `AscCredential`s may name as `apiUrl`. A
+    /// credential pointing anywhere else is not Ready (`ApiUrlNotAllowed`) and no token is minted for it,
+    /// so nobody can point `apiUrl` at their own host and collect tokens minted from someone else's key.
+    #[arg(long, env = "ASC_API_ORIGINS", value_delimiter = ',', default_value = crate::asc::api::DEFAULT_API_URL, value_parser = crate::asc::origins::parse_origin)]
+    pub asc_api_origins: Vec<String>,
+    /// Networks HTTP actions may not connect to (comma-separated CIDRs or addresses), checked on the
+    /// resolved address at connect time; `none` allows everything. The pod's own addresses
+    /// (`--pod-ips`) are added to any list but `none`. Private ranges are allowed unless listed.
+    #[arg(long, env = "ASC_HTTP_ACTION_DENY_CIDRS", default_value = crate::actions::egress::DEFAULT_DENY_CIDRS, value_parser = crate::actions::egress::parse_deny_cidrs)]
+    pub http_action_deny_cidrs: crate::actions::egress::DenyList,
+    /// This pod's own addresses (comma-separated; the chart passes the downward API's `status.podIPs`),
+    /// so HTTP actions cannot call the operator's own ports through them.
+    #[arg(long, env = "ASC_POD_IPS", value_delimiter = ',')]
+    pub pod_ips: Vec<std::net::IpAddr>,
+    /// ServiceAccount (in the route's namespace) the operator impersonates for routes that name none in
+    /// `spec.serviceAccountName`. Unset: such routes act with the operator's own identity, which suits a
+    /// cluster with one team; set it when several teams share the cluster.
+    #[arg(long, env = "ASC_DEFAULT_SERVICE_ACCOUNT")]
+    pub default_service_account: Option<String>,
     /// Elect a leader through a Lease so only one replica runs the controllers (every replica receives).
     #[arg(long, env = "ASC_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,

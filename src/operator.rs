@@ -2,7 +2,9 @@
 //! then waits for SIGTERM and shuts down gracefully.
 
 use crate::asc::api::AscClientOptions;
+use crate::asc::origins::AllowedOrigins;
 use crate::cli::RunArgs;
+use crate::controllers::impersonation::ActionClients;
 use crate::controllers::{self, Context, Settings};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::{Metrics, WatchLabels};
@@ -77,6 +79,12 @@ impl From<&RunArgs> for Settings {
                 base_delay: a.asc_api_retry_base_delay,
                 ..AscClientOptions::default()
             },
+            asc_origins: AllowedOrigins::new(a.asc_api_origins.iter().cloned()),
+            http_deny: a.http_action_deny_cidrs.clone().with_addresses(&a.pod_ips),
+            default_service_account: a
+                .default_service_account
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
         }
     }
 }
@@ -121,7 +129,7 @@ pub async fn run_with(
     let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
     // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
     // the API server is down, but say 503 and let Apple (or `send`) come back.
-    let mut receiver_config = config;
+    let mut receiver_config = config.clone();
     receiver_config.default_retry = false;
     receiver_config.read_timeout = Some(Duration::from_secs(5));
     let receiver_client = Client::try_from(receiver_config).map_err(RunError::Client)?;
@@ -224,7 +232,8 @@ pub async fn run_with(
             Settings::from(&args),
             reporter,
         )
-        .map_err(RunError::HttpClient)?,
+        .map_err(RunError::HttpClient)?
+        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
     );
     let namespace = args.namespace.clone();
     let leader_gauge = metrics.leader.clone();

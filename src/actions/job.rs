@@ -58,6 +58,49 @@ pub enum JobTemplateError {
     /// Jobs only allow `Never` or `OnFailure`.
     #[error("job.template's restartPolicy must be Never or OnFailure, not {0}")]
     RestartPolicy(String),
+    /// A command or args entry names an event variable in `$(…)`, which Kubernetes expands.
+    #[error(
+        "container {container:?} mentions $(ASC_…) in its {field}: Kubernetes expands $(VAR) in \
+         command and args, so event text (TestFlight feedback, say) would become part of the command \
+         line; read \"$ASC_…\" from the environment inside the script instead"
+    )]
+    UnsafeExpansion {
+        /// The container's name.
+        container: String,
+        /// `command` or `args`.
+        field: &'static str,
+    },
+}
+
+/// Refuses templates whose `command` or `args` (of any container or init container) mention `$(ASC_`.
+///
+/// Kubernetes substitutes `$(VAR)` in `command` and `args` before the container starts, so
+/// `args: ["sh", "-c", "notify $(ASC_PAYLOAD)"]` hands a shell text that a TestFlight tester wrote. The
+/// same variables read as `"$ASC_PAYLOAD"` inside the script stay data. Even the escaped `$$(ASC_` is
+/// refused: one lost `$` in an edit turns it back into an expansion.
+pub fn check_expansions(template: &JobTemplateSpec) -> Result<(), JobTemplateError> {
+    let Some(pod) = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+    else {
+        return Ok(());
+    };
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        for (field, values) in [("command", &c.command), ("args", &c.args)] {
+            if values.iter().flatten().any(|v| v.contains("$(ASC_")) {
+                return Err(JobTemplateError::UnsafeExpansion {
+                    container: c.name.clone(),
+                    field,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The fastlane API-key variables, by reference to the credential's Secret.
@@ -114,6 +157,7 @@ pub fn build_job_reporting(
     api_key: Option<&ApiKeyEnv>,
 ) -> Result<BuiltJob, JobTemplateError> {
     let parsed = parse_template(template)?;
+    check_expansions(&parsed)?;
     let delivery = ctx.delivery;
     let route = &delivery.spec.route;
     let name = naming::job_name(route, rule, &delivery.spec.event_id);
@@ -276,6 +320,30 @@ mod tests {
             .env
             .clone()
             .unwrap()
+    }
+
+    #[test]
+    fn a_template_expanding_asc_variables_never_becomes_a_job() {
+        let d = delivery("build-upload-complete");
+        let unsafe_template = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "notify", "image": "alpine", "args": ["sh", "-c", "echo $(ASC_PAYLOAD)"]}]}}}});
+        let err = build_job(
+            "notify",
+            &unsafe_template,
+            &EventContext {
+                delivery: &d,
+                enrichment: None,
+            },
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            JobTemplateError::UnsafeExpansion {
+                container: "notify".into(),
+                field: "args"
+            }
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod context;
 pub mod credential;
 pub mod delivery;
 pub mod delivery_index;
+pub mod impersonation;
 pub mod matching;
 pub mod route;
 pub mod route_status;

@@ -1,6 +1,6 @@
 //! The webhook receiver: `POST /hooks/{namespace}/{route}` in, one durable `WebhookDelivery` per event out.
 //!
-//! Checks run in the order of PRODUCT.md's bad-input table — route, size and time limits, signature over
+//! Checks run in the order of the receiver's answer table (docs/RESOURCES.md) — route, size and time limits, signature over
 //! the raw bytes, parse — and nothing is written for a request that fails one. Routes come from an
 //! in-memory reflector store, never from an API call per request.
 
@@ -151,6 +151,7 @@ mod tests {
         let mut route = WebhookRoute::new(
             "release",
             WebhookRouteSpec {
+                service_account_name: None,
                 secret_ref: SecretKeySelector {
                     name: "hook".into(),
                     key: "k".into(),

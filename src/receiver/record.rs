@@ -113,6 +113,7 @@ pub(crate) mod tests {
         let mut r = WebhookRoute::new(
             "release",
             WebhookRouteSpec {
+                service_account_name: None,
                 secret_ref: SecretKeySelector {
                     name: "s".into(),
                     key: "k".into(),

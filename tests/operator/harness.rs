@@ -50,12 +50,19 @@ pub fn crds_as_kubectl_sends_them() -> Vec<String> {
 }
 
 pub async fn fake_api() -> FakeApiServer {
+    fake_api_with(|o| o).await
+}
+
+/// A fake API server with changed options (e.g. authorization on).
+pub async fn fake_api_with(
+    change: impl FnOnce(FakeApiServerOptions) -> FakeApiServerOptions,
+) -> FakeApiServer {
     let opts = FakeApiServerOptions {
         namespaces: vec!["default".into(), NS.into(), "payments".into()],
         crd_yaml: crds_as_kubectl_sends_them(),
         ..Default::default()
     };
-    FakeApiServer::start(opts).await
+    FakeApiServer::start(change(opts)).await
 }
 
 /// One operator process, in-process.
@@ -97,6 +104,7 @@ impl Operator {
             "2s",
         ];
         argv.extend_from_slice(extra);
+        argv.extend(test_defaults(extra));
         let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
         };
@@ -199,6 +207,30 @@ impl Operator {
             .await
             .unwrap()
     }
+}
+
+/// Flags every test operator gets unless the test sets them itself: HTTP actions go to the loopback
+/// recorder, so the egress guard is off unless a test turns it on.
+fn test_defaults(extra: &[&str]) -> Vec<&'static str> {
+    if extra.contains(&"--http-action-deny-cidrs") {
+        Vec::new()
+    } else {
+        vec!["--http-action-deny-cidrs", "none"]
+    }
+}
+
+/// `--asc-api-origins <mock>`: credentials in tests point at the mock, which the operator refuses
+/// unless told otherwise.
+pub fn origin_flags(asc: &AscMock) -> [String; 2] {
+    ["--asc-api-origins".to_owned(), asc.url()]
+}
+
+/// `base` followed by `more`, as the `&[&str]` the start functions take.
+pub fn flags<'a>(base: &'a [&'a str], more: &'a [String]) -> Vec<&'a str> {
+    base.iter()
+        .copied()
+        .chain(more.iter().map(String::as_str))
+        .collect()
 }
 
 /// Polls `check` until it yields a value, or panics naming `what`.
@@ -372,6 +404,7 @@ impl Process {
                 "json",
             ])
             .args(extra)
+            .args(test_defaults(extra))
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(std::process::Stdio::null())

@@ -46,6 +46,7 @@ async fn wait_done(api: &testkit::apiserver::FakeApiServer, name: &str) {
 #[tokio::test]
 async fn only_the_leader_reconciles_and_stopping_it_hands_over() {
     let (api, asc, hooks, _) = stage("failure-notifier").await;
+    let origin = origin_flags(&asc);
     let flags = |id: &'static str| {
         vec![
             "--leader-election",
@@ -55,6 +56,8 @@ async fn only_the_leader_reconciles_and_stopping_it_hands_over() {
             "3",
             "--identity",
             id,
+            origin[0].as_str(),
+            origin[1].as_str(),
         ]
     };
     let a = Operator::start(&api, &flags("replica-a")).await;
@@ -101,6 +104,7 @@ async fn only_the_leader_reconciles_and_stopping_it_hands_over() {
 #[tokio::test]
 async fn a_leader_that_stops_renewing_is_replaced_after_the_lease_expires() {
     let (api, asc, hooks, _) = stage("failure-notifier").await;
+    let origin = origin_flags(&asc);
     let dir = tempfile::tempdir().unwrap();
     let flags = |id: &'static str| {
         [
@@ -111,6 +115,8 @@ async fn a_leader_that_stops_renewing_is_replaced_after_the_lease_expires() {
             "2",
             "--identity",
             id,
+            origin[0].as_str(),
+            origin[1].as_str(),
         ]
     };
     let a = Process::start(&api, dir.path(), &flags("proc-a")).await;

@@ -5,6 +5,8 @@
 mod chart;
 mod contract;
 mod credentials;
+mod docs;
+mod egress;
 mod exactly_once;
 mod examples;
 mod fuzz_corpus;
@@ -18,4 +20,5 @@ mod recorder;
 mod reliability;
 mod scenarios;
 mod startup;
+mod tenancy;
 mod world;

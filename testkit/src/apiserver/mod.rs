@@ -22,6 +22,7 @@
 //!   (the classic documents; aggregated discovery `apidiscovery.k8s.io/v2` is not served).
 //! - Types: every served version of every loaded CRD, plus core/v1 `secrets`, `configmaps`,
 //!   `namespaces`, `pods`, `serviceaccounts`, `events`; `events.k8s.io/v1 events`;
+//!   `rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles, clusterrolebindings`;
 //!   `coordination.k8s.io/v1 leases`; `batch/v1 jobs`; `apiextensions.k8s.io/v1
 //!   customresourcedefinitions` (creating one through the API registers it, and its status is
 //!   set to `Established`). Status subresource: CRDs that declare it, jobs, pods, namespaces, CRDs.
@@ -107,8 +108,21 @@
 //!   naming each field path. All kinds: `metadata.name` (or `generateName`) must be a DNS-1123
 //!   subdomain; label keys/values and annotation keys must be well-formed.
 //!
+//! # Authorization
+//! Off by default: every request is allowed. With [`FakeApiServerOptions::authorization`], requests
+//! carrying `Impersonate-User` (and optionally `Impersonate-Group`) are decided by the RBAC objects in the
+//! store — `roles`, `rolebindings`, `clusterroles`, `clusterrolebindings` of `rbac.authorization.k8s.io/v1`,
+//! created like any other object — matching API group, resource (`jobs/status` for subresources), verb,
+//! `resourceNames` and namespace, with `*` wildcards. A refusal is the real server's 403 Status, e.g.
+//! `jobs.batch is forbidden: User "system:serviceaccount:ios:sa" cannot create resource "jobs" in API
+//! group "batch" in the namespace "ios"`. A ServiceAccount user impersonated without groups gets
+//! `system:serviceaccounts` and `system:serviceaccounts:<ns>`; every impersonated user is in
+//! `system:authenticated`. Requests that impersonate nobody (the test's own client, an operator's own
+//! identity) stay allowed, discovery is open, and whether the caller may impersonate is not checked.
+//! [`RequestRecord::impersonated_user`] records who each request acted as, with authorization on or off.
+//!
 //! # Not modelled
-//! Authentication/authorization (every request is allowed), admission webhooks, aggregated
+//! Authentication, aggregated ClusterRoles and `nonResourceURLs` in RBAC, admission webhooks, aggregated
 //! discovery, Table output, protobuf/CBOR, HTTP/2, watch-list `resourceVersionMatch` checks, `Exact`
 //! list reads, multi-version conversion beyond rewriting `apiVersion` (all versions share one
 //! storage, like `conversion: None`), scale/other subresources, namespace existence checks (objects
@@ -137,6 +151,7 @@
 //! [`FakeApiServer::config`] with `default_retry = false` to observe each failure.
 
 mod admission;
+mod authz;
 mod error;
 mod faults;
 mod fields;
@@ -187,6 +202,9 @@ pub struct FakeApiServerOptions {
     pub timeout_fault_delay: Duration,
     /// Namespace objects created at start.
     pub namespaces: Vec<String>,
+    /// Decide impersonated requests with RBAC objects in the store (off: every request is allowed).
+    /// See "Authorization" in the module docs.
+    pub authorization: bool,
 }
 
 impl Default for FakeApiServerOptions {
@@ -199,6 +217,7 @@ impl Default for FakeApiServerOptions {
             default_watch_timeout: Duration::from_secs(1800),
             timeout_fault_delay: Duration::from_millis(500),
             namespaces: vec!["default".into()],
+            authorization: false,
         }
     }
 }
@@ -221,6 +240,12 @@ impl FakeApiServerOptions {
 
     pub fn bookmark_interval(mut self, d: Duration) -> Self {
         self.bookmark_interval = d;
+        self
+    }
+
+    /// Turns RBAC on for impersonated requests.
+    pub fn authorization(mut self, on: bool) -> Self {
+        self.authorization = on;
         self
     }
 }
@@ -297,6 +322,7 @@ impl FakeApiServer {
                 bookmark_interval: opts.bookmark_interval,
                 default_watch_timeout: opts.default_watch_timeout,
                 timeout_fault_delay: opts.timeout_fault_delay,
+                authorization: opts.authorization,
             },
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),

@@ -22,6 +22,8 @@ pub(crate) struct Settings {
     pub bookmark_interval: Duration,
     pub default_watch_timeout: Duration,
     pub timeout_fault_delay: Duration,
+    /// RBAC decides impersonated requests (see `authz.rs`).
+    pub authorization: bool,
 }
 
 pub(crate) struct Shared {

@@ -56,9 +56,25 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "ASC_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Largest accepted request body, in bytes; larger ones get 413.
-    #[arg(long, env = "ASC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    /// Largest accepted request body, in bytes; larger ones get 413. App Store Connect's are about 1 KiB.
+    #[arg(long, env = "ASC_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Request-body bytes all connections together may be receiving at once. A request reserves its
+    /// `Content-Length` (chunked: `--max-body-bytes`) before its body is read; without room it gets 503
+    /// with `Retry-After`, unread. An eighth is kept for bodies up to 16 KiB. At least `--max-body-bytes`.
+    #[arg(long, env = "ASC_MAX_INFLIGHT_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+    /// Connections the public listener serves at once; more are closed as they arrive.
+    #[arg(long, env = "ASC_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive on the public listener (also the idle time of
+    /// a kept-alive connection); slower connections are closed.
+    #[arg(long, env = "ASC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest object the API server stores, in bytes (etcd's `--max-request-bytes`, 1.5 MiB by
+    /// default). An event whose WebhookDelivery would be larger gets 413 before anything is written.
+    #[arg(long, env = "ASC_MAX_OBJECT_BYTES", default_value_t = 1_572_864)]
+    pub max_object_bytes: usize,
     /// Time allowed to receive a whole request body; slower ones get 408.
     #[arg(long, env = "ASC_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,

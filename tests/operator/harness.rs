@@ -74,8 +74,16 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `run` with `extra` flags (on top of fast test settings) against `api`.
+    /// Starts `run` with `extra` flags (on top of fast test settings) against `api`, and waits until
+    /// it is ready.
     pub async fn start(api: &FakeApiServer, extra: &[&str]) -> Operator {
+        let op = Self::launch(api, extra).await;
+        op.wait_ready().await;
+        op
+    }
+
+    /// Starts `run` like [`Operator::start`] without waiting for readiness.
+    pub async fn launch(api: &FakeApiServer, extra: &[&str]) -> Operator {
         crate::logs::init();
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,17 +117,25 @@ impl Operator {
                 .await
                 .unwrap();
         });
-        let op = Operator {
+        Operator {
             url,
             admin_url,
             shutdown,
             task,
-        };
-        op.wait_ready().await;
-        op
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// `/readyz`: status and body.
+    #[allow(dead_code)]
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("{}/readyz", self.admin_url))
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    }
+
+    pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let url = format!("{}/readyz", self.admin_url);
         eventually("the operator is ready", Duration::from_secs(10), || {
@@ -418,6 +434,19 @@ impl Process {
         )
         .await;
         p
+    }
+
+    /// Resident memory of the operator process, from `/proc/<pid>/status`.
+    #[allow(dead_code)]
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
     }
 
     /// SIGKILL: no graceful shutdown, no lease release, no final status write.

@@ -163,7 +163,8 @@ pub(crate) async fn serve(
             break;
         }
     }
-    let latency = *shared.latency.lock();
+    let jitter = *shared.latency_jitter.lock();
+    let latency = *shared.latency.lock() + jitter.mul_f64(shared.next_unit_random());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -239,13 +240,16 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| {
-            ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                format!("failed to read request body: {e}"),
-            )
-        })
+        .map_err(
+            |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                Some(_) => ApiError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("Request entity too large: limit is {MAX_BODY}"),
+                ),
+                None => ApiError::bad_request(format!("failed to read request body: {e}")),
+            },
+        )
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {

@@ -46,6 +46,12 @@
 //!   leaves without a generation.
 //! - Status subresource: main-resource writes keep the stored `.status` (and create drops it);
 //!   `/status` writes change only `.status`.
+//! - Size limits: a request body over 3 MiB is a 413 `RequestEntityTooLarge` ("Request entity too large:
+//!   limit is 3145728" on the real server); a stored object over etcd's default 1.5 MiB
+//!   (`--max-request-bytes` 1572864, measured on the object's JSON) is refused as kube-apiserver passes
+//!   etcd's refusal on: HTTP 500, a `Status` with an empty reason and the message
+//!   `etcdserver: request is too large` (kubernetes/kubernetes#112152 asks for a 4xx; it is still a 500).
+//!   Nothing is stored.
 //! - Secrets: `stringData` is merged into `data` as base64; `data` must be valid base64 (400).
 //! - Errors are `metav1.Status` bodies with `reason`, `code`, `message` and `details{name,group,kind}`.
 //! - Patches: `merge-patch+json` (RFC 7386); `json-patch+json` (RFC 6902, where a `test` for `null`
@@ -133,6 +139,7 @@
 //! # Test hooks
 //! Faults ([`FakeApiServer::fail_next`], [`FakeApiServer::add_fault`] with a [`FaultRule`]),
 //! [`FakeApiServer::set_refuse_connections`], [`FakeApiServer::set_latency`],
+//! [`FakeApiServer::set_latency_jitter`],
 //! [`FakeApiServer::set_watch_delay`] (watch events arrive late, as from a loaded watch cache),
 //! [`FakeApiServer::pause`]/[`FakeApiServer::resume`], [`FakeApiServer::disconnect_all`],
 //! [`FakeApiServer::compact`]; introspection ([`FakeApiServer::request_log`],
@@ -322,6 +329,8 @@ impl FakeApiServer {
             kill_tx: tokio::sync::watch::Sender::new(0),
             refuse: AtomicBool::new(false),
             latency: Mutex::new(Duration::ZERO),
+            latency_jitter: Mutex::new(Duration::ZERO),
+            jitter_rng: std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             watch_delay: Arc::new(Mutex::new(Duration::ZERO)),
             paused: tokio::sync::watch::Sender::new(false),
             addr,
@@ -444,6 +453,13 @@ impl FakeApiServer {
     /// Delay added before every request is handled (watch events are not delayed).
     pub fn set_latency(&self, latency: Duration) {
         *self.shared.latency.lock() = latency;
+    }
+
+    /// Adds a different delay to each request, uniformly up to `max`, on top of
+    /// [`FakeApiServer::set_latency`]: as on a real API server, concurrent requests then finish in an
+    /// order other than the one they were sent in (races between clients show up).
+    pub fn set_latency_jitter(&self, max: Duration) {
+        *self.shared.latency_jitter.lock() = max;
     }
 
     /// Delivers every live watch event `delay` after the write that caused it (order kept), as a

@@ -96,18 +96,24 @@ pub async fn step(
     } else {
         None
     };
-    let job = match job::build_job(&rule.name, &action.template, event_ctx, api_key.as_ref()) {
-        Ok(j) => j,
-        Err(e) => {
-            state::transition(
-                a,
-                ActionState::Failed,
-                Some(Why::new("InvalidJobTemplate", e.to_string())),
-                now,
-            );
-            return Ok(JobStep::Observed);
-        }
-    };
+    let job =
+        match job::build_job_reporting(&rule.name, &action.template, event_ctx, api_key.as_ref()) {
+            Ok(built) => {
+                // Linux refuses a single environment string over 128 KiB: such values are replaced by a marker,
+                // and the status says which.
+                a.omitted_env = built.omitted_env.iter().map(|v| (*v).to_owned()).collect();
+                built.job
+            }
+            Err(e) => {
+                state::transition(
+                    a,
+                    ActionState::Failed,
+                    Some(Why::new("InvalidJobTemplate", e.to_string())),
+                    now,
+                );
+                return Ok(JobStep::Observed);
+            }
+        };
     let name = job.metadata.name.clone().unwrap_or_default();
     a.attempts += 1;
     let started = Instant::now();

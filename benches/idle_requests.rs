@@ -51,9 +51,10 @@ fn ready_routes(api: &FakeApiServer) -> usize {
     api.list_objects("webhookroutes", Some(NS))
         .iter()
         .filter(|r| {
-            r["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            r["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
         })
         .count()
 }
@@ -156,10 +157,7 @@ async fn main() {
     println!("| verb | resource | requests | per second |");
     println!("|---|---|---|---|");
     for ((verb, resource), n) in &by {
-        println!(
-            "| {verb} | {resource} | {n} | {:.3} |",
-            *n as f64 / elapsed
-        );
+        println!("| {verb} | {resource} | {n} | {:.3} |", *n as f64 / elapsed);
     }
     println!(
         "| **all** | | **{}** | **{:.3}** (goal ≤ 1) |",

@@ -219,6 +219,31 @@ pub fn ready_condition(problems: &[Problem]) -> Condition {
     }
 }
 
+/// The `Suspended` condition: `Ready` keeps meaning "receives", this one says whether actions run.
+pub fn suspended_condition(route: &WebhookRoute) -> Condition {
+    if route.spec.suspend {
+        Condition::new(
+            "Suspended",
+            true,
+            "RouteSuspended",
+            "spec.suspend is true: events are recorded, their actions wait until it is false",
+        )
+    } else {
+        Condition::new("Suspended", false, "Active", "actions run as events arrive")
+    }
+}
+
+/// The route's phase: what to fix first, else whether it is paused.
+pub fn route_phase(route: &WebhookRoute, problems: &[Problem]) -> &'static str {
+    if !problems.is_empty() {
+        "NotReady"
+    } else if route.spec.suspend {
+        "Suspended"
+    } else {
+        "Ready"
+    }
+}
+
 fn phase(d: &DeliverySummary) -> Phase {
     d.phase
 }
@@ -312,9 +337,10 @@ pub fn desired_status(
                 route.name_any()
             )
         }),
+        phase: Some(route_phase(route, problems).to_owned()),
         conditions: conditions::merge(
             &prev.conditions,
-            vec![ready_condition(problems)],
+            vec![ready_condition(problems), suspended_condition(route)],
             route.metadata.generation,
             now,
         ),

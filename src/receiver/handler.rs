@@ -97,7 +97,7 @@ async fn handle(
     let request_id = headers
         .get("x-apple-request-uuid")
         .and_then(|v| v.to_str().ok());
-    let delivery = build_delivery(route, &event, request_id, &crate::time::now_rfc3339());
+    let delivery = build_delivery(route, &event, request_id, &crate::time::receipt_now());
     let name = delivery.metadata.name.clone().unwrap_or_default();
     match rx.sink.record(delivery).await {
         Ok(Recorded::Created) => Answer::Accepted(name),

@@ -16,4 +16,5 @@ mod receiver;
 mod recorder;
 mod reliability;
 mod scenarios;
+mod suspend;
 mod world;

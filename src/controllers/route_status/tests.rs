@@ -42,6 +42,7 @@ fn route(rules: Vec<Rule>, credential: Option<&str>) -> WebhookRoute {
             }),
             rules,
             delivery_history_limit: Some(2),
+            suspend: false,
         },
     );
     r.metadata.namespace = Some("ios".into());
@@ -101,6 +102,40 @@ fn a_complete_route_is_ready_with_its_url() {
     assert!(ready.is_true());
     assert_eq!(ready.observed_generation, Some(3));
     assert_eq!(s.observed_generation, Some(3));
+}
+
+#[test]
+fn a_suspended_route_stays_ready_and_shows_phase_suspended() {
+    let mut r = route(vec![job_rule("submit", good_template())], None);
+    r.spec.suspend = true;
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    let s = desired_status(&r, &[], &[], &p, None, "t1");
+    assert_eq!(s.phase.as_deref(), Some("Suspended"));
+    assert!(conditions::find(&s.conditions, "Ready").unwrap().is_true());
+    let suspended = conditions::find(&s.conditions, "Suspended").unwrap();
+    assert_eq!(
+        (suspended.status.as_str(), suspended.reason.as_str()),
+        ("True", "RouteSuspended")
+    );
+
+    r.spec.suspend = false;
+    r.status = Some(s);
+    let resumed = desired_status(&r, &[], &[], &p, None, "t2");
+    assert_eq!(resumed.phase.as_deref(), Some("Ready"));
+    let c = conditions::find(&resumed.conditions, "Suspended").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.last_transition_time.as_str()),
+        ("False", "t2")
+    );
+}
+
+#[test]
+fn a_route_with_problems_is_not_ready_even_when_suspended() {
+    let mut r = route(vec![job_rule("submit", good_template())], None);
+    r.spec.suspend = true;
+    let p = problems(&r, &facts_with(&[]));
+    assert!(!p.is_empty());
+    assert_eq!(route_phase(&r, &p), "NotReady");
 }
 
 #[test]

@@ -366,6 +366,7 @@ pub fn rule_matching(data: &[u8]) -> bool {
         name: name.into(),
         filter: Some(filter),
         enrich: EnrichPolicy::Never,
+        when: None,
         job: None,
         http: None,
     };

@@ -5,5 +5,6 @@ pub mod context;
 pub mod http;
 pub mod job;
 pub mod template;
+pub mod when;
 
 pub use context::EventContext;

@@ -139,6 +139,14 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
                 ),
             ));
         }
+        if let Some(when) = &rule.when
+            && let Err(e) = crate::actions::when::compile(when)
+        {
+            out.push(problem(
+                "InvalidRuleExpression",
+                format!("rule {}: when: {e}", rule.name),
+            ));
+        }
         if let Some(j) = &rule.job {
             if let Err(e) = job::parse_template(&j.template) {
                 out.push(problem(

@@ -126,6 +126,16 @@ pub struct Rule {
     /// delivery fails when enrichment fails. `Never`: do not call the API for this rule.
     #[serde(default)]
     pub enrich: EnrichPolicy,
+    /// A CEL expression deciding, after `match` and after enrichment, whether the rule runs, e.g.
+    /// `instance.platform == "IOS" && event.oldState == "IN_REVIEW"`. It sees `event` (`id`, `type`,
+    /// `oldState`, `newState`, `timestamp`, `receivedAt`, `delivery`, `instance.{type,id,url}`, and the
+    /// payload's `attributes`) and `instance` (`version`, `buildNumber`, `platform`, `state`, `errors`,
+    /// `attributes`; null without enrichment). An expression that does not compile makes the route not
+    /// Ready (`InvalidRuleExpression`); one whose cost bound is too high for the inputs fails the rule's
+    /// action (`ExpressionCostExceeded`), as does one that fails to evaluate (`ExpressionError`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: Option<String>,
     /// Create a Job from this template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobAction>,

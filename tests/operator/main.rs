@@ -17,4 +17,5 @@ mod recorder;
 mod reliability;
 mod scenarios;
 mod suspend;
+mod when;
 mod world;

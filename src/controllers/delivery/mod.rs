@@ -242,7 +242,29 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
     };
     let attempts_so_far = st.attempts;
     let backoff = |n: i32| ctx.settings.backoff(u32::try_from(n).unwrap_or(1));
+    // Rules whose `when` said no: dropped from the plan after the loop.
+    let mut declined: Vec<String> = Vec::new();
     for rule in &rules {
+        if let Some(when) = &rule.when
+            && state::not_started(&st.actions, rule)
+            && !(rule.enrich == EnrichPolicy::Required && enriched.get().is_none())
+        {
+            // Decided after enrichment, before the action starts; never again once it started.
+            match crate::actions::when::evaluate(when, &event_ctx, crate::actions::when::COST_LIMIT)
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    declined.push(rule.name.clone());
+                    continue;
+                }
+                Err(e) => {
+                    let a = state::entry(&mut st.actions, rule);
+                    let why = Why::new(e.reason(), format!("when: {e}"));
+                    state::transition(a, ActionState::Failed, Some(why), &now);
+                    continue;
+                }
+            }
+        }
         let a = state::entry(&mut st.actions, rule);
         if a.state.is_done() {
             continue;
@@ -363,6 +385,15 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             if !save_outcome(ctx, &mut w, &mut st, rule).await? {
                 return Ok(Pass::Stale);
             }
+        }
+    }
+    if !declined.is_empty() {
+        st.actions.retain(|a| !declined.contains(&a.rule));
+        st.matched_rules.retain(|r| !declined.contains(r));
+        if st.matched_rules.is_empty() {
+            let why = "the rules whose match fits this event all have a `when` that is false";
+            state::finish(&mut st, Phase::NoMatch, Some(why.into()), generation, &now);
+            return conclude(ctx, &d, &mut w, st, now_ts).await;
         }
     }
     if did_work {

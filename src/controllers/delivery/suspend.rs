@@ -79,7 +79,7 @@ pub fn held_of_route<'a>(
         .filter(|d| d.spec.route == name && d.namespace() == ns)
         .filter(|d| d.status.as_ref().is_some_and(is_held))
         .collect();
-    held.sort_by(|a, b| receipt(a).cmp(&receipt(b)));
+    held.sort_by_key(|a| receipt(a));
     held.into_iter().map(ObjectRef::from_obj).collect()
 }
 

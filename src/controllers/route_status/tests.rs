@@ -19,6 +19,7 @@ fn job_rule(name: &str, template: serde_json::Value) -> Rule {
         name: name.into(),
         filter: Some(EventFilter::default()),
         enrich: EnrichPolicy::Optional,
+        when: None,
         job: Some(JobAction {
             template,
             inject_api_key: false,
@@ -199,6 +200,7 @@ fn invalid_job_and_http_templates_make_the_route_not_ready() {
         name: "slack".into(),
         filter: Some(EventFilter::default()),
         enrich: EnrichPolicy::Optional,
+        when: None,
         job: None,
         http: Some(HttpAction {
             url_secret_ref: sel("slack", "url"),
@@ -287,5 +289,23 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
         s2.last_ping_time.as_deref(),
         Some("2026-01-01T00:00:03Z"),
         "the last ping survives pruning"
+    );
+}
+
+#[test]
+fn a_when_that_does_not_compile_makes_the_route_not_ready() {
+    let mut rule = job_rule("submit", good_template());
+    rule.when = Some(r#"instance.platform == "IOS" &&"#.into());
+    let mut fine = job_rule("other", good_template());
+    fine.when = Some(r#"instance.platform == "IOS""#.into());
+    let r = route(vec![rule, fine], None);
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].reason, "InvalidRuleExpression");
+    assert!(
+        p[0].message
+            .starts_with("rule submit: when: invalid CEL expression"),
+        "{}",
+        p[0].message
     );
 }

@@ -4,5 +4,6 @@
 pub mod api;
 pub mod enrich;
 pub mod event;
+pub mod origins;
 pub mod signature;
 pub mod token;

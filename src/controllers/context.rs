@@ -3,9 +3,13 @@
 
 use super::delivery::jobs::JobFact;
 use super::delivery_index::DeliveryIndex;
+use super::impersonation::{ActionClients, Identity, ImpersonationError};
 use super::route::SecretFacts;
+use crate::actions::egress::DenyList;
+use crate::actions::http::ActionHttp;
 use crate::asc::api::{AscClient, AscClientOptions};
 use crate::asc::enrich::Enrichment;
+use crate::asc::origins::AllowedOrigins;
 use crate::asc::token::{ApiKey, TokenSource};
 use crate::metrics::Metrics;
 use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery, WebhookRoute};
@@ -37,6 +41,12 @@ pub struct Settings {
     pub secret_recheck_interval: Duration,
     /// Reconciles running at once, per controller.
     pub max_concurrent_reconciles: u16,
+    /// Origins credentials may send tokens to.
+    pub asc_origins: AllowedOrigins,
+    /// Addresses HTTP actions may not connect to (the pod's own included).
+    pub http_deny: DenyList,
+    /// The ServiceAccount impersonated for routes that name none; `None` acts as the operator itself.
+    pub default_service_account: Option<String>,
 }
 
 impl Default for Settings {
@@ -50,6 +60,12 @@ impl Default for Settings {
             recheck_interval: Duration::from_secs(30),
             secret_recheck_interval: Duration::from_secs(3600),
             max_concurrent_reconciles: 8,
+            asc_origins: AllowedOrigins::default(),
+            http_deny: crate::actions::egress::parse_deny_cidrs(
+                crate::actions::egress::DEFAULT_DENY_CIDRS,
+            )
+            .unwrap_or_default(),
+            default_service_account: None,
         }
     }
 }
@@ -106,8 +122,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Settings.
     pub settings: Settings,
-    /// HTTP client for HTTP actions.
-    pub http: reqwest::Client,
+    /// HTTP client for HTTP actions, behind the egress guard.
+    pub http: ActionHttp,
     /// Summaries of every delivery by route, fed by a watch (the route controller counts from it).
     pub deliveries: DeliveryIndex,
     credentials: OnceLock<Store<AscCredential>>,
@@ -117,6 +133,7 @@ pub struct Context {
     job_facts: moka::sync::Cache<String, JobFact>,
     route_facts: moka::sync::Cache<String, SecretFacts>,
     recorder: Recorder,
+    actions: ActionClients,
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
     failures: Mutex<HashMap<String, u32>>,
     enrichments: Mutex<HashMap<String, Enrichment>>,
@@ -136,10 +153,11 @@ impl Context {
         let idle = settings_idle(&settings);
         Ok(Context {
             recorder: Recorder::new(client.clone(), reporter),
+            actions: ActionClients::operator_only(client.clone()),
+            http: crate::actions::http::client(settings.http_deny.clone())?,
             client,
             metrics,
             settings,
-            http: crate::actions::http::client()?,
             deliveries: DeliveryIndex::default(),
             credentials: OnceLock::new(),
             routes: OnceLock::new(),
@@ -158,6 +176,23 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             enrichments: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Uses `actions` for the routes' actions (see [`Context::action_client`]).
+    pub fn with_action_clients(mut self, actions: ActionClients) -> Self {
+        self.actions = actions;
+        self
+    }
+
+    /// Whom `route`'s actions run as.
+    pub fn action_identity(&self, route: &WebhookRoute) -> Identity {
+        Identity::for_route(route, self.settings.default_service_account.as_deref())
+    }
+
+    /// The client for `route`'s actions — creating its Jobs, reading its HTTP actions' Secrets — acting as
+    /// the route's ServiceAccount (or the default one), so a route can do only what that account may.
+    pub fn action_client(&self, route: &WebhookRoute) -> Result<Client, ImpersonationError> {
+        self.actions.client_for(&self.action_identity(route))
     }
 
     /// The watched credentials, once the controllers started.
@@ -297,6 +332,11 @@ impl Context {
                 ));
             }
         };
+        // Before the key is read: a refused origin never gets a token minted for it.
+        self.settings
+            .asc_origins
+            .check(credential.spec.api_url())
+            .map_err(|m| unusable("ApiUrlNotAllowed", m, false))?;
         let (secret, pem) = read_key(
             &self.client,
             namespace,

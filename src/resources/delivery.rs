@@ -258,6 +258,10 @@ pub struct ActionStatus {
     /// `QuotaExceeded`, `EndpointError`); `error` says it for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `ASC_*` variables left out of the Job because their value was too large for an environment
+    /// variable (the container sees a marker instead, and `ASC_OMITTED` lists them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted_env: Vec<String>,
     /// Name of the Job created, for Job actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,

@@ -1,4 +1,4 @@
-//! The five use cases of PRODUCT.md, end to end from the examples in `examples/`: a signed fixture in,
+//! The five use cases of README.md, end to end from the examples in `examples/`: a signed fixture in,
 //! Jobs and HTTP calls out, with the statuses a person would read.
 
 use crate::harness::*;

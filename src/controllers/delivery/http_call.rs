@@ -7,10 +7,10 @@ use crate::actions::EventContext;
 use crate::actions::http::{self, AttemptOutcome, PreparedRequest};
 use crate::controllers::Error;
 use crate::controllers::context::Context;
+use crate::controllers::impersonation;
 use crate::metrics::ActionLabels;
+use crate::resources::WebhookRoute;
 use crate::resources::route::HttpAction;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -25,19 +25,33 @@ pub enum Prepared {
     Invalid(Why),
 }
 
-/// Reads the URL and header Secrets and renders the request.
+/// Reads the URL and header Secrets — as the route's ServiceAccount, so a route sends only what that
+/// account may read — and renders the request.
 pub async fn prepare(
     ctx: &Context,
     namespace: &str,
+    route: &WebhookRoute,
     action: &HttpAction,
     event_ctx: &EventContext<'_>,
 ) -> Result<Prepared, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let client = match ctx.action_client(route) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Prepared::Invalid(Why::new(
+                "ImpersonationFailed",
+                e.to_string(),
+            )));
+        }
+    };
     let url_ref = &action.url_secret_ref;
-    let url = secrets
-        .get_opt(&url_ref.name)
+    let url = match impersonation::read_secret(client.clone(), namespace, &url_ref.name)
         .await
         .map_err(Error::Kube)?
+    {
+        Ok(s) => s,
+        Err(refused) => return Ok(Prepared::Invalid(Why::new("Forbidden", refused))),
+    };
+    let url = url
         .and_then(|s| s.data.and_then(|mut d| d.remove(&url_ref.key)))
         .and_then(|b| String::from_utf8(b.0).ok());
     let Some(url) = url else {
@@ -48,7 +62,14 @@ pub async fn prepare(
     };
     let mut headers = BTreeMap::new();
     if let Some(h) = &action.headers_secret_ref {
-        match secrets.get_opt(&h.name).await.map_err(Error::Kube)? {
+        let secret = match impersonation::read_secret(client, namespace, &h.name)
+            .await
+            .map_err(Error::Kube)?
+        {
+            Ok(s) => s,
+            Err(refused) => return Ok(Prepared::Invalid(Why::new("Forbidden", refused))),
+        };
+        match secret {
             Some(secret) => {
                 for (k, v) in secret.data.unwrap_or_default() {
                     headers.insert(k, String::from_utf8_lossy(&v.0).into_owned());
@@ -77,7 +98,7 @@ pub async fn send(ctx: &Context, request: &PreparedRequest) -> AttemptOutcome {
     let label = match &outcome {
         AttemptOutcome::Succeeded { .. } => "succeeded",
         AttemptOutcome::Retryable { .. } => "retry",
-        AttemptOutcome::Permanent { .. } => "failed",
+        AttemptOutcome::Permanent { .. } | AttemptOutcome::Denied { .. } => "failed",
     };
     ctx.metrics
         .action_duration

@@ -10,11 +10,13 @@ use crate::actions::EventContext;
 use crate::actions::job::{self, ApiKeyEnv};
 use crate::controllers::Error;
 use crate::controllers::context::Context;
+use crate::controllers::impersonation::{self, Identity};
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus};
 use crate::resources::route::{JobAction, Rule};
 use crate::resources::{AscCredential, FIELD_MANAGER, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use std::time::Instant;
@@ -79,7 +81,13 @@ pub async fn step(
     }
     let api_key = if action.inject_api_key {
         match api_key_env(ctx, &namespace, route).await? {
-            Ok(k) => Some(k),
+            Ok(k) => match may_mount_key(ctx, &namespace, route, &k).await? {
+                Ok(()) => Some(k),
+                Err(why) => {
+                    state::transition(a, ActionState::Failed, Some(why), now);
+                    return Ok(JobStep::Observed);
+                }
+            },
             Err(why) => {
                 state::transition(a, ActionState::Failed, Some(why), now);
                 return Ok(JobStep::Observed);
@@ -88,22 +96,28 @@ pub async fn step(
     } else {
         None
     };
-    let job = match job::build_job(&rule.name, &action.template, event_ctx, api_key.as_ref()) {
-        Ok(j) => j,
-        Err(e) => {
-            state::transition(
-                a,
-                ActionState::Failed,
-                Some(Why::new("InvalidJobTemplate", e.to_string())),
-                now,
-            );
-            return Ok(JobStep::Observed);
-        }
-    };
+    let job =
+        match job::build_job_reporting(&rule.name, &action.template, event_ctx, api_key.as_ref()) {
+            Ok(built) => {
+                // Linux refuses a single environment string over 128 KiB: such values are replaced by a marker,
+                // and the status says which.
+                a.omitted_env = built.omitted_env.iter().map(|v| (*v).to_owned()).collect();
+                built.job
+            }
+            Err(e) => {
+                state::transition(
+                    a,
+                    ActionState::Failed,
+                    Some(Why::new("InvalidJobTemplate", e.to_string())),
+                    now,
+                );
+                return Ok(JobStep::Observed);
+            }
+        };
     let name = job.metadata.name.clone().unwrap_or_default();
     a.attempts += 1;
     let started = Instant::now();
-    match create(ctx, d, &namespace, &job).await? {
+    match create(ctx, d, route, &namespace, &job).await? {
         Created::Ours { new } => {
             ctx.metrics
                 .action_duration
@@ -153,16 +167,27 @@ pub enum JobStep {
 async fn create(
     ctx: &Context,
     d: &WebhookDelivery,
+    route: &WebhookRoute,
     namespace: &str,
     job: &Job,
 ) -> Result<Created, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    // Created as the route's ServiceAccount: a route creates only the Jobs that account may create.
+    let acting: Api<Job> = match ctx.action_client(route) {
+        Ok(client) => Api::namespaced(client, namespace),
+        Err(e) => {
+            return Ok(Created::Refused(Why::new(
+                "ImpersonationFailed",
+                e.to_string(),
+            )));
+        }
+    };
     let name = job.metadata.name.clone().unwrap_or_default();
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
     };
-    match jobs.create(&params, job).await {
+    match acting.create(&params, job).await {
         Ok(_) => Ok(Created::Ours { new: true }),
         Err(kube::Error::Api(s)) if s.is_already_exists() => {
             let existing = jobs.get_opt(&name).await.map_err(Error::Kube)?;
@@ -253,6 +278,34 @@ async fn observe(
     }
     state::transition(a, s, why, now);
     Ok(())
+}
+
+/// A pod may mount any Secret of its namespace, so the API key goes into a Job only if the route's
+/// ServiceAccount may read that Secret itself (the operator's own identity needs no check). Only
+/// metadata is fetched; a missing Secret is left to the pod to report.
+async fn may_mount_key(
+    ctx: &Context,
+    namespace: &str,
+    route: &WebhookRoute,
+    key: &ApiKeyEnv,
+) -> Result<Result<(), Why>, Error> {
+    if ctx.action_identity(route) == Identity::Operator {
+        return Ok(Ok(()));
+    }
+    let client = match ctx.action_client(route) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(Why::new("ImpersonationFailed", e.to_string()))),
+    };
+    match Api::<Secret>::namespaced(client, namespace)
+        .get_metadata_opt(&key.private_key.name)
+        .await
+    {
+        Ok(_) => Ok(Ok(())),
+        Err(e) => match impersonation::refusal(&e) {
+            Some(refused) => Ok(Err(Why::new("Forbidden", refused))),
+            None => Err(Error::Kube(e)),
+        },
+    }
 }
 
 /// The credential's key by reference, for `injectApiKey`. The outer error is the API server's; the

@@ -349,6 +349,7 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             let request = match http_call::prepare(
                 ctx,
                 &d.namespace().unwrap_or_default(),
+                &route,
                 http_action,
                 &event_ctx,
             )

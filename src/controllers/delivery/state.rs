@@ -143,6 +143,16 @@ pub fn finish_http_attempt(
             );
             AfterAttempt::Done
         }
+        // Never retried: the address will be as refused next time.
+        AttemptOutcome::Denied { error } => {
+            transition(
+                a,
+                ActionState::Failed,
+                Some(Why::new("EgressDenied", error.clone())),
+                now,
+            );
+            AfterAttempt::Done
+        }
         AttemptOutcome::Retryable {
             status,
             error,

@@ -162,6 +162,7 @@ mod tests {
                         namespace: None,
                     },
                     credential_ref: None,
+                    service_account_name: None,
                     rules: vec![],
                     delivery_history_limit: None,
                     suspend: false,

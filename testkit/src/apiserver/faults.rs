@@ -149,6 +149,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// Set when the answer came from an injected fault.
     pub injected: bool,
+    /// The `Impersonate-User` the request carried, if any.
+    pub impersonated_user: Option<String>,
 }
 
 #[derive(Default)]

@@ -128,6 +128,7 @@ static ROUTE: LazyLock<WebhookRoute> = LazyLock::new(|| {
             credential_ref: None,
             rules: vec![],
             delivery_history_limit: None,
+            suspend: false,
         },
     );
     route.metadata.namespace = Some("ios".into());
@@ -366,6 +367,7 @@ pub fn rule_matching(data: &[u8]) -> bool {
         name: name.into(),
         filter: Some(filter),
         enrich: EnrichPolicy::Never,
+        when: None,
         job: None,
         http: None,
     };

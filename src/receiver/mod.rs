@@ -160,6 +160,7 @@ mod tests {
                 credential_ref: None,
                 rules: vec![],
                 delivery_history_limit: None,
+                suspend: false,
             },
         );
         route.metadata.namespace = Some("ios".into());

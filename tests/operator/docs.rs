@@ -4,6 +4,13 @@
 use crate::harness::ROOT;
 use std::path::{Path, PathBuf};
 
+/// Every file of the repository below `dir` (no build output, hidden folders or fuzz corpora).
+pub fn repository_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    files(dir, &mut out);
+    out
+}
+
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -114,38 +114,22 @@ fn yaml_docs_keys(text: &str, origin: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Every `*.yaml`/`*.yml` file under `dir` that is YAML on disk (chart templates are Go templates: their
-/// rendered output is checked instead).
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if path.is_dir() {
-            if name == "target" || name.starts_with('.') || name == "templates" || name == "corpus"
-            {
-                continue;
-            }
-            yaml_files(&path, out);
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(path);
-        }
-    }
+/// Every `*.yaml`/`*.yml` file of the repository that is YAML on disk (chart templates are Go templates:
+/// their rendered output is checked instead).
+fn yaml_files(root: &Path) -> Vec<PathBuf> {
+    crate::docs::repository_files(root)
+        .into_iter()
+        .filter(|p| !p.components().any(|c| c.as_os_str() == "templates"))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect()
 }
 
 /// Markdown files of the repository (README, examples, docs).
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if path.is_dir() {
-            if name == "target" || name.starts_with('.') || name == "corpus" {
-                continue;
-            }
-            markdown_files(&path, out);
-        } else if name.ends_with(".md") {
-            out.push(path);
-        }
-    }
+fn markdown_files(root: &Path) -> Vec<PathBuf> {
+    crate::docs::repository_files(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect()
 }
 
 /// The ```yaml fenced blocks of a Markdown text.
@@ -177,8 +161,7 @@ fn no_property_name_is_a_yaml_1_1_boolean_or_null() {
         bad_schema_properties(&v, &format!("generated {file}"), &mut bad);
     }
     let root = Path::new(ROOT);
-    let mut files = Vec::new();
-    yaml_files(root, &mut files);
+    let files = yaml_files(root);
     assert!(
         files
             .iter()
@@ -200,8 +183,7 @@ fn no_property_name_is_a_yaml_1_1_boolean_or_null() {
     for (name, rendered) in crate::chart::rendered_outputs() {
         yaml_docs_keys(&rendered, &format!("helm template ({name})"), &mut bad);
     }
-    let mut docs = Vec::new();
-    markdown_files(root, &mut docs);
+    let docs = markdown_files(root);
     let mut snippets = 0;
     for f in &docs {
         let text = std::fs::read_to_string(f).unwrap();

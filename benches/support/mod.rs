@@ -113,6 +113,7 @@ pub fn route(namespace: &str, name: &str, uid: usize) -> WebhookRoute {
             credential_ref: None,
             rules: vec![],
             delivery_history_limit: None,
+            app_store_connect: None,
         },
     );
     r.metadata.namespace = Some(namespace.into());

@@ -6,3 +6,4 @@ pub mod enrich;
 pub mod event;
 pub mod signature;
 pub mod token;
+pub mod webhooks;

@@ -31,6 +31,14 @@ pub struct Settings {
     pub recheck_interval: Duration,
     /// Reconciles running at once, per controller.
     pub max_concurrent_reconciles: u16,
+    /// How often a registered App Store Connect webhook is read back to repair changes made there
+    /// (shortened per route by up to 20 % so reads spread out).
+    pub webhook_resync_interval: Duration,
+    /// How long after a ping `WebhookVerified` stays `Unknown` before it turns `False`.
+    pub webhook_verify_timeout: Duration,
+    /// How long a deleted route waits for its App Store Connect webhook to be deleted before it is
+    /// released anyway.
+    pub webhook_release_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -43,6 +51,9 @@ impl Default for Settings {
             asc: AscClientOptions::default(),
             recheck_interval: Duration::from_secs(30),
             max_concurrent_reconciles: 8,
+            webhook_resync_interval: Duration::from_secs(30 * 60),
+            webhook_verify_timeout: Duration::from_secs(5 * 60),
+            webhook_release_timeout: Duration::from_secs(10 * 60),
         }
     }
 }

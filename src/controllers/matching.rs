@@ -177,11 +177,7 @@ mod tests {
         let mut r = rule("lost", &[], &[], &[]);
         r.filter = None;
         assert!(
-            matching_rules(
-                &[r],
-                facts("buildUploadStateUpdated", Some("FAILED"), None)
-            )
-            .is_empty()
+            matching_rules(&[r], facts("buildUploadStateUpdated", Some("FAILED"), None)).is_empty()
         );
     }
 

@@ -1,6 +1,7 @@
 //! The controllers: deliveries into work, routes and credentials into truthful status. They run on the
 //! leader only; the receiver runs on every replica.
 
+pub mod asc_webhook;
 pub mod context;
 pub mod credential;
 pub mod delivery;
@@ -140,7 +141,7 @@ where
     (reader, stream)
 }
 
-/// Runs the three controllers until `shutdown` resolves.
+/// Runs the four controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -222,5 +223,21 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
-    tokio::join!(deliveries, routes, credentials);
+    // Its own watch of routes: it runs on a different schedule (slow App Store Connect re-reads) and must
+    // not wait behind the route controller's delivery-driven reconciles.
+    let (webhook_store, webhook_stream) = slim_cache(
+        api::<WebhookRoute>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let webhooks = Controller::for_stream(webhook_stream, webhook_store)
+        .with_config(controller_config(&ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    tokio::join!(deliveries, routes, credentials, webhooks);
 }

@@ -80,6 +80,7 @@ pub(crate) mod tests {
                 credential_ref: None,
                 rules: vec![],
                 delivery_history_limit: None,
+                app_store_connect: None,
             },
         );
         r.metadata.namespace = Some("ios".into());

@@ -116,6 +116,7 @@ pub struct Context {
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
     failures: Mutex<HashMap<String, u32>>,
     enrichments: Mutex<HashMap<String, Enrichment>>,
+    holds: Mutex<HashMap<String, (u64, std::time::Instant)>>,
 }
 
 /// Enrichments kept in memory, so HTTP retries of one delivery do not call App Store Connect again.
@@ -138,6 +139,7 @@ impl Context {
             asc_clients: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             enrichments: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -176,6 +178,32 @@ impl Context {
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn record_success(&self, key: &str) {
         self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Holds `key` back until `until` while its inputs keep the `fingerprint`: a reconcile triggered by
+    /// the failure's own status write must not call an external API again before its backoff ends.
+    pub fn hold(&self, key: &str, fingerprint: u64, until: std::time::Instant) {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds.retain(|_, (_, t)| *t > std::time::Instant::now());
+        holds.insert(key.to_owned(), (fingerprint, until));
+    }
+
+    /// How long `key` is still held back, if its inputs still have the held `fingerprint`.
+    pub fn held(&self, key: &str, fingerprint: u64) -> Option<Duration> {
+        let holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let (f, until) = holds.get(key)?;
+        (*f == fingerprint)
+            .then(|| until.checked_duration_since(std::time::Instant::now()))
+            .flatten()
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Ends the hold on `key`.
+    pub fn release_hold(&self, key: &str) {
+        self.holds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);

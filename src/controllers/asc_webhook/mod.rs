@@ -178,6 +178,20 @@ fn last_ping_time(route: &WebhookRoute) -> Option<&str> {
         .and_then(|s| s.last_ping_time.as_deref())
 }
 
+/// What a failed call depended on: a change to any of it deserves a new attempt at once.
+fn inputs_fingerprint(
+    desired: &Desired,
+    previous: Option<&AppStoreConnectStatus>,
+    secret: &WebhookSecret,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{desired:?}").hash(&mut h);
+    previous.and_then(|p| p.webhook_id.as_deref()).hash(&mut h);
+    secret.version.hash(&mut h);
+    h.finish()
+}
+
 fn failure_key(route: &WebhookRoute) -> String {
     format!(
         "app-store-connect/{}/{}",
@@ -237,6 +251,12 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::requeue(next.unwrap_or(recheck)));
     }
 
+    let key = failure_key(&route);
+    let fingerprint = inputs_fingerprint(&desired, previous.as_ref(), &secret);
+    if let Some(left) = ctx.held(&key, fingerprint) {
+        // The last call failed for these very inputs; this pass was caused by writing that failure.
+        return Ok(Action::requeue(left));
+    }
     let client = match credential(ctx, &route).await? {
         Ok(c) => c,
         Err(b) => {
@@ -244,7 +264,6 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
             return Ok(Action::requeue(recheck));
         }
     };
-    let key = failure_key(&route);
     let synced = if step == Step::Read {
         sync(&client, &desired, previous.as_ref(), &secret).await
     } else {
@@ -271,10 +290,12 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
                 // Store Connect, where no watch can see it.
                 recheck.saturating_mul(10)
             };
+            ctx.hold(&key, fingerprint, std::time::Instant::now() + delay);
             return Ok(Action::requeue(delay));
         }
     };
     ctx.record_success(&key);
+    ctx.release_hold(&key);
     if let Some(event) = &synced.event {
         ctx.event(route.as_ref(), false, event.0, event.1.clone())
             .await;

@@ -229,7 +229,7 @@ async fn slack_always_500_fails_after_the_retry_limit_with_the_reason() {
 async fn route_referencing_another_namespace_is_refused_with_a_reason() {
     let api = fake_api().await;
     put_secret(&api, "hook-secret", &[("secret", WEBHOOK_SECRET)]).await;
-    let rules = "    - name: notify\n      http: {urlSecretRef: {name: slack, key: url, namespace: payments}}\n";
+    let rules = "    - name: notify\n      match: {}\n      http: {urlSecretRef: {name: slack, key: url, namespace: payments}}\n";
     route_with(
         &api,
         "sneaky",

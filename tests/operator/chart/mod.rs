@@ -201,10 +201,11 @@ fn expect(entries: &[(&str, &str, &[&str])]) -> Grants {
 fn operator_grants() -> Grants {
     const STATUS: &[&str] = &["get", "patch", "update"];
     expect(&[
+        // patch: the finalizer of routes whose App Store Connect webhook the operator manages.
         (
             "asc.webhooks.dev",
             "webhookroutes",
-            &["get", "list", "watch"],
+            &["get", "list", "watch", "patch"],
         ),
         (
             "asc.webhooks.dev",
@@ -219,7 +220,8 @@ fn operator_grants() -> Grants {
         ("asc.webhooks.dev", "webhookroutes/status", STATUS),
         ("asc.webhooks.dev", "asccredentials/status", STATUS),
         ("asc.webhooks.dev", "webhookdeliveries/status", STATUS),
-        ("", "secrets", &["get"]),
+        // create: appStoreConnect.generateSecret makes the webhook Secret once; never update or delete.
+        ("", "secrets", &["get", "create"]),
         ("batch", "jobs", &["get", "list", "watch", "create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ])

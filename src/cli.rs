@@ -78,10 +78,15 @@ pub struct RunArgs {
     /// Longest delay between retries.
     #[arg(long, env = "ASC_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
-    /// How often routes and not-ready credentials are re-checked without a watched change; a fixed
-    /// Secret takes effect within this time (Secrets are read by name, not watched).
+    /// How often routes that are not Ready and not-ready credentials are re-checked without a watched
+    /// change; a fixed Secret takes effect within this time (Secrets are read by name, not watched).
     #[arg(long, env = "ASC_RECHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub recheck_interval: Duration,
+    /// How often a Ready route's Secrets are read again to confirm they still exist and hold their keys
+    /// (jittered by ±20 % so 1,000 routes do not read together). Routes that are not Ready are re-checked
+    /// every `--recheck-interval`; any change to the route re-reads at once.
+    #[arg(long, env = "ASC_SECRET_RECHECK_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub secret_recheck_interval: Duration,
     /// Reconciles running at once, per controller (each holds API connections while it runs).
     #[arg(long, env = "ASC_MAX_CONCURRENT_RECONCILES", default_value_t = 8)]
     pub max_concurrent_reconciles: u16,

@@ -64,6 +64,7 @@ impl From<&RunArgs> for Settings {
             retry_base_delay: a.retry_base_delay,
             retry_max_delay: a.retry_max_delay,
             recheck_interval: a.recheck_interval,
+            secret_recheck_interval: a.secret_recheck_interval,
             max_concurrent_reconciles: a.max_concurrent_reconciles.max(1),
             webhook_resync_interval: a.webhook_resync_interval.max(Duration::from_secs(1)),
             webhook_verify_timeout: a.webhook_verify_timeout,

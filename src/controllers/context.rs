@@ -1,16 +1,19 @@
 //! What every reconciler shares: the client, settings, metrics, the Event recorder, App Store Connect
 //! clients per credential, and the per-object failure counts behind the retry backoff.
 
+use super::delivery_index::DeliveryIndex;
+use super::route::SecretFacts;
 use crate::asc::api::{AscClient, AscClientOptions};
 use crate::asc::enrich::Enrichment;
 use crate::asc::token::{ApiKey, TokenSource};
 use crate::metrics::Metrics;
-use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery};
+use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// Settings of the controllers, from the command line.
@@ -29,6 +32,8 @@ pub struct Settings {
     /// How often routes and not-ready credentials are re-checked without a watched change (Secrets are
     /// read by name, not watched).
     pub recheck_interval: Duration,
+    /// How often a Ready route's Secrets are read again (jittered).
+    pub secret_recheck_interval: Duration,
     /// Reconciles running at once, per controller.
     pub max_concurrent_reconciles: u16,
     /// How often a registered App Store Connect webhook is read back to repair changes made there
@@ -50,6 +55,7 @@ impl Default for Settings {
             retry_max_delay: Duration::from_secs(300),
             asc: AscClientOptions::default(),
             recheck_interval: Duration::from_secs(30),
+            secret_recheck_interval: Duration::from_secs(3600),
             max_concurrent_reconciles: 8,
             webhook_resync_interval: Duration::from_secs(30 * 60),
             webhook_verify_timeout: Duration::from_secs(5 * 60),
@@ -112,6 +118,10 @@ pub struct Context {
     pub settings: Settings,
     /// HTTP client for HTTP actions.
     pub http: reqwest::Client,
+    /// Summaries of every delivery by route, fed by a watch (the route controller counts from it).
+    pub deliveries: DeliveryIndex,
+    credentials: OnceLock<Store<AscCredential>>,
+    route_facts: moka::sync::Cache<String, SecretFacts>,
     recorder: Recorder,
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -130,17 +140,45 @@ impl Context {
         settings: Settings,
         reporter: Reporter,
     ) -> Result<Self, reqwest::Error> {
+        let idle = settings_idle(&settings);
         Ok(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             settings,
             http: crate::actions::http::client()?,
+            deliveries: DeliveryIndex::default(),
+            credentials: OnceLock::new(),
+            // Bounded by the routes that exist; entries of deleted routes age out.
+            route_facts: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(idle)
+                .build(),
             asc_clients: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             enrichments: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The watched credentials, once the controllers started.
+    pub fn credentials(&self) -> Option<&Store<AscCredential>> {
+        self.credentials.get()
+    }
+
+    /// Hands the route controller the credential store (once; later calls are ignored).
+    pub fn set_credentials(&self, store: Store<AscCredential>) {
+        let _ = self.credentials.set(store);
+    }
+
+    /// What was last read about `route`'s Secrets.
+    pub fn route_facts(&self, route: &WebhookRoute) -> Option<SecretFacts> {
+        self.route_facts.get(&facts_key(route))
+    }
+
+    /// Remembers what was read about `route`'s Secrets.
+    pub fn remember_route_facts(&self, route: &WebhookRoute, facts: SecretFacts) {
+        self.route_facts.insert(facts_key(route), facts);
     }
 
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
@@ -303,6 +341,25 @@ impl Context {
             );
         Ok(ResolvedCredential { client, credential })
     }
+}
+
+fn facts_key(route: &WebhookRoute) -> String {
+    route.uid().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            route.namespace().unwrap_or_default(),
+            route.name_any()
+        )
+    })
+}
+
+/// Route facts unused for twice the slow re-check belong to a route that is gone.
+fn settings_idle(settings: &Settings) -> Duration {
+    settings
+        .secret_recheck_interval
+        .max(settings.recheck_interval)
+        .saturating_mul(2)
+        .max(Duration::from_secs(60))
 }
 
 /// Reads the private key of a credential from its Secret.

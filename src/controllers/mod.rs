@@ -5,6 +5,7 @@ pub mod asc_webhook;
 pub mod context;
 pub mod credential;
 pub mod delivery;
+pub mod delivery_index;
 pub mod delivery_state;
 pub mod matching;
 pub mod route;
@@ -175,31 +176,37 @@ pub async fn run(
     );
     let route_controller = Controller::for_stream(route_stream, route_store);
     let route_store = route_controller.store();
+    // One watch of every delivery feeds the index the route controller counts from, and says which
+    // route to look at again: no LIST per reconcile.
+    let delivery_events = watcher(
+        api::<WebhookDelivery>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    let route_triggers = ctx.deliveries.clone().follow(delivery_events);
+    let (credential_store, credential_events) = slim_cache(
+        api::<AscCredential>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    ctx.set_credentials(credential_store);
     let routes = route_controller
-        .owns(
-            api::<WebhookDelivery>(&client, ns),
-            watcher::Config::default().any_semantic(),
-        )
-        .watches(
-            api::<AscCredential>(&client, ns),
-            watcher::Config::default().any_semantic(),
-            move |cred| {
-                let cred_ns = cred.namespace();
-                let cred_name = cred.name_any();
-                route_store
-                    .state()
-                    .into_iter()
-                    .filter(|r| {
-                        r.namespace() == cred_ns
-                            && r.spec
-                                .credential_ref
-                                .as_ref()
-                                .is_some_and(|c| c.name == cred_name)
-                    })
-                    .map(|r| ObjectRef::from_obj(r.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .reconcile_on(route_triggers)
+        .watches_stream(credential_events, move |cred| {
+            let cred_ns = cred.namespace();
+            let cred_name = cred.name_any();
+            route_store
+                .state()
+                .into_iter()
+                .filter(|r| {
+                    r.namespace() == cred_ns
+                        && r.spec
+                            .credential_ref
+                            .as_ref()
+                            .is_some_and(|c| c.name == cred_name)
+                })
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(

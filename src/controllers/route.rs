@@ -1,46 +1,73 @@
 //! The `WebhookRoute` controller: reads what the route refers to, decides readiness (pure, in
 //! `route_status`), counts and prunes deliveries, and applies the status.
 //!
-//! It runs when a route changes, when one of its deliveries changes (they are owned by the route), when
-//! a referenced credential changes, and every `--recheck-interval` otherwise, since Secrets are read by name rather
-//! than watched.
+//! It is watch-driven: it runs when a route changes, when one of its deliveries changes (the delivery
+//! index, fed by one watch, says which route), and when a referenced credential changes. Counting never
+//! lists. Secrets are read by name rather than watched (a cluster-wide Secret watch would hold every
+//! Secret of every namespace in memory and need list/watch on all of them), so what was read is kept per
+//! route and read again only when the route changes, when a Ready route's `--secret-recheck-interval`
+//! (jittered) passes, or every `--recheck-interval` while the route is not Ready. An idle Ready route
+//! costs one GET per referenced Secret per `--secret-recheck-interval`, nothing else.
 
 use super::context::Context;
+use super::delivery_index::DeliverySummary;
 use super::route_status::{self, RouteFacts};
 use super::{Error, status};
-use crate::receiver::record::LABEL_ROUTE;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How soon to look again while the delivery index is still loading its first list.
+const INDEX_LOADING_RETRY: Duration = Duration::from_millis(500);
+/// How soon to look again after a status write lost to a newer version of the route.
+const STALE_RETRY: Duration = Duration::from_millis(200);
+
+/// What was read about a route's Secrets, and until when it is trusted.
+#[derive(Debug, Clone)]
+pub struct SecretFacts {
+    generation: Option<i64>,
+    secrets: BTreeMap<String, Option<BTreeSet<String>>>,
+    fresh_until: Instant,
+}
 
 /// Reconciles one route.
 pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.deliveries.is_ready() {
+        return Ok(Action::requeue(INDEX_LOADING_RETRY));
+    }
     let namespace = route.namespace().unwrap_or_default();
     let name = route.name_any();
-    let facts = read_facts(&ctx, &route, &namespace).await?;
+    let (secrets, fresh_until) = secret_facts(&ctx, &route, &namespace).await?;
+    let facts = RouteFacts {
+        secrets: secrets.secrets.clone(),
+        credential: credential_fact(&ctx, &route, &namespace).await?,
+    };
     let problems = route_status::problems(&route, &facts);
+    let soon = Instant::now() + ctx.settings.recheck_interval;
+    let fresh_until = if !problems.is_empty() && fresh_until > soon {
+        // Trusted for long only while Ready: a route waiting for a Secret looks again soon.
+        ctx.remember_route_facts(
+            &route,
+            SecretFacts {
+                fresh_until: soon,
+                ..secrets
+            },
+        );
+        soon
+    } else {
+        fresh_until
+    };
 
-    let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), &namespace);
-    let selector = format!("{LABEL_ROUTE}={}", crate::naming::label_value(&name));
-    let listed = deliveries_api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::Kube)?;
     let uid = route.uid();
-    let mine: Vec<&WebhookDelivery> = listed
-        .items
-        .iter()
-        .filter(|d| {
-            d.spec.route == name
-                && d.owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == uid.as_ref())
-        })
-        .collect();
+    let owned = ctx.deliveries.of_route(&namespace, &name, uid.as_deref());
+    let mine: Vec<&DeliverySummary> = owned.iter().collect();
     let prune = route_status::to_prune(&mine, route.spec.history_limit());
 
     let new_status = route_status::desired_status(
@@ -59,9 +86,19 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
         != Some(&new_status)
     {
         let api: Api<WebhookRoute> = Api::namespaced(ctx.client.clone(), &namespace);
-        status::apply(&api, &name, &new_status)
-            .await
-            .map_err(Error::Kube)?;
+        // Counts build on the previous status (pruned deliveries live only there): a reconcile of a stale
+        // copy must not write over a newer count.
+        let applied = status::apply_if_unchanged(
+            &api,
+            &name,
+            route.resource_version().as_deref(),
+            &new_status,
+        )
+        .await
+        .map_err(Error::Kube)?;
+        if applied.is_none() {
+            return Ok(Action::requeue(STALE_RETRY));
+        }
         let was_ready = route
             .status
             .as_ref()
@@ -76,38 +113,75 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
                 .await;
         }
     }
-    // Counted in status first: a crash between the two steps can only double-count, never lose a delivery.
-    for d in prune {
-        match deliveries_api
-            .delete(&d.name_any(), &DeleteParams::background())
-            .await
-        {
+    // Counted in status first, then left out of counts until the watch shows them gone: a crash between
+    // the two steps can only double-count, never lose a delivery.
+    let pruned_now: Vec<String> = prune.iter().map(|d| d.name.clone()).collect();
+    ctx.deliveries.mark_pruned(&namespace, pruned_now);
+    let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), &namespace);
+    for d in ctx.deliveries.pending_prunes(&namespace, &name) {
+        match deliveries_api.delete(&d, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
             Err(e) => return Err(Error::Kube(e)),
         }
     }
-    Ok(Action::requeue(ctx.settings.recheck_interval))
+    let next = fresh_until.saturating_duration_since(Instant::now());
+    Ok(Action::requeue(next.max(Duration::from_secs(1))))
 }
 
-async fn read_facts(
+/// The route's Secrets as last read, or read now when the route changed or the reading is too old.
+async fn secret_facts(
     ctx: &Context,
     route: &WebhookRoute,
     namespace: &str,
-) -> Result<RouteFacts, Error> {
-    let mut facts = RouteFacts::default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+) -> Result<(SecretFacts, Instant), Error> {
+    let generation = route.metadata.generation;
+    if let Some(cached) = ctx.route_facts(route)
+        && cached.generation == generation
+        && cached.fresh_until > Instant::now()
+    {
+        let until = cached.fresh_until;
+        return Ok((cached, until));
+    }
+    let mut secrets = BTreeMap::new();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     for name in route_status::referenced_secrets(route) {
-        let keys = secrets
+        let keys = api
             .get_opt(&name)
             .await
             .map_err(Error::Kube)?
             .map(|s| s.data.unwrap_or_default().into_keys().collect());
-        facts.secrets.insert(name, keys);
+        secrets.insert(name, keys);
     }
-    if let Some(c) = &route.spec.credential_ref {
-        let creds: Api<AscCredential> = Api::namespaced(ctx.client.clone(), namespace);
-        facts.credential = Some(creds.get_opt(&c.name).await.map_err(Error::Kube)?);
+    let facts = SecretFacts {
+        generation,
+        secrets,
+        fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
+    };
+    ctx.remember_route_facts(route, facts.clone());
+    let until = facts.fresh_until;
+    Ok((facts, until))
+}
+
+/// ±20 %, so routes created together do not re-read together.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
+}
+
+/// The referenced credential, from the watched store (a GET only when the store has not seen it yet).
+async fn credential_fact(
+    ctx: &Context,
+    route: &WebhookRoute,
+    namespace: &str,
+) -> Result<Option<Option<AscCredential>>, Error> {
+    let Some(c) = &route.spec.credential_ref else {
+        return Ok(None);
+    };
+    if let Some(store) = ctx.credentials()
+        && let Some(found) = store.get(&ObjectRef::new(&c.name).within(namespace))
+    {
+        return Ok(Some(Some(found.as_ref().clone())));
     }
-    Ok(facts)
+    let creds: Api<AscCredential> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(Some(creds.get_opt(&c.name).await.map_err(Error::Kube)?))
 }

@@ -2,13 +2,14 @@
 //! what do its deliveries add up to, and which deliveries fall out of the history.
 
 use super::asc_webhook;
+use super::delivery_index::DeliverySummary;
 use crate::actions::{job, template};
 use crate::resources::common::crosses_namespace;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::delivery::Phase;
 use crate::resources::route::{DeliveryCounts, LastDelivery};
 use crate::resources::route_asc::WEBHOOK_REGISTERED;
-use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute, WebhookRouteStatus};
+use crate::resources::{AscCredential, WebhookRoute, WebhookRouteStatus};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -221,11 +222,11 @@ pub fn ready_condition(problems: &[Problem]) -> Condition {
     }
 }
 
-fn phase(d: &WebhookDelivery) -> Phase {
-    d.status.as_ref().map(|s| s.phase).unwrap_or_default()
+fn phase(d: &DeliverySummary) -> Phase {
+    d.phase
 }
 
-fn count(deliveries: &[&WebhookDelivery]) -> DeliveryCounts {
+fn count(deliveries: &[&DeliverySummary]) -> DeliveryCounts {
     let mut c = DeliveryCounts::default();
     for d in deliveries {
         c.received += 1;
@@ -249,16 +250,16 @@ fn add(a: &DeliveryCounts, b: &DeliveryCounts) -> DeliveryCounts {
     }
 }
 
-fn received_key(d: &WebhookDelivery) -> (String, String) {
-    (d.spec.received_at.clone(), d.name_any())
+fn received_key(d: &DeliverySummary) -> (&str, &str) {
+    (&d.received_at, &d.name)
 }
 
 /// The finished deliveries beyond `limit`, oldest first: what pruning deletes.
-pub fn to_prune<'a>(deliveries: &[&'a WebhookDelivery], limit: i32) -> Vec<&'a WebhookDelivery> {
+pub fn to_prune<'a>(deliveries: &[&'a DeliverySummary], limit: i32) -> Vec<&'a DeliverySummary> {
     let excess = deliveries
         .len()
         .saturating_sub(usize::try_from(limit.max(1)).unwrap_or(1));
-    let mut finished: Vec<&WebhookDelivery> = deliveries
+    let mut finished: Vec<&DeliverySummary> = deliveries
         .iter()
         .copied()
         .filter(|d| phase(d).is_terminal())
@@ -271,8 +272,8 @@ pub fn to_prune<'a>(deliveries: &[&'a WebhookDelivery], limit: i32) -> Vec<&'a W
 /// The route's status after pruning `pruned_now` from `deliveries` (which still includes them).
 pub fn desired_status(
     route: &WebhookRoute,
-    deliveries: &[&WebhookDelivery],
-    pruned_now: &[&WebhookDelivery],
+    deliveries: &[&DeliverySummary],
+    pruned_now: &[&DeliverySummary],
     problems: &[Problem],
     public_url: Option<&str>,
     now: &str,
@@ -292,17 +293,17 @@ pub fn desired_status(
         .iter()
         .max_by_key(|d| received_key(d))
         .map(|d| LastDelivery {
-            name: d.name_any(),
-            event_type: d.spec.event_type.clone(),
-            new_state: d.spec.new_state.clone(),
+            name: d.name.clone(),
+            event_type: d.event_type.to_string(),
+            new_state: d.new_state.as_deref().map(str::to_owned),
             phase: Some(phase(d).as_str().to_owned()),
-            received_at: d.spec.received_at.clone(),
+            received_at: d.received_at.to_string(),
         })
         .or(prev.last_delivery.clone());
     let last_ping_time = deliveries
         .iter()
-        .filter(|d| d.spec.event_type == "webhookPingCreated")
-        .map(|d| d.spec.received_at.clone())
+        .filter(|d| &*d.event_type == "webhookPingCreated")
+        .map(|d| d.received_at.to_string())
         .chain(prev.last_ping_time.clone())
         .max();
     let ns = route.namespace().unwrap_or_default();

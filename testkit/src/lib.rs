@@ -2,3 +2,4 @@
 
 pub mod apiserver;
 pub mod asc_mock;
+pub mod kubectl;

@@ -9,18 +9,20 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The `openAPIV3Schema` of a committed CRD, as a JSON-schema validator.
 fn validator(crd_file: &str) -> jsonschema::Validator {
-    let text = std::fs::read_to_string(Path::new(ROOT).join("crds").join(crd_file)).unwrap();
-    let crd: Value = serde_yaml::from_str(&text).unwrap();
+    let crd = crate::manifests::kubectl_reads_file(&Path::new(ROOT).join("crds").join(crd_file))
+        .remove(0);
     let schema = crd
         .pointer("/spec/versions/0/schema/openAPIV3Schema")
         .unwrap();
     jsonschema::validator_for(schema).unwrap()
 }
 
+/// A sample resource as kubectl would send it.
 fn sample(name: &str) -> Value {
-    let text = std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/resources").join(name))
-        .unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    crate::manifests::kubectl_reads_file(
+        &Path::new(ROOT).join("tests/fixtures/resources").join(name),
+    )
+    .remove(0)
 }
 
 fn assert_valid<T: DeserializeOwned>(crd_file: &str, sample_file: &str) -> T {

@@ -32,12 +32,30 @@ pub fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// The committed CRDs as `kubectl apply -f crds/` sends them (JSON, converted with YAML 1.1 rules).
+pub fn crds_as_kubectl_sends_them() -> Vec<String> {
+    static CRDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let mut files: Vec<_> = std::fs::read_dir(Path::new(ROOT).join("crds"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| crate::manifests::kubectl_reads_file(f))
+            .map(|doc| doc.to_string())
+            .collect()
+    });
+    CRDS.clone()
+}
+
 pub async fn fake_api() -> FakeApiServer {
     let opts = FakeApiServerOptions {
         namespaces: vec!["default".into(), NS.into(), "payments".into()],
+        crd_yaml: crds_as_kubectl_sends_them(),
         ..Default::default()
     };
-    FakeApiServer::start(opts.crd_dir(Path::new(ROOT).join("crds"))).await
+    FakeApiServer::start(opts).await
 }
 
 /// One operator process, in-process.
@@ -243,16 +261,21 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
-    let obj: K = serde_yaml::from_str(yaml).unwrap();
+    // What kubectl would send (YAML 1.1 rules), posted as it is: a typed round trip would hide fields
+    // the Rust types do not know.
+    let doc = crate::manifests::kubectl_reads(yaml).remove(0);
+    let obj: kube::api::DynamicObject = serde_json::from_value(doc).unwrap();
     let ns = obj
-        .meta()
+        .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| NS.to_owned());
-    Api::<K>::namespaced(api.client(), &ns)
+    let resource = kube::api::ApiResource::erase::<K>(&());
+    let created = Api::<kube::api::DynamicObject>::namespaced_with(api.client(), &ns, &resource)
         .create(&PostParams::default(), &obj)
         .await
-        .unwrap()
+        .unwrap();
+    serde_json::from_value(serde_json::to_value(created).unwrap()).unwrap()
 }
 
 pub async fn route_with(

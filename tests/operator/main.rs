@@ -11,6 +11,7 @@ mod fuzz_corpus;
 mod harness;
 mod leader;
 mod logs;
+mod manifests;
 mod receiver;
 mod recorder;
 mod reliability;

@@ -27,13 +27,23 @@ pub fn test_key_pem() -> String {
         .unwrap()
 }
 
+/// The documents of an example file exactly as `kubectl apply` would send them (YAML 1.1 rules).
 fn documents(path: &Path) -> Vec<Value> {
-    use serde::Deserialize;
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    crate::manifests::kubectl_reads_file(path)
+}
+
+/// Posts a document exactly as converted (no round trip through the Rust types, which would drop what
+/// they do not know, as `kubectl apply` never does).
+async fn post_as_is<K>(api: &FakeApiServer, doc: Value)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let obj: kube::api::DynamicObject = serde_json::from_value(doc).unwrap();
+    let resource = kube::api::ApiResource::erase::<K>(&());
+    Api::<kube::api::DynamicObject>::namespaced_with(api.client(), NS, &resource)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", resource.kind, obj.metadata.name));
 }
 
 /// Loads `examples/<name>/` into namespace `NS`, swapping placeholders for test values: the webhook
@@ -84,11 +94,7 @@ pub async fn load_example_as(
                         }
                         *value = Value::from(replaced);
                     }
-                    let secret: Secret = serde_json::from_value(doc).unwrap();
-                    Api::<Secret>::namespaced(api.client(), NS)
-                        .create(&PostParams::default(), &secret)
-                        .await
-                        .unwrap();
+                    post_as_is::<Secret>(api, doc).await;
                 }
                 "AscCredential" => {
                     doc["spec"]["keyId"] = Value::from(TEST_KEY_ID);
@@ -96,11 +102,7 @@ pub async fn load_example_as(
                         doc["spec"]["issuerId"] = Value::from(TEST_ISSUER_ID);
                     }
                     doc["spec"]["apiUrl"] = Value::from(asc.url());
-                    let c: AscCredential = serde_json::from_value(doc).unwrap();
-                    Api::<AscCredential>::namespaced(api.client(), NS)
-                        .create(&PostParams::default(), &c)
-                        .await
-                        .unwrap();
+                    post_as_is::<AscCredential>(api, doc).await;
                 }
                 "WebhookRoute" => {
                     // These scenarios are about the rules: the route is registered by hand, with the
@@ -118,11 +120,7 @@ pub async fn load_example_as(
                             put_secret(api, &secret, &[("secret", WEBHOOK_SECRET)]).await;
                         }
                     }
-                    let r: WebhookRoute = serde_json::from_value(doc).unwrap();
-                    Api::<WebhookRoute>::namespaced(api.client(), NS)
-                        .create(&PostParams::default(), &r)
-                        .await
-                        .unwrap();
+                    post_as_is::<WebhookRoute>(api, doc).await;
                 }
                 other => panic!("unexpected {other} in examples/{name}"),
             }

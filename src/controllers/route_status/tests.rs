@@ -1,5 +1,4 @@
 use super::*;
-use crate::resources::delivery::WebhookDeliveryStatus;
 use crate::resources::route::{EnrichPolicy, EventFilter, HttpAction, JobAction, Rule};
 use crate::resources::{
     AscCredentialSpec, AscCredentialStatus, LocalObjectReference, SecretKeySelector,
@@ -189,16 +188,15 @@ fn invalid_job_and_http_templates_make_the_route_not_ready() {
     assert!(c.message.contains("rule slack"));
 }
 
-fn delivery(name: &str, at: &str, phase: Phase, event_type: &str) -> WebhookDelivery {
-    let mut d = crate::actions::context::tests::delivery("build-upload-complete");
-    d.metadata.name = Some(name.into());
-    d.spec.received_at = at.into();
-    d.spec.event_type = event_type.into();
-    d.status = Some(WebhookDeliveryStatus {
+fn delivery(name: &str, at: &str, phase: Phase, event_type: &str) -> DeliverySummary {
+    DeliverySummary {
+        name: name.into(),
+        owner_uid: Some("uid-1".into()),
+        event_type: event_type.into(),
+        new_state: None,
         phase,
-        ..Default::default()
-    });
-    d
+        received_at: at.into(),
+    }
 }
 
 #[test]
@@ -230,7 +228,7 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
     );
     let all = vec![&a, &b, &c, &d];
     let prune = to_prune(&all, 2);
-    let names: Vec<_> = prune.iter().map(|d| d.name_any()).collect();
+    let names: Vec<_> = prune.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, vec!["a", "c"], "running deliveries are never pruned");
     let s = desired_status(&r, &all, &prune, &[], None, "t");
     assert_eq!(

@@ -110,6 +110,12 @@
 //! yourself with [`FakeApiServer::patch_object`]), defaulting of built-in types (e.g. Job selectors),
 //! graceful deletion of pods, and the core/v1 ↔ events.k8s.io/v1 Event aliasing (two separate stores).
 //!
+//! YAML: the real API server never sees YAML from kubectl, Helm or Argo CD; they convert it to JSON
+//! with YAML 1.1 rules (a bare `on` key becomes `"true"`). This server parses the YAML handed to
+//! [`FakeApiServer::load_crds_from_yaml`] and `crd_dir` with a YAML 1.2 parser, which keeps `on` a
+//! string: tests that load manifests meant for `kubectl apply` convert them with
+//! [`crate::kubectl::Kubectl`] first.
+//!
 //! # Test hooks
 //! Faults ([`FakeApiServer::fail_next`], [`FakeApiServer::add_fault`] with a [`FaultRule`]),
 //! [`FakeApiServer::set_refuse_connections`], [`FakeApiServer::set_latency`],

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,16 +58,14 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Every non-empty document of a multi-document YAML stream.
+/// Every document of `helm template`'s output, as kubectl would send it to the API server (YAML 1.1
+/// rules, as `kubectl apply`, `helm install` and Argo CD apply it).
 fn parse_docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("bad YAML from helm: {e}")))
-        .filter(|v| !v.is_null())
-        .collect()
+    crate::manifests::kubectl_reads(yaml)
 }
 
-/// `helm template` of the chart with `args` (values files, `--set`), expecting success.
-fn template_with(chart: &Path, args: &[&str]) -> Vec<Value> {
+/// `helm template`'s raw output with `args` (values files, `--set`), expecting success.
+fn template_text(chart: &Path, args: &[&str]) -> String {
     let chart = chart.to_str().unwrap();
     let mut all = vec!["template", RELEASE, chart, "--namespace", RELEASE_NAMESPACE];
     all.extend_from_slice(args);
@@ -78,7 +75,24 @@ fn template_with(chart: &Path, args: &[&str]) -> Vec<Value> {
         "helm {all:?} failed:\n{}",
         stderr(&out)
     );
-    parse_docs(&String::from_utf8(out.stdout).unwrap())
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `helm template` of the chart with `args`, parsed as kubectl would.
+fn template_with(chart: &Path, args: &[&str]) -> Vec<Value> {
+    parse_docs(&template_text(chart, args))
+}
+
+/// The raw rendered output with the default values and with every option set, for checks of the text
+/// itself (the YAML 1.1 key rule).
+pub fn rendered_outputs() -> Vec<(&'static str, String)> {
+    vec![
+        ("default values", template_text(&chart_dir(), &[])),
+        (
+            "all options",
+            template_text(&chart_dir(), &["--values", ALL_OPTIONS]),
+        ),
+    ]
 }
 
 fn template(args: &[&str]) -> Vec<Value> {

@@ -14,7 +14,6 @@ use asc_webhook_operator::resources::route::{EnrichPolicy, Rule};
 use asc_webhook_operator::resources::{AscCredential, WebhookRoute};
 use k8s_openapi::api::batch::v1::JobTemplateSpec;
 use k8s_openapi::api::core::v1::{Container, Secret};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,8 +69,8 @@ fn openapi_to_json_schema(node: &Value) -> Value {
 }
 
 fn crd_validator(file: &str) -> jsonschema::Validator {
-    let text = std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap();
-    let crd: Value = serde_yaml::from_str(&text).unwrap();
+    let crd =
+        crate::manifests::kubectl_reads_file(&Path::new(ROOT).join("crds").join(file)).remove(0);
     let schema = crd
         .pointer("/spec/versions/0/schema/openAPIV3Schema")
         .expect("openAPIV3Schema");
@@ -103,9 +102,10 @@ fn cel_rules(file: &str) -> BTreeSet<String> {
             _ => {}
         }
     }
-    let text = std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap();
+    let crd =
+        crate::manifests::kubectl_reads_file(&Path::new(ROOT).join("crds").join(file)).remove(0);
     let mut out = BTreeSet::new();
-    walk(&serde_yaml::from_str(&text).unwrap(), &mut out);
+    walk(&crd, &mut out);
     out
 }
 
@@ -117,14 +117,9 @@ struct Example {
     routes: Vec<WebhookRoute>,
 }
 
+/// The documents of an example file as `kubectl apply` would send them (YAML 1.1 rules).
 fn docs_in(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| {
-            Value::deserialize(d).unwrap_or_else(|e| panic!("{}: bad YAML: {e}", path.display()))
-        })
-        .filter(|v| !v.is_null())
-        .collect()
+    crate::manifests::kubectl_reads_file(path)
 }
 
 fn typed<T: DeserializeOwned>(doc: &Value, at: &str) -> T {

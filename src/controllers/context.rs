@@ -181,6 +181,12 @@ impl Context {
         self.route_facts.insert(facts_key(route), facts);
     }
 
+    /// Forgets what was read about `route`'s Secrets, so the next route reconcile reads them again (the
+    /// operator itself just created one).
+    pub fn forget_route_facts(&self, route: &WebhookRoute) {
+        self.route_facts.invalidate(&facts_key(route));
+    }
+
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,

@@ -94,6 +94,8 @@ pub async fn read_or_generate(
                 .await
             {
                 Ok(created) => {
+                    // The route controller checks Secrets rarely; this one it must see at once.
+                    ctx.forget_route_facts(route);
                     ctx.event(
                         route,
                         false,

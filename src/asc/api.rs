@@ -126,7 +126,7 @@ pub enum ApiError {
         /// Apple's error code and detail, if any.
         asc_message: Option<String>,
         /// Apple's first error object, when the body was one (for callers that act on `code`).
-        apple: Option<AppleError>,
+        apple: Option<Box<AppleError>>,
     },
     /// Connecting, sending or reading failed (including timeouts).
     #[error("request to {url} failed")]
@@ -428,7 +428,7 @@ impl AscClient {
                 status: status.as_u16(),
                 url: url.to_string(),
                 asc_message,
-                apple: AppleError::parse(&body),
+                apple: AppleError::parse(&body).map(Box::new),
             },
         };
         let retryable =

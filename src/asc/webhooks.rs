@@ -453,12 +453,12 @@ mod tests {
             status: code,
             url: "u".into(),
             asc_message: None,
-            apple: Some(super::super::api::AppleError {
+            apple: Some(Box::new(super::super::api::AppleError {
                 status: code.to_string(),
                 code: apple_code.into(),
                 title: String::new(),
                 detail: detail.into(),
-            }),
+            })),
         }
     }
 

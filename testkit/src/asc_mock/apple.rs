@@ -98,7 +98,7 @@ fn subscribed(w: &MockWebhook, body: &[u8]) -> bool {
         }
         snake.push(c.to_ascii_uppercase());
     }
-    EVENT_TYPES.contains(&snake.as_str()) && w.event_types.iter().any(|e| *e == snake)
+    EVENT_TYPES.contains(&snake.as_str()) && w.event_types.contains(&snake)
 }
 
 impl AscMock {

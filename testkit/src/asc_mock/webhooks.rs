@@ -136,29 +136,28 @@ fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn check_event_types(types: &Value) -> Result<Vec<String>, Response> {
+/// The event types, or Apple's `detail` for an invalid value.
+fn check_event_types(types: &Value) -> Result<Vec<String>, String> {
     let Some(list) = types.as_array() else {
-        return Err(invalid("eventTypes must be an array"));
+        return Err("eventTypes must be an array".into());
     };
     let mut out = Vec::new();
     for t in list {
         match t.as_str() {
             Some(s) if EVENT_TYPES.contains(&s) => out.push(s.to_owned()),
             _ => {
-                return Err(invalid(&format!(
-                    "'{t}' is not a valid value for eventTypes"
-                )));
+                return Err(format!("'{t}' is not a valid value for eventTypes"));
             }
         }
     }
     Ok(out)
 }
 
-fn check_url(url: &str) -> Result<(), Response> {
+fn check_url(url: &str) -> Result<(), String> {
     if url.starts_with("https://") || url.starts_with("http://") {
         Ok(())
     } else {
-        Err(invalid("url must be an absolute http(s) URL"))
+        Err("url must be an absolute http(s) URL".into())
     }
 }
 
@@ -279,11 +278,11 @@ impl State {
         }
         let event_types = match check_event_types(&attrs["eventTypes"]) {
             Ok(t) => t,
-            Err(r) => return r,
+            Err(detail) => return invalid(&detail),
         };
         let url = attrs["url"].as_str().unwrap_or_default().to_owned();
-        if let Err(r) = check_url(&url) {
-            return r;
+        if let Err(detail) = check_url(&url) {
+            return invalid(&detail);
         }
         let of_app = self
             .webhooks
@@ -349,14 +348,14 @@ impl State {
         let event_types = match attrs.get("eventTypes") {
             Some(t) => match check_event_types(t) {
                 Ok(t) => Some(t),
-                Err(r) => return r,
+                Err(detail) => return invalid(&detail),
             },
             None => None,
         };
         if let Some(url) = attrs.get("url").and_then(Value::as_str)
-            && let Err(r) = check_url(url)
+            && let Err(detail) = check_url(url)
         {
-            return r;
+            return invalid(&detail);
         }
         let Some(w) = self.webhooks.get_mut(id) else {
             return not_found("webhooks", id);

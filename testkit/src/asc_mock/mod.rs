@@ -418,6 +418,13 @@ impl Shared {
                 return response;
             }
         }
+        // A document a test put in place wins over the stateful fake.
+        let inserted = (method == Method::GET)
+            .then(|| lock(&self.documents).get(path).cloned())
+            .flatten();
+        if let Some(body) = inserted {
+            return json_response(StatusCode::OK, body);
+        }
         if webhooks::serves(path) {
             return self.webhook_call(method, path, uri.query().unwrap_or_default(), body);
         }

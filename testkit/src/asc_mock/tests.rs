@@ -347,3 +347,6 @@ async fn missing_fixtures_dir_is_a_clear_error() {
     assert!(matches!(err, AscMockError::Read { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/asc"));
 }
+
+/// The stateful webhook endpoints, driven over HTTP with a token minted here.
+mod webhooks;

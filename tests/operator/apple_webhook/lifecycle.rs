@@ -262,6 +262,7 @@ async fn generate_secret_creates_the_secret_once_owned_by_the_route_and_never_ov
         .find(|w| w.url.ends_with("/kept"))
         .unwrap();
     assert_eq!(w.secret, WEBHOOK_SECRET);
+    assert_no_secret_leaks(&api, &op, &[&value, WEBHOOK_SECRET]).await;
     op.stop().await;
 }
 

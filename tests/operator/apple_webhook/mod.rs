@@ -166,3 +166,25 @@ pub fn ui_webhook(url: &str) -> MockWebhook {
         enabled: true,
     }
 }
+
+/// No secret value in any route status, Event, metric or captured log line.
+pub async fn assert_no_secret_leaks(api: &FakeApiServer, op: &Operator, secrets: &[&str]) {
+    let mut haystacks = vec![
+        ("metrics".to_owned(), op.metrics().await),
+        ("logs".to_owned(), crate::logs::captured()),
+    ];
+    for obj in api.list_objects("webhookroutes", Some(NS)) {
+        haystacks.push((
+            "route status".into(),
+            obj.get("status").map(|s| s.to_string()).unwrap_or_default(),
+        ));
+    }
+    for event in api.list_objects("events", Some(NS)) {
+        haystacks.push(("Event".into(), event.to_string()));
+    }
+    for (what, text) in &haystacks {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} contains a secret value");
+        }
+    }
+}

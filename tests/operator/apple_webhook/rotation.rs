@@ -70,6 +70,7 @@ async fn rotating_the_secret_patches_it_and_the_old_one_is_accepted_only_during_
         .await
         .unwrap();
     assert_eq!(fresh.response_status, Some(202), "{fresh:?}");
+    assert_no_secret_leaks(&api, &op, &[WEBHOOK_SECRET, NEW_SECRET]).await;
     op.stop().await;
 }
 

@@ -359,7 +359,7 @@ fn webhook_problem(route: &WebhookRoute) -> Option<Problem> {
     match registered {
         Some(c) if c.is_true() => None,
         Some(c) if c.status == conditions::FALSE => Some(Problem {
-            reason: leak_reason(&c.reason),
+            reason: known_webhook_reason(&c.reason),
             message: format!("App Store Connect webhook: {}", c.message),
         }),
         _ => Some(problem(
@@ -370,7 +370,7 @@ fn webhook_problem(route: &WebhookRoute) -> Option<Problem> {
 }
 
 /// `Problem::reason` is `&'static str`; the webhook reasons are a fixed set, so map back to them.
-fn leak_reason(reason: &str) -> &'static str {
+fn known_webhook_reason(reason: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "NoPublicUrl",
         "InsecurePublicUrl",

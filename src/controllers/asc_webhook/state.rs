@@ -114,12 +114,16 @@ pub fn status_patch(asc: Option<&AppStoreConnectStatus>, conditions: &[Condition
     if let Some(asc) = asc {
         status.insert("appStoreConnect".into(), json!(asc));
     }
-    status.insert("conditions".into(), json!(conditions));
-    json!({
-        "apiVersion": "asc.webhooks.dev/v1alpha1",
-        "kind": "WebhookRoute",
-        "status": status,
-    })
+    // Omitted rather than empty: an apply that leaves a field out gives it up, which is how this
+    // reconciler removes its fields when a route stops asking for a webhook.
+    if !conditions.is_empty() {
+        status.insert("conditions".into(), json!(conditions));
+    }
+    let mut patch = json!({"apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute"});
+    if !status.is_empty() {
+        patch["status"] = Value::Object(status);
+    }
+    patch
 }
 
 #[cfg(test)]
@@ -190,7 +194,10 @@ mod tests {
     fn the_patch_carries_type_meta_and_only_owned_fields() {
         let p = status_patch(None, &[]);
         assert_eq!(p["kind"], "WebhookRoute");
-        assert_eq!(p["status"], json!({"conditions": []}));
+        assert!(
+            p.get("status").is_none(),
+            "nothing owned: every field given up"
+        );
         let asc = AppStoreConnectStatus {
             webhook_id: Some("w".into()),
             ..Default::default()

@@ -106,3 +106,37 @@ async fn a_route_without_app_store_connect_gets_no_finalizer_and_no_call() {
     wait_route_gone(&api, "manual").await;
     op.stop().await;
 }
+
+#[tokio::test]
+async fn removing_app_store_connect_stops_managing_and_leaves_the_webhook() {
+    let (api, mock) = world().await;
+    let op = Operator::start_reachable(&api, &[]).await;
+    managed_route(&api, "release", "", RULES).await;
+    let id = webhook_id(&registered_and_verified(&api, "release").await);
+    edit_route(
+        &api,
+        "release",
+        serde_json::json!({"spec": {"appStoreConnect": null}}),
+    )
+    .await;
+    let route = eventually("the route is unmanaged", WAIT, || {
+        let r = get_route(&api, "release");
+        async move {
+            let s = r.status.as_ref()?;
+            let clean = s.app_store_connect.is_none()
+                && condition(&r, "WebhookRegistered").is_none()
+                && condition(&r, "WebhookVerified").is_none()
+                && r.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty());
+            clean.then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        condition(&route, "Ready").is_some(),
+        "the route controller's condition stays"
+    );
+    wait_condition(&api, "release", "Ready", "True", "Ready").await;
+    assert!(mock.webhook(&id).is_some());
+    assert_eq!(calls(&mock, "DELETE", "/v1/webhooks"), 0);
+    op.stop().await;
+}

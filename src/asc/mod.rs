@@ -6,4 +6,5 @@ pub mod enrich;
 pub mod event;
 pub mod signature;
 pub mod token;
+pub mod webhook_deliveries;
 pub mod webhooks;

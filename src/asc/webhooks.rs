@@ -261,6 +261,11 @@ fn classify(e: ApiError, app_id: Option<&str>, webhook_id: Option<&str>) -> Webh
     }
 }
 
+/// Classifies an error of a call about one webhook (or one of its deliveries).
+pub(crate) fn classify_for_webhook(e: ApiError, id: &str) -> WebhookError {
+    classify(e, None, Some(id))
+}
+
 #[derive(Deserialize)]
 struct Resource {
     id: String,
@@ -286,6 +291,11 @@ impl<'a> Webhooks<'a> {
     /// Webhook calls through `client`.
     pub fn new(client: &'a AscClient) -> Self {
         Webhooks { client }
+    }
+
+    /// The client the calls go through.
+    pub(crate) fn client(&self) -> &AscClient {
+        self.client
     }
 
     /// `POST /v1/webhooks`.

@@ -218,3 +218,53 @@ async fn an_unknown_app_and_a_refused_key_are_told_apart() {
         Err(WebhookError::Forbidden(_))
     ));
 }
+
+#[tokio::test]
+async fn failed_deliveries_are_listed_with_their_payload_and_can_be_redelivered() {
+    use crate::asc::webhook_deliveries::{DeliveryFilter, DeliveryState};
+    let (mock, client) = setup().await;
+    let hooks = Webhooks::new(&client);
+    // Nothing listens here yet: the first delivery fails.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    drop(listener);
+    let w = hooks.create(APP, &attributes(&url), "s").await.unwrap();
+    let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e-1"}}"#;
+    let sent = mock.send_event(&w.id, payload).await.unwrap();
+    assert_eq!(sent.state, testkit::asc_mock::DeliveryState::Failed);
+    let filter = DeliveryFilter {
+        states: vec![DeliveryState::Failed, DeliveryState::Pending],
+        ..Default::default()
+    };
+    let page = hooks.deliveries_page(&w.id, &filter, None).await.unwrap();
+    assert_eq!(page.deliveries.len(), 1);
+    assert_eq!(page.next, None);
+    let failed = &page.deliveries[0];
+    assert_eq!(failed.state, Some(DeliveryState::Failed));
+    assert_eq!(
+        failed.event.as_ref().unwrap().payload.as_bytes(),
+        payload.as_slice()
+    );
+    // A receiver now listens: the redelivery goes through, signed with the current secret.
+    let listener =
+        tokio::net::TcpListener::bind(url.trim_start_matches("http://").trim_end_matches("/hook"))
+            .await
+            .unwrap();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { http::StatusCode::ACCEPTED }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let id = hooks.redeliver(&failed.id).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(d) = mock.deliveries().into_iter().find(|d| d.id == id) {
+            assert!(d.redelivery);
+            assert_eq!(d.state, testkit::asc_mock::DeliveryState::Succeeded);
+            assert_eq!(d.event.payload.as_bytes(), payload.as_slice());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no redelivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

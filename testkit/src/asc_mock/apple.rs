@@ -29,6 +29,9 @@ impl Shared {
             let exists = lock(&self.webhooks).webhooks.contains_key(id);
             return deliveries::list(&lock(&self.deliveries), exists, id, query, &base);
         }
+        if method == Method::POST && path == "/v1/webhookDeliveries" {
+            return self.redeliver(body);
+        }
         let handled = lock(&self.webhooks).handle(method, path, query, body, &base);
         if let Some(webhook_id) = handled.ping {
             // Apple answers the ping request first and delivers the ping on its own schedule.
@@ -55,15 +58,69 @@ impl Shared {
 
     async fn deliver(&self, event: &SignedEvent) -> MockDelivery {
         let n = self.next_delivery.fetch_add(1, Ordering::Relaxed);
-        let delivery = deliveries::post(
-            &self.sender,
-            event,
-            format!("delivery-{n:06}"),
-            format!("event-{n:06}"),
-        )
-        .await;
+        self.deliver_as(event, n, format!("event-{n:06}"), false)
+            .await
+    }
+
+    async fn deliver_as(
+        &self,
+        event: &SignedEvent,
+        n: u64,
+        event_id: String,
+        redelivery: bool,
+    ) -> MockDelivery {
+        let mut delivery =
+            deliveries::post(&self.sender, event, format!("delivery-{n:06}"), event_id).await;
+        delivery.redelivery = redelivery;
         lock(&self.deliveries).push(delivery.clone());
         delivery
+    }
+
+    /// `POST /v1/webhookDeliveries`: the template's event again, to the webhook's current URL, signed
+    /// with its current secret, logged as a redelivery.
+    fn redeliver(self: &Arc<Self>, body: &[u8]) -> Response {
+        let template = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/data/relationships/template/data/id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let found = lock(&self.deliveries)
+            .iter()
+            .find(|d| d.id == template)
+            .cloned();
+        let not_found = |detail: &str| {
+            super::error(
+                http::StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The specified resource does not exist",
+                detail,
+            )
+        };
+        let Some(original) = found else {
+            return not_found(&format!(
+                "There is no resource of type 'webhookDeliveries' with id '{template}'"
+            ));
+        };
+        let Some(event) = self.sign(&original.webhook_id, original.event.payload.as_bytes()) else {
+            return not_found("The webhook of this delivery no longer exists");
+        };
+        let n = self.next_delivery.fetch_add(1, Ordering::Relaxed);
+        let shared = self.clone();
+        let event_id = original.event.id.clone();
+        tokio::spawn(async move {
+            shared.deliver_as(&event, n, event_id, true).await;
+        });
+        super::json_response(
+            http::StatusCode::CREATED,
+            bytes::Bytes::from(
+                serde_json::json!({"data": {"type": "webhookDeliveries", "id": format!("delivery-{n:06}"),
+                    "attributes": {"redelivery": true, "deliveryState": "PENDING"}}})
+                .to_string(),
+            ),
+        )
     }
 
     /// Signs with the current secret and delivers, unless the webhook is gone, disabled or (for events)

@@ -127,6 +127,7 @@ pub(super) fn serves(path: &str) -> bool {
     path == "/v1/webhooks"
         || path.starts_with("/v1/webhooks/")
         || path == "/v1/webhookPings"
+        || path == "/v1/webhookDeliveries"
         || (path.starts_with("/v1/apps/") && path.ends_with("/webhooks"))
 }
 

@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// API refusing) before its finalizer is released anyway, so namespace deletion never hangs.
     #[arg(long, env = "ASC_WEBHOOK_RELEASE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub webhook_release_timeout: Duration,
+    /// How far back the first catch-up pass after registration reads App Store Connect's delivery log
+    /// for events that failed to arrive.
+    #[arg(long, env = "ASC_CATCH_UP_LOOKBACK", default_value = "24h", value_parser = parse_duration)]
+    pub catch_up_lookback: Duration,
     /// After a webhook secret changes, how long the receiver still accepts signatures made with the
     /// previous one (deliveries already in flight were signed with it). Only for routes whose webhook the
     /// operator manages (`spec.appStoreConnect`); 0 turns it off.

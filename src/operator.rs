@@ -69,6 +69,7 @@ impl From<&RunArgs> for Settings {
             webhook_resync_interval: a.webhook_resync_interval.max(Duration::from_secs(1)),
             webhook_verify_timeout: a.webhook_verify_timeout,
             webhook_release_timeout: a.webhook_release_timeout,
+            catch_up_lookback: a.catch_up_lookback,
             asc: AscClientOptions {
                 request_timeout: a.asc_api_timeout,
                 max_attempts: a.asc_api_max_attempts.max(1),

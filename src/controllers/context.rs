@@ -44,6 +44,8 @@ pub struct Settings {
     /// How long a deleted route waits for its App Store Connect webhook to be deleted before it is
     /// released anyway.
     pub webhook_release_timeout: Duration,
+    /// How far back the first catch-up pass after registration reads App Store Connect's delivery log.
+    pub catch_up_lookback: Duration,
 }
 
 impl Default for Settings {
@@ -60,6 +62,7 @@ impl Default for Settings {
             webhook_resync_interval: Duration::from_secs(30 * 60),
             webhook_verify_timeout: Duration::from_secs(5 * 60),
             webhook_release_timeout: Duration::from_secs(10 * 60),
+            catch_up_lookback: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -127,6 +130,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     enrichments: Mutex<HashMap<String, Enrichment>>,
     holds: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    caught_up: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Enrichments kept in memory, so HTTP retries of one delivery do not call App Store Connect again.
@@ -158,6 +162,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             enrichments: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
+            caught_up: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -243,6 +248,22 @@ impl Context {
             .then(|| until.checked_duration_since(std::time::Instant::now()))
             .flatten()
             .filter(|d| !d.is_zero())
+    }
+
+    /// Whether this process already made a catch-up pass for `key` (each process makes one at start).
+    pub fn caught_up(&self, key: &str) -> bool {
+        self.caught_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// Notes a catch-up pass for `key`.
+    pub fn mark_caught_up(&self, key: &str) {
+        self.caught_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned());
     }
 
     /// Ends the hold on `key`.

@@ -39,6 +39,47 @@ pub struct AppStoreConnectWebhook {
     /// `Retain`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Recovering events whose delivery failed (receiver down, Ingress or TLS broken) from App Store
+    /// Connect's delivery log. On by default, every 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUp>,
+}
+
+/// How missed events are recovered from App Store Connect's delivery log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatchUp {
+    /// Minutes between passes over the delivery log (also one at operator start). Defaults to 10; 0 turns
+    /// catch-up off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1440))]
+    pub interval_minutes: Option<i32>,
+    /// `Record` (default): record each missed event as the receiver would, from the payload Apple's API
+    /// returns. `Redeliver`: ask App Store Connect to send it again, signed.
+    #[serde(default)]
+    pub mode: CatchUpMode,
+}
+
+/// What catch-up does with a missed event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CatchUpMode {
+    /// Record it directly (`spec.source: CatchUp`).
+    #[default]
+    Record,
+    /// Have App Store Connect deliver it again through the signed path.
+    Redeliver,
+}
+
+impl AppStoreConnectWebhook {
+    /// Minutes between catch-up passes; `None` when catch-up is off.
+    pub fn catch_up_interval_minutes(&self) -> Option<u64> {
+        let m = self
+            .catch_up
+            .as_ref()
+            .and_then(|c| c.interval_minutes)
+            .unwrap_or(10);
+        u64::try_from(m).ok().filter(|m| *m > 0)
+    }
 }
 
 impl AppStoreConnectWebhook {
@@ -80,6 +121,25 @@ pub struct AppStoreConnectStatus {
     /// When the last test ping was requested (after a create or change; RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping_requested_time: Option<String>,
+    /// Progress of recovering missed events from the delivery log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUpStatus>,
+}
+
+/// Where catch-up stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatchUpStatus {
+    /// When the last pass finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<String>,
+    /// `createdDate` of the newest delivery-log entry read so far; the next pass reads from a little
+    /// before it (clock skew), so a restart or leader change neither re-reads the whole log nor skips a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// Events recovered by catch-up since the webhook was registered.
+    #[serde(default)]
+    pub recovered: i64,
 }
 
 /// The readable attributes of an App Store Connect webhook (the secret is write-only).

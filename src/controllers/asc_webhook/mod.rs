@@ -13,6 +13,7 @@
 //! (`--webhook-resync-interval`) that repairs edits made in App Store Connect. In between, a reconcile
 //! reads the Secret from the API server and nothing else.
 
+mod catch_up;
 mod cleanup;
 pub mod plan;
 mod secret;
@@ -178,6 +179,26 @@ fn last_ping_time(route: &WebhookRoute) -> Option<&str> {
         .and_then(|s| s.last_ping_time.as_deref())
 }
 
+/// When the next catch-up pass is due (zero: now; `None`: off), without any call.
+fn catch_up_due_in(
+    ctx: &Context,
+    route: &WebhookRoute,
+    asc: &AppStoreConnectStatus,
+) -> Option<std::time::Duration> {
+    let minutes = route
+        .spec
+        .app_store_connect
+        .as_ref()?
+        .catch_up_interval_minutes()?;
+    asc.webhook_id.as_ref()?;
+    Some(catch_up::due_in(
+        asc.catch_up.as_ref(),
+        std::time::Duration::from_secs(minutes * 60),
+        ctx.caught_up(&failure_key(route)),
+        jiff::Timestamp::now(),
+    ))
+}
+
 /// What a failed call depended on: a change to any of it deserves a new attempt at once.
 fn inputs_fingerprint(
     desired: &Desired,
@@ -235,7 +256,16 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
     let ping_owed = previous
         .as_ref()
         .is_some_and(|p| p.ping_requested_time.is_none());
-    if let (Step::Idle(left), Some(asc), false) = (&step, previous.clone(), ping_owed) {
+    if let (Step::Idle(left), Some(mut asc), false) = (&step, previous.clone(), ping_owed) {
+        let catch_up_due = catch_up_due_in(ctx, &route, &asc);
+        let catch_up_next = match catch_up_due {
+            // Due now: the one time an idle route talks to App Store Connect besides the re-read.
+            Some(d) if d.is_zero() => match credential(ctx, &route).await? {
+                Ok(client) => catch_up::pass_if_due(ctx, &route, &client, &mut asc).await?,
+                Err(_) => Some(recheck),
+            },
+            other => other,
+        };
         let (verified, verify_due) = state::verified_condition(
             &asc,
             last_ping_time(&route),
@@ -244,7 +274,7 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
             ctx.settings.webhook_verify_timeout,
         );
         write(ctx, &route, Some(&asc), vec![verified]).await?;
-        let next = [Some(*left), Some(recheck), verify_due]
+        let next = [Some(*left), Some(recheck), verify_due, catch_up_next]
             .into_iter()
             .flatten()
             .min();
@@ -310,6 +340,7 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
             }
         }
     }
+    let catch_up_next = catch_up::pass_if_due(ctx, &route, &client, &mut synced.status).await?;
     let (verified, verify_due) = state::verified_condition(
         &synced.status,
         last_ping_time(&route),
@@ -332,10 +363,16 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
         .ping_requested_time
         .is_none()
         .then(|| ctx.record_failure(&key));
-    let next = [Some(read_every), Some(recheck), verify_due, retry_ping]
-        .into_iter()
-        .flatten()
-        .min();
+    let next = [
+        Some(read_every),
+        Some(recheck),
+        verify_due,
+        retry_ping,
+        catch_up_next,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     Ok(Action::requeue(next.unwrap_or(recheck)))
 }
 
@@ -448,6 +485,7 @@ async fn sync(
         observed_secret_version: Some(secret.version.clone()),
         registered: Some(desired.registered()),
         ping_requested_time,
+        catch_up: previous.and_then(|p| p.catch_up.clone()),
     };
     Ok(match planned {
         Plan::Create => {

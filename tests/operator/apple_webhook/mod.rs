@@ -1,6 +1,7 @@
 //! A route with `spec.appStoreConnect` registers, verifies and keeps its own webhook in the mock App Store
 //! Connect, which delivers signed pings and events to the operator's receiver as Apple would.
 
+mod catch_up;
 mod deletion;
 mod examples;
 mod faults;

@@ -101,6 +101,20 @@ pub fn recorded(
     Ok(d)
 }
 
+/// When the next pass is due for route `key`: an interrupted pass is owed after its backoff, a finished
+/// one after `interval`.
+pub(super) fn next_pass_in(
+    ctx: &Context,
+    key: &str,
+    status: Option<&CatchUpStatus>,
+    interval: Duration,
+) -> Duration {
+    if let Some(left) = ctx.held(&format!("catch-up/{key}"), 0) {
+        return left;
+    }
+    due_in(status, interval, ctx.caught_up(key), jiff::Timestamp::now())
+}
+
 /// Runs a pass when one is due and updates `asc.catchUp`; answers when the next one is due (`None`: off).
 pub(super) async fn pass_if_due(
     ctx: &Context,
@@ -119,12 +133,7 @@ pub(super) async fn pass_if_due(
     };
     let interval = Duration::from_secs(minutes * 60);
     let key = super::failure_key(route);
-    let left = due_in(
-        asc.catch_up.as_ref(),
-        interval,
-        ctx.caught_up(&key),
-        jiff::Timestamp::now(),
-    );
+    let left = next_pass_in(ctx, &key, asc.catch_up.as_ref(), interval);
     if !left.is_zero() {
         return Ok(Some(left));
     }
@@ -164,9 +173,12 @@ pub(super) async fn pass_if_due(
             None => break,
         }
     }
-    ctx.mark_caught_up(&key);
+    let retry_key = format!("catch-up/{key}");
     match outcome {
         Ok(()) => {
+            ctx.mark_caught_up(&key);
+            ctx.record_success(&retry_key);
+            ctx.release_hold(&retry_key);
             state.last_check_time = Some(crate::time::now_rfc3339());
             asc.catch_up = Some(state);
             Ok(Some(interval))
@@ -174,8 +186,12 @@ pub(super) async fn pass_if_due(
         Err(e) => {
             // The checkpoint keeps what was read; the next pass resumes there, after a backoff.
             tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "catch-up pass interrupted");
+            // Not marked done: the pass is owed, after a backoff (held, so the status write this
+            // causes does not start it again at once).
             asc.catch_up = Some(state);
-            Ok(Some(ctx.record_failure(&format!("catch-up/{key}"))))
+            let delay = ctx.record_failure(&retry_key);
+            ctx.hold(&retry_key, 0, std::time::Instant::now() + delay);
+            Ok(Some(delay))
         }
     }
 }
@@ -197,18 +213,15 @@ async fn recover(
             return Ok(0);
         }
     };
-    let name = delivery.name_any();
-    if deliveries
-        .get_opt(&name)
-        .await
-        .map_err(Error::Kube)?
-        .is_some()
-    {
-        return Ok(0);
-    }
     match mode {
         CatchUpMode::Redeliver => {
-            if logged.state != Some(DeliveryState::Failed) {
+            // Only what was never recorded, live or otherwise, is worth sending again.
+            let recorded = deliveries
+                .get_opt(&delivery.name_any())
+                .await
+                .map_err(Error::Kube)?
+                .is_some();
+            if recorded || logged.state != Some(DeliveryState::Failed) {
                 return Ok(0);
             }
             match hooks.redeliver(&logged.id).await {

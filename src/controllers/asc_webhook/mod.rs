@@ -191,11 +191,11 @@ fn catch_up_due_in(
         .as_ref()?
         .catch_up_interval_minutes()?;
     asc.webhook_id.as_ref()?;
-    Some(catch_up::due_in(
+    Some(catch_up::next_pass_in(
+        ctx,
+        &failure_key(route),
         asc.catch_up.as_ref(),
         std::time::Duration::from_secs(minutes * 60),
-        ctx.caught_up(&failure_key(route)),
-        jiff::Timestamp::now(),
     ))
 }
 

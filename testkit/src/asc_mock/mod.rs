@@ -162,23 +162,23 @@ enum Remaining {
     Always,
 }
 
-/// Which requests a fault applies to: a method (or any) and a path prefix.
+/// Which requests a fault applies to: a method (or any) and text the path and query must contain.
 #[derive(Debug, Clone)]
 struct Matcher {
     method: Option<Method>,
-    path_prefix: String,
+    contains: String,
 }
 
 impl Matcher {
     fn any() -> Self {
         Matcher {
             method: None,
-            path_prefix: String::new(),
+            contains: String::new(),
         }
     }
 
-    fn matches(&self, method: &Method, path: &str) -> bool {
-        self.method.as_ref().is_none_or(|m| m == method) && path.starts_with(&self.path_prefix)
+    fn matches(&self, method: &Method, path_and_query: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method) && path_and_query.contains(&self.contains)
     }
 }
 
@@ -299,16 +299,17 @@ impl AscMock {
         }
     }
 
-    /// Like [`inject`](Self::inject), for requests with `method` whose path starts with `path_prefix`
-    /// only (e.g. `POST /v1/webhooks`); other requests pass it by.
-    pub fn inject_for(&self, method: Method, path_prefix: &str, fault: Fault, times: usize) {
+    /// Like [`inject`](Self::inject), for requests with `method` whose path and query contain `contains`
+    /// only (e.g. `/v1/webhooks` for every webhook call, `cursor=` for a next page); other requests pass
+    /// it by.
+    pub fn inject_for(&self, method: Method, contains: &str, fault: Fault, times: usize) {
         if times > 0 {
             lock(&self.shared.faults).push_back((
                 fault,
                 Remaining::Times(times),
                 Matcher {
                     method: Some(method),
-                    path_prefix: path_prefix.to_owned(),
+                    contains: contains.to_owned(),
                 },
             ));
         }
@@ -410,7 +411,8 @@ impl Shared {
         if !auth.is_accepted() {
             return unauthorized();
         }
-        if let Some(fault) = self.next_fault(method, path) {
+        let path_and_query = uri.path_and_query().map_or(path, |pq| pq.as_str());
+        if let Some(fault) = self.next_fault(method, path_and_query) {
             if let Fault::Delay(delay) = fault {
                 tokio::time::sleep(delay).await;
             }

@@ -314,7 +314,7 @@ fn handler_pieces(c: &mut Criterion) {
     group.finish();
 }
 
-/// The rules of every route in `examples/` (the five workflows of PRODUCT.md).
+/// The rules of every route in `examples/` (the five workflows of README.md).
 fn example_routes() -> Vec<WebhookRoute> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut routes: Vec<WebhookRoute> = std::fs::read_dir(&dir)

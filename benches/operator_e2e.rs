@@ -6,6 +6,8 @@
 //!    (`VmRSS`) once idle; then pushes 10,000 deliveries through it and reads it again.
 //! 2. Latency: 500 signed POSTs, each for a new event that a rule turns into a Job; the time from the
 //!    start of the POST to the Job's ADDED event on a watch, p50/p99.
+//! 3. Burst: 2,000 distinct events to Job rules, 50 in flight; Jobs per second until the last exists, and
+//!    the peak resident memory meanwhile.
 //!
 //! The fake API server answers writes in microseconds from memory; a real API server adds its own write
 //! latency (etcd commit, admission) to every step, typically a few milliseconds per write.
@@ -26,6 +28,7 @@ const SECRET: &str = "bench-webhook-secret";
 const ROUTES: usize = 1_000;
 const DELIVERIES: usize = 10_000;
 const LATENCY_EVENTS: usize = 500;
+const BURST: usize = 2_000;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -178,6 +181,45 @@ async fn main() {
     }
 
     eprintln!("latency measured over {} events", latency.len());
+
+    // Burst: 2,000 distinct events that a Job rule turns into Jobs, posted 50 at a time; time until every
+    // Job exists, and the highest RSS meanwhile.
+    let burst_start = Instant::now();
+    let mut burst_rss = rss_kib(pid);
+    let mut accepted = 0;
+    for chunk in (0..BURST).collect::<Vec<_>>().chunks(50) {
+        let sends = chunk.iter().map(|i| {
+            let http = http.clone();
+            let url = format!("http://127.0.0.1:{public}/hooks/{NS}/route-{}", i % ROUTES);
+            async move { post(&http, &url, event(&format!("burst-{i}"), "COMPLETE")).await }
+        });
+        accepted += futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|s| *s == 202)
+            .count();
+        burst_rss = burst_rss.max(rss_kib(pid));
+    }
+    let mut seen = 0;
+    while seen < accepted {
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(_)) => seen += 1,
+            Ok(None) => break,
+            Err(_) => {
+                burst_rss = burst_rss.max(rss_kib(pid));
+                assert!(
+                    burst_start.elapsed() < Duration::from_secs(300),
+                    "only {seen} of {accepted} burst Jobs appeared"
+                );
+            }
+        }
+        if seen % 100 == 0 {
+            burst_rss = burst_rss.max(rss_kib(pid));
+        }
+    }
+    let burst_secs = burst_start.elapsed().as_secs_f64();
+    burst_rss = burst_rss.max(rss_kib(pid));
+    eprintln!("burst: {seen} Jobs in {burst_secs:.1}s");
     // Load: 10,000 deliveries across the routes (no rule matches, so each ends NoMatch).
     let load_start = Instant::now();
     let mut posted = 0;
@@ -219,6 +261,14 @@ async fn main() {
     println!(
         "| RSS idle, {ROUTES} routes | {:.1} MiB | < 25 MiB |",
         idle as f64 / 1024.0
+    );
+    println!(
+        "| burst of {BURST} events to a Job rule: Jobs/s | {:.0} ({seen} Jobs in {burst_secs:.1} s) | ≥ 50 |",
+        seen as f64 / burst_secs
+    );
+    println!(
+        "| burst: peak RSS | {:.1} MiB | ≤ 64 MiB |",
+        burst_rss as f64 / 1024.0
     );
     println!(
         "| RSS after {posted} deliveries ({:.0}/s) | {:.1} MiB | |",

@@ -1,10 +1,11 @@
 //! Receiver load benchmark: the real receiver against a bare axum handler, side by side, in one run.
 //!
 //! Both servers listen on loopback in this process, on one 2-thread tokio runtime (`load-server`):
-//! - **receiver**: `Receiver::router()` over in-memory backends (1,000 routes in a `HashMap`, one Secret per
+//! - **receiver**: `Receiver::router()` served by the operator's own public server (`receiver::serve`: hyper
+//!   with the header timeout, connection limit and small buffers) over in-memory backends (1,000 routes in a `HashMap`, one Secret per
 //!   namespace, a `Mutex<HashSet>` of delivery names: insert → `Created`, present → `Duplicate`);
 //! - **bare**: an axum handler on the same `POST /hooks/{namespace}/{route}` path that extracts the path and
-//!   reads the body, then answers 200: the HTTP stack and nothing else.
+//!   reads the body, then answers 200, served by `axum::serve`: the HTTP stack and nothing else.
 //!
 //! A load generator (`load-client` runtime) opens N keep-alive HTTP/1.1 connections and sends requests back
 //! to back on each for D seconds, alternating bare and receiver phases for R rounds so drift on the machine
@@ -15,7 +16,7 @@
 //! Reported per server: requests/s, latency p50/p99/max (hdrhistogram, µs, send → full response read),
 //! server CPU per request (the server threads' run time from `/proc/self/task/*/schedstat`), and the
 //! receiver/bare ratios. The run checks its own results and exits non-zero if any answer is not the one
-//! PRODUCT.md prescribes.
+//! docs/RESOURCES.md prescribes.
 //!
 //! `cargo bench --bench receiver_load` runs the full benchmark (~30 s). Without `--bench` (for example
 //! `cargo test --benches`) it runs a short smoke pass with the same checks. Environment overrides:
@@ -28,6 +29,7 @@ mod support;
 use asc_webhook_operator::asc::event::WebhookEvent;
 use asc_webhook_operator::asc::signature;
 use asc_webhook_operator::metrics::Metrics;
+use asc_webhook_operator::receiver::serve::ServeLimits;
 use asc_webhook_operator::receiver::{Receiver, ReceiverConfig};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -338,9 +340,24 @@ fn start_servers(runtime: &tokio::runtime::Runtime, settings: &Settings) -> Serv
             });
             addr
         };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let receiver_addr = listener.local_addr().expect("local addr");
+        let limits = ServeLimits {
+            max_connections: 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+        };
+        tokio::spawn(asc_webhook_operator::receiver::serve::serve(
+            listener,
+            receiver_app,
+            limits,
+            metrics.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        ));
         Servers {
             bare: serve(bare_app).await,
-            receiver: serve(receiver_app).await,
+            receiver: receiver_addr,
             sink,
             metrics,
         }
@@ -458,7 +475,7 @@ fn report(title: &str, bare: &Stats, receiver: &Stats, ratios: &[f64], mixed: bo
     }
 }
 
-/// The answers PRODUCT.md prescribes, checked; returns the problems found.
+/// The answers docs/RESOURCES.md prescribes, checked; returns the problems found.
 fn check(
     bare: &Stats,
     receiver: &Stats,

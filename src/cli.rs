@@ -56,9 +56,25 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "ASC_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Largest accepted request body, in bytes; larger ones get 413.
-    #[arg(long, env = "ASC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    /// Largest accepted request body, in bytes; larger ones get 413. App Store Connect's are about 1 KiB.
+    #[arg(long, env = "ASC_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Request-body bytes all connections together may be receiving at once. A request reserves its
+    /// `Content-Length` (chunked: `--max-body-bytes`) before its body is read; without room it gets 503
+    /// with `Retry-After`, unread. An eighth is kept for bodies up to 16 KiB. At least `--max-body-bytes`.
+    #[arg(long, env = "ASC_MAX_INFLIGHT_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+    /// Connections the public listener serves at once; more are closed as they arrive.
+    #[arg(long, env = "ASC_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive on the public listener (also the idle time of
+    /// a kept-alive connection); slower connections are closed.
+    #[arg(long, env = "ASC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest object the API server stores, in bytes (etcd's `--max-request-bytes`, 1.5 MiB by
+    /// default). An event whose WebhookDelivery would be larger gets 413 before anything is written.
+    #[arg(long, env = "ASC_MAX_OBJECT_BYTES", default_value_t = 1_572_864)]
+    pub max_object_bytes: usize,
     /// Time allowed to receive a whole request body; slower ones get 408.
     #[arg(long, env = "ASC_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
@@ -120,6 +136,25 @@ pub struct RunArgs {
     /// operator manages (`spec.appStoreConnect`); 0 turns it off.
     #[arg(long, env = "ASC_SECRET_ROTATION_GRACE", default_value = "10m", value_parser = parse_duration)]
     pub secret_rotation_grace: Duration,
+    /// Origins (`scheme://host[:port]`, comma-separated) that `AscCredential`s may name as `apiUrl`. A
+    /// credential pointing anywhere else is not Ready (`ApiUrlNotAllowed`) and no token is minted for it,
+    /// so nobody can point `apiUrl` at their own host and collect tokens minted from someone else's key.
+    #[arg(long, env = "ASC_API_ORIGINS", value_delimiter = ',', default_value = crate::asc::api::DEFAULT_API_URL, value_parser = crate::asc::origins::parse_origin)]
+    pub asc_api_origins: Vec<String>,
+    /// Networks HTTP actions may not connect to (comma-separated CIDRs or addresses), checked on the
+    /// resolved address at connect time; `none` allows everything. The pod's own addresses
+    /// (`--pod-ips`) are added to any list but `none`. Private ranges are allowed unless listed.
+    #[arg(long, env = "ASC_HTTP_ACTION_DENY_CIDRS", default_value = crate::actions::egress::DEFAULT_DENY_CIDRS, value_parser = crate::actions::egress::parse_deny_cidrs)]
+    pub http_action_deny_cidrs: crate::actions::egress::DenyList,
+    /// This pod's own addresses (comma-separated; the chart passes the downward API's `status.podIPs`),
+    /// so HTTP actions cannot call the operator's own ports through them.
+    #[arg(long, env = "ASC_POD_IPS", value_delimiter = ',')]
+    pub pod_ips: Vec<std::net::IpAddr>,
+    /// ServiceAccount (in the route's namespace) the operator impersonates for routes that name none in
+    /// `spec.serviceAccountName`. Unset: such routes act with the operator's own identity, which suits a
+    /// cluster with one team; set it when several teams share the cluster.
+    #[arg(long, env = "ASC_DEFAULT_SERVICE_ACCOUNT")]
+    pub default_service_account: Option<String>,
     /// Elect a leader through a Lease so only one replica runs the controllers (every replica receives).
     #[arg(long, env = "ASC_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,

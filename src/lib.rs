@@ -8,6 +8,7 @@ pub mod actions;
 pub mod asc;
 pub mod cli;
 pub mod controllers;
+pub mod diagnose;
 pub mod examples;
 pub mod leader;
 pub mod metrics;

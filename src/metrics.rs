@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ pub struct RequestLabels {
     /// `namespace/route`, or `unknown` for routes that do not exist.
     pub route: String,
     /// `accepted`, `duplicate`, `bad_signature`, `bad_request`, `too_large`, `timeout`, `rate_limited`,
-    /// `unavailable`, `not_found`, `error`.
+    /// `unavailable`, `busy` (body budget full), `unstorable` (too large to store), `refused` (the API
+    /// server refused it for good), `not_found`.
     pub outcome: &'static str,
 }
 
@@ -58,6 +60,14 @@ pub struct ControllerLabels {
     pub controller: &'static str,
 }
 
+/// Labels naming a watch stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// `receiver` (the route store every replica keeps) or the controller whose watches failed
+    /// (`delivery`, `route`, `credential`).
+    pub stream: &'static str,
+}
+
 /// Every metric the operator exports, registered once at start-up.
 #[derive(Clone)]
 pub struct Metrics {
@@ -78,6 +88,14 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     /// Action duration in seconds (one HTTP attempt, one Job create), by kind.
     pub action_duration: Family<ActionLabels, Histogram>,
+    /// Connections the public listener closed at once because `--max-connections` were open.
+    pub refused_connections: Counter,
+    /// Errors of watch streams (routes, deliveries, Jobs, credentials), by resource.
+    pub watch_errors: Family<WatchLabels, Counter>,
+    /// 1 while this replica holds the leader Lease and runs the controllers (always 1 without election).
+    pub leader: Gauge,
+    /// Delivery status writes refused because the copy they were decided on was stale (a lagging cache).
+    pub stale_writes: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -144,13 +162,40 @@ impl Metrics {
             "Actions run, by kind and outcome",
             actions.clone(),
         );
+        let stale_writes = Counter::default();
+        registry.register(
+            "controller_stale_writes",
+            "Delivery status writes refused because the cached copy was stale; the pass started again from a fresh read",
+            stale_writes.clone(),
+        );
         registry.register(
             "action_duration_seconds",
             "Duration of one action attempt",
             action_duration.clone(),
         );
+        let refused_connections = Counter::default();
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "receiver_refused_connections",
+            "Connections closed at once because the connection limit was reached",
+            refused_connections.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Errors of watch streams, by resource",
+            watch_errors.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica runs the controllers",
+            leader.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            refused_connections,
+            watch_errors,
+            leader,
             requests,
             signature_failures,
             request_duration,
@@ -159,6 +204,7 @@ impl Metrics {
             reconcile_duration,
             actions,
             action_duration,
+            stale_writes,
         }
     }
 

@@ -2,12 +2,15 @@
 //! then waits for SIGTERM and shuts down gracefully.
 
 use crate::asc::api::AscClientOptions;
+use crate::asc::origins::AllowedOrigins;
 use crate::cli::RunArgs;
+use crate::controllers::impersonation::ActionClients;
 use crate::controllers::{self, Context, Settings};
 use crate::leader::{self, LeaseSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WatchLabels};
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
+use crate::receiver::serve::ServeLimits;
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::resources::WebhookRoute;
 use futures::StreamExt;
@@ -42,12 +45,17 @@ pub enum RunError {
     /// A server failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    /// Settings that contradict each other.
+    #[error("invalid settings: {0}")]
+    Settings(String),
 }
 
 impl From<&RunArgs> for ReceiverConfig {
     fn from(a: &RunArgs) -> Self {
         ReceiverConfig {
             max_body_bytes: a.max_body_bytes,
+            max_inflight_body_bytes: a.max_inflight_body_bytes,
+            max_object_bytes: a.max_object_bytes,
             body_timeout: a.body_timeout,
             secret_cache_ttl: a.secret_cache_ttl,
             failed_signatures_per_minute: a.failed_signatures_per_minute,
@@ -76,6 +84,12 @@ impl From<&RunArgs> for Settings {
                 base_delay: a.asc_api_retry_base_delay,
                 ..AscClientOptions::default()
             },
+            asc_origins: AllowedOrigins::new(a.asc_api_origins.iter().cloned()),
+            http_deny: a.http_action_deny_cidrs.clone().with_addresses(&a.pod_ips),
+            default_service_account: a
+                .default_service_account
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
         }
     }
 }
@@ -116,10 +130,11 @@ pub async fn run_with(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    check_settings(&args)?;
     let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
     // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
     // the API server is down, but say 503 and let Apple (or `send`) come back.
-    let mut receiver_config = config;
+    let mut receiver_config = config.clone();
     receiver_config.default_retry = false;
     receiver_config.read_timeout = Some(Duration::from_secs(5));
     let receiver_client = Client::try_from(receiver_config).map_err(RunError::Client)?;
@@ -131,27 +146,32 @@ pub async fn run_with(
         None => Api::all(client.clone()),
     };
     let (routes, writer) = reflector::store();
-    let route_stream = reflector(
-        writer,
-        // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates are
-        // the bulk), status, managed fields and annotations (kubectl's last-applied copy of the spec)
-        // keeps 1,000 routes small.
-        watcher(routes_api, watcher::Config::default().any_semantic()).modify(
-            |route: &mut WebhookRoute| {
-                route.spec.rules.clear();
-                route.status = None;
-                route.metadata.managed_fields = None;
-                route.metadata.annotations = None;
-            },
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "route watch interrupted; retrying");
-        }
-    });
+    let route_stream = {
+        let readiness = readiness.clone();
+        let metrics = metrics.clone();
+        reflector(
+            writer,
+            // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates
+            // are the bulk), status, managed fields and annotations (kubectl's last-applied copy of the
+            // spec) keeps 1,000 routes small.
+            watcher(routes_api, watcher::Config::default().any_semantic()).modify(
+                |route: &mut WebhookRoute| {
+                    route.spec.rules.clear();
+                    route.status = None;
+                    route.metadata.managed_fields = None;
+                    route.metadata.annotations = None;
+                },
+            ),
+        )
+        .default_backoff()
+        .for_each(move |event| {
+            match event {
+                Ok(_) => readiness.clear_problem(),
+                Err(e) => route_watch_failed(&e, &readiness, &metrics),
+            }
+            futures::future::ready(())
+        })
+    };
     tokio::spawn(route_stream);
     {
         let routes = routes.clone();
@@ -188,8 +208,16 @@ pub async fn run_with(
     let Listeners { public, admin } = listeners;
     tracing::info!(public = ?public.local_addr().ok(), admin = ?admin.local_addr().ok(), "listening");
 
-    let public_server = axum::serve(public, receiver.router())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let public_server = crate::receiver::serve::serve(
+        public,
+        receiver.router(),
+        ServeLimits {
+            max_connections: args.max_connections,
+            header_read_timeout: args.header_read_timeout,
+        },
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -209,9 +237,11 @@ pub async fn run_with(
             Settings::from(&args),
             reporter,
         )
-        .map_err(RunError::HttpClient)?,
+        .map_err(RunError::HttpClient)?
+        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
     );
     let namespace = args.namespace.clone();
+    let leader_gauge = metrics.leader.clone();
     let controllers = {
         let shutdown = shutdown.clone();
         async move {
@@ -222,7 +252,7 @@ pub async fn run_with(
                     identity,
                     duration_seconds: args.lease_duration_seconds.max(2),
                 };
-                leader::run_while_leader(client, settings, shutdown, move |stop| {
+                leader::run_while_leader(client, settings, shutdown, leader_gauge, move |stop| {
                     Box::pin(controllers::run(
                         ctx.clone(),
                         namespace.clone(),
@@ -231,20 +261,57 @@ pub async fn run_with(
                 })
                 .await?;
             } else {
+                leader_gauge.set(1);
                 controllers::run(ctx, namespace, shutdown.cancelled_owned()).await;
+                leader_gauge.set(0);
             }
             Ok::<(), RunError>(())
         }
     };
-    let (p, a, c) = tokio::join!(
-        public_server.into_future(),
-        admin_server.into_future(),
-        controllers
-    );
-    p.map_err(RunError::Serve)?;
+    let ((), a, c) = tokio::join!(public_server, admin_server.into_future(), controllers);
     a.map_err(RunError::Serve)?;
     c?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// A failing route watch: counted, logged at error with what to do when a person has to act (missing
+/// CRDs, RBAC), and shown by `/readyz` until the watch works again.
+fn route_watch_failed(e: &watcher::Error, readiness: &Readiness, metrics: &Metrics) {
+    metrics
+        .watch_errors
+        .get_or_create(&WatchLabels { stream: "receiver" })
+        .inc();
+    let problem = crate::diagnose::watch_problem("webhookroutes", e);
+    if problem.needs_action() {
+        tracing::error!(
+            problem = problem.message(),
+            "cannot watch routes; not ready"
+        );
+        readiness.set_problem(problem.message().to_owned());
+    } else {
+        tracing::warn!(error = %e, "route watch interrupted; retrying");
+    }
+}
+
+/// Limits that cannot work together are refused at start, not discovered on the first request.
+fn check_settings(a: &RunArgs) -> Result<(), RunError> {
+    let budget = crate::receiver::budget::BodyBudget::new(a.max_inflight_body_bytes);
+    if a.max_body_bytes > budget.largest_reservation() {
+        return Err(RunError::Settings(format!(
+            "--max-inflight-body-bytes ({}) leaves {} bytes for large bodies, less than --max-body-bytes ({}); a body that large could never be received",
+            a.max_inflight_body_bytes,
+            budget.largest_reservation(),
+            a.max_body_bytes
+        )));
+    }
+    if a.max_object_bytes <= crate::receiver::record::STORE_HEADROOM_BYTES {
+        return Err(RunError::Settings(format!(
+            "--max-object-bytes ({}) must be larger than {} bytes",
+            a.max_object_bytes,
+            crate::receiver::record::STORE_HEADROOM_BYTES
+        )));
+    }
     Ok(())
 }
 
@@ -270,4 +337,34 @@ async fn forward_signals(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down: no new requests, finishing those in flight");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = ["asc-webhook-operator", "run"].iter().chain(extra).copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn limits_that_cannot_work_together_are_refused_at_start() {
+        assert!(check_settings(&args(&[])).is_ok());
+        let err = check_settings(&args(&[
+            "--max-body-bytes",
+            "1048576",
+            "--max-inflight-body-bytes",
+            "1048576",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--max-body-bytes"), "{err}");
+        assert!(check_settings(&args(&["--max-object-bytes", "1000"])).is_err());
+    }
 }

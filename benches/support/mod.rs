@@ -105,6 +105,7 @@ pub fn route(namespace: &str, name: &str, uid: usize) -> WebhookRoute {
     let mut r = WebhookRoute::new(
         name,
         WebhookRouteSpec {
+            service_account_name: None,
             secret_ref: SecretKeySelector {
                 name: "asc-webhook".into(),
                 key: "secret".into(),

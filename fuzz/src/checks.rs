@@ -119,6 +119,7 @@ static ROUTE: LazyLock<WebhookRoute> = LazyLock::new(|| {
     let mut route = WebhookRoute::new(
         "release",
         WebhookRouteSpec {
+            service_account_name: None,
             secret_ref: SecretKeySelector {
                 name: "asc-webhook".into(),
                 key: "secret".into(),
@@ -273,7 +274,7 @@ fn list(line: Option<&str>) -> Vec<String> {
 ///
 /// Properties: `EventType` matches its own spelling, Apple's camelCase name and the SCREAMING_SNAKE
 /// subscription name, and `parse(a).matches(b)` holds exactly when the names are equal ignoring underscores
-/// and ASCII case, in both directions. `filter_matches` agrees with PRODUCT.md's rule, restated
+/// and ASCII case, in both directions. `filter_matches` agrees with the matching rule of docs/RESOURCES.md, restated
 /// independently: an empty type list takes every type but pings, otherwise one entry must name the type in
 /// either spelling; each state list is empty or names the state (ASCII case ignored); a filter written with
 /// the other spelling of the type decides the same; `matching_rules` keeps exactly the matching rules, in

@@ -3,14 +3,17 @@
 //! recorded in the delivery's status and survives a restart.
 //!
 //! Errors and statuses never carry the URL (a Slack webhook URL is itself a secret) or the response body.
-//! Redirects are not followed: the request reaches the URL from the Secret and nothing else.
+//! Redirects are not followed: the request reaches the URL from the Secret and nothing else, and
+//! [`super::egress`] keeps it off loopback, link-local and metadata addresses.
 
 use super::EventContext;
+use super::egress::{self, DenyList, GuardedResolver};
 use super::template::{self, TemplateError};
 use crate::resources::route::HttpAction;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default per-attempt timeout.
@@ -153,21 +156,44 @@ pub enum AttemptOutcome {
         /// A short description.
         error: String,
     },
+    /// Not sent: the destination is an address HTTP actions may not reach. Never retried.
+    Denied {
+        /// Naming the address, never the URL (recorded with reason `EgressDenied`).
+        error: String,
+    },
 }
 
-/// A client for HTTP actions: no redirects, rustls, no proxies from the environment.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// The client HTTP actions are sent with, and the deny list its resolver applies.
+#[derive(Debug, Clone)]
+pub struct ActionHttp {
+    client: reqwest::Client,
+    deny: Arc<DenyList>,
+}
+
+/// A client for HTTP actions: no redirects, rustls, no proxies from the environment (a proxy would
+/// connect on our behalf, out of the resolver's sight), and every resolved address checked against `deny`.
+pub fn client(deny: DenyList) -> Result<ActionHttp, reqwest::Error> {
+    let deny = Arc::new(deny);
+    let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver::new(deny.clone())))
         .user_agent(concat!("asc-webhook-operator/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .build()?;
+    Ok(ActionHttp { client, deny })
 }
 
 /// Sends the request once.
-pub async fn send(client: &reqwest::Client, request: &PreparedRequest) -> AttemptOutcome {
-    let mut builder = client
+pub async fn send(http: &ActionHttp, request: &PreparedRequest) -> AttemptOutcome {
+    // Literal addresses never reach the resolver.
+    if let Err(denied) = http.deny.check_url(&request.url) {
+        return AttemptOutcome::Denied {
+            error: denied.to_string(),
+        };
+    }
+    let mut builder = http
+        .client
         .request(request.method.clone(), request.url.clone())
         .headers(request.headers.clone())
         .timeout(request.timeout);
@@ -176,10 +202,15 @@ pub async fn send(client: &reqwest::Client, request: &PreparedRequest) -> Attemp
     }
     match builder.send().await {
         Ok(response) => classify(response.status().as_u16(), retry_after(response.headers())),
-        Err(e) => AttemptOutcome::Retryable {
-            status: None,
-            error: describe(&e),
-            retry_after: None,
+        Err(e) => match egress::denial_in(&e) {
+            Some(denied) => AttemptOutcome::Denied {
+                error: denied.to_string(),
+            },
+            None => AttemptOutcome::Retryable {
+                status: None,
+                error: describe(&e),
+                retry_after: None,
+            },
         },
     }
 }
@@ -323,6 +354,32 @@ mod tests {
         .unwrap();
         let dbg = format!("{req:?}");
         assert!(!dbg.contains("s3cr3t"), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn loopback_metadata_and_names_resolving_to_loopback_are_denied_before_sending() {
+        let d = delivery("build-upload-failed");
+        let ctx = EventContext {
+            delivery: &d,
+            enrichment: None,
+        };
+        let guarded =
+            client(egress::parse_deny_cidrs(egress::DEFAULT_DENY_CIDRS).unwrap()).unwrap();
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://localhost:9/x",
+            "http://[::ffff:127.0.0.1]:9/x",
+        ] {
+            let req = prepare(&action(None), url, &BTreeMap::new(), &ctx).unwrap();
+            match send(&guarded, &req).await {
+                AttemptOutcome::Denied { error } => {
+                    assert!(error.contains("--http-action-deny-cidrs"), "{error}");
+                    assert!(!error.contains("/x"), "the URL stays out: {error}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 
     #[test]

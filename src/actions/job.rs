@@ -23,6 +23,26 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].
 pub const MANAGED_BY: &str = "asc-webhook-operator";
 
+/// Largest value of one `ASC_*` variable. Linux refuses to start a process with a single environment
+/// string over 128 KiB (`MAX_ARG_STRLEN`), so the container would never run; larger values are replaced
+/// by [`OMITTED_MARKER`] and named in `ASC_OMITTED`.
+pub const MAX_ENV_VALUE_BYTES: usize = 64 * 1024;
+/// The value of a variable that was too large to pass.
+pub const OMITTED_MARKER: &str =
+    "(omitted: larger than 64 KiB; read the WebhookDelivery's spec.payload)";
+/// Comma-separated names of the variables replaced by [`OMITTED_MARKER`]; empty when none were.
+pub const ENV_OMITTED: &str = "ASC_OMITTED";
+
+/// A Job and what could not be passed to it.
+#[derive(Debug, Clone)]
+pub struct BuiltJob {
+    /// The Job to create.
+    pub job: Job,
+    /// Variables whose values were over [`MAX_ENV_VALUE_BYTES`] and were replaced by the marker, for
+    /// the delivery's status to say so.
+    pub omitted_env: Vec<&'static str>,
+}
+
 /// Why a rule's Job template cannot become a Job.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobTemplateError {
@@ -38,6 +58,49 @@ pub enum JobTemplateError {
     /// Jobs only allow `Never` or `OnFailure`.
     #[error("job.template's restartPolicy must be Never or OnFailure, not {0}")]
     RestartPolicy(String),
+    /// A command or args entry names an event variable in `$(…)`, which Kubernetes expands.
+    #[error(
+        "container {container:?} mentions $(ASC_…) in its {field}: Kubernetes expands $(VAR) in \
+         command and args, so event text (TestFlight feedback, say) would become part of the command \
+         line; read \"$ASC_…\" from the environment inside the script instead"
+    )]
+    UnsafeExpansion {
+        /// The container's name.
+        container: String,
+        /// `command` or `args`.
+        field: &'static str,
+    },
+}
+
+/// Refuses templates whose `command` or `args` (of any container or init container) mention `$(ASC_`.
+///
+/// Kubernetes substitutes `$(VAR)` in `command` and `args` before the container starts, so
+/// `args: ["sh", "-c", "notify $(ASC_PAYLOAD)"]` hands a shell text that a TestFlight tester wrote. The
+/// same variables read as `"$ASC_PAYLOAD"` inside the script stay data. Even the escaped `$$(ASC_` is
+/// refused: one lost `$` in an edit turns it back into an expansion.
+pub fn check_expansions(template: &JobTemplateSpec) -> Result<(), JobTemplateError> {
+    let Some(pod) = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+    else {
+        return Ok(());
+    };
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        for (field, values) in [("command", &c.command), ("args", &c.args)] {
+            if values.iter().flatten().any(|v| v.contains("$(ASC_")) {
+                return Err(JobTemplateError::UnsafeExpansion {
+                    container: c.name.clone(),
+                    field,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The fastlane API-key variables, by reference to the credential's Secret.
@@ -74,14 +137,27 @@ pub fn parse_template(template: &serde_json::Value) -> Result<JobTemplateSpec, J
     }
 }
 
-/// Builds the Job that `rule` runs for the delivery in `ctx`.
+/// Builds the Job that `rule` runs for the delivery in `ctx` (see [`build_job_reporting`] for the
+/// variables that had to be left out).
 pub fn build_job(
     rule: &str,
     template: &serde_json::Value,
     ctx: &EventContext<'_>,
     api_key: Option<&ApiKeyEnv>,
 ) -> Result<Job, JobTemplateError> {
+    build_job_reporting(rule, template, ctx, api_key).map(|b| b.job)
+}
+
+/// Builds the Job that `rule` runs for the delivery in `ctx`, and names the variables omitted as too
+/// large.
+pub fn build_job_reporting(
+    rule: &str,
+    template: &serde_json::Value,
+    ctx: &EventContext<'_>,
+    api_key: Option<&ApiKeyEnv>,
+) -> Result<BuiltJob, JobTemplateError> {
     let parsed = parse_template(template)?;
+    check_expansions(&parsed)?;
     let delivery = ctx.delivery;
     let route = &delivery.spec.route;
     let name = naming::job_name(route, rule, &delivery.spec.event_id);
@@ -107,7 +183,7 @@ pub fn build_job(
     let annotations = parsed.metadata.as_ref().and_then(|m| m.annotations.clone());
 
     let mut spec: JobSpec = parsed.spec.unwrap_or_default();
-    let env = event_env(ctx, api_key);
+    let (env, omitted_env) = event_env(ctx, api_key);
     let mut pod_labels = spec
         .template
         .metadata
@@ -135,7 +211,7 @@ pub fn build_job(
         }
     }
 
-    Ok(Job {
+    let job = Job {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: delivery.namespace(),
@@ -146,19 +222,38 @@ pub fn build_job(
         },
         spec: Some(spec),
         status: None,
-    })
+    };
+    Ok(BuiltJob { job, omitted_env })
 }
 
-fn event_env(ctx: &EventContext<'_>, api_key: Option<&ApiKeyEnv>) -> Vec<EnvVar> {
+fn event_env(
+    ctx: &EventContext<'_>,
+    api_key: Option<&ApiKeyEnv>,
+) -> (Vec<EnvVar>, Vec<&'static str>) {
+    let mut omitted = Vec::new();
     let mut env: Vec<EnvVar> = ctx
         .env()
         .into_iter()
-        .map(|(name, value)| EnvVar {
-            name: name.to_owned(),
-            value: Some(value),
-            value_from: None,
+        .map(|(name, value)| {
+            let value = if value.len() > MAX_ENV_VALUE_BYTES {
+                omitted.push(name);
+                OMITTED_MARKER.to_owned()
+            } else {
+                value
+            };
+            EnvVar {
+                name: name.to_owned(),
+                value: Some(value),
+                value_from: None,
+            }
         })
         .collect();
+    // Always set, so a template cannot pre-set it and a script can rely on it.
+    env.push(EnvVar {
+        name: ENV_OMITTED.into(),
+        value: Some(omitted.join(",")),
+        value_from: None,
+    });
     if let Some(key) = api_key {
         env.push(EnvVar {
             name: "APP_STORE_CONNECT_API_KEY_KEY_ID".into(),
@@ -185,7 +280,7 @@ fn event_env(ctx: &EventContext<'_>, api_key: Option<&ApiKeyEnv>) -> Vec<EnvVar>
             }),
         });
     }
-    env
+    (env, omitted)
 }
 
 /// Our variables win over same-named ones in the template: event facts must not be spoofable by a
@@ -225,6 +320,30 @@ mod tests {
             .env
             .clone()
             .unwrap()
+    }
+
+    #[test]
+    fn a_template_expanding_asc_variables_never_becomes_a_job() {
+        let d = delivery("build-upload-complete");
+        let unsafe_template = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "notify", "image": "alpine", "args": ["sh", "-c", "echo $(ASC_PAYLOAD)"]}]}}}});
+        let err = build_job(
+            "notify",
+            &unsafe_template,
+            &EventContext {
+                delivery: &d,
+                enrichment: None,
+            },
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            JobTemplateError::UnsafeExpansion {
+                container: "notify".into(),
+                field: "args"
+            }
+        );
     }
 
     #[test]
@@ -318,6 +437,54 @@ mod tests {
         assert_eq!(
             command,
             Some(vec!["fastlane".to_owned(), "submit".to_owned()])
+        );
+    }
+
+    #[test]
+    fn oversized_payload_is_omitted_with_a_marker_and_reported() {
+        let mut d = delivery("build-upload-complete");
+        d.spec.payload = format!(r#"{{"pad": "{}"}}"#, "p".repeat(200 * 1024));
+        let built = build_job_reporting(
+            "submit",
+            &template(),
+            &EventContext {
+                delivery: &d,
+                enrichment: None,
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(built.omitted_env, vec!["ASC_PAYLOAD"]);
+        let env = env_of(&built.job, 0);
+        let get = |n: &str| {
+            env.iter()
+                .find(|v| v.name == n)
+                .and_then(|v| v.value.clone())
+        };
+        assert_eq!(get("ASC_PAYLOAD").as_deref(), Some(OMITTED_MARKER));
+        assert_eq!(get(ENV_OMITTED).as_deref(), Some("ASC_PAYLOAD"));
+        assert_eq!(get("ASC_NEW_STATE").as_deref(), Some("COMPLETE"));
+        assert!(
+            env.iter()
+                .all(|v| v.value.as_deref().unwrap_or_default().len() <= MAX_ENV_VALUE_BYTES)
+        );
+
+        let small = delivery("build-upload-complete");
+        let built = build_job_reporting(
+            "submit",
+            &template(),
+            &EventContext {
+                delivery: &small,
+                enrichment: None,
+            },
+            None,
+        )
+        .unwrap();
+        assert!(built.omitted_env.is_empty());
+        assert!(
+            env_of(&built.job, 0)
+                .iter()
+                .any(|v| v.name == ENV_OMITTED && v.value.as_deref() == Some(""))
         );
     }
 

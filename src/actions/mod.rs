@@ -1,7 +1,9 @@
 //! Pure builders of the work an event causes: the Job a rule creates and the HTTP request it sends.
-//! Nothing here talks to the network; the delivery controller does, with what these return.
+//! Nothing here talks to the network but `http::send`; the delivery controller decides when, with what
+//! these return.
 
 pub mod context;
+pub mod egress;
 pub mod http;
 pub mod job;
 pub mod template;

@@ -4,13 +4,19 @@
 //! and control characters are escaped and no quotes are added, so authors write ordinary JSON such as
 //! `{"text": "Version {{ instance.version }} is live"}` and an event value can never break out of its
 //! string. Lists and maps print as JSON. Missing values (`instance` without enrichment) print as nothing.
-//! Fuel bounds rendering so a template cannot loop for ever.
+//! Fuel bounds rendering so a template cannot loop for ever, and the output is capped at
+//! [`MAX_RENDERED_BYTES`] while it is written, so a loop or a repeated string fails the action with a
+//! reason instead of growing the operator's memory. (MiniJinja itself refuses a single string repetition
+//! over 100 MB; one below that is still built once before the cap refuses it.)
 
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, Error, Output, State, UndefinedBehavior};
 
 /// Rendering steps allowed per template, far above any sensible message body.
 const FUEL: u64 = 100_000;
+
+/// Largest rendered body. Webhook messages are a few KiB; chat services refuse far less.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
 
 /// Why a template was refused.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +56,39 @@ fn environment(json: bool) -> Environment<'static> {
 }
 
 fn write_str(out: &mut Output, s: &str) -> Result<(), Error> {
+    // Checked before a value is escaped or copied: a huge value fails here, not after three copies.
+    if s.len() > MAX_RENDERED_BYTES {
+        return Err(too_large());
+    }
     out.write_str(s).map_err(Error::from)
+}
+
+fn too_large() -> Error {
+    Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        format!("the rendered body exceeds {MAX_RENDERED_BYTES} bytes"),
+    )
+}
+
+/// The output buffer, refusing to grow past the cap.
+struct Capped {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered body too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn json_string_content(out: &mut Output, _state: &State, value: &Value) -> Result<(), Error> {
@@ -106,7 +144,20 @@ pub fn render(
 ) -> Result<String, TemplateError> {
     let env = environment(json);
     let template = env.template_from_str(body)?;
-    Ok(template.render(Value::from_serialize(context))?)
+    let mut out = Capped {
+        buf: Vec::new(),
+        overflowed: false,
+    };
+    match template.render_captured_to(Value::from_serialize(context), &mut out) {
+        Ok(_) => {}
+        Err(_) if out.overflowed => {
+            return Err(TemplateError(format!(
+                "the rendered body exceeds {MAX_RENDERED_BYTES} bytes"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    String::from_utf8(out.buf).map_err(|_| TemplateError("the rendered body is not UTF-8".into()))
 }
 
 #[cfg(test)]
@@ -182,6 +233,24 @@ mod tests {
             false,
         );
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn huge_output_fails_with_the_limit_in_the_reason() {
+        for (body, json) in [
+            (r#"{{ "x" * 100000000 }}"#, false),
+            (r#"{"t": "{{ "x" * 100000000 }}"}"#, true),
+            // Many small writes: caught by the capped output, not by the value check.
+            (
+                "{% for i in range(20000) %}{{ 'y' * 100 }}{% endfor %}",
+                false,
+            ),
+        ] {
+            let err = render(body, &json!({}), json).unwrap_err().to_string();
+            assert!(err.contains("exceeds 1048576 bytes"), "{body}: {err}");
+        }
+        let fits = render("{{ 'z' * 1000 }}", &json!({}), false).unwrap();
+        assert_eq!(fits.len(), 1000);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! Webhook payloads carry a `links.self` URL. Following it blindly would let anyone who can get a payload
 //! signed (or a future Apple bug) point our token at another host, so every URL is checked against the
-//! configured `api_url` origin before a token is even minted, and redirects are never followed.
+//! configured `api_url` origin before a token is even minted, and redirects are never followed. Each token
+//! is scoped to the one GET it is minted for and lives five minutes; the webhook writes (POST, PATCH,
+//! DELETE) carry an unscoped token, as Apple documents scopes for GET only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -361,7 +363,8 @@ impl AscClient {
     ) -> Result<Value, Failure> {
         let token = self
             .tokens
-            .token()
+            // Apple documents scopes for GET requests only; writes carry an unscoped (still short) token.
+            .token_for((*method == Method::GET).then(|| scope_of(url)).as_deref())
             .await
             .map_err(|e| Failure::fatal(e.into()))?;
         let transport = |source: reqwest::Error| Failure {
@@ -445,6 +448,15 @@ impl AscClient {
             url: url.to_string(),
             limit: self.options.max_body_bytes,
         }
+    }
+}
+
+/// The token scope for a GET of `url`: Apple's `scope` entries are the method and the path with its query,
+/// e.g. `GET /v1/apps?filter[platform]=IOS`.
+pub fn scope_of(url: &Url) -> String {
+    match url.query() {
+        Some(q) => format!("GET {}?{q}", url.path()),
+        None => format!("GET {}", url.path()),
     }
 }
 

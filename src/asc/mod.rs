@@ -4,6 +4,7 @@
 pub mod api;
 pub mod enrich;
 pub mod event;
+pub mod origins;
 pub mod signature;
 pub mod token;
 pub mod webhook_deliveries;

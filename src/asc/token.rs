@@ -1,9 +1,14 @@
 //! ES256 tokens for the App Store Connect API, and a cache that hands the same token to every caller
 //! until shortly before it expires.
 //!
-//! Apple accepts tokens that live at most 20 minutes (`exp - iat <= 1200`). We mint 15-minute tokens with
-//! `iat` backdated a minute, so a server clock slightly behind ours still sees a token that is already
-//! valid, and the whole span including the backdate stays well inside Apple's limit.
+//! Apple accepts tokens that live at most 20 minutes (`exp - iat <= 1200`). The operator makes one GET at a
+//! time (enrichment, verification), retried for at most a minute or two, so it mints 5-minute tokens:
+//! a token that leaked would be useful for minutes, not for twenty. `iat` is backdated a minute, so a
+//! server clock slightly behind ours still sees a token that is already valid.
+//!
+//! Tokens can also carry Apple's optional `scope` claim, a list like `["GET /v1/apps?filter[platform]=IOS"]`
+//! that limits the token to those requests; the API client scopes every token to the one GET it is
+//! minted for (see [`TokenSource::token_for`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,8 +22,8 @@ use serde::Serialize;
 pub const AUDIENCE: &str = "appstoreconnect-v1";
 /// Seconds `iat` is set before the real minting time, to absorb clock skew with Apple's servers.
 pub const BACKDATE_SECS: i64 = 60;
-/// Seconds between the (real) minting time and `exp`.
-pub const LIFETIME_SECS: i64 = 15 * 60;
+/// Seconds between the (real) minting time and `exp`: one call and its retries, with room to spare.
+pub const LIFETIME_SECS: i64 = 5 * 60;
 /// A cached token is replaced once it has fewer than this many seconds left, so a request that is slow to
 /// reach Apple (or retried with backoff) never arrives with an expired token.
 pub const REFRESH_MARGIN_SECS: i64 = 2 * 60;
@@ -100,6 +105,8 @@ struct Claims<'a> {
     iat: i64,
     exp: i64,
     aud: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<[&'a str; 1]>,
 }
 
 impl ApiKey {
@@ -160,8 +167,17 @@ impl ApiKey {
         }
     }
 
-    /// Mints a token as if the current time were `now`: `iat = now - 60 s`, `exp = now + 15 min`.
+    /// Mints a token as if the current time were `now`: `iat = now - 60 s`, `exp = now + 5 min`.
     pub fn mint_at(&self, now: Timestamp) -> Result<AccessToken, TokenError> {
+        self.mint_scoped_at(now, None)
+    }
+
+    /// Like [`ApiKey::mint_at`], limited to one request (`"GET /v1/apps?limit=1"`) when `scope` is given.
+    pub fn mint_scoped_at(
+        &self,
+        now: Timestamp,
+        scope: Option<&str>,
+    ) -> Result<AccessToken, TokenError> {
         let now = now.as_second();
         let exp = now + LIFETIME_SECS;
         let claims = Claims {
@@ -170,6 +186,7 @@ impl ApiKey {
             iat: now - BACKDATE_SECS,
             exp,
             aud: AUDIENCE,
+            scope: scope.map(|s| [s]),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.key_id.clone());
@@ -183,6 +200,7 @@ impl ApiKey {
         Ok(AccessToken {
             value: value.into(),
             expires_at: exp,
+            scope: scope.map(str::to_owned),
         })
     }
 }
@@ -208,6 +226,7 @@ fn pem_hint(pem: &[u8]) -> &'static str {
 pub struct AccessToken {
     value: Arc<str>,
     expires_at: i64,
+    scope: Option<String>,
 }
 
 impl AccessToken {
@@ -220,6 +239,11 @@ impl AccessToken {
     pub fn expires_at(&self) -> i64 {
         self.expires_at
     }
+
+    /// The one request the token is limited to, if any.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
 }
 
 impl fmt::Debug for AccessToken {
@@ -227,6 +251,7 @@ impl fmt::Debug for AccessToken {
         f.debug_struct("AccessToken")
             .field("value", &"<redacted>")
             .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
             .finish()
     }
 }
@@ -295,16 +320,24 @@ impl TokenSource {
         &self.inner.key
     }
 
-    /// A token with at least [`REFRESH_MARGIN_SECS`] left, reusing the cached one when it qualifies.
+    /// An unscoped token with at least [`REFRESH_MARGIN_SECS`] left, reusing the cached one when it
+    /// qualifies.
     pub async fn token(&self) -> Result<AccessToken, TokenError> {
+        self.token_for(None).await
+    }
+
+    /// A token limited to `scope` (e.g. `"GET /v1/buildUploads/123"`), reused only for the same scope:
+    /// the retries of one call share a token, the next call gets its own.
+    pub async fn token_for(&self, scope: Option<&str>) -> Result<AccessToken, TokenError> {
         let mut cached = self.inner.cached.lock().await;
         let now = self.inner.clock.now();
         if let Some(token) = cached.as_ref()
+            && token.scope.as_deref() == scope
             && now.as_second() + REFRESH_MARGIN_SECS < token.expires_at
         {
             return Ok(token.clone());
         }
-        let fresh = self.inner.key.mint_at(now)?;
+        let fresh = self.inner.key.mint_scoped_at(now, scope)?;
         self.inner.minted.fetch_add(1, Ordering::Relaxed);
         let (key_id, expires_at) = (&self.inner.key.key_id, fresh.expires_at);
         tracing::debug!(%key_id, expires_at, "minted App Store Connect API token");
@@ -386,6 +419,39 @@ mod tests {
             }
         };
         secret.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+    }
+
+    #[test]
+    fn tokens_live_minutes_and_a_scoped_one_names_its_request() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let token = team_key()
+            .mint_scoped_at(now, Some("GET /v1/buildUploads/42"))
+            .unwrap();
+        let (_, claims) = decode(&token);
+        assert_eq!(
+            claims["scope"],
+            serde_json::json!(["GET /v1/buildUploads/42"])
+        );
+        let lifetime = claims["exp"].as_i64().unwrap() - 1_700_000_000;
+        assert!(
+            lifetime <= 5 * 60,
+            "{lifetime} s is more than a few minutes"
+        );
+        let (_, unscoped) = decode(&team_key().mint_at(now).unwrap());
+        assert!(unscoped.get("scope").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_scoped_token_is_reused_only_for_the_same_request() {
+        let clock = ManualClock::at(1_700_000_000);
+        let source = TokenSource::with_clock(team_key(), clock.clone());
+        let a = source.token_for(Some("GET /v1/a")).await.unwrap();
+        let again = source.token_for(Some("GET /v1/a")).await.unwrap();
+        assert_eq!(a.expose(), again.expose());
+        let b = source.token_for(Some("GET /v1/b")).await.unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(b.scope(), Some("GET /v1/b"));
+        assert_eq!(source.minted(), 2);
     }
 
     #[test]

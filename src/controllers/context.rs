@@ -1,10 +1,15 @@
 //! What every reconciler shares: the client, settings, metrics, the Event recorder, App Store Connect
 //! clients per credential, and the per-object failure counts behind the retry backoff.
 
+use super::delivery::jobs::JobFact;
 use super::delivery_index::DeliveryIndex;
+use super::impersonation::{ActionClients, Identity, ImpersonationError};
 use super::route::SecretFacts;
+use crate::actions::egress::DenyList;
+use crate::actions::http::ActionHttp;
 use crate::asc::api::{AscClient, AscClientOptions};
 use crate::asc::enrich::Enrichment;
+use crate::asc::origins::AllowedOrigins;
 use crate::asc::token::{ApiKey, TokenSource};
 use crate::metrics::Metrics;
 use crate::resources::{AscCredential, SecretKeySelector, WebhookDelivery, WebhookRoute};
@@ -46,6 +51,12 @@ pub struct Settings {
     pub webhook_release_timeout: Duration,
     /// How far back the first catch-up pass after registration reads App Store Connect's delivery log.
     pub catch_up_lookback: Duration,
+    /// Origins credentials may send tokens to.
+    pub asc_origins: AllowedOrigins,
+    /// Addresses HTTP actions may not connect to (the pod's own included).
+    pub http_deny: DenyList,
+    /// The ServiceAccount impersonated for routes that name none; `None` acts as the operator itself.
+    pub default_service_account: Option<String>,
 }
 
 impl Default for Settings {
@@ -63,6 +74,12 @@ impl Default for Settings {
             webhook_verify_timeout: Duration::from_secs(5 * 60),
             webhook_release_timeout: Duration::from_secs(10 * 60),
             catch_up_lookback: Duration::from_secs(24 * 3600),
+            asc_origins: AllowedOrigins::default(),
+            http_deny: crate::actions::egress::parse_deny_cidrs(
+                crate::actions::egress::DEFAULT_DENY_CIDRS,
+            )
+            .unwrap_or_default(),
+            default_service_account: None,
         }
     }
 }
@@ -81,6 +98,13 @@ impl Settings {
             .min(self.retry_max_delay.max(self.retry_base_delay))
     }
 }
+
+/// What the App Store Connect webhook reconciler last wrote for a route: `status.appStoreConnect` and
+/// its conditions.
+pub type WrittenAsc = (
+    Option<crate::resources::route_asc::AppStoreConnectStatus>,
+    Vec<crate::resources::Condition>,
+);
 
 /// Why a credential cannot serve API calls right now.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -119,18 +143,23 @@ pub struct Context {
     pub metrics: Metrics,
     /// Settings.
     pub settings: Settings,
-    /// HTTP client for HTTP actions.
-    pub http: reqwest::Client,
+    /// HTTP client for HTTP actions, behind the egress guard.
+    pub http: ActionHttp,
     /// Summaries of every delivery by route, fed by a watch (the route controller counts from it).
     pub deliveries: DeliveryIndex,
     credentials: OnceLock<Store<AscCredential>>,
+    routes: OnceLock<Store<WebhookRoute>>,
+    /// What the Job watch last showed of each managed Job, by `namespace/name`.
+    job_facts: moka::sync::Cache<String, JobFact>,
     route_facts: moka::sync::Cache<String, SecretFacts>,
     recorder: Recorder,
+    actions: ActionClients,
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
     failures: Mutex<HashMap<String, u32>>,
     enrichments: Mutex<HashMap<String, Enrichment>>,
     holds: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     caught_up: Mutex<std::collections::HashSet<String>>,
+    written_asc: Mutex<HashMap<String, WrittenAsc>>,
 }
 
 /// Enrichments kept in memory, so HTTP retries of one delivery do not call App Store Connect again.
@@ -147,12 +176,19 @@ impl Context {
         let idle = settings_idle(&settings);
         Ok(Context {
             recorder: Recorder::new(client.clone(), reporter),
+            actions: ActionClients::operator_only(client.clone()),
+            http: crate::actions::http::client(settings.http_deny.clone())?,
             client,
             metrics,
             settings,
-            http: crate::actions::http::client()?,
             deliveries: DeliveryIndex::default(),
             credentials: OnceLock::new(),
+            routes: OnceLock::new(),
+            // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
+            job_facts: moka::sync::Cache::builder()
+                .max_capacity(50_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             // Bounded by the routes that exist; entries of deleted routes age out.
             route_facts: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -163,7 +199,25 @@ impl Context {
             enrichments: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
             caught_up: Mutex::new(std::collections::HashSet::new()),
+            written_asc: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Uses `actions` for the routes' actions (see [`Context::action_client`]).
+    pub fn with_action_clients(mut self, actions: ActionClients) -> Self {
+        self.actions = actions;
+        self
+    }
+
+    /// Whom `route`'s actions run as.
+    pub fn action_identity(&self, route: &WebhookRoute) -> Identity {
+        Identity::for_route(route, self.settings.default_service_account.as_deref())
+    }
+
+    /// The client for `route`'s actions — creating its Jobs, reading its HTTP actions' Secrets — acting as
+    /// the route's ServiceAccount (or the default one), so a route can do only what that account may.
+    pub fn action_client(&self, route: &WebhookRoute) -> Result<Client, ImpersonationError> {
+        self.actions.client_for(&self.action_identity(route))
     }
 
     /// The watched credentials, once the controllers started.
@@ -174,6 +228,28 @@ impl Context {
     /// Hands the route controller the credential store (once; later calls are ignored).
     pub fn set_credentials(&self, store: Store<AscCredential>) {
         let _ = self.credentials.set(store);
+    }
+
+    /// The route controller's cache of routes, once the controllers started.
+    pub fn routes(&self) -> Option<&Store<WebhookRoute>> {
+        self.routes.get()
+    }
+
+    /// Hands the delivery controller the route store (once; later calls are ignored).
+    pub fn set_routes(&self, store: Store<WebhookRoute>) {
+        let _ = self.routes.set(store);
+    }
+
+    /// What the Job watch last showed of Job `namespace/name`.
+    pub fn job_fact(&self, namespace: &str, name: &str) -> Option<JobFact> {
+        self.job_facts.get(&format!("{namespace}/{name}"))
+    }
+
+    /// Remembers what the Job watch shows of `job`.
+    pub fn remember_job(&self, job: &k8s_openapi::api::batch::v1::Job) {
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+        self.job_facts
+            .insert(key, super::delivery::jobs::fact_of(job));
     }
 
     /// What was last read about `route`'s Secrets.
@@ -266,6 +342,29 @@ impl Context {
             .insert(key.to_owned());
     }
 
+    /// The `status.appStoreConnect` this process last wrote for route `uid`. Only the leader writes it,
+    /// so this is the truth even when a reconcile starts from a cached route that predates the write.
+    pub fn written_asc(&self, uid: &str) -> Option<WrittenAsc> {
+        self.written_asc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Remembers (or, with `None`, forgets) what was written for route `uid`.
+    pub fn remember_asc(&self, uid: &str, status: Option<WrittenAsc>) {
+        let mut m = self.written_asc.lock().unwrap_or_else(|p| p.into_inner());
+        match status {
+            Some(s) => {
+                m.insert(uid.to_owned(), s);
+            }
+            None => {
+                m.remove(uid);
+            }
+        }
+    }
+
     /// Ends the hold on `key`.
     pub fn release_hold(&self, key: &str) {
         self.holds
@@ -319,6 +418,11 @@ impl Context {
                 ));
             }
         };
+        // Before the key is read: a refused origin never gets a token minted for it.
+        self.settings
+            .asc_origins
+            .check(credential.spec.api_url())
+            .map_err(|m| unusable("ApiUrlNotAllowed", m, false))?;
         let (secret, pem) = read_key(
             &self.client,
             namespace,

@@ -117,7 +117,17 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
     let generation = cred.metadata.generation;
     let now = crate::time::now_rfc3339();
 
-    let check = match read_key(&ctx.client, &namespace, &cred.spec.private_key_secret_ref).await {
+    let origin_check = ctx.settings.asc_origins.check(cred.spec.api_url());
+    let key = match origin_check {
+        // The key is not even read for a refused origin: no token is minted for it.
+        Err(message) => Err(CredentialProblem::Unusable {
+            reason: "ApiUrlNotAllowed",
+            message,
+            transient: false,
+        }),
+        Ok(()) => read_key(&ctx.client, &namespace, &cred.spec.private_key_secret_ref).await,
+    };
+    let check = match key {
         Err(CredentialProblem::Unusable {
             transient: true,
             message,

@@ -6,7 +6,7 @@ pub mod context;
 pub mod credential;
 pub mod delivery;
 pub mod delivery_index;
-pub mod delivery_state;
+pub mod impersonation;
 pub mod matching;
 pub mod route;
 pub mod route_status;
@@ -15,7 +15,7 @@ mod status;
 pub use context::{Context, Settings};
 
 use crate::actions::job::{LABEL_MANAGED_BY, MANAGED_BY};
-use crate::metrics::{ControllerLabels, ReconcileLabels};
+use crate::metrics::{ControllerLabels, Metrics, ReconcileLabels, WatchLabels};
 use crate::receiver::record::LABEL_FINISHED;
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use futures::StreamExt;
@@ -142,6 +142,60 @@ where
     (reader, stream)
 }
 
+/// Logs and counts what a controller's stream yields besides successful reconciles: watch errors
+/// (with what to do about missing CRDs or RBAC) and runner errors. Failed reconciles are logged by
+/// `error_policy` already.
+async fn report<K, S>(stream: S, controller: &'static str, watched: &'static str, metrics: Metrics)
+where
+    K: Resource,
+    S: futures::Stream<
+            Item = Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
+        >,
+{
+    stream
+        .for_each(|result| {
+            match result {
+                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(%obj, controller, "object gone before its reconcile")
+                }
+                Err(controller::Error::QueueError(e)) => {
+                    watch_failed(controller, watched, &e, &metrics)
+                }
+                Err(e) => {
+                    metrics
+                        .watch_errors
+                        .get_or_create(&WatchLabels { stream: controller })
+                        .inc();
+                    tracing::error!(controller, error = %e, "controller runner failed");
+                }
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// Counts a watch error and logs it, at error with what to do when a person has to act.
+fn watch_failed(controller: &'static str, watched: &str, e: &watcher::Error, metrics: &Metrics) {
+    metrics
+        .watch_errors
+        .get_or_create(&WatchLabels { stream: controller })
+        .inc();
+    let problem = crate::diagnose::watch_problem(watched, e);
+    if problem.needs_action() {
+        tracing::error!(
+            controller,
+            problem = problem.message(),
+            "controller cannot watch its resources"
+        );
+    } else {
+        tracing::warn!(controller, error = %e, "controller watch interrupted; retrying");
+    }
+}
+
+/// Time the controllers get to finish running reconciles once shutdown is requested.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the four controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -159,16 +213,35 @@ pub async fn run(
         .labels(&format!("!{LABEL_FINISHED}"));
     let (delivery_store, delivery_stream) =
         slim_cache(api::<WebhookDelivery>(&client, ns), unfinished);
+    // Every Job event (deletions included) is remembered before it triggers its delivery, so the outcome
+    // of a Job that finished and was then removed by its TTL is still known.
+    let job_ctx = ctx.clone();
+    let job_events = watcher(api::<Job>(&client, ns), jobs_cfg)
+        .default_backoff()
+        .inspect(move |e| {
+            if let Ok(
+                watcher::Event::Apply(j) | watcher::Event::InitApply(j) | watcher::Event::Delete(j),
+            ) = e
+            {
+                job_ctx.remember_job(j);
+            }
+        })
+        .touched_objects();
     let deliveries = Controller::for_stream(delivery_stream, delivery_store)
-        .owns(api::<Job>(&client, ns), jobs_cfg)
+        .owns_stream(job_events)
         .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |d, c| instrumented(d, c, "delivery", delivery::reconcile),
             error_policy,
             ctx.clone(),
-        )
-        .for_each(|_| async {});
+        );
+    let deliveries = report(
+        deliveries,
+        "delivery",
+        "webhookdeliveries (or Jobs)",
+        ctx.metrics.clone(),
+    );
 
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
@@ -176,13 +249,18 @@ pub async fn run(
     );
     let route_controller = Controller::for_stream(route_stream, route_store);
     let route_store = route_controller.store();
+    ctx.set_routes(route_store.clone());
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
-    let delivery_events = watcher(
-        api::<WebhookDelivery>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff();
+    let metrics = ctx.metrics.clone();
+    let delivery_events = futures::TryStreamExt::inspect_err(
+        watcher(
+            api::<WebhookDelivery>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff(),
+        move |e| watch_failed("route", "webhookdeliveries", e, &metrics),
+    );
     let route_triggers = ctx.deliveries.clone().follow(delivery_events);
     let (credential_store, credential_events) = slim_cache(
         api::<AscCredential>(&client, ns),
@@ -213,8 +291,13 @@ pub async fn run(
             |r, c| instrumented(r, c, "route", route::reconcile),
             error_policy,
             ctx.clone(),
-        )
-        .for_each(|_| async {});
+        );
+    let routes = report(
+        routes,
+        "route",
+        "webhookroutes (or webhookdeliveries, asccredentials)",
+        ctx.metrics.clone(),
+    );
 
     let (credential_store, credential_stream) = slim_cache(
         api::<AscCredential>(&client, ns),
@@ -227,8 +310,13 @@ pub async fn run(
             |c, x| instrumented(c, x, "credential", credential::reconcile),
             error_policy,
             ctx.clone(),
-        )
-        .for_each(|_| async {});
+        );
+    let credentials = report(
+        credentials,
+        "credential",
+        "asccredentials",
+        ctx.metrics.clone(),
+    );
 
     // Its own watch of routes: it runs on a different schedule (slow App Store Connect re-reads) and must
     // not wait behind the route controller's delivery-driven reconciles.
@@ -243,8 +331,26 @@ pub async fn run(
             |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
             error_policy,
             ctx.clone(),
-        )
-        .for_each(|_| async {});
+        );
+    let webhooks = report(
+        webhooks,
+        "app-store-connect-webhook",
+        "webhookroutes",
+        ctx.metrics.clone(),
+    );
 
-    tokio::join!(deliveries, routes, credentials, webhooks);
+    // A controller whose store never synced (its CRD is missing) waits for that store even after
+    // shutdown; a pod must still stop, so after a grace period the controllers are dropped, which
+    // cancels whatever they still run.
+    let stopped = async {
+        tokio::join!(deliveries, routes, credentials, webhooks);
+    };
+    let overdue = async {
+        shutdown.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = stopped => {}
+        () = overdue => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time after shutdown; dropping them"),
+    }
 }

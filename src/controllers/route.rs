@@ -11,11 +11,12 @@
 
 use super::context::Context;
 use super::delivery_index::DeliverySummary;
+use super::impersonation::Identity;
 use super::route_status::{self, RouteFacts};
 use super::{Error, status};
 use crate::resources::conditions::{self, Condition};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -34,6 +35,8 @@ const STALE_RETRY: Duration = Duration::from_millis(200);
 pub struct SecretFacts {
     generation: Option<i64>,
     secrets: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// The ServiceAccount the route's actions act as, when it does not exist (read by name like Secrets).
+    missing_service_account: Option<String>,
     fresh_until: Instant,
 }
 
@@ -48,6 +51,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     let facts = RouteFacts {
         secrets: secrets.secrets.clone(),
         credential: credential_fact(&ctx, &route, &namespace).await?,
+        missing_service_account: secrets.missing_service_account.clone(),
     };
     let problems = route_status::problems(&route, &facts);
     let soon = Instant::now() + ctx.settings.recheck_interval;
@@ -153,9 +157,22 @@ async fn secret_facts(
             .map(|s| s.data.unwrap_or_default().into_keys().collect());
         secrets.insert(name, keys);
     }
+    let mut missing_service_account = None;
+    if let Identity::ServiceAccount { name, .. } = ctx.action_identity(route) {
+        let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+        if accounts
+            .get_opt(&name)
+            .await
+            .map_err(Error::Kube)?
+            .is_none()
+        {
+            missing_service_account = Some(name);
+        }
+    }
     let facts = SecretFacts {
         generation,
         secrets,
+        missing_service_account,
         fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
     };
     ctx.remember_route_facts(route, facts.clone());

@@ -20,6 +20,8 @@ pub struct RouteFacts {
     pub secrets: BTreeMap<String, Option<BTreeSet<String>>>,
     /// The referenced credential: `None` when not referenced, `Some(None)` when missing.
     pub credential: Option<Option<AscCredential>>,
+    /// The ServiceAccount the route's actions act as, when one is used and does not exist.
+    pub missing_service_account: Option<String>,
 }
 
 /// One reason a route is not usable.
@@ -130,6 +132,18 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
         (None, _) => {}
     }
 
+    if let Some(sa) = &facts.missing_service_account {
+        // Deliveries still run (RBAC may name an account before it exists), but every action will most
+        // likely be refused: say so before the first event does.
+        out.push(problem(
+            "ServiceAccountNotFound",
+            format!(
+                "ServiceAccount {ns}/{sa} does not exist; the route's actions act as it and will be refused \
+                 (Forbidden) unless RBAC grants it what they do"
+            ),
+        ));
+    }
+
     for rule in &spec.rules {
         if rule.filter.is_none() {
             out.push(problem(
@@ -145,6 +159,15 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
             if let Err(e) = job::parse_template(&j.template) {
                 out.push(problem(
                     "InvalidJobTemplate",
+                    format!("rule {}: {e}", rule.name),
+                ));
+            }
+            if let Some(e) = job::parse_template(&j.template)
+                .ok()
+                .and_then(|t| job::check_expansions(&t).err())
+            {
+                out.push(problem(
+                    "UnsafeJobTemplate",
                     format!("rule {}: {e}", rule.name),
                 ));
             }

@@ -6,22 +6,51 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-/// Whether this replica can serve: set once the route store has synced.
+/// Whether this replica can serve: once the route store has synced, and while nothing that needs a
+/// person (missing CRDs, missing RBAC) is wrong.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<Mutex<ReadyState>>);
+
+#[derive(Default)]
+struct ReadyState {
+    synced: bool,
+    problem: Option<String>,
+}
 
 impl Readiness {
-    /// Marks the replica ready.
+    fn with<T>(&self, f: impl FnOnce(&mut ReadyState) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Marks the route store synced.
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+        self.with(|s| s.synced = true);
+    }
+
+    /// Records why the replica cannot serve; `/readyz` answers it until [`Readiness::clear_problem`].
+    pub fn set_problem(&self, why: String) {
+        self.with(|s| s.problem = Some(why));
+    }
+
+    /// The problem is gone (the watch works again).
+    pub fn clear_problem(&self) {
+        self.with(|s| s.problem = None);
     }
 
     /// Whether the replica is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.status().is_ok()
+    }
+
+    /// Ready, or why not.
+    pub fn status(&self) -> Result<(), String> {
+        self.with(|s| match (&s.problem, s.synced) {
+            (Some(why), _) => Err(why.clone()),
+            (None, false) => Err("route store not synced yet".to_owned()),
+            (None, true) => Ok(()),
+        })
     }
 }
 
@@ -41,13 +70,9 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.readiness.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "route store not synced yet",
-        )
+    match s.readiness.status() {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
 }
 
@@ -59,4 +84,20 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_keeps_a_synced_replica_unready_until_cleared() {
+        let r = Readiness::default();
+        assert_eq!(r.status(), Err("route store not synced yet".into()));
+        r.set_problem("apply crds/".into());
+        r.set_ready();
+        assert_eq!(r.status(), Err("apply crds/".into()));
+        r.clear_problem();
+        assert!(r.is_ready());
+    }
 }

@@ -29,8 +29,13 @@ pub enum Answer {
     BadRequest(String),
     /// 503: the secret or the delivery store is unavailable.
     Unavailable(String),
-    /// 500: the store refused the delivery.
-    Internal(String),
+    /// 503: too many request bodies are being received at once; the body was not read.
+    Busy,
+    /// 413: signed and valid, but the delivery recording it is larger than the API server stores. The
+    /// same answer comes every time, so a sender stops retrying.
+    Unstorable(String),
+    /// 422: the API server refused the delivery for a reason a retry cannot change.
+    Refused(String),
 }
 
 impl Answer {
@@ -46,7 +51,9 @@ impl Answer {
             Answer::RateLimited => "rate_limited",
             Answer::BadRequest(_) => "bad_request",
             Answer::Unavailable(_) => "unavailable",
-            Answer::Internal(_) => "error",
+            Answer::Busy => "busy",
+            Answer::Unstorable(_) => "unstorable",
+            Answer::Refused(_) => "refused",
         }
     }
 
@@ -61,8 +68,9 @@ impl Answer {
             Answer::BadSignature => StatusCode::UNAUTHORIZED,
             Answer::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Answer::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Answer::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Answer::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Answer::Unavailable(_) | Answer::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Answer::Unstorable(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Answer::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -81,7 +89,15 @@ impl Answer {
                 json!({"error": format!("not an App Store Connect event: {why}")})
             }
             Answer::Unavailable(why) => json!({"error": format!("temporarily unavailable: {why}")}),
-            Answer::Internal(why) => json!({"error": why}),
+            Answer::Busy => {
+                json!({"error": "temporarily unavailable: too many request bodies being received at once"})
+            }
+            Answer::Unstorable(why) => {
+                json!({"error": format!("the event cannot be stored: {why}")})
+            }
+            Answer::Refused(why) => {
+                json!({"error": format!("the API server refused the delivery: {why}")})
+            }
         }
     }
 }
@@ -89,7 +105,10 @@ impl Answer {
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         let status = self.status();
-        let retry = matches!(self, Answer::Unavailable(_) | Answer::RateLimited);
+        let retry = matches!(
+            self,
+            Answer::Unavailable(_) | Answer::RateLimited | Answer::Busy
+        );
         let mut response = (status, axum::Json(self.body())).into_response();
         if retry {
             response
@@ -109,6 +128,10 @@ mod tests {
         let r = Answer::Unavailable("x".into()).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            Answer::Busy.into_response().headers()[header::RETRY_AFTER],
+            "5"
+        );
         assert!(
             Answer::RateLimited
                 .into_response()

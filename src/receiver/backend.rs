@@ -65,7 +65,12 @@ pub enum SinkError {
     /// The store is unreachable or overloaded; Apple should try again later.
     #[error("delivery store unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The store refused the object (a bug, or an admission policy).
+    /// The store refused the object as too large (413, or etcd's "request is too large"): the same
+    /// event will be refused every time.
+    #[error("delivery store refused the delivery as too large: {0}")]
+    TooLarge(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store refused the object for a reason a retry cannot change (400, 422: a bug, or an
+    /// admission policy).
     #[error("delivery store refused the delivery: {0}")]
     Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

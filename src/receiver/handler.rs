@@ -3,7 +3,7 @@
 use super::Receiver;
 use super::answer::Answer;
 use super::backend::{Recorded, SinkError};
-use super::record::build_delivery;
+use super::record::{build_delivery, check_fits};
 use super::secret_cache::{SecretBytes, SecretLookupError};
 use crate::asc::event::WebhookEvent;
 use crate::asc::signature::{self, SignatureError};
@@ -12,8 +12,8 @@ use crate::resources::WebhookRoute;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,11 @@ pub(super) async fn hook(
         Answer::Duplicate(name) => {
             tracing::info!(%namespace, route = %route_name, delivery = %name, "duplicate event")
         }
-        Answer::Unavailable(why) | Answer::Internal(why) => {
+        Answer::Unavailable(why) => {
             tracing::warn!(%namespace, route = %route_name, reason = %why, outcome = answer.outcome(), "event not recorded")
+        }
+        Answer::Unstorable(why) | Answer::Refused(why) => {
+            tracing::warn!(%namespace, route = %route_name, reason = %why, outcome = answer.outcome(), "signed event refused for good: it can never be stored")
         }
         other => {
             tracing::debug!(%namespace, route = %route_name, outcome = other.outcome(), "request refused")
@@ -73,7 +76,18 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Answer {
-    let body = match read_body(rx, headers, body).await {
+    let declared = match declared_length(rx, headers) {
+        Ok(declared) => declared,
+        Err(answer) => return answer,
+    };
+    // Held until the answer: the body's bytes stay in memory that long.
+    let Some(_reservation) = rx
+        .budget
+        .try_reserve(declared.unwrap_or(rx.config.max_body_bytes))
+    else {
+        return Answer::Busy;
+    };
+    let body = match read_body(rx, declared, body).await {
         Ok(body) => body,
         Err(answer) => return answer,
     };
@@ -98,6 +112,9 @@ async fn handle(
         .get("x-apple-request-uuid")
         .and_then(|v| v.to_str().ok());
     let delivery = build_delivery(route, &event, request_id, &crate::time::now_rfc3339());
+    if let Err(e) = check_fits(&delivery, rx.config.max_object_bytes) {
+        return Answer::Unstorable(e.to_string());
+    }
     let name = delivery.metadata.name.clone().unwrap_or_default();
     match rx.sink.record(delivery).await {
         Ok(Recorded::Created) => Answer::Accepted(name),
@@ -105,28 +122,48 @@ async fn handle(
         Err(SinkError::Unavailable(e)) => {
             Answer::Unavailable(format!("cannot store the delivery: {e}"))
         }
-        Err(SinkError::Refused(e)) => {
-            Answer::Internal(format!("the API server refused the delivery: {e}"))
+        Err(SinkError::TooLarge(e)) => {
+            Answer::Unstorable(format!("the API server refused it as too large: {e}"))
         }
+        Err(SinkError::Refused(e)) => Answer::Refused(e.to_string()),
     }
 }
 
-async fn read_body(rx: &Receiver, headers: &HeaderMap, body: Body) -> Result<Bytes, Answer> {
-    let max = rx.config.max_body_bytes;
+/// The declared `Content-Length`; 413 at once when it is over the limit.
+fn declared_length(rx: &Receiver, headers: &HeaderMap) -> Result<Option<usize>, Answer> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(Answer::TooLarge);
+    match declared {
+        Some(len) if len > rx.config.max_body_bytes as u64 => Err(Answer::TooLarge),
+        Some(len) => Ok(usize::try_from(len).ok()),
+        None => Ok(None),
     }
-    match tokio::time::timeout(rx.config.body_timeout, Limited::new(body, max).collect()).await {
+}
+
+/// Reads the body into one buffer of its own. Each chunk is copied and dropped: a chunk keeps hyper's
+/// whole read buffer alive, so keeping a slow sender's many small chunks would pin many buffers.
+async fn read_body(rx: &Receiver, declared: Option<usize>, body: Body) -> Result<Bytes, Answer> {
+    let max = rx.config.max_body_bytes;
+    let collect = async move {
+        let mut body = body;
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(max));
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| Answer::BadRequest("the request body could not be read".into()))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > max {
+                    return Err(Answer::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(rx.config.body_timeout, collect).await {
         Err(_) => Err(Answer::Timeout),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Answer::TooLarge),
-        Ok(Err(_)) => Err(Answer::BadRequest(
-            "the request body could not be read".into(),
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(result) => result,
     }
 }
 

@@ -80,22 +80,23 @@ impl DeliverySink for KubeDeliveries {
     }
 }
 
-/// Server-side trouble and transport failures are worth a retry from Apple; anything else is a refusal.
+/// Only refusals that a retry of the same event can never change are final; everything else (server
+/// trouble, transport failures, 403 from missing RBAC or a quota, 404 from missing CRDs) can be fixed or
+/// pass, so Apple is told to come back.
 fn classify(e: kube::Error) -> SinkError {
     match &e {
-        kube::Error::Api(s)
-            if s.code >= 500
-                || s.code == 429
-                || s.code == 403
-                    && s.reason == "Forbidden"
-                    && s.message.contains("being terminated") =>
-        {
-            SinkError::Unavailable(Box::new(e))
+        // kube-apiserver passes etcd's size refusal on as a 500 with etcd's message, not as a 413
+        // (kubernetes/kubernetes#112152).
+        kube::Error::Api(s) if s.code == 413 || s.message.contains(ETCD_TOO_LARGE) => {
+            SinkError::TooLarge(Box::new(e))
         }
-        kube::Error::Api(_) => SinkError::Refused(Box::new(e)),
+        kube::Error::Api(s) if matches!(s.code, 400 | 415 | 422) => SinkError::Refused(Box::new(e)),
         _ => SinkError::Unavailable(Box::new(e)),
     }
 }
+
+/// What etcd says about a write over its `--max-request-bytes`.
+const ETCD_TOO_LARGE: &str = "request is too large";
 
 #[cfg(test)]
 mod tests {
@@ -205,6 +206,57 @@ mod tests {
                 .await
                 .unwrap(),
             Recorded::Duplicate
+        );
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn too_large_answers_are_final_whatever_their_code() {
+        let (client, mut handle) = client();
+        let verifier = tokio::spawn(async move {
+            let too_large = |code: u16, message: &str| {
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(
+                        serde_json::to_vec(&serde_json::json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "", "message": message
+                        }))
+                        .unwrap(),
+                    ))
+                    .unwrap()
+            };
+            expect_create(
+                &mut handle,
+                too_large(500, "etcdserver: request is too large"),
+            )
+            .await;
+            expect_create(
+                &mut handle,
+                too_large(413, "Request entity too large: limit is 3145728"),
+            )
+            .await;
+            expect_create(
+                &mut handle,
+                Response::builder()
+                    .status(403)
+                    .body(status_body(403, "Forbidden"))
+                    .unwrap(),
+            )
+            .await;
+        });
+        let sink = KubeDeliveries::new(client);
+        for _ in 0..2 {
+            assert!(matches!(
+                sink.record(delivery()).await,
+                Err(SinkError::TooLarge(_))
+            ));
+        }
+        assert!(
+            matches!(
+                sink.record(delivery()).await,
+                Err(SinkError::Unavailable(_))
+            ),
+            "missing RBAC can be fixed: Apple should come back"
         );
         verifier.await.unwrap();
     }

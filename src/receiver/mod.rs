@@ -1,16 +1,18 @@
 //! The webhook receiver: `POST /hooks/{namespace}/{route}` in, one durable `WebhookDelivery` per event out.
 //!
-//! Checks run in the order of PRODUCT.md's bad-input table — route, size and time limits, signature over
+//! Checks run in the order of the receiver's answer table (docs/RESOURCES.md) — route, size and time limits, signature over
 //! the raw bytes, parse — and nothing is written for a request that fails one. Routes come from an
 //! in-memory reflector store, never from an API call per request.
 
 pub mod admin;
 mod answer;
 pub mod backend;
+pub mod budget;
 mod handler;
 pub mod kube_backend;
 pub mod record;
 pub mod secret_cache;
+pub mod serve;
 
 pub use answer::Answer;
 pub use backend::{DeliverySink, Recorded, RouteLookup, SecretSource, SinkError};
@@ -18,6 +20,7 @@ pub use backend::{DeliverySink, Recorded, RouteLookup, SecretSource, SinkError};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::routing::post;
+use budget::BodyBudget;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secret_cache::SecretCache;
 use std::num::NonZeroU32;
@@ -29,6 +32,10 @@ use std::time::Duration;
 pub struct ReceiverConfig {
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Body bytes all requests together may be receiving at once.
+    pub max_inflight_body_bytes: usize,
+    /// Largest object the API server stores; larger deliveries get 413 before any write.
+    pub max_object_bytes: usize,
     /// Time allowed for the whole body to arrive.
     pub body_timeout: Duration,
     /// How long a webhook secret is trusted before it is read again.
@@ -42,7 +49,9 @@ pub struct ReceiverConfig {
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 64 * 1024,
+            max_inflight_body_bytes: 8 * 1024 * 1024,
+            max_object_bytes: 1_572_864,
             body_timeout: Duration::from_secs(10),
             secret_cache_ttl: Duration::from_secs(5),
             failed_signatures_per_minute: 30,
@@ -57,6 +66,7 @@ pub struct Receiver {
     secrets: SecretCache,
     sink: Arc<dyn DeliverySink>,
     failed_signatures: DefaultKeyedRateLimiter<String>,
+    budget: BodyBudget,
     config: ReceiverConfig,
     metrics: Metrics,
 }
@@ -77,6 +87,7 @@ impl Receiver {
             secrets: SecretCache::new(secrets, config.secret_cache_ttl, metrics.clone()),
             sink,
             failed_signatures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            budget: BodyBudget::new(config.max_inflight_body_bytes),
             config,
             metrics,
         })
@@ -139,11 +150,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_panicking_request_answers_500_and_the_receiver_keeps_serving() {
+    fn ios_release() -> WebhookRoute {
         let mut route = WebhookRoute::new(
             "release",
             WebhookRouteSpec {
+                service_account_name: None,
                 secret_ref: SecretKeySelector {
                     name: "hook".into(),
                     key: "k".into(),
@@ -156,6 +167,45 @@ mod tests {
             },
         );
         route.metadata.namespace = Some("ios".into());
+        route
+    }
+
+    #[tokio::test]
+    async fn a_body_without_room_in_the_budget_gets_503_and_is_never_read() {
+        let rx = Receiver::new(
+            Arc::new(OneRoute(Arc::new(ios_release()))),
+            Arc::new(FixedSecret),
+            Arc::new(PanickingSink),
+            ReceiverConfig {
+                max_body_bytes: 64 * 1024,
+                max_inflight_body_bytes: 64 * 1024,
+                ..ReceiverConfig::default()
+            },
+            Metrics::new(),
+        );
+        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = polled.clone();
+        let body = futures::stream::poll_fn(move |_| {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::task::Poll::Ready(None::<Result<bytes::Bytes, std::io::Error>>)
+        });
+        // Seven eighths of 64 KiB are open to large bodies: 60,000 bytes do not fit.
+        let request = Request::post("/hooks/ios/release")
+            .header(http::header::CONTENT_LENGTH, "60000")
+            .body(Body::from_stream(body))
+            .unwrap();
+        let response = rx.router().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "5");
+        assert!(
+            !polled.load(std::sync::atomic::Ordering::SeqCst),
+            "body read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_answers_500_and_the_receiver_keeps_serving() {
+        let route = ios_release();
         let rx = Receiver::new(
             Arc::new(OneRoute(Arc::new(route))),
             Arc::new(FixedSecret),

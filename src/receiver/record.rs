@@ -16,6 +16,47 @@ pub const LABEL_FINISHED: &str = "asc.webhooks.dev/finished";
 /// Label carrying the event type on deliveries and Jobs.
 pub const LABEL_EVENT_TYPE: &str = "asc.webhooks.dev/event-type";
 
+/// Bytes kept free below the API server's object limit for what is written after the create: server
+/// metadata, managed fields and the delivery's status.
+pub const STORE_HEADROOM_BYTES: usize = 32 * 1024;
+
+/// A delivery the API server would refuse for its size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "recorded as a WebhookDelivery it takes {size} bytes (the JSON-escaped payload is larger than the body); the API server stores objects up to {limit} bytes, of which {STORE_HEADROOM_BYTES} are kept for status"
+)]
+pub struct TooLargeToStore {
+    /// Serialized size of the delivery.
+    pub size: usize,
+    /// The configured object limit.
+    pub limit: usize,
+}
+
+/// Checks, before any write, that `delivery` fits in an object of `limit` bytes once serialized as the
+/// API server stores custom resources (JSON). Returns the size.
+pub fn check_fits(delivery: &WebhookDelivery, limit: usize) -> Result<usize, TooLargeToStore> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing our own type into a counter cannot fail; if it did, the API server decides.
+    let size = match serde_json::to_writer(&mut count, delivery) {
+        Ok(()) => count.0,
+        Err(_) => 0,
+    };
+    if size.saturating_add(STORE_HEADROOM_BYTES) > limit {
+        return Err(TooLargeToStore { size, limit });
+    }
+    Ok(size)
+}
+
 /// The delivery for `event` on `route`: deterministic name, owned by the route (so deleting a route deletes
 /// its history), payload kept byte for byte.
 pub fn build_delivery(
@@ -72,6 +113,7 @@ pub(crate) mod tests {
         let mut r = WebhookRoute::new(
             "release",
             WebhookRouteSpec {
+                service_account_name: None,
                 secret_ref: SecretKeySelector {
                     name: "s".into(),
                     key: "k".into(),
@@ -86,6 +128,33 @@ pub(crate) mod tests {
         r.metadata.namespace = Some("ios".into());
         r.metadata.uid = Some("uid-1".into());
         r
+    }
+
+    #[test]
+    fn a_body_that_escapes_past_the_object_limit_does_not_fit() {
+        // Quotes inside a JSON string are escaped once in the body and once more in `spec.payload`.
+        let quotes = "\\\"".repeat(450_000);
+        let raw = format!(
+            r#"{{"data":{{"id":"e-1","type":"webhookPingCreated","attributes":{{"note":"{quotes}"}}}}}}"#
+        );
+        let event = WebhookEvent::parse(Bytes::from(raw.clone())).unwrap();
+        let d = build_delivery(&route(), &event, None, "2026-01-01T00:00:00Z");
+        let limit = 1_572_864;
+        assert!(
+            raw.len() < limit * 6 / 10,
+            "the body itself is well below the limit"
+        );
+        let err = check_fits(&d, limit).unwrap_err();
+        assert!(err.size > limit && err.size > 2 * raw.len() - 100, "{err}");
+        assert!(err.to_string().contains("1572864"), "{err}");
+
+        let small = WebhookEvent::parse(Bytes::from_static(include_bytes!(
+            "../../tests/fixtures/asc/events/webhook-ping.json"
+        )))
+        .unwrap();
+        let d = build_delivery(&route(), &small, None, "2026-01-01T00:00:00Z");
+        let size = check_fits(&d, limit).unwrap();
+        assert_eq!(size, serde_json::to_vec(&d).unwrap().len());
     }
 
     #[test]

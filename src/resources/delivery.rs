@@ -197,6 +197,53 @@ pub struct EnrichmentStatus {
     pub message: Option<String>,
 }
 
+/// What an action does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ActionKind {
+    /// Creates a Job.
+    #[default]
+    Job,
+    /// Sends an HTTP request.
+    Http,
+}
+
+/// Where an action is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ActionState {
+    /// Not started, or waiting for a retry.
+    #[default]
+    Pending,
+    /// An HTTP request is being sent. Written before the request leaves, so an operator that finds it
+    /// here on a fresh read knows the attempt was interrupted, and one working from a stale copy cannot
+    /// write it at all (the write carries the resourceVersion it was decided on): no request is sent twice
+    /// because a cache lagged.
+    InFlight,
+    /// Started: a Job exists and has not finished.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+}
+
+impl ActionState {
+    /// Whether nothing more will happen to the action.
+    pub fn is_done(self) -> bool {
+        matches!(self, ActionState::Succeeded | ActionState::Failed)
+    }
+
+    /// The name written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "Pending",
+            ActionState::InFlight => "InFlight",
+            ActionState::Running => "Running",
+            ActionState::Succeeded => "Succeeded",
+            ActionState::Failed => "Failed",
+        }
+    }
+}
+
 /// The outcome of one action.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -204,9 +251,17 @@ pub struct ActionStatus {
     /// The rule the action belongs to.
     pub rule: String,
     /// `Job` or `Http`.
-    pub kind: String,
-    /// `Pending`, `Running`, `Succeeded` or `Failed`.
-    pub state: String,
+    pub kind: ActionKind,
+    /// `Pending`, `InFlight` (an HTTP request is being sent), `Running` (a Job runs), `Succeeded` or `Failed`.
+    pub state: ActionState,
+    /// Why the action failed or waits, as one CamelCase word (e.g. `Forbidden`, `JobNameTaken`,
+    /// `QuotaExceeded`, `EndpointError`); `error` says it for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `ASC_*` variables left out of the Job because their value was too large for an environment
+    /// variable (the container sees a marker instead, and `ASC_OMITTED` lists them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted_env: Vec<String>,
     /// Name of the Job created, for Job actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,

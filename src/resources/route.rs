@@ -73,6 +73,15 @@ pub struct WebhookRouteSpec {
     /// Without it, rules run without enrichment; a rule with `enrich: Required` then fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_ref: Option<LocalObjectReference>,
+    /// The ServiceAccount, in this namespace, whose rights the route's actions use: the operator creates
+    /// the rules' Jobs and reads the HTTP actions' Secrets (and checks the credential's key Secret for
+    /// `injectApiKey`) while impersonating `system:serviceaccount:<namespace>:<name>`, so a route can do
+    /// only what this account may do. A refused call fails the action with reason `Forbidden`. Unset: the
+    /// operator's `--default-service-account`, or, when that is unset too, the operator's own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
     /// What to do with events. Every rule whose filter matches runs; an event no rule matches is recorded
     /// with phase `NoMatch`.
     #[schemars(length(max = 32))]

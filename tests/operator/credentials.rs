@@ -116,7 +116,8 @@ async fn verification_call_is_recorded_and_a_revoked_key_shows_up() {
     )
     .await;
     put_secret(&api, "team-key", &[("AuthKey.p8", &test_key_pem())]).await;
-    let op = Operator::start(&api, &[]).await;
+    let origin = origin_flags(&asc);
+    let op = Operator::start(&api, &flags(&[], &origin)).await;
     let verified = eventually(
         "the credential is verified",
         Duration::from_secs(15),
@@ -154,7 +155,7 @@ async fn verification_call_is_recorded_and_a_revoked_key_shows_up() {
         )
         .await
         .unwrap();
-    let op = Operator::start(&api, &[]).await;
+    let op = Operator::start(&api, &flags(&[], &origin)).await;
     let refused = eventually("the revoked key shows up", Duration::from_secs(15), || {
         let c: Option<AscCredential> = api
             .get_object("asccredentials", NS, "team")
@@ -168,5 +169,50 @@ async fn verification_call_is_recorded_and_a_revoked_key_shows_up() {
     })
     .await;
     assert!(refused.message.contains("401"), "{}", refused.message);
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_credential_pointing_at_a_foreign_api_url_is_not_ready_and_gets_no_request() {
+    let api = fake_api().await;
+    // A server that would happily accept the token: the operator must never send it one.
+    let foreign = asc_mock().await;
+    credential(
+        &api,
+        "borrowed",
+        &format!(
+            "  issuerId: {TEST_ISSUER_ID}\n  apiUrl: {}\n  verifyIntervalMinutes: 1\n",
+            foreign.url()
+        ),
+    )
+    .await;
+    put_secret(&api, "borrowed-key", &[("AuthKey.p8", &test_key_pem())]).await;
+    let op = Operator::start(&api, &["--recheck-interval", "200ms"]).await;
+    let refused = ready_of(&api, "borrowed", "False", "ApiUrlNotAllowed").await;
+    let cond = &refused.status.as_ref().unwrap().conditions[0];
+    assert!(cond.message.contains(&foreign.url()), "{}", cond.message);
+    assert!(
+        refused
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "Verified"),
+        "no verification was attempted"
+    );
+    // Several re-checks later, still nothing reached the foreign server.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        foreign.requests().is_empty(),
+        "the foreign server was called: {:?}",
+        foreign.requests()
+    );
+    op.stop().await;
+
+    // Allowed explicitly, the same credential verifies against it.
+    let origin = origin_flags(&foreign);
+    let op = Operator::start(&api, &flags(&[], &origin)).await;
+    ready_of(&api, "borrowed", "True", "KeyUsable").await;
     op.stop().await;
 }

@@ -145,7 +145,7 @@ fn saved_fuzz_findings_stay_fixed() {
 /// with a byte sequence that is not UTF-8 inside a field the parser skips (`"attri[utes": {...}`) was
 /// accepted, because serde_json does not validate what it skips; `raw_str()` then fell back to `""`, so the
 /// receiver answered 202 and stored the delivery with an empty payload. RFC 8259 requires UTF-8, and
-/// PRODUCT.md answers "body not an ASC event (bad JSON)" with 400.
+/// docs/RESOURCES.md answers "body not an ASC event (bad JSON)" with 400.
 #[test]
 fn a_body_that_is_not_utf8_is_refused_not_stored_empty() {
     let path = Path::new(ROOT).join("fuzz/regressions/event_parse/invalid-utf8-in-unknown-field");

@@ -50,12 +50,19 @@ pub fn crds_as_kubectl_sends_them() -> Vec<String> {
 }
 
 pub async fn fake_api() -> FakeApiServer {
+    fake_api_with(|o| o).await
+}
+
+/// A fake API server with changed options (e.g. authorization on).
+pub async fn fake_api_with(
+    change: impl FnOnce(FakeApiServerOptions) -> FakeApiServerOptions,
+) -> FakeApiServer {
     let opts = FakeApiServerOptions {
         namespaces: vec!["default".into(), NS.into(), "payments".into()],
         crd_yaml: crds_as_kubectl_sends_them(),
         ..Default::default()
     };
-    FakeApiServer::start(opts).await
+    FakeApiServer::start(change(opts)).await
 }
 
 /// One operator process, in-process.
@@ -67,16 +74,26 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `run` with `extra` flags (on top of fast test settings) against `api`.
+    /// Starts `run` with `extra` flags (on top of fast test settings) against `api`, and waits until
+    /// it is ready.
     pub async fn start(api: &FakeApiServer, extra: &[&str]) -> Operator {
-        Self::launch(api, extra, None).await
+        let op = Self::launch(api, extra).await;
+        op.wait_ready().await;
+        op
+    }
+
+    /// Starts `run` like [`Operator::start`] without waiting for readiness.
+    pub async fn launch(api: &FakeApiServer, extra: &[&str]) -> Operator {
+        Self::launch_on(api, extra, None).await
     }
 
     /// Like [`start`](Self::start), with `--public-url` set to the operator's own listener, so the mock
     /// App Store Connect can deliver to it (plain HTTP on loopback is allowed for registration).
     pub async fn start_reachable(api: &FakeApiServer, extra: &[&str]) -> Operator {
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::launch(api, extra, Some(public)).await
+        let op = Self::launch_on(api, extra, Some(public)).await;
+        op.wait_ready().await;
+        op
     }
 
     /// Like [`start_reachable`](Self::start_reachable) on the public address `url` of an operator that
@@ -84,10 +101,16 @@ impl Operator {
     pub async fn restart_reachable(api: &FakeApiServer, url: &str, extra: &[&str]) -> Operator {
         let addr = url.trim_start_matches("http://");
         let public = TcpListener::bind(addr).await.unwrap();
-        Self::launch(api, extra, Some(public)).await
+        let op = Self::launch_on(api, extra, Some(public)).await;
+        op.wait_ready().await;
+        op
     }
 
-    async fn launch(api: &FakeApiServer, extra: &[&str], public: Option<TcpListener>) -> Operator {
+    async fn launch_on(
+        api: &FakeApiServer,
+        extra: &[&str],
+        public: Option<TcpListener>,
+    ) -> Operator {
         crate::logs::init();
         let reachable = public.is_some();
         let public = match public {
@@ -117,6 +140,7 @@ impl Operator {
             "2s",
         ]);
         argv.extend_from_slice(extra);
+        argv.extend(test_defaults(extra));
         let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
         };
@@ -129,17 +153,25 @@ impl Operator {
                 .await
                 .unwrap();
         });
-        let op = Operator {
+        Operator {
             url,
             admin_url,
             shutdown,
             task,
-        };
-        op.wait_ready().await;
-        op
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// `/readyz`: status and body.
+    #[allow(dead_code)]
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("{}/readyz", self.admin_url))
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    }
+
+    pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let url = format!("{}/readyz", self.admin_url);
         eventually("the operator is ready", Duration::from_secs(10), || {
@@ -211,6 +243,30 @@ impl Operator {
             .await
             .unwrap()
     }
+}
+
+/// Flags every test operator gets unless the test sets them itself: HTTP actions go to the loopback
+/// recorder, so the egress guard is off unless a test turns it on.
+fn test_defaults(extra: &[&str]) -> Vec<&'static str> {
+    if extra.contains(&"--http-action-deny-cidrs") {
+        Vec::new()
+    } else {
+        vec!["--http-action-deny-cidrs", "none"]
+    }
+}
+
+/// `--asc-api-origins <mock>`: credentials in tests point at the mock, which the operator refuses
+/// unless told otherwise.
+pub fn origin_flags(asc: &AscMock) -> [String; 2] {
+    ["--asc-api-origins".to_owned(), asc.url()]
+}
+
+/// `base` followed by `more`, as the `&[&str]` the start functions take.
+pub fn flags<'a>(base: &'a [&'a str], more: &'a [String]) -> Vec<&'a str> {
+    base.iter()
+        .copied()
+        .chain(more.iter().map(String::as_str))
+        .collect()
 }
 
 /// Polls `check` until it yields a value, or panics naming `what`.
@@ -384,6 +440,7 @@ impl Process {
                 "json",
             ])
             .args(extra)
+            .args(test_defaults(extra))
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(std::process::Stdio::null())
@@ -413,6 +470,19 @@ impl Process {
         )
         .await;
         p
+    }
+
+    /// Resident memory of the operator process, from `/proc/<pid>/status`.
+    #[allow(dead_code)]
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
     }
 
     /// SIGKILL: no graceful shutdown, no lease release, no final status write.

@@ -1,5 +1,5 @@
-//! The receiver over real HTTP against the fake API server: one test per row of PRODUCT.md's bad-input
-//! table, plus concurrency, secret rotation, API-server outages and `send`.
+//! The receiver over real HTTP against the fake API server: one test per row of the receiver's answer
+//! table (docs/RESOURCES.md), plus concurrency, secret rotation, API-server outages and `send`.
 
 use crate::harness::*;
 use std::time::Duration;

@@ -41,7 +41,8 @@ async fn operator_killed_after_creating_the_job_but_before_status_restarts_into_
             .subresource("status")
             .times(usize::MAX),
     );
-    let first = Process::start(&api, dir.path(), &[]).await;
+    let origin = origin_flags(&asc);
+    let first = Process::start(&api, dir.path(), &flags(&[], &origin)).await;
     eventually("the route is ready", Duration::from_secs(15), || {
         let r = get_route(&api, "submit-after-processing");
         async move {
@@ -74,7 +75,7 @@ async fn operator_killed_after_creating_the_job_but_before_status_restarts_into_
     first.kill().await;
 
     api.clear_faults();
-    let second = Process::start(&api, dir.path(), &[]).await;
+    let second = Process::start(&api, dir.path(), &flags(&[], &origin)).await;
     let running = eventually(
         "the restarted operator records the Job",
         Duration::from_secs(20),

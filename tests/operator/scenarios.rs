@@ -1,4 +1,4 @@
-//! The five use cases of PRODUCT.md, end to end from the examples in `examples/`: a signed fixture in,
+//! The five use cases of README.md, end to end from the examples in `examples/`: a signed fixture in,
 //! Jobs and HTTP calls out, with the statuses a person would read.
 
 use crate::harness::*;
@@ -84,7 +84,10 @@ async fn use_case_1_build_upload_complete_runs_the_submission_job_with_fastlane_
         .await
         .status
         .unwrap();
-    assert_eq!(done.actions[0].state, "Succeeded");
+    assert_eq!(
+        done.actions[0].state,
+        asc_webhook_operator::resources::delivery::ActionState::Succeeded
+    );
     assert!(done.completion_time.is_some());
     let route = eventually("route counts the success", Duration::from_secs(10), || {
         let r = get_route(&w.api, "submit-after-processing");

@@ -148,7 +148,8 @@ pub async fn stage(name: &str) -> (FakeApiServer, AscMock, Recorder, Vec<String>
 impl World {
     pub async fn example(name: &str, extra: &[&str]) -> World {
         let (api, asc, hooks, secret_values) = stage(name).await;
-        let op = Operator::start(&api, extra).await;
+        let origin = origin_flags(&asc);
+        let op = Operator::start(&api, &flags(extra, &origin)).await;
         World {
             api,
             asc,

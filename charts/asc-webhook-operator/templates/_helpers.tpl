@@ -87,8 +87,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     so the operator never holds every Secret of the cluster in memory; create only for a route with
     appStoreConnect.generateSecret, whose webhook Secret the operator makes once (never update: an
     existing Secret is never overwritten);
-  - Jobs are created from rules and watched for completion, never changed or deleted (the delivery owns
-    them; garbage collection removes them);
+  - Jobs are watched for completion, never changed or deleted (the delivery owns them; garbage
+    collection removes them). They are created in the operator's own name only for routes without a
+    ServiceAccount while no defaultServiceAccount is set; with one set, every route's actions run as a
+    ServiceAccount of its namespace, so the operator itself may not create Jobs at all;
+  - ServiceAccounts are impersonated (for the routes' actions) and read (to warn when one is missing);
   - Events are recorded on the resources.
 */}}
 {{- define "asc-webhook-operator.rules" }}
@@ -110,7 +113,14 @@ rules:
     verbs: [get, create]
   - apiGroups: [batch]
     resources: [jobs]
+    {{- if .Values.defaultServiceAccount }}
+    verbs: [get, list, watch]
+    {{- else }}
     verbs: [get, list, watch, create]
+    {{- end }}
+  - apiGroups: [""]
+    resources: [serviceaccounts]
+    verbs: [get, impersonate]
   - apiGroups: [events.k8s.io]
     resources: [events]
     verbs: [create, patch]

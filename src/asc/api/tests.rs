@@ -208,3 +208,29 @@ fn asc_error_message_is_extracted_and_shortened() {
     assert_eq!(message.chars().count(), 301);
     assert_eq!(asc_error_message(b"<html>"), None);
 }
+
+#[tokio::test]
+async fn each_call_gets_a_token_of_minutes_scoped_to_its_one_get() {
+    let (mock, client) = setup().await;
+    let url = format!("{}{COMPLETE_UPLOAD}", mock.url());
+    client.fetch_instance(&url).await.unwrap();
+    client.verify().await.unwrap();
+    let log = mock.requests();
+    assert!(log.iter().all(|r| r.auth.is_accepted()), "{log:?}");
+    assert_eq!(
+        log[0].token.scope,
+        Some(vec![format!("GET {COMPLETE_UPLOAD}")])
+    );
+    assert_eq!(
+        log[1].token.scope,
+        Some(vec!["GET /v1/apps?limit=1".to_owned()])
+    );
+    for r in &log {
+        let lifetime = r.token.lifetime_secs.unwrap();
+        assert!(
+            lifetime <= 6 * 60,
+            "{lifetime} s is more than a few minutes"
+        );
+    }
+    assert_eq!(client.tokens().minted(), 2, "one token per call");
+}

@@ -213,6 +213,11 @@ async fn recover(
             return Ok(0);
         }
     };
+    // A ping recovered from the log would prove nothing about reachability, and would turn
+    // `WebhookVerified` True for a receiver Apple cannot reach: pings only count when they arrive.
+    if logged.event.as_ref().is_some_and(|e| e.ping) {
+        return Ok(0);
+    }
     match mode {
         CatchUpMode::Redeliver => {
             // Only what was never recorded, live or otherwise, is worth sending again.

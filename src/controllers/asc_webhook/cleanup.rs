@@ -23,10 +23,8 @@ pub fn give_up(
 }
 
 pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error> {
-    let asc = route
-        .status
-        .as_ref()
-        .and_then(|s| s.app_store_connect.as_ref());
+    let known = super::known_asc(ctx, &route);
+    let asc = known.as_ref();
     let Some(id) = asc.and_then(|a| a.webhook_id.clone()) else {
         return Ok(Action::await_change());
     };
@@ -37,6 +35,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
         .map(|a| a.deletion_policy)
         .unwrap_or_default();
     if policy == DeletionPolicy::Retain {
+        forget_webhook(ctx, &route);
         ctx.event(
             route.as_ref(),
             false,
@@ -62,6 +61,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
             };
             ctx.event(route.as_ref(), false, "WebhookDeleted", note)
                 .await;
+            forget_webhook(ctx, &route);
             return Ok(Action::await_change());
         }
         Err(why) => why,
@@ -96,6 +96,13 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
     .await?;
     tracing::warn!(route = %route.name_any(), %message, "webhook deletion failed; retrying");
     Err(Error::Transient(message))
+}
+
+/// A reconcile queued before the finalizer went may still see the route: it must not delete again.
+fn forget_webhook(ctx: &Context, route: &WebhookRoute) {
+    if let Some(uid) = route.metadata.uid.as_deref() {
+        ctx.remember_asc(uid, Some((None, Vec::new())));
+    }
 }
 
 #[cfg(test)]

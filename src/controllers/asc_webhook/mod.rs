@@ -44,7 +44,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     let api: Api<WebhookRoute> =
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     if route.spec.app_store_connect.is_none() {
-        release_unmanaged(&api, &route).await?;
+        release_unmanaged(&ctx, &api, &route).await?;
         return Ok(Action::await_change());
     }
     finalizer::finalizer(&api, FINALIZER, route, |event| async {
@@ -63,7 +63,11 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
 
 /// `spec.appStoreConnect` was removed: stop managing. The webhook is left in App Store Connect (without
 /// the block there is no deletion policy to go by, and leaving is the choice that loses nothing).
-async fn release_unmanaged(api: &Api<WebhookRoute>, route: &WebhookRoute) -> Result<(), Error> {
+async fn release_unmanaged(
+    ctx: &Context,
+    api: &Api<WebhookRoute>,
+    route: &WebhookRoute,
+) -> Result<(), Error> {
     let name = route.name_any();
     if route.finalizers().iter().any(|f| f == FINALIZER) {
         let rest: Vec<&String> = route
@@ -85,6 +89,9 @@ async fn release_unmanaged(api: &Api<WebhookRoute>, route: &WebhookRoute) -> Res
         || !state::owned_conditions(route).is_empty();
     if has_status {
         apply_status(api, &name, None, &[]).await?;
+    }
+    if let Some(uid) = route.uid() {
+        ctx.remember_asc(&uid, None);
     }
     Ok(())
 }
@@ -115,18 +122,18 @@ async fn write(
     fresh: Vec<Condition>,
 ) -> Result<(), Error> {
     let now = crate::time::now_rfc3339();
-    let conditions = state::next_conditions(route, fresh, &now);
-    let previous_asc = route
-        .status
-        .as_ref()
-        .and_then(|s| s.app_store_connect.as_ref());
-    if previous_asc == asc && state::owned_conditions(route) == conditions {
+    let before = known_conditions(ctx, route);
+    let conditions = state::next_conditions(route, &before, fresh, &now);
+    let previous_asc = known_asc(ctx, route);
+    if previous_asc.as_ref() == asc && before == conditions {
         return Ok(());
     }
     let api: Api<WebhookRoute> =
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     apply_status(&api, &route.name_any(), asc, &conditions).await?;
-    let before = state::owned_conditions(route);
+    if let Some(uid) = route.uid() {
+        ctx.remember_asc(&uid, Some((asc.cloned(), conditions.clone())));
+    }
     let was = before.iter().find(|c| c.type_ == WEBHOOK_REGISTERED);
     if let Some(now) = conditions.iter().find(|c| c.type_ == WEBHOOK_REGISTERED)
         && !now.is_true()
@@ -156,10 +163,7 @@ fn waiting_for_registration() -> Condition {
 
 /// Records a reason registration cannot proceed, keeping what is known about the webhook.
 async fn blocked(ctx: &Context, route: &WebhookRoute, b: Blocked) -> Result<(), Error> {
-    let asc = route
-        .status
-        .as_ref()
-        .and_then(|s| s.app_store_connect.clone());
+    let asc = known_asc(ctx, route);
     write(
         ctx,
         route,
@@ -170,6 +174,26 @@ async fn blocked(ctx: &Context, route: &WebhookRoute, b: Blocked) -> Result<(), 
         ],
     )
     .await
+}
+
+/// What this reconciler last recorded for the route: its own last write when it made one (the cached
+/// route may predate it), else the route's status.
+fn known_asc(ctx: &Context, route: &WebhookRoute) -> Option<AppStoreConnectStatus> {
+    match route.uid().and_then(|uid| ctx.written_asc(&uid)) {
+        Some((asc, _)) => asc,
+        None => route
+            .status
+            .as_ref()
+            .and_then(|s| s.app_store_connect.clone()),
+    }
+}
+
+/// This reconciler's conditions as it last wrote them, else as the route shows them.
+fn known_conditions(ctx: &Context, route: &WebhookRoute) -> Vec<Condition> {
+    match route.uid().and_then(|uid| ctx.written_asc(&uid)) {
+        Some((_, conditions)) => conditions,
+        None => state::owned_conditions(route),
+    }
 }
 
 fn last_ping_time(route: &WebhookRoute) -> Option<&str> {
@@ -238,10 +262,7 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
         }
     };
     let now = jiff::Timestamp::now();
-    let previous = route
-        .status
-        .as_ref()
-        .and_then(|s| s.app_store_connect.clone());
+    let previous = known_asc(ctx, &route);
     let read_every = plan::read_interval(
         ctx.settings.webhook_resync_interval,
         &route.uid().unwrap_or_default(),

@@ -100,9 +100,13 @@ pub fn owned_conditions(route: &WebhookRoute) -> Vec<Condition> {
 }
 
 /// The conditions after `fresh`, with transition times kept unless a status flipped; only owned types.
-pub fn next_conditions(route: &WebhookRoute, fresh: Vec<Condition>, now: &str) -> Vec<Condition> {
-    let previous = owned_conditions(route);
-    conditions::merge(&previous, fresh, route.metadata.generation, now)
+pub fn next_conditions(
+    route: &WebhookRoute,
+    previous: &[Condition],
+    fresh: Vec<Condition>,
+    now: &str,
+) -> Vec<Condition> {
+    conditions::merge(previous, fresh, route.metadata.generation, now)
         .into_iter()
         .filter(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()))
         .collect()

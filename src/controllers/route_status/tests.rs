@@ -35,6 +35,7 @@ fn route(rules: Vec<Rule>, credential: Option<&str>) -> WebhookRoute {
     let mut r = WebhookRoute::new(
         "release",
         WebhookRouteSpec {
+            service_account_name: None,
             secret_ref: sel("hook", "secret"),
             credential_ref: credential.map(|c| LocalObjectReference {
                 name: c.into(),
@@ -61,7 +62,7 @@ fn facts_with(secrets: &[(&str, &[&str])]) -> RouteFacts {
                 )
             })
             .collect(),
-        credential: None,
+        ..RouteFacts::default()
     }
 }
 
@@ -254,4 +255,61 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
         Some("2026-01-01T00:00:03Z"),
         "the last ping survives pruning"
     );
+}
+
+#[test]
+fn a_job_template_expanding_asc_variables_in_args_is_unsafe() {
+    let template = |field: &str, value: &str, init: bool| {
+        let container = json!({"name": "notify", "image": "alpine", field: ["sh", "-c", value]});
+        let (containers, init_containers) = if init {
+            (json!([{"name": "a", "image": "b"}]), json!([container]))
+        } else {
+            (json!([container]), json!([]))
+        };
+        json!({"spec": {"template": {"spec": {
+            "containers": containers, "initContainers": init_containers}}}})
+    };
+    let facts = facts_with(&[("hook", &["secret"])]);
+    for (field, init) in [("args", false), ("command", false), ("args", true)] {
+        let r = route(
+            vec![job_rule(
+                "feedback",
+                template(field, "echo $(ASC_INSTANCE)", init),
+            )],
+            None,
+        );
+        let p = problems(&r, &facts);
+        assert_eq!(
+            p.iter().map(|p| p.reason).collect::<Vec<_>>(),
+            vec!["UnsafeJobTemplate"],
+            "{field} (init: {init})"
+        );
+        let c = ready_condition(&p);
+        assert!(!c.is_true());
+        assert!(c.message.contains("rule feedback"), "{}", c.message);
+        assert!(c.message.contains(field), "{}", c.message);
+    }
+    let safe = route(
+        vec![job_rule(
+            "feedback",
+            template("args", "notify \"$ASC_INSTANCE\" $(OTHER)", false),
+        )],
+        None,
+    );
+    assert!(problems(&safe, &facts).is_empty());
+}
+
+#[test]
+fn a_missing_service_account_is_reported_with_its_name() {
+    let r = route(vec![job_rule("submit", good_template())], None);
+    let facts = RouteFacts {
+        missing_service_account: Some("builder".into()),
+        ..facts_with(&[("hook", &["secret"])])
+    };
+    let p = problems(&r, &facts);
+    assert_eq!(
+        p.iter().map(|p| p.reason).collect::<Vec<_>>(),
+        vec!["ServiceAccountNotFound"]
+    );
+    assert!(p[0].message.contains("ios/builder"), "{}", p[0].message);
 }

@@ -124,6 +124,27 @@ impl ApiError {
         }
     }
 
+    /// The authorizer's refusal, as apimachinery's `NewForbidden` words it.
+    pub fn forbidden(t: Target<'_>, why: &str) -> Self {
+        let message = if t.name.is_empty() {
+            format!("{} is forbidden: {why}", t.qualified())
+        } else {
+            format!("{} \"{}\" is forbidden: {why}", t.qualified(), t.name)
+        };
+        let mut details = t.details();
+        if t.name.is_empty()
+            && let Some(d) = details.as_object_mut()
+        {
+            d.remove("name");
+        }
+        Self {
+            code: 403,
+            reason: "Forbidden",
+            message,
+            details: Some(details),
+        }
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

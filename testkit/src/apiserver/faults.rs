@@ -33,6 +33,9 @@ pub enum Fault {
     /// (500 `InternalError`, 503 `ServiceUnavailable`, 429 `TooManyRequests`, …). Note that
     /// kube's default client retries 429/503/504 on its own (up to 15 times).
     Status(u16),
+    /// A `Status` failure with this code and message, for refusals whose wording clients branch on
+    /// (a ResourceQuota's 403 `exceeded quota: …`, etcd's `request is too large`).
+    StatusMessage(u16, String),
     /// What the real server does when a request overruns its deadline: after
     /// [`super::FakeApiServerOptions::timeout_fault_delay`], a 504 `Timeout` status.
     Timeout,
@@ -146,6 +149,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// Set when the answer came from an injected fault.
     pub injected: bool,
+    /// The `Impersonate-User` the request carried, if any.
+    pub impersonated_user: Option<String>,
 }
 
 #[derive(Default)]

@@ -67,8 +67,13 @@ fn key_segment(item: &Value, key: &str) -> String {
 
 fn collect(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
     match v {
+        // An empty map owns nothing: a write that empties `spec` (a Lease release that nulls every
+        // field) must not make its writer the owner of `.spec`, or every later apply into `spec` would
+        // conflict with it. The real server's field sets do not let a parent path conflict with a
+        // child either.
         Value::Null => {}
-        Value::Object(m) if !m.is_empty() => {
+        Value::Object(m) if m.is_empty() => {}
+        Value::Object(m) => {
             for (k, c) in m {
                 prefix.push(format!("f:{k}"));
                 collect(c, prefix, out);
@@ -585,5 +590,31 @@ mod tests {
             .map(|e| (e.manager.as_str(), e.fields.len()))
             .collect();
         assert_eq!(owners, vec![("creator", 1), ("editor", 1)]);
+    }
+
+    #[test]
+    fn an_update_that_empties_a_map_owns_nothing_and_blocks_no_apply() {
+        // A Lease release: the holder's patch nulls every spec field.
+        let held = json!({"spec": {"holderIdentity": "a", "renewTime": "t1"}});
+        let mut e = Vec::new();
+        record_update(None, &held, &mut e, "lease-a", MAIN, "v1", "t");
+        let released = json!({"spec": {}});
+        record_update(Some(&held), &released, &mut e, "lease-a", MAIN, "v1", "t");
+        assert!(
+            e.is_empty(),
+            "{:?}",
+            e.iter().map(|e| &e.fields).collect::<Vec<_>>()
+        );
+        let live = with_entries(released, &e);
+        let taken = apply(
+            &live,
+            &json!({"spec": {"holderIdentity": "b"}}),
+            "lease-b",
+            false,
+            MAIN,
+            "v1",
+            "t",
+        );
+        assert!(taken.is_ok(), "the released lease can be taken");
     }
 }

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::authz;
 use super::error::ApiError;
 use super::faults::{Fault, RequestRecord, Verb};
 use super::fields::Scope;
@@ -150,8 +151,11 @@ pub(crate) async fn serve(
             .map(str::to_string),
         status: 0,
         injected: false,
+        impersonated_user: None,
     };
     let route = route(&parts.method, &path, &q, &mut rec);
+    let user = authz::impersonated(&parts.headers);
+    rec.impersonated_user = user.as_ref().map(|u| u.name.clone());
 
     let mut paused = shared.paused.subscribe();
     while *paused.borrow_and_update() {
@@ -159,7 +163,8 @@ pub(crate) async fn serve(
             break;
         }
     }
-    let latency = *shared.latency.lock();
+    let jitter = *shared.latency_jitter.lock();
+    let latency = *shared.latency.lock() + jitter.mul_f64(shared.next_unit_random());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -169,6 +174,11 @@ pub(crate) async fn serve(
         rec.injected = true;
         let outcome = match fault {
             Fault::Status(code) => Ok(error_response(&ApiError::for_code(code))),
+            Fault::StatusMessage(code, message) => {
+                let mut e = ApiError::for_code(code);
+                e.message = message;
+                Ok(error_response(&e))
+            }
             Fault::Timeout => {
                 tokio::time::sleep(shared.opts.timeout_fault_delay).await;
                 Ok(error_response(&ApiError::for_code(504)))
@@ -182,6 +192,18 @@ pub(crate) async fn serve(
         rec.status = outcome.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
         shared.record(rec);
         return outcome;
+    }
+
+    if shared.opts.authorization
+        && let Some(user) = &user
+    {
+        let decision = authz::authorize(&shared.store.lock(), user, &rec);
+        if let Err(e) = decision {
+            let resp = error_response(&e);
+            rec.status = resp.status().as_u16();
+            shared.record(rec);
+            return Ok(resp);
+        }
     }
 
     let result = match route {
@@ -218,13 +240,16 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| {
-            ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                format!("failed to read request body: {e}"),
-            )
-        })
+        .map_err(
+            |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                Some(_) => ApiError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("Request entity too large: limit is {MAX_BODY}"),
+                ),
+                None => ApiError::bad_request(format!("failed to read request body: {e}")),
+            },
+        )
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
@@ -576,6 +601,7 @@ fn start_watch(
         bookmark_interval: shared.opts.bookmark_interval,
         timeout,
         metadata_only,
+        delay: shared.watch_delay.clone(),
     };
     let chunks = watch::start(&shared.store.lock(), spec, shared.kill_tx.subscribe());
     let mut r = Response::new(Body::from_stream(

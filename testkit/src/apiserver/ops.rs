@@ -231,6 +231,7 @@ fn create_inner(
     if ctx.dry_run {
         return Ok(Arc::new(body));
     }
+    check_storable(&body)?;
     Ok(store.put(&key, body))
 }
 
@@ -251,6 +252,21 @@ pub(crate) fn mark_established(crd: &mut Value) {
 
 pub(crate) fn create(store: &mut Store, ctx: &Ctx, body: Value) -> Result<Arc<Value>, ApiError> {
     create_inner(store, ctx, body, None)
+}
+
+/// etcd's default `--max-request-bytes` (1.5 MiB), which bounds every stored object.
+pub(crate) const MAX_STORED_OBJECT_BYTES: usize = 1_572_864;
+
+/// An object over etcd's request limit is refused the way kube-apiserver passes etcd's refusal on: a
+/// 500 whose `Status` has no reason and etcd's message (kubernetes/kubernetes#112152 asks for a 4xx; as
+/// of 1.36 it is still a 500). Measured on the JSON the fake keeps; the real limit applies to the
+/// stored encoding plus etcd's envelope, JSON for custom resources.
+fn check_storable(obj: &Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(obj).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_STORED_OBJECT_BYTES {
+        return Err(ApiError::new(500, "", "etcdserver: request is too large"));
+    }
+    Ok(())
 }
 
 /// The common tail of update, patch and apply.
@@ -351,6 +367,7 @@ fn finish_write(
             .register_crd(&new)
             .map_err(|e| ApiError::invalid(ctx.kind_target(&name), vec![("spec".into(), e)]))?;
     }
+    check_storable(&new)?;
     Ok(store.put(&key, new))
 }
 

@@ -22,6 +22,8 @@ pub(crate) struct Settings {
     pub bookmark_interval: Duration,
     pub default_watch_timeout: Duration,
     pub timeout_fault_delay: Duration,
+    /// RBAC decides impersonated requests (see `authz.rs`).
+    pub authorization: bool,
 }
 
 pub(crate) struct Shared {
@@ -33,6 +35,12 @@ pub(crate) struct Shared {
     pub kill_tx: tokio::sync::watch::Sender<u64>,
     pub refuse: AtomicBool,
     pub latency: Mutex<Duration>,
+    /// Up to this much more, drawn per request, on top of `latency`.
+    pub latency_jitter: Mutex<Duration>,
+    /// State of the jitter's random numbers.
+    pub jitter_rng: std::sync::atomic::AtomicU64,
+    /// How late watch events arrive (the real watch cache lags the write that caused them).
+    pub watch_delay: std::sync::Arc<Mutex<Duration>>,
     pub paused: tokio::sync::watch::Sender<bool>,
     pub addr: SocketAddr,
 }
@@ -104,5 +112,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         let _ = sock.set_nodelay(true);
         tokio::spawn(serve_connection(sock, shared.clone(), kill));
+    }
+}
+
+impl Shared {
+    /// A number in `[0, 1)` (splitmix64; tests need variety, not security).
+    pub fn next_unit_random(&self) -> f64 {
+        let mut z = self
+            .jitter_rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct WatchSpec {
     pub bookmark_interval: Duration,
     pub timeout: Duration,
     pub metadata_only: bool,
+    /// Live events are held this long before they are sent.
+    pub delay: Arc<parking_lot::Mutex<Duration>>,
 }
 
 pub(crate) type Chunks = mpsc::Receiver<Result<Bytes, Infallible>>;
@@ -162,13 +164,29 @@ pub(crate) fn start(store: &Store, spec: WatchSpec, kill: watch::Receiver<u64>) 
             }
         },
     }
-    tokio::spawn(pump(spec, tx, initial, rx_events, start_rv, kill));
+    // Live events pass through a queue that releases each one `delay` after it happened, in order.
+    let (late_tx, late_rx) = mpsc::unbounded_channel();
+    tokio::spawn(release_late(late_rx, tx.clone()));
+    tokio::spawn(pump(spec, tx, late_tx, initial, rx_events, start_rv, kill));
     rx
+}
+
+async fn release_late(
+    mut queue: mpsc::UnboundedReceiver<(tokio::time::Instant, Bytes)>,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+) {
+    while let Some((due, line)) = queue.recv().await {
+        tokio::time::sleep_until(due).await;
+        if tx.send(Ok(line)).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn pump(
     spec: WatchSpec,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    late: mpsc::UnboundedSender<(tokio::time::Instant, Bytes)>,
     initial: Vec<Bytes>,
     mut events: broadcast::Receiver<Arc<StoredEvent>>,
     start_rv: u64,
@@ -209,8 +227,11 @@ async fn pump(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
-        if let Some(line) = line
-            && tx.send(Ok(line)).await.is_err()
+        let Some(line) = line else { continue };
+        let delay = *spec.delay.lock();
+        if late
+            .send((tokio::time::Instant::now() + delay, line))
+            .is_err()
         {
             return;
         }

@@ -18,6 +18,16 @@ struct Claims {
     sub: Option<String>,
     iat: Option<i64>,
     exp: i64,
+    scope: Option<Vec<String>>,
+}
+
+/// What a verified token said about itself, for assertions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// `exp - iat`.
+    pub lifetime_secs: Option<i64>,
+    /// The `scope` claim, when the token had one.
+    pub scope: Option<Vec<String>>,
 }
 
 /// Holds the public key and the identifiers a token must carry.
@@ -36,15 +46,26 @@ impl Verifier {
         }
     }
 
-    /// Checks the `Authorization` header; the rejection reason is for test assertions and logs.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> AuthOutcome {
-        match self.verify(headers) {
-            Ok(kind) => AuthOutcome::Accepted(kind),
-            Err(reason) => AuthOutcome::Rejected(reason),
+    /// Checks the `Authorization` header of a request for `method path_and_query`; the rejection reason is
+    /// for test assertions and logs.
+    pub(crate) fn check(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> (AuthOutcome, TokenFacts) {
+        match self.verify(method, path_and_query, headers) {
+            Ok((kind, facts)) => (AuthOutcome::Accepted(kind), facts),
+            Err(reason) => (AuthOutcome::Rejected(reason), TokenFacts::default()),
         }
     }
 
-    fn verify(&self, headers: &HeaderMap) -> Result<MockKeyKind, String> {
+    fn verify(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<(MockKeyKind, TokenFacts), String> {
         let value = headers
             .get(http::header::AUTHORIZATION)
             .ok_or("no Authorization header")?
@@ -92,12 +113,40 @@ impl Verifier {
         if iat > jiff::Timestamp::now().as_second() + FUTURE_IAT_TOLERANCE_SECS {
             return Err("iat is in the future".into());
         }
-        match (claims.iss.as_deref(), claims.sub.as_deref()) {
-            (Some(iss), None) if iss == self.issuer_id => Ok(MockKeyKind::Team),
-            (Some(iss), None) => Err(format!("iss {iss:?} is not the known issuer")),
-            (Some(_), Some(_)) => Err("team token must not carry sub".into()),
-            (None, Some("user")) => Ok(MockKeyKind::Individual),
-            (None, _) => Err("no iss, and sub is not \"user\"".into()),
+        // Apple limits a scoped token to the listed operations: method, path and query, exactly.
+        if let Some(scope) = &claims.scope {
+            let wanted = format!("{method} {}", decoded(path_and_query));
+            if !scope.iter().any(|s| decoded(s) == wanted) {
+                return Err(format!("token scope {scope:?} does not allow {wanted}"));
+            }
         }
+        let kind = match (claims.iss.as_deref(), claims.sub.as_deref()) {
+            (Some(iss), None) if iss == self.issuer_id => MockKeyKind::Team,
+            (Some(iss), None) => return Err(format!("iss {iss:?} is not the known issuer")),
+            (Some(_), Some(_)) => return Err("team token must not carry sub".into()),
+            (None, Some("user")) => MockKeyKind::Individual,
+            (None, _) => return Err("no iss, and sub is not \"user\"".into()),
+        };
+        Ok((
+            kind,
+            TokenFacts {
+                lifetime_secs: Some(claims.exp - iat),
+                scope: claims.scope,
+            },
+        ))
     }
+}
+
+/// Percent-decoded, so `filter%5Bplatform%5D` and `filter[platform]` compare equal.
+fn decoded(s: &str) -> String {
+    form_urlencoded::parse(s.as_bytes())
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.into_owned()
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }

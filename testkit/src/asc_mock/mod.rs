@@ -1,7 +1,8 @@
 //! A mock App Store Connect API on `127.0.0.1:0`.
 //!
 //! It verifies every bearer token the way Apple does (ES256 signature against the test public key, `kid`,
-//! `aud`, expiry, `exp - iat <= 1200`, and `iss` for team keys or `sub: "user"` for individual keys),
+//! `aud`, expiry, `exp - iat <= 1200`, `iss` for team keys or `sub: "user"` for individual keys, and — when
+//! the token carries Apple's optional `scope` claim — that the request is one of the scoped operations),
 //! serves JSON:API documents from a fixtures directory, injects faults on demand and logs every request,
 //! so tests can assert what reached "Apple" (including that nothing did).
 //!
@@ -37,6 +38,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use auth::TokenFacts;
 use auth::Verifier;
 
 /// Key id of the test key in `tests/fixtures/asc/keys`.
@@ -151,6 +153,8 @@ pub struct RecordedRequest {
     pub path: String,
     /// Token verification result.
     pub auth: AuthOutcome,
+    /// What the token said about itself, when it verified.
+    pub token: TokenFacts,
     /// Status answered, or `None` if the client went away before the answer (e.g. a timeout during a
     /// [`Fault::Delay`]).
     pub status: Option<u16>,
@@ -461,10 +465,12 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let auth = shared.verifier.check(&headers);
     let path_and_query = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let (auth, token) = shared
+        .verifier
+        .check(method.as_str(), &path_and_query, &headers);
     // Logged on arrival so requests the client abandons (timeouts) still count.
     let index = {
         let mut log = lock(&shared.log);
@@ -472,6 +478,7 @@ async fn handle(
             method: method.to_string(),
             path: path_and_query,
             auth: auth.clone(),
+            token,
             status: None,
         });
         log.len() - 1

@@ -106,6 +106,10 @@ async fn serves_fixture_byte_for_byte_to_a_verified_team_token() {
             method: "GET".into(),
             path: FAILED_UPLOAD.into(),
             auth: AuthOutcome::Accepted(MockKeyKind::Team),
+            token: TokenFacts {
+                lifetime_secs: Some(960),
+                scope: None
+            },
             status: Some(200),
         }]
     );
@@ -350,3 +354,40 @@ async fn missing_fixtures_dir_is_a_clear_error() {
 
 /// The stateful webhook endpoints, driven over HTTP with a token minted here.
 mod webhooks;
+#[tokio::test]
+async fn a_scoped_token_opens_only_the_request_it_names() {
+    let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+    let now = now();
+    let scoped = sign(
+        TEST_KEY_ID,
+        &json!({"iss": TEST_ISSUER_ID, "iat": now - 60, "exp": now + 240, "aud": "appstoreconnect-v1",
+                "scope": [format!("GET {FAILED_UPLOAD}")]}),
+    );
+    assert_eq!(get(&mock, FAILED_UPLOAD, Some(&scoped)).await.status, 200);
+    assert_eq!(
+        get(&mock, "/v1/apps?limit=1", Some(&scoped)).await.status,
+        401
+    );
+    let log = mock.requests();
+    assert_eq!(
+        log[0].token.scope,
+        Some(vec![format!("GET {FAILED_UPLOAD}")])
+    );
+    assert_eq!(log[0].token.lifetime_secs, Some(300));
+    match &log[1].auth {
+        AuthOutcome::Rejected(why) => assert!(why.contains("scope"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Apple's own example form, with brackets, matches the percent-encoded request line.
+    let apps = sign(
+        TEST_KEY_ID,
+        &json!({"iss": TEST_ISSUER_ID, "iat": now - 60, "exp": now + 240, "aud": "appstoreconnect-v1",
+                "scope": ["GET /v1/apps?filter[platform]=IOS"]}),
+    );
+    assert_eq!(
+        get(&mock, "/v1/apps?filter%5Bplatform%5D=IOS", Some(&apps))
+            .await
+            .status,
+        200
+    );
+}

@@ -244,6 +244,7 @@ async fn reflectors_converge_on_creates_updates_and_deletes() {
     s_task.abort();
 }
 
+mod authorization;
 mod builtins;
 mod runtime;
 mod semantics;

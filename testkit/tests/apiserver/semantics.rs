@@ -346,3 +346,60 @@ async fn invalid_custom_resources_get_422() {
     assert_eq!(stored["spec"]["extra"]["any"]["thing"], 1);
     assert!(server.count_requests(|r| r.status == 422) >= 3);
 }
+
+#[tokio::test]
+async fn objects_over_etcds_limit_are_refused_like_the_real_server() {
+    let server = server().await;
+    let client = no_retry_client(&server);
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    let mut big = secret("big", &[]);
+    // 1.2 MiB of text: under the 3 MiB body limit, over etcd's 1.5 MiB once base64-encoded in `data`.
+    big.string_data = Some([("key".to_string(), "x".repeat(1_200_000))].into());
+    let err = api_err(
+        secrets
+            .create(&PostParams::default(), &big)
+            .await
+            .expect_err("too large"),
+    );
+    assert_eq!(
+        (err.code, err.reason.as_str(), err.message.as_str()),
+        (500, "", "etcdserver: request is too large")
+    );
+    assert!(server.get_object("secrets", "default", "big").is_none());
+
+    // Growing an existing object past the limit is refused the same way and keeps the old object.
+    secrets
+        .create(&PostParams::default(), &secret("grows", &[]))
+        .await
+        .expect("small create");
+    let mut grown = secret("grows", &[]);
+    grown.string_data = big.string_data.clone();
+    let err = api_err(
+        secrets
+            .replace("grows", &PostParams::default(), &grown)
+            .await
+            .expect_err("too large"),
+    );
+    assert_eq!(err.code, 500);
+    assert_eq!(
+        server.get_object("secrets", "default", "grows").unwrap()["data"]["key"],
+        "dmFsdWU="
+    );
+
+    let mut huge = secret("huge", &[]);
+    huge.string_data = Some([("key".to_string(), "x".repeat(3_200_000))].into());
+    let err = api_err(
+        secrets
+            .create(&PostParams::default(), &huge)
+            .await
+            .expect_err("body too large"),
+    );
+    assert_eq!(
+        (err.code, err.reason.as_str(), err.message.as_str()),
+        (
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728"
+        )
+    );
+}

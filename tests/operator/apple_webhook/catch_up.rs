@@ -24,7 +24,7 @@ fn by_source(api: &FakeApiServer, source: DeliverySource) -> usize {
 #[tokio::test]
 async fn events_missed_while_the_operator_was_down_are_recorded_once_each_after_a_restart() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", JOB_RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     let url = op.url.clone();
@@ -38,7 +38,7 @@ async fn events_missed_while_the_operator_was_down_are_recorded_once_each_after_
         assert_eq!(sent.state, DeliveryState::Failed, "the receiver is down");
     }
 
-    let op = Operator::restart_reachable(&api, &url, &[]).await;
+    let op = restart_reachable(&api, &mock, &url, &[]).await;
     eventually("the three missed events are recorded", WAIT, || {
         let n = by_source(&api, DeliverySource::CatchUp);
         async move { (n == 3).then_some(()) }
@@ -75,7 +75,7 @@ async fn events_missed_while_the_operator_was_down_are_recorded_once_each_after_
     op.stop().await;
 
     // Another restart reads the log again from the checkpoint: nothing is recorded twice.
-    let op = Operator::restart_reachable(&api, &url, &[]).await;
+    let op = restart_reachable(&api, &mock, &url, &[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(by_source(&api, DeliverySource::CatchUp), 3);
     assert_eq!(by_source(&api, DeliverySource::Webhook), 1);
@@ -86,7 +86,7 @@ async fn events_missed_while_the_operator_was_down_are_recorded_once_each_after_
 #[tokio::test]
 async fn redeliver_mode_has_app_store_connect_send_the_missed_events_again_signed() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", ", catchUp: {mode: Redeliver}", JOB_RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     let url = op.url.clone();
@@ -97,7 +97,7 @@ async fn redeliver_mode_has_app_store_connect_send_the_missed_events_again_signe
         .unwrap();
     assert_eq!(missed.state, DeliveryState::Failed);
 
-    let op = Operator::restart_reachable(&api, &url, &[]).await;
+    let op = restart_reachable(&api, &mock, &url, &[]).await;
     eventually(
         "Apple redelivered it, signed, and it was accepted",
         WAIT,
@@ -129,7 +129,7 @@ async fn every_page_of_a_long_log_is_read_and_a_429_half_way_resumes_from_the_ch
     let (api, mock) = world().await;
     // One attempt per call, so the 429 interrupts the pass instead of being waited out inside it.
     let flags = ["--asc-api-max-attempts", "1"];
-    let op = Operator::start_reachable(&api, &flags).await;
+    let op = start_reachable(&api, &mock, &flags).await;
     managed_route(&api, "release", "", NO_MATCH_RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     let url = op.url.clone();
@@ -153,7 +153,7 @@ async fn every_page_of_a_long_log_is_read_and_a_429_half_way_resumes_from_the_ch
         .iter()
         .filter(|r| r.path.contains("/deliveries"))
         .count();
-    let op = Operator::restart_reachable(&api, &url, &flags).await;
+    let op = restart_reachable(&api, &mock, &url, &flags).await;
     eventually(
         "all 250 missed events are recorded",
         Duration::from_secs(120),

@@ -6,7 +6,7 @@ use super::*;
 #[tokio::test]
 async fn deleting_the_route_deletes_its_webhook() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", RULES).await;
     let route = registered_and_verified(&api, "release").await;
     assert!(
@@ -30,7 +30,7 @@ async fn deleting_the_route_deletes_its_webhook() {
 #[tokio::test]
 async fn retain_keeps_the_webhook_when_the_route_goes() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", ", deletionPolicy: Retain", RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     delete_route(&api, "release").await;
@@ -44,7 +44,7 @@ async fn retain_keeps_the_webhook_when_the_route_goes() {
 #[tokio::test]
 async fn a_404_from_app_store_connect_still_releases_the_finalizer() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     assert!(mock.delete_webhook(&id));
@@ -58,7 +58,7 @@ async fn a_404_from_app_store_connect_still_releases_the_finalizer() {
 #[tokio::test]
 async fn a_route_whose_credential_is_gone_is_released_after_the_bound_with_a_warning() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &["--webhook-release-timeout", "2s"]).await;
+    let op = start_reachable(&api, &mock, &["--webhook-release-timeout", "2s"]).await;
     managed_route(&api, "release", "", RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     Api::<AscCredential>::namespaced(api.client(), NS)
@@ -90,7 +90,7 @@ async fn a_route_whose_credential_is_gone_is_released_after_the_bound_with_a_war
 #[tokio::test]
 async fn a_route_without_app_store_connect_gets_no_finalizer_and_no_call() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     route_with(&api, "manual", RULES, "").await;
     eventually("the route is ready", WAIT, || {
         let r = get_route(&api, "manual");
@@ -110,7 +110,7 @@ async fn a_route_without_app_store_connect_gets_no_finalizer_and_no_call() {
 #[tokio::test]
 async fn removing_app_store_connect_stops_managing_and_leaves_the_webhook() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     edit_route(

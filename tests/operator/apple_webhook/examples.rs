@@ -16,7 +16,7 @@ async fn every_example_registers_its_own_webhook_with_a_generated_secret() {
         load_example_as(&api, name, &mock, &hooks, true).await;
         // The route controller reads Secrets rarely; one that reads before the Secret is generated
         // sees it on its next re-check.
-        let op = Operator::start_reachable(&api, &["--recheck-interval", "1s"]).await;
+        let op = start_reachable(&api, &mock, &["--recheck-interval", "1s"]).await;
         let route = wait_condition(&api, name, "WebhookVerified", "True", "PingReceived").await;
         wait_condition(&api, name, "Ready", "True", "Ready").await;
         let w = mock.webhook(&webhook_id(&route)).unwrap();

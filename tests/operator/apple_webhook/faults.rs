@@ -10,7 +10,7 @@ async fn a_key_without_the_role_is_forbidden_with_an_actionable_message_and_not_
 {
     let (api, mock) = world().await;
     mock.inject_always(Fault::Forbidden);
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", RULES).await;
     let route = wait_condition(&api, "release", "WebhookRegistered", "False", "Forbidden").await;
     let message = condition(&route, "WebhookRegistered").unwrap().message;
@@ -30,7 +30,7 @@ async fn a_key_without_the_role_is_forbidden_with_an_actionable_message_and_not_
 #[tokio::test]
 async fn an_unknown_app_is_app_not_found() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     route_with(
         &api,
         "release",
@@ -62,7 +62,7 @@ async fn a_conflict_puts_apples_detail_in_the_condition() {
         },
         1,
     );
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", RULES).await;
     let route = wait_condition(&api, "release", "WebhookRegistered", "False", "Rejected").await;
     let message = condition(&route, "WebhookRegistered").unwrap().message;
@@ -89,7 +89,7 @@ async fn a_rate_limit_is_waited_out_as_retry_after_asks() {
         },
         1,
     );
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     let started = Instant::now();
     managed_route(&api, "release", "", RULES).await;
     wait_condition(&api, "release", "WebhookRegistered", "True", "Created").await;
@@ -113,7 +113,7 @@ async fn a_persistent_rate_limit_ends_unavailable_without_a_tight_loop() {
     mock.inject_always(Fault::TooManyRequests {
         retry_after_secs: 1,
     });
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     let started = Instant::now();
     managed_route(&api, "release", "", RULES).await;
     let route = wait_condition(
@@ -144,7 +144,7 @@ async fn a_persistent_rate_limit_ends_unavailable_without_a_tight_loop() {
 async fn server_errors_end_unavailable_with_bounded_retries_then_recover() {
     let (api, mock) = world().await;
     mock.inject_always(Fault::InternalServerError);
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", RULES).await;
     let route = wait_condition(
         &api,
@@ -188,7 +188,7 @@ async fn an_app_with_ten_webhooks_is_limit_reached() {
             ..ui_webhook(&format!("https://elsewhere.example.com/{i}"))
         });
     }
-    let op = Operator::start_reachable(&api, &[]).await;
+    let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", RULES).await;
     let route = wait_condition(
         &api,

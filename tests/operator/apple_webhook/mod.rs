@@ -36,6 +36,39 @@ pub async fn world() -> (FakeApiServer, AscMock) {
     (api, mock)
 }
 
+/// `extra` plus what lets the operator use the mock as App Store Connect.
+fn with_origin(mock: &AscMock, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    v.extend(origin_flags(mock));
+    v
+}
+
+/// [`Operator::start_reachable`] with the mock allowed as the credential's API.
+pub async fn start_reachable(api: &FakeApiServer, mock: &AscMock, extra: &[&str]) -> Operator {
+    let args = with_origin(mock, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Operator::start_reachable(api, &args).await
+}
+
+/// [`Operator::restart_reachable`] with the mock allowed as the credential's API.
+pub async fn restart_reachable(
+    api: &FakeApiServer,
+    mock: &AscMock,
+    url: &str,
+    extra: &[&str],
+) -> Operator {
+    let args = with_origin(mock, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Operator::restart_reachable(api, url, &args).await
+}
+
+/// [`Operator::start`] (public URL `https://hooks.example.com`) with the mock allowed.
+pub async fn start_unreachable(api: &FakeApiServer, mock: &AscMock, extra: &[&str]) -> Operator {
+    let args = with_origin(mock, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Operator::start(api, &args).await
+}
+
 /// A route named `name` whose webhook the operator manages; `asc` is the inside of `appStoreConnect`.
 pub async fn managed_route(
     api: &FakeApiServer,

@@ -16,8 +16,9 @@ fn build_event(id: &str) -> Vec<u8> {
 #[tokio::test]
 async fn rotating_the_secret_patches_it_and_the_old_one_is_accepted_only_during_the_grace() {
     let (api, mock) = world().await;
-    let op = Operator::start_reachable(
+    let op = start_reachable(
         &api,
+        &mock,
         // Secrets are read by name, not watched: a rotation is noticed on the next re-check.
         &["--secret-rotation-grace", "3s", "--recheck-interval", "1s"],
     )
@@ -76,8 +77,8 @@ async fn rotating_the_secret_patches_it_and_the_old_one_is_accepted_only_during_
 
 #[tokio::test]
 async fn a_route_not_managed_by_the_operator_never_accepts_the_old_secret() {
-    let (api, _mock) = world().await;
-    let op = Operator::start(&api, &["--secret-rotation-grace", "10m"]).await;
+    let (api, mock) = world().await;
+    let op = start_unreachable(&api, &mock, &["--secret-rotation-grace", "10m"]).await;
     route_with(&api, "manual", RULES, "").await;
     let body = build_event("manual-1");
     let (status, _) = op.post("manual", &body, WEBHOOK_SECRET).await;

@@ -239,7 +239,15 @@ fn rendered_env_is_accepted_by_the_binary() {
                 .get(&e.name)
                 .unwrap_or_else(|| panic!("{} is not a setting of `run`", e.name));
             // Values from the downward API are filled in by the kubelet.
-            let value = e.value.unwrap_or_else(|| "pod-name".to_string());
+            let field = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.clone());
+            let value = e.value.clone().unwrap_or_else(|| match field.as_deref() {
+                Some("status.podIPs") => "10.244.1.7,fd00:10:244:1::7".to_string(),
+                _ => "pod-name".to_string(),
+            });
             if *takes_value {
                 argv.push(format!("--{long}={value}"));
             } else {

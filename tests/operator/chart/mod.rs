@@ -212,8 +212,15 @@ fn expect(entries: &[(&str, &str, &[&str])]) -> Grants {
 }
 
 /// The contract: exactly the calls the operator's controllers and receiver make.
-fn operator_grants() -> Grants {
+/// With `multi_tenant` (a `defaultServiceAccount` set) every route's Jobs are created by a ServiceAccount
+/// the operator impersonates, so the operator loses `create` on Jobs.
+fn operator_grants(multi_tenant: bool) -> Grants {
     const STATUS: &[&str] = &["get", "patch", "update"];
+    let jobs: &[&str] = if multi_tenant {
+        &["get", "list", "watch"]
+    } else {
+        &["get", "list", "watch", "create"]
+    };
     expect(&[
         // patch: the finalizer of routes whose App Store Connect webhook the operator manages.
         (
@@ -236,7 +243,9 @@ fn operator_grants() -> Grants {
         ("asc.webhooks.dev", "webhookdeliveries/status", STATUS),
         // create: appStoreConnect.generateSecret makes the webhook Secret once; never update or delete.
         ("", "secrets", &["get", "create"]),
-        ("batch", "jobs", &["get", "list", "watch", "create"]),
+        ("batch", "jobs", jobs),
+        // Routes act as their ServiceAccount; its existence is checked for the route's status.
+        ("", "serviceaccounts", &["get", "impersonate"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ])
 }
@@ -272,9 +281,19 @@ fn assert_nothing_broad(docs: &[Value]) {
             assert!(r.non_resource_urls.is_none(), "{name}: nonResourceURLs");
             for verb in &r.verbs {
                 assert!(
-                    !["escalate", "bind", "impersonate", "deletecollection"]
-                        .contains(&verb.as_str()),
+                    !["escalate", "bind", "deletecollection"].contains(&verb.as_str()),
                     "{name}: {verb}"
+                );
+            }
+            // Impersonation only of ServiceAccounts: never users or groups (system:masters).
+            if r.verbs.iter().any(|v| v == "impersonate") {
+                assert_eq!(
+                    (r.api_groups.clone(), r.resources.clone()),
+                    (
+                        Some(vec![String::new()]),
+                        Some(vec!["serviceaccounts".to_string()])
+                    ),
+                    "{name}: impersonate is for serviceaccounts only"
                 );
             }
         }

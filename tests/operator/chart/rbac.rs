@@ -7,7 +7,7 @@ fn default_rbac_is_a_cluster_role_with_exactly_the_operators_calls() {
     let docs = default_render();
     assert_nothing_broad(docs);
     let r = rbac(docs);
-    assert_eq!(r.cluster, operator_grants());
+    assert_eq!(r.cluster, operator_grants(false));
     // Leader election is on by default: its Lease rights live in the release namespace only.
     assert_eq!(
         r.namespaced.keys().collect::<Vec<_>>(),
@@ -84,17 +84,17 @@ fn watch_namespace_gets_a_role_there_instead_of_a_cluster_role() {
     );
     let r = rbac(&docs);
     assert!(r.cluster.is_empty());
-    assert_eq!(r.namespaced["ios"], operator_grants());
+    assert_eq!(r.namespaced["ios"], operator_grants(false));
     assert_eq!(r.namespaced[RELEASE_NAMESPACE], lease_grants());
     let c = operator_container(&deployment(&docs));
     assert_eq!(env_value(&c, "ASC_NAMESPACE").as_deref(), Some("ios"));
     let sa = pod_spec(&deployment(&docs)).service_account_name.unwrap();
     assert_bindings_name_the_service_account(&docs, &sa);
 
-    // The same with every option on.
+    // The same with every option on, a default ServiceAccount included.
     let r = rbac(all_options_render());
     assert!(r.cluster.is_empty());
-    assert_eq!(r.namespaced["ios"], operator_grants());
+    assert_eq!(r.namespaced["ios"], operator_grants(true));
     assert_eq!(r.namespaced[RELEASE_NAMESPACE], lease_grants());
 }
 
@@ -102,10 +102,27 @@ fn watch_namespace_gets_a_role_there_instead_of_a_cluster_role() {
 fn watch_namespace_equal_to_the_release_namespace_keeps_both_roles_apart() {
     let docs = template(&["--set", &format!("watchNamespace={RELEASE_NAMESPACE}")]);
     let r = rbac(&docs);
-    let mut both = operator_grants();
+    let mut both = operator_grants(false);
     both.extend(lease_grants());
     assert_eq!(r.namespaced[RELEASE_NAMESPACE], both);
     assert!(r.cluster.is_empty());
+}
+
+#[test]
+fn a_default_service_account_drops_the_operators_own_right_to_create_jobs() {
+    let docs = template(&["--set", "defaultServiceAccount=asc-actions"]);
+    assert_nothing_broad(&docs);
+    let r = rbac(&docs);
+    assert_eq!(r.cluster, operator_grants(true));
+    assert!(!r.cluster[&("batch".into(), "jobs".into())].contains("create"));
+    let c = operator_container(&deployment(&docs));
+    assert_eq!(
+        env_value(&c, "ASC_DEFAULT_SERVICE_ACCOUNT").as_deref(),
+        Some("asc-actions")
+    );
+    // Unset, routes without a ServiceAccount act as the operator, which then needs the right itself.
+    let c = operator_container(&deployment(default_render()));
+    assert_eq!(env_value(&c, "ASC_DEFAULT_SERVICE_ACCOUNT"), None);
 }
 
 #[test]

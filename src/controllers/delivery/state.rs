@@ -3,37 +3,26 @@
 
 use crate::actions::http::AttemptOutcome;
 use crate::resources::conditions::{self, Condition};
-use crate::resources::delivery::{ActionStatus, Phase, WebhookDeliveryStatus};
+use crate::resources::delivery::{
+    ActionKind, ActionState, ActionStatus, Phase, WebhookDeliveryStatus,
+};
 use crate::resources::route::Rule;
 use k8s_openapi::api::batch::v1::Job;
 
-/// Action states as written in status.
-pub mod state {
-    /// Not started, or waiting for a retry.
-    pub const PENDING: &str = "Pending";
-    /// Started (a Job exists and has not finished).
-    pub const RUNNING: &str = "Running";
-    /// Done.
-    pub const SUCCEEDED: &str = "Succeeded";
-    /// Failed for good.
-    pub const FAILED: &str = "Failed";
-}
-
-/// Whether an action needs no more work.
-pub fn is_done(a: &ActionStatus) -> bool {
-    a.state == state::SUCCEEDED || a.state == state::FAILED
-}
-
 /// The action entry of `rule`, created `Pending` if this is its first pass.
 pub fn entry<'a>(actions: &'a mut Vec<ActionStatus>, rule: &Rule) -> &'a mut ActionStatus {
-    let kind = if rule.job.is_some() { "Job" } else { "Http" };
+    let kind = if rule.job.is_some() {
+        ActionKind::Job
+    } else {
+        ActionKind::Http
+    };
     let idx = match actions.iter().position(|a| a.rule == rule.name) {
         Some(i) => i,
         None => {
             actions.push(ActionStatus {
                 rule: rule.name.clone(),
-                kind: kind.to_owned(),
-                state: state::PENDING.to_owned(),
+                kind,
+                state: ActionState::Pending,
                 ..ActionStatus::default()
             });
             actions.len() - 1
@@ -42,17 +31,45 @@ pub fn entry<'a>(actions: &'a mut Vec<ActionStatus>, rule: &Rule) -> &'a mut Act
     &mut actions[idx]
 }
 
+/// Why an action is where it is, for a person and as a reason word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Why {
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// For a person.
+    pub message: String,
+}
+
+impl Why {
+    /// A reason with its message.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Why {
+        Why {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
 /// Moves an action to `new_state`, stamping the time only on a change.
-pub fn transition(a: &mut ActionStatus, new_state: &str, error: Option<String>, now: &str) {
+pub fn transition(a: &mut ActionStatus, new_state: ActionState, why: Option<Why>, now: &str) {
     if a.state != new_state {
-        a.state = new_state.to_owned();
+        a.state = new_state;
         a.last_transition_time = Some(now.to_owned());
     }
-    a.error = error;
+    match why {
+        Some(w) => {
+            a.reason = Some(w.reason.to_owned());
+            a.error = Some(w.message);
+        }
+        None => {
+            a.reason = None;
+            a.error = None;
+        }
+    }
 }
 
 /// What a Job's status says about the action.
-pub fn job_outcome(job: &Job) -> (&'static str, Option<String>) {
+pub fn job_outcome(job: &Job) -> (ActionState, Option<Why>) {
     let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
     let holds = |t: &str| {
         conditions
@@ -61,38 +78,72 @@ pub fn job_outcome(job: &Job) -> (&'static str, Option<String>) {
             .find(|c| c.type_ == t && c.status == "True")
     };
     if holds("Complete").is_some() || holds("SuccessCriteriaMet").is_some() {
-        return (state::SUCCEEDED, None);
+        return (ActionState::Succeeded, None);
     }
     if let Some(c) = holds("Failed").or_else(|| holds("FailureTarget")) {
         let why = c.reason.clone().unwrap_or_else(|| "Failed".into());
         let detail = c.message.clone().unwrap_or_default();
         return (
-            state::FAILED,
-            Some(format!("Job failed: {why} {detail}").trim().to_owned()),
+            ActionState::Failed,
+            Some(Why::new(
+                "JobFailed",
+                format!("Job failed: {why} {detail}").trim().to_owned(),
+            )),
         );
     }
-    (state::RUNNING, None)
+    (ActionState::Running, None)
 }
 
-/// Applies one HTTP attempt's outcome; returns the retry delay hint (server's `Retry-After`) if another
-/// attempt is due.
-pub fn record_http_attempt(
+/// Marks the start of an HTTP attempt: counted, and `InFlight` until its outcome is recorded.
+pub fn start_http_attempt(a: &mut ActionStatus, now: &str) {
+    a.attempts += 1;
+    transition(a, ActionState::InFlight, None, now);
+}
+
+/// What to do after an HTTP attempt's outcome was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    /// The action is done (succeeded or failed for good).
+    Done,
+    /// Try again, no sooner than the server's `Retry-After` (seconds) when it gave one.
+    Retry {
+        /// The server's hint.
+        retry_after: Option<u64>,
+    },
+}
+
+/// Applies the outcome of the attempt started by [`start_http_attempt`].
+pub fn finish_http_attempt(
     a: &mut ActionStatus,
     outcome: &AttemptOutcome,
     max_attempts: i32,
     now: &str,
-) -> Option<Option<u64>> {
-    a.attempts += 1;
+) -> AfterAttempt {
     match outcome {
         AttemptOutcome::Succeeded { status } => {
             a.http_status_code = Some(i32::from(*status));
-            transition(a, state::SUCCEEDED, None, now);
-            None
+            transition(a, ActionState::Succeeded, None, now);
+            AfterAttempt::Done
         }
         AttemptOutcome::Permanent { status, error } => {
             a.http_status_code = Some(i32::from(*status));
-            transition(a, state::FAILED, Some(error.clone()), now);
-            None
+            transition(
+                a,
+                ActionState::Failed,
+                Some(Why::new("EndpointError", error.clone())),
+                now,
+            );
+            AfterAttempt::Done
+        }
+        // Never retried: the address will be as refused next time.
+        AttemptOutcome::Denied { error } => {
+            transition(
+                a,
+                ActionState::Failed,
+                Some(Why::new("EgressDenied", error.clone())),
+                now,
+            );
+            AfterAttempt::Done
         }
         AttemptOutcome::Retryable {
             status,
@@ -100,20 +151,58 @@ pub fn record_http_attempt(
             retry_after,
         } => {
             a.http_status_code = status.map(i32::from);
-            if a.attempts >= max_attempts {
-                transition(
-                    a,
-                    state::FAILED,
-                    Some(format!("{error}; gave up after {} attempts", a.attempts)),
-                    now,
-                );
-                None
-            } else {
-                transition(a, state::PENDING, Some(format!("{error}; will retry")), now);
-                Some(*retry_after)
-            }
+            retry_or_fail(
+                a,
+                "EndpointUnavailable",
+                error,
+                max_attempts,
+                now,
+                *retry_after,
+            )
         }
     }
+}
+
+/// An attempt that could not be made or whose outcome is unknown counts like a retryable failure.
+pub fn retry_or_fail(
+    a: &mut ActionStatus,
+    reason: &'static str,
+    error: &str,
+    max_attempts: i32,
+    now: &str,
+    retry_after: Option<u64>,
+) -> AfterAttempt {
+    if a.attempts >= max_attempts {
+        transition(
+            a,
+            ActionState::Failed,
+            Some(Why::new(
+                reason,
+                format!("{error}; gave up after {} attempts", a.attempts),
+            )),
+            now,
+        );
+        AfterAttempt::Done
+    } else {
+        transition(
+            a,
+            ActionState::Pending,
+            Some(Why::new(reason, format!("{error}; will retry"))),
+            now,
+        );
+        AfterAttempt::Retry { retry_after }
+    }
+}
+
+/// An `InFlight` action seen on a fresh read: the operator stopped (crash, kill, lost leadership) between
+/// writing the intent and recording the outcome. Whether the endpoint got the request is unknown; it
+/// counts as a failed attempt and is retried (an HTTP action is at least once only across a crash).
+pub fn interrupted_attempt(a: &mut ActionStatus, max_attempts: i32, now: &str) -> AfterAttempt {
+    let error = format!(
+        "attempt {} was interrupted before its outcome was recorded (the endpoint may have received it)",
+        a.attempts
+    );
+    retry_or_fail(a, "AttemptInterrupted", &error, max_attempts, now, None)
 }
 
 /// The phase that follows from the actions: all done and none failed → `Succeeded`; all done with a
@@ -122,15 +211,15 @@ pub fn phase_of(actions: &[ActionStatus]) -> Phase {
     if actions.is_empty() {
         return Phase::Pending;
     }
-    if actions.iter().all(is_done) {
-        if actions.iter().any(|a| a.state == state::FAILED) {
+    if actions.iter().all(|a| a.state.is_done()) {
+        if actions.iter().any(|a| a.state == ActionState::Failed) {
             Phase::Failed
         } else {
             Phase::Succeeded
         }
     } else if actions
         .iter()
-        .any(|a| a.state != state::PENDING || a.attempts > 0)
+        .any(|a| a.state != ActionState::Pending || a.attempts > 0)
     {
         Phase::Running
     } else {
@@ -187,7 +276,7 @@ pub fn finish(
 pub fn failure_message(actions: &[ActionStatus]) -> Option<String> {
     let failed: Vec<String> = actions
         .iter()
-        .filter(|a| a.state == state::FAILED)
+        .filter(|a| a.state == ActionState::Failed)
         .map(|a| {
             format!(
                 "rule {}: {}",
@@ -240,14 +329,21 @@ mod tests {
         let mut actions = vec![];
         let a = entry(&mut actions, &http_rule());
         for _ in 0..3 {
-            assert!(record_http_attempt(a, &retryable(), 5, "t").is_some());
+            start_http_attempt(a, "t");
+            assert_eq!(a.state, ActionState::InFlight);
+            assert!(matches!(
+                finish_http_attempt(a, &retryable(), 5, "t"),
+                AfterAttempt::Retry { .. }
+            ));
         }
-        assert!(
-            record_http_attempt(a, &AttemptOutcome::Succeeded { status: 200 }, 5, "t").is_none()
+        start_http_attempt(a, "t");
+        assert_eq!(
+            finish_http_attempt(a, &AttemptOutcome::Succeeded { status: 200 }, 5, "t"),
+            AfterAttempt::Done
         );
         assert_eq!(
-            (a.attempts, a.state.as_str(), a.http_status_code),
-            (4, state::SUCCEEDED, Some(200))
+            (a.attempts, a.state, a.http_status_code),
+            (4, ActionState::Succeeded, Some(200))
         );
         assert_eq!(phase_of(&actions), Phase::Succeeded);
     }
@@ -257,11 +353,16 @@ mod tests {
         let mut actions = vec![];
         let a = entry(&mut actions, &http_rule());
         let mut retries = 0;
-        while record_http_attempt(a, &retryable(), 3, "t").is_some() {
+        loop {
+            start_http_attempt(a, "t");
+            if finish_http_attempt(a, &retryable(), 3, "t") == AfterAttempt::Done {
+                break;
+            }
             retries += 1;
         }
         assert_eq!(retries, 2);
-        assert_eq!(a.state, state::FAILED);
+        assert_eq!(a.state, ActionState::Failed);
+        assert_eq!(a.reason.as_deref(), Some("EndpointUnavailable"));
         assert!(
             a.error
                 .as_deref()
@@ -280,28 +381,45 @@ mod tests {
             status: 404,
             error: "endpoint answered 404".into(),
         };
-        assert!(record_http_attempt(a, &outcome, 5, "t").is_none());
-        assert_eq!(a.state, state::FAILED);
+        start_http_attempt(a, "t");
+        assert_eq!(finish_http_attempt(a, &outcome, 5, "t"), AfterAttempt::Done);
+        assert_eq!(a.state, ActionState::Failed);
+        assert_eq!(a.reason.as_deref(), Some("EndpointError"));
+    }
+
+    #[test]
+    fn an_interrupted_attempt_counts_and_is_retried_until_the_limit() {
+        let mut actions = vec![];
+        let a = entry(&mut actions, &http_rule());
+        start_http_attempt(a, "t");
+        assert!(matches!(
+            interrupted_attempt(a, 2, "t"),
+            AfterAttempt::Retry { .. }
+        ));
+        assert_eq!(a.reason.as_deref(), Some("AttemptInterrupted"));
+        start_http_attempt(a, "t");
+        assert_eq!(interrupted_attempt(a, 2, "t"), AfterAttempt::Done);
+        assert_eq!(a.state, ActionState::Failed);
     }
 
     #[test]
     fn job_conditions_decide_the_action_state() {
         let mut job = Job::default();
-        assert_eq!(job_outcome(&job).0, state::RUNNING);
+        assert_eq!(job_outcome(&job).0, ActionState::Running);
         job.status = Some(
             serde_json::from_value(
                 serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]}),
             )
             .unwrap(),
         );
-        assert_eq!(job_outcome(&job).0, state::SUCCEEDED);
+        assert_eq!(job_outcome(&job).0, ActionState::Succeeded);
         job.status = Some(
             serde_json::from_value(serde_json::json!({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}))
                 .unwrap(),
         );
         let (s, why) = job_outcome(&job);
-        assert_eq!(s, state::FAILED);
-        assert!(why.unwrap().contains("BackoffLimitExceeded"));
+        assert_eq!(s, ActionState::Failed);
+        assert!(why.unwrap().message.contains("BackoffLimitExceeded"));
     }
 
     #[test]

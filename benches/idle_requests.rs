@@ -1,0 +1,172 @@
+//! What an idle operator costs the API server: requests per verb and resource over a minute with 1,000
+//! Ready routes, and its resident memory meanwhile.
+//!
+//! `cargo bench --bench idle_requests` (the release binary against the in-process fake API server, whose
+//! request log counts every call). `ASC_BENCH_IDLE_SECONDS` shortens the idle window (default 60).
+//!
+//! Each route refers to two Secrets (its webhook secret and a Slack URL), as a typical route does, and the
+//! operator runs with leader election, as the chart installs it. Watches count when they are (re)opened.
+
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use testkit::apiserver::{FakeApiServer, FakeApiServerOptions};
+
+const NS: &str = "bench";
+const ROUTES: usize = 1_000;
+
+fn route(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "secretRef": {"name": "hook", "key": "secret"},
+            "rules": [{
+                "name": "notify",
+                "match": {"eventTypes": ["BUILD_UPLOAD_STATE_UPDATED"], "newStates": ["FAILED"]},
+                "http": {"urlSecretRef": {"name": "slack", "key": "url"}}
+            }]
+        }
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn ready_routes(api: &FakeApiServer) -> usize {
+    api.list_objects("webhookroutes", Some(NS))
+        .iter()
+        .filter(|r| {
+            r["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count()
+}
+
+#[tokio::main]
+async fn main() {
+    let idle_secs: u64 = std::env::var("ASC_BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let opts = FakeApiServerOptions {
+        namespaces: vec!["default".into(), NS.into()],
+        ..Default::default()
+    };
+    let api = FakeApiServer::start(opts.crd_dir(root.join("crds"))).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    for (name, key, value) in [
+        ("hook", "secret", "bench-secret"),
+        ("slack", "url", "https://hooks.slack.example/x"),
+    ] {
+        api.put_object(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+                "stringData": {key: value}}),
+        )
+        .expect("secret");
+    }
+    for i in 0..ROUTES {
+        api.put_object("webhookroutes", route(&format!("route-{i}")))
+            .expect("route");
+    }
+
+    let (public, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_asc-webhook-operator"))
+        .args([
+            "run",
+            "--listen-addr",
+            &format!("127.0.0.1:{public}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+            "--leader-election",
+            "--lease-namespace",
+            NS,
+            "--identity",
+            "bench",
+            "--log-filter",
+            "warn",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("operator binary starts");
+    let pid = child.id();
+
+    let started = Instant::now();
+    while ready_routes(&api) < ROUTES {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {} of {ROUTES} routes became Ready",
+            ready_routes(&api)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let settled_after = started.elapsed();
+    // Let the last status writes and their watch events pass before measuring "idle".
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    api.clear_request_log();
+    let window = Instant::now();
+    let mut rss_max = 0;
+    while window.elapsed() < Duration::from_secs(idle_secs) {
+        rss_max = rss_max.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = window.elapsed().as_secs_f64();
+    let log = api.request_log();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in &log {
+        let resource = if r.subresource.is_empty() {
+            r.resource.clone()
+        } else {
+            format!("{}/{}", r.resource, r.subresource)
+        };
+        *by.entry((format!("{:?}", r.verb), resource)).or_default() += 1;
+    }
+    let lists = by
+        .iter()
+        .filter(|((verb, _), _)| verb == "List")
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    println!(
+        "idle_requests: {ROUTES} Ready routes (settled after {:.1} s), {elapsed:.0} s idle, leader election on",
+        settled_after.as_secs_f64()
+    );
+    println!("| verb | resource | requests | per second |");
+    println!("|---|---|---|---|");
+    for ((verb, resource), n) in &by {
+        println!("| {verb} | {resource} | {n} | {:.3} |", *n as f64 / elapsed);
+    }
+    println!(
+        "| **all** | | **{}** | **{:.3}** (goal ≤ 1) |",
+        log.len(),
+        log.len() as f64 / elapsed
+    );
+    println!("| LIST | | {lists} | (goal 0) |");
+    println!(
+        "| RSS, max over the window | | {:.1} MiB | (goal ≤ 25 MiB) |",
+        rss_max as f64 / 1024.0
+    );
+}

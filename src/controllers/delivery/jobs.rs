@@ -1,0 +1,338 @@
+//! Job actions: create the rule's Job once, and follow it to its end.
+//!
+//! The Job's name is derived from route, rule and event, so a second create is AlreadyExists; that Job is
+//! adopted only when this delivery owns it (a Job of that name made by anyone else is not ours to
+//! report on). What the Job watch last showed of each managed Job is kept in memory, so a Job that
+//! finished and was then removed by `ttlSecondsAfterFinished` still counts as finished, not as lost.
+
+use super::state::{self, Why};
+use crate::actions::EventContext;
+use crate::actions::job::{self, ApiKeyEnv};
+use crate::controllers::Error;
+use crate::controllers::context::Context;
+use crate::controllers::impersonation::{self, Identity};
+use crate::metrics::ActionLabels;
+use crate::resources::delivery::{ActionState, ActionStatus};
+use crate::resources::route::{JobAction, Rule};
+use crate::resources::{AscCredential, FIELD_MANAGER, WebhookDelivery, WebhookRoute};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use std::time::Instant;
+
+/// What the Job watch last showed of one Job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFact {
+    /// Running, Succeeded or Failed, from its conditions.
+    pub state: ActionState,
+    /// Why it failed.
+    pub why: Option<Why>,
+}
+
+/// The fact of `job`, for the memory the Job watch feeds.
+pub fn fact_of(job: &Job) -> JobFact {
+    let (state, why) = state::job_outcome(job);
+    JobFact { state, why }
+}
+
+/// What creating a Job came to.
+enum Created {
+    /// Created now, or found already made by this delivery.
+    Ours { new: bool },
+    /// The API server refused for good; the action fails.
+    Refused(Why),
+    /// Refused for now (quota): retry later.
+    Later(Why),
+}
+
+/// Everything a Job action is made from.
+pub struct JobInput<'a> {
+    /// The delivery (owner of the Job).
+    pub delivery: &'a WebhookDelivery,
+    /// Its route.
+    pub route: &'a WebhookRoute,
+    /// The rule.
+    pub rule: &'a Rule,
+    /// The rule's Job action.
+    pub action: &'a JobAction,
+    /// Event data for the Job's environment.
+    pub event: &'a EventContext<'a>,
+}
+
+/// Advances a Job action one step.
+pub async fn step(
+    ctx: &Context,
+    input: &JobInput<'_>,
+    a: &mut ActionStatus,
+    now: &str,
+) -> Result<JobStep, Error> {
+    let JobInput {
+        delivery: d,
+        route,
+        rule,
+        action,
+        event: event_ctx,
+    } = *input;
+    let namespace = d.namespace().unwrap_or_default();
+    if let Some(name) = a.job_name.clone() {
+        observe(ctx, &namespace, &name, a, now).await?;
+        return Ok(JobStep::Observed);
+    }
+    let api_key = if action.inject_api_key {
+        match api_key_env(ctx, &namespace, route).await? {
+            Ok(k) => match may_mount_key(ctx, &namespace, route, &k).await? {
+                Ok(()) => Some(k),
+                Err(why) => {
+                    state::transition(a, ActionState::Failed, Some(why), now);
+                    return Ok(JobStep::Observed);
+                }
+            },
+            Err(why) => {
+                state::transition(a, ActionState::Failed, Some(why), now);
+                return Ok(JobStep::Observed);
+            }
+        }
+    } else {
+        None
+    };
+    let job =
+        match job::build_job_reporting(&rule.name, &action.template, event_ctx, api_key.as_ref()) {
+            Ok(built) => {
+                // Linux refuses a single environment string over 128 KiB: such values are replaced by a marker,
+                // and the status says which.
+                a.omitted_env = built.omitted_env.iter().map(|v| (*v).to_owned()).collect();
+                built.job
+            }
+            Err(e) => {
+                state::transition(
+                    a,
+                    ActionState::Failed,
+                    Some(Why::new("InvalidJobTemplate", e.to_string())),
+                    now,
+                );
+                return Ok(JobStep::Observed);
+            }
+        };
+    let name = job.metadata.name.clone().unwrap_or_default();
+    a.attempts += 1;
+    let started = Instant::now();
+    match create(ctx, d, route, &namespace, &job).await? {
+        Created::Ours { new } => {
+            ctx.metrics
+                .action_duration
+                .get_or_create(&ActionLabels {
+                    kind: "job",
+                    outcome: "created",
+                })
+                .observe(started.elapsed().as_secs_f64());
+            a.job_name = Some(name.clone());
+            state::transition(a, ActionState::Running, None, now);
+            if new {
+                ctx.metrics
+                    .actions
+                    .get_or_create(&ActionLabels {
+                        kind: "job",
+                        outcome: "created",
+                    })
+                    .inc();
+                ctx.event(
+                    d,
+                    false,
+                    "JobCreated",
+                    format!("rule {} created Job {name}", rule.name),
+                )
+                .await;
+            }
+            Ok(JobStep::Created)
+        }
+        Created::Refused(why) => {
+            state::transition(a, ActionState::Failed, Some(why), now);
+            Ok(JobStep::Observed)
+        }
+        Created::Later(why) => Ok(JobStep::RetryLater(why)),
+    }
+}
+
+/// What one step of a Job action did.
+pub enum JobStep {
+    /// A Job now exists for the action: record it before anything else.
+    Created,
+    /// Looked at the Job (or failed the action); nothing new exists.
+    Observed,
+    /// Creation was refused for now; retry after a backoff.
+    RetryLater(Why),
+}
+
+async fn create(
+    ctx: &Context,
+    d: &WebhookDelivery,
+    route: &WebhookRoute,
+    namespace: &str,
+    job: &Job,
+) -> Result<Created, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    // Created as the route's ServiceAccount: a route creates only the Jobs that account may create.
+    let acting: Api<Job> = match ctx.action_client(route) {
+        Ok(client) => Api::namespaced(client, namespace),
+        Err(e) => {
+            return Ok(Created::Refused(Why::new(
+                "ImpersonationFailed",
+                e.to_string(),
+            )));
+        }
+    };
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    match acting.create(&params, job).await {
+        Ok(_) => Ok(Created::Ours { new: true }),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            let existing = jobs.get_opt(&name).await.map_err(Error::Kube)?;
+            let ours = existing.as_ref().is_some_and(|j| {
+                j.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "WebhookDelivery" && Some(&o.uid) == d.uid().as_ref())
+            });
+            Ok(match existing {
+                Some(_) if ours => Created::Ours { new: false },
+                Some(_) => Created::Refused(Why::new(
+                    "JobNameTaken",
+                    format!(
+                        "Job {name} already exists and does not belong to this delivery; delete or rename it"
+                    ),
+                )),
+                // Deleted between the create and the read: try again.
+                None => Created::Later(Why::new(
+                    "JobNameTaken",
+                    format!("Job {name} existed and was being deleted"),
+                )),
+            })
+        }
+        // ResourceQuota refusals clear when other Jobs finish.
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
+            Ok(Created::Later(Why::new(
+                "QuotaExceeded",
+                format!("the API server refused Job {name} for now: {}", s.message),
+            )))
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(Created::Refused(Why::new(
+            "Forbidden",
+            format!("the API server refused Job {name}: {}", s.message),
+        ))),
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            Ok(Created::Refused(Why::new(
+                "JobRefused",
+                format!("the API server refused Job {name}: {}", s.message),
+            )))
+        }
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Reads what became of the action's Job: from the watch's memory, else from the API server.
+async fn observe(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    a: &mut ActionStatus,
+    now: &str,
+) -> Result<(), Error> {
+    let remembered = ctx.job_fact(namespace, name);
+    let fact = match remembered {
+        Some(f) if f.state.is_done() => Some(f),
+        _ => {
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+            // None: gone, finished and removed by its TTL (remembered above) or deleted while running.
+            jobs.get_opt(name)
+                .await
+                .map_err(Error::Kube)?
+                .map(|job| fact_of(&job))
+        }
+    };
+    let (s, why) = match fact {
+        Some(f) => (f.state, f.why),
+        None => (
+            ActionState::Failed,
+            Some(Why::new(
+                "JobDeleted",
+                format!("Job {name} was deleted before it was seen to finish"),
+            )),
+        ),
+    };
+    if s != a.state && s.is_done() {
+        let outcome = if s == ActionState::Succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        ctx.metrics
+            .actions
+            .get_or_create(&ActionLabels {
+                kind: "job",
+                outcome,
+            })
+            .inc();
+    }
+    state::transition(a, s, why, now);
+    Ok(())
+}
+
+/// A pod may mount any Secret of its namespace, so the API key goes into a Job only if the route's
+/// ServiceAccount may read that Secret itself (the operator's own identity needs no check). Only
+/// metadata is fetched; a missing Secret is left to the pod to report.
+async fn may_mount_key(
+    ctx: &Context,
+    namespace: &str,
+    route: &WebhookRoute,
+    key: &ApiKeyEnv,
+) -> Result<Result<(), Why>, Error> {
+    if ctx.action_identity(route) == Identity::Operator {
+        return Ok(Ok(()));
+    }
+    let client = match ctx.action_client(route) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(Why::new("ImpersonationFailed", e.to_string()))),
+    };
+    match Api::<Secret>::namespaced(client, namespace)
+        .get_metadata_opt(&key.private_key.name)
+        .await
+    {
+        Ok(_) => Ok(Ok(())),
+        Err(e) => match impersonation::refusal(&e) {
+            Some(refused) => Ok(Err(Why::new("Forbidden", refused))),
+            None => Err(Error::Kube(e)),
+        },
+    }
+}
+
+/// The credential's key by reference, for `injectApiKey`. The outer error is the API server's; the
+/// inner one a configuration problem that fails the action.
+async fn api_key_env(
+    ctx: &Context,
+    namespace: &str,
+    route: &WebhookRoute,
+) -> Result<Result<ApiKeyEnv, Why>, Error> {
+    let Some(cref) = &route.spec.credential_ref else {
+        return Ok(Err(Why::new(
+            "CredentialRequired",
+            "job.injectApiKey needs the route's credentialRef",
+        )));
+    };
+    let creds: Api<AscCredential> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(
+        match creds.get_opt(&cref.name).await.map_err(Error::Kube)? {
+            None => Err(Why::new(
+                "CredentialNotFound",
+                format!("AscCredential {namespace}/{} does not exist", cref.name),
+            )),
+            Some(c) => Ok(ApiKeyEnv {
+                key_id: c.spec.key_id.clone(),
+                issuer_id: c.spec.issuer_id.clone(),
+                private_key: c.spec.private_key_secret_ref.clone(),
+            }),
+        },
+    )
+}

@@ -1,0 +1,208 @@
+//! Exactly once on a real API server's terms: watch events arrive late, Jobs vanish after their TTL,
+//! quota refuses for a while, and a name can be taken by someone else.
+
+use crate::harness::*;
+use crate::recorder::Recorder;
+use asc_webhook_operator::naming;
+use asc_webhook_operator::resources::delivery::{ActionState, Phase};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, DeleteParams, PostParams};
+use std::time::Duration;
+use testkit::apiserver::{Fault, FaultRule, Verb};
+
+const JOB_RULE: &str = "    - name: build\n      match: {eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}\n      job:\n        template:\n          spec:\n            template:\n              spec:\n                restartPolicy: Never\n                containers: [{name: run, image: busybox}]\n";
+const HTTP_RULE: &str = "    - name: notify\n      match: {eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}\n      http: {urlSecretRef: {name: slack, key: url}, body: '{\"id\": \"{{ event.id }}\"}'}\n";
+
+fn event(i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"data":{{"type":"buildUploadStateUpdated","id":"evt-{i}","attributes":{{"oldState":"PROCESSING","newState":"COMPLETE"}}}}}}"#
+    )
+    .into_bytes()
+}
+
+async fn staged(rules: &str, hooks: Option<&Recorder>) -> testkit::apiserver::FakeApiServer {
+    let api = fake_api().await;
+    put_secret(&api, "hook-secret", &[("secret", WEBHOOK_SECRET)]).await;
+    if let Some(h) = hooks {
+        put_secret(&api, "slack", &[("url", &format!("{}/slack", h.url))]).await;
+    }
+    route_with(&api, "r", rules, "").await;
+    api
+}
+
+async fn wait_ready(api: &testkit::apiserver::FakeApiServer) {
+    eventually("the route is Ready", Duration::from_secs(15), || {
+        let r = get_route(api, "r");
+        async move {
+            r.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+async fn wait_delivery<F>(api: &testkit::apiserver::FakeApiServer, name: &str, what: &str, ok: F)
+where
+    F: Fn(&asc_webhook_operator::resources::WebhookDelivery) -> bool,
+{
+    eventually(what, Duration::from_secs(20), || {
+        let d = get_delivery(api, name);
+        let done = d.as_ref().is_some_and(&ok);
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
+/// The measurement that found the bug: a Job rule and an HTTP rule on one route, five events, with the
+/// delivery watch lagging. Every stale pass must lose its write instead of calling Slack again.
+#[tokio::test]
+async fn a_lagging_watch_makes_one_http_call_and_one_job_per_event() {
+    let hooks = Recorder::start().await;
+    let api = staged(&format!("{JOB_RULE}{HTTP_RULE}"), Some(&hooks)).await;
+    let op = Operator::start(&api, &[]).await;
+    wait_ready(&api).await;
+    api.set_watch_delay(Duration::from_millis(400));
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let (status, answer) = op.post("r", &event(i), WEBHOOK_SECRET).await;
+        assert_eq!(status, 202, "{answer}");
+        names.push(answer["delivery"].as_str().unwrap().to_owned());
+    }
+    for name in &names {
+        wait_delivery(
+            &api,
+            name,
+            "the HTTP action succeeded and the Job runs",
+            |d| {
+                d.status.as_ref().is_some_and(|s| {
+                    s.actions.len() == 2
+                        && s.actions.iter().all(|a| {
+                            matches!(a.state, ActionState::Succeeded | ActionState::Running)
+                        })
+                })
+            },
+        )
+        .await;
+    }
+    // Stale passes keep arriving for a while after the work is done.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hooks.requests().len(), 5, "one Slack message per event");
+    assert_eq!(jobs(&api).len(), 5);
+    for d in deliveries(&api) {
+        let http = d
+            .status
+            .unwrap()
+            .actions
+            .into_iter()
+            .find(|a| a.rule == "notify")
+            .unwrap();
+        assert_eq!(http.attempts, 1, "{http:?}");
+    }
+    // The lag was real: passes did decide on stale copies, and lost their writes.
+    let metrics = op.metrics().await;
+    let stale: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("asc_webhook_controller_stale_writes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(stale > 0.0, "no stale pass was caught: {metrics}");
+    op.stop().await;
+}
+
+/// `ttlSecondsAfterFinished: 0` removes a finished Job at once; the delivery must still read success.
+#[tokio::test]
+async fn a_job_removed_by_its_ttl_after_succeeding_is_a_success() {
+    let api = staged(JOB_RULE, None).await;
+    let op = Operator::start(&api, &[]).await;
+    wait_ready(&api).await;
+    let (_, answer) = op.post("r", &event(1), WEBHOOK_SECRET).await;
+    let name = answer["delivery"].as_str().unwrap().to_owned();
+    wait_delivery(&api, &name, "the Job runs", |d| {
+        d.status
+            .as_ref()
+            .is_some_and(|s| s.actions.first().is_some_and(|a| a.job_name.is_some()))
+    })
+    .await;
+    let job = naming::job_name("r", "build", "evt-1");
+    // Both the completion and the deletion reach the operator only after the Job is gone.
+    api.set_watch_delay(Duration::from_millis(300));
+    complete_job(&api, &job, true).await;
+    Api::<Job>::namespaced(api.client(), NS)
+        .delete(&job, &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_delivery(&api, &name, "the delivery finishes", |d| {
+        d.status.as_ref().is_some_and(|s| s.phase.is_terminal())
+    })
+    .await;
+    let d = get_delivery(&api, &name).unwrap();
+    assert_eq!(d.status.unwrap().phase, Phase::Succeeded);
+    op.stop().await;
+}
+
+/// A Job that carries the name this delivery would use but belongs to nobody (or someone else) is not
+/// reported as this delivery's work.
+#[tokio::test]
+async fn a_job_of_that_name_owned_by_someone_else_is_not_adopted() {
+    let api = staged(JOB_RULE, None).await;
+    let squatter: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": naming::job_name("r", "build", "evt-7"), "namespace": NS},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    Api::<Job>::namespaced(api.client(), NS)
+        .create(&PostParams::default(), &squatter)
+        .await
+        .unwrap();
+    let op = Operator::start(&api, &[]).await;
+    wait_ready(&api).await;
+    let (_, answer) = op.post("r", &event(7), WEBHOOK_SECRET).await;
+    let name = answer["delivery"].as_str().unwrap().to_owned();
+    wait_delivery(&api, &name, "the delivery fails", |d| {
+        d.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+    })
+    .await;
+    let a = get_delivery(&api, &name).unwrap().status.unwrap().actions[0].clone();
+    assert_eq!(a.reason.as_deref(), Some("JobNameTaken"), "{a:?}");
+    op.stop().await;
+}
+
+/// A ResourceQuota's refusal is temporary: the Job is created once the quota allows it.
+#[tokio::test]
+async fn a_quota_refusal_is_retried_until_the_job_fits() {
+    let api = staged(JOB_RULE, None).await;
+    api.add_fault(
+        FaultRule::new(Fault::StatusMessage(
+            403,
+            "jobs.batch \"x\" is forbidden: exceeded quota: team-quota, requested: count/jobs.batch=1, used: count/jobs.batch=10, limited: count/jobs.batch=10".into(),
+        ))
+        .verb(Verb::Create)
+        .resource("jobs")
+        .times(2),
+    );
+    let op = Operator::start(&api, &[]).await;
+    wait_ready(&api).await;
+    let (_, answer) = op.post("r", &event(3), WEBHOOK_SECRET).await;
+    let name = answer["delivery"].as_str().unwrap().to_owned();
+    wait_delivery(
+        &api,
+        &name,
+        "the Job is created after the quota refusals",
+        |d| {
+            d.status.as_ref().is_some_and(|s| {
+                s.actions
+                    .first()
+                    .is_some_and(|a| a.state == ActionState::Running)
+            })
+        },
+    )
+    .await;
+    let a = get_delivery(&api, &name).unwrap().status.unwrap().actions[0].clone();
+    assert_eq!(a.attempts, 3, "{a:?}");
+    assert_eq!(jobs(&api).len(), 1);
+    op.stop().await;
+}

@@ -11,6 +11,7 @@ pub mod controllers;
 pub mod diagnose;
 pub mod examples;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod naming;
 pub mod operator;

@@ -180,6 +180,7 @@ pub async fn run_with(
             if routes.wait_until_ready().await.is_ok() {
                 tracing::info!(routes = routes.len(), "route store synced");
                 readiness.set_ready();
+                crate::memory::release_free_memory();
             }
         });
     }
@@ -198,7 +199,10 @@ pub async fn run_with(
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => receiver.forget_quiet_routes(),
+                    _ = tick.tick() => {
+                        receiver.forget_quiet_routes();
+                        crate::memory::release_free_memory();
+                    }
                     _ = shutdown.cancelled() => break,
                 }
             }

@@ -115,6 +115,7 @@ pub fn route(namespace: &str, name: &str, uid: usize) -> WebhookRoute {
             rules: vec![],
             delivery_history_limit: None,
             app_store_connect: None,
+            suspend: false,
         },
     );
     r.metadata.namespace = Some(namespace.into());

@@ -129,6 +129,7 @@ static ROUTE: LazyLock<WebhookRoute> = LazyLock::new(|| {
             rules: vec![],
             delivery_history_limit: None,
             app_store_connect: None,
+            suspend: false,
         },
     );
     route.metadata.namespace = Some("ios".into());
@@ -367,6 +368,7 @@ pub fn rule_matching(data: &[u8]) -> bool {
         name: name.into(),
         filter: Some(filter),
         enrich: EnrichPolicy::Never,
+        when: None,
         job: None,
         http: None,
     };

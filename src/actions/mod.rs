@@ -7,5 +7,6 @@ pub mod egress;
 pub mod http;
 pub mod job;
 pub mod template;
+pub mod when;
 
 pub use context::EventContext;

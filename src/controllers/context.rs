@@ -149,6 +149,7 @@ pub struct Context {
     pub deliveries: DeliveryIndex,
     credentials: OnceLock<Store<AscCredential>>,
     routes: OnceLock<Store<WebhookRoute>>,
+    unfinished: OnceLock<Store<WebhookDelivery>>,
     /// What the Job watch last showed of each managed Job, by `namespace/name`.
     job_facts: moka::sync::Cache<String, JobFact>,
     route_facts: moka::sync::Cache<String, SecretFacts>,
@@ -184,6 +185,7 @@ impl Context {
             deliveries: DeliveryIndex::default(),
             credentials: OnceLock::new(),
             routes: OnceLock::new(),
+            unfinished: OnceLock::new(),
             // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
             job_facts: moka::sync::Cache::builder()
                 .max_capacity(50_000)
@@ -238,6 +240,16 @@ impl Context {
     /// Hands the delivery controller the route store (once; later calls are ignored).
     pub fn set_routes(&self, store: Store<WebhookRoute>) {
         let _ = self.routes.set(store);
+    }
+
+    /// The delivery controller's cache of unfinished deliveries, once the controllers started.
+    pub fn unfinished_deliveries(&self) -> Option<&Store<WebhookDelivery>> {
+        self.unfinished.get()
+    }
+
+    /// Installs the delivery controller's cache (once).
+    pub fn set_unfinished_deliveries(&self, store: Store<WebhookDelivery>) {
+        let _ = self.unfinished.set(store);
     }
 
     /// What the Job watch last showed of Job `namespace/name`.

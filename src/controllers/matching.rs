@@ -56,6 +56,7 @@ mod tests {
                 old_states: old.iter().map(|s| s.to_string()).collect(),
             }),
             enrich: EnrichPolicy::Optional,
+            when: None,
             job: None,
             http: None,
         }

@@ -23,7 +23,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
@@ -227,8 +227,22 @@ pub async fn run(
             }
         })
         .touched_objects();
+    ctx.set_unfinished_deliveries(delivery_store.clone());
+    // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
+    // writes do not bump the generation, so the route controller's own writes trigger nothing here.
+    let held = delivery_store.clone();
+    let route_changes = watcher(
+        api::<WebhookRoute>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::generation, Default::default());
     let deliveries = Controller::for_stream(delivery_stream, delivery_store)
         .owns_stream(job_events)
+        .watches_stream(route_changes, move |route| {
+            delivery::suspend::held_of_route(&route, held.state().iter().map(|d| d.as_ref()))
+        })
         .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(

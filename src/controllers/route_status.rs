@@ -155,6 +155,14 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
                 ),
             ));
         }
+        if let Some(when) = &rule.when
+            && let Err(e) = crate::actions::when::compile(when)
+        {
+            out.push(problem(
+                "InvalidRuleExpression",
+                format!("rule {}: when: {e}", rule.name),
+            ));
+        }
         if let Some(j) = &rule.job {
             if let Err(e) = job::parse_template(&j.template) {
                 out.push(problem(
@@ -242,6 +250,31 @@ pub fn ready_condition(problems: &[Problem]) -> Condition {
                 .join("; ");
             Condition::new("Ready", false, first.reason, message)
         }
+    }
+}
+
+/// The `Suspended` condition: `Ready` keeps meaning "receives", this one says whether actions run.
+pub fn suspended_condition(route: &WebhookRoute) -> Condition {
+    if route.spec.suspend {
+        Condition::new(
+            "Suspended",
+            true,
+            "RouteSuspended",
+            "spec.suspend is true: events are recorded, their actions wait until it is false",
+        )
+    } else {
+        Condition::new("Suspended", false, "Active", "actions run as events arrive")
+    }
+}
+
+/// The route's phase: what to fix first, else whether it is paused.
+pub fn route_phase(route: &WebhookRoute, problems: &[Problem]) -> &'static str {
+    if !problems.is_empty() {
+        "NotReady"
+    } else if route.spec.suspend {
+        "Suspended"
+    } else {
+        "Ready"
     }
 }
 
@@ -338,9 +371,10 @@ pub fn desired_status(
                 route.name_any()
             )
         }),
+        phase: Some(route_phase(route, problems).to_owned()),
         conditions: conditions::merge(
             &prev.conditions,
-            vec![ready_condition(problems)],
+            vec![ready_condition(problems), suspended_condition(route)],
             route.metadata.generation,
             now,
         )

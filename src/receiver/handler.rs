@@ -111,7 +111,7 @@ async fn handle(
     let request_id = headers
         .get("x-apple-request-uuid")
         .and_then(|v| v.to_str().ok());
-    let delivery = build_delivery(route, &event, request_id, &crate::time::now_rfc3339());
+    let delivery = build_delivery(route, &event, request_id, &crate::time::receipt_now());
     if let Err(e) = check_fits(&delivery, rx.config.max_object_bytes) {
         return Answer::Unstorable(e.to_string());
     }

@@ -164,6 +164,7 @@ mod tests {
                 rules: vec![],
                 delivery_history_limit: None,
                 app_store_connect: None,
+                suspend: false,
             },
         );
         route.metadata.namespace = Some("ios".into());

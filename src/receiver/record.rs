@@ -123,6 +123,7 @@ pub(crate) mod tests {
                 rules: vec![],
                 delivery_history_limit: None,
                 app_store_connect: None,
+                suspend: false,
             },
         );
         r.metadata.namespace = Some("ios".into());

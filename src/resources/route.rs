@@ -33,6 +33,7 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 100;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Last Event",
         type_ = "string",
@@ -101,6 +102,12 @@ pub struct WebhookRouteSpec {
     /// Manager role).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_store_connect: Option<AppStoreConnectWebhook>,
+    /// Pause the route's actions. Events are still verified, answered and recorded exactly as before, but
+    /// their deliveries stay `Pending` (reason `RouteSuspended`) and start no Job or HTTP call; Jobs
+    /// already running are still followed. Setting it back to false runs the waiting deliveries in the
+    /// order they were received.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
 }
 
 impl WebhookRouteSpec {
@@ -139,6 +146,16 @@ pub struct Rule {
     /// delivery fails when enrichment fails. `Never`: do not call the API for this rule.
     #[serde(default)]
     pub enrich: EnrichPolicy,
+    /// A CEL expression deciding, after `match` and after enrichment, whether the rule runs, e.g.
+    /// `instance.platform == "IOS" && event.oldState == "IN_REVIEW"`. It sees `event` (`id`, `type`,
+    /// `oldState`, `newState`, `timestamp`, `receivedAt`, `delivery`, `instance.{type,id,url}`, and the
+    /// payload's `attributes`) and `instance` (`version`, `buildNumber`, `platform`, `state`, `errors`,
+    /// `attributes`; null without enrichment). An expression that does not compile makes the route not
+    /// Ready (`InvalidRuleExpression`); one whose cost bound is too high for the inputs fails the rule's
+    /// action (`ExpressionCostExceeded`), as does one that fails to evaluate (`ExpressionError`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: Option<String>,
     /// Create a Job from this template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobAction>,
@@ -233,9 +250,14 @@ pub struct WebhookRouteStatus {
     /// The URL to paste into App Store Connect (Users and Access → Integrations → Webhooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// `Ready`: references resolve and every rule is valid; otherwise the reason says what to fix. With
-    /// `appStoreConnect`: `WebhookRegistered` (the App Store Connect webhook matches the route) and
-    /// `WebhookVerified` (a ping sent after the last change arrived).
+    /// `Ready` (references resolve, every rule is valid), `NotReady` (the `Ready` condition says what to
+    /// fix) or `Suspended` (ready, but `spec.suspend` holds actions back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `Ready`: references resolve and every rule is valid (the route receives); otherwise the reason says
+    /// what to fix. `Suspended`: whether `spec.suspend` holds actions back. With `appStoreConnect`:
+    /// `WebhookRegistered` (the App Store Connect webhook matches the route) and `WebhookVerified` (a ping
+    /// sent after the last change arrived).
     // A map keyed by type, so the route controller and the App Store Connect reconciler each own their own
     // conditions under server-side apply.
     #[serde(default)]

@@ -21,5 +21,7 @@ mod recorder;
 mod reliability;
 mod scenarios;
 mod startup;
+mod suspend;
 mod tenancy;
+mod when;
 mod world;

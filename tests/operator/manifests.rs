@@ -188,7 +188,14 @@ fn no_property_name_is_a_yaml_1_1_boolean_or_null() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let origin = f.strip_prefix(root).unwrap().display().to_string();
-        yaml_docs_keys(&text, &origin, &mut bad);
+        let mut found = Vec::new();
+        yaml_docs_keys(&text, &origin, &mut found);
+        if origin.contains("/github/workflows/") {
+            // A GitHub Actions workflow is read by GitHub alone, whose parser takes its top-level `on`
+            // (the documented trigger key) as a string; every other key is still checked.
+            found.retain(|p| *p != format!("{origin}#0.on"));
+        }
+        bad.extend(found);
     }
     for (name, rendered) in crate::chart::rendered_outputs() {
         yaml_docs_keys(&rendered, &format!("helm template ({name})"), &mut bad);

@@ -295,3 +295,70 @@ async fn use_case_5_testflight_crash_and_screenshot_feedback_reach_slack() {
     assert!(texts.iter().any(|t| t.contains("shot-1-fb")), "{texts:?}");
     w.op.stop().await;
 }
+
+#[tokio::test]
+async fn use_case_1_on_github_actions_sends_the_exact_repository_dispatch() {
+    let (api, asc, hooks, mut secret_values) =
+        crate::world::stage("github-actions-submission").await;
+    // Where and how GitHub would be called: its API path, a bearer token.
+    put_secret(
+        &api,
+        "github-dispatch",
+        &[(
+            "url",
+            &format!("{}/repos/example-org/ios-app/dispatches", hooks.url),
+        )],
+    )
+    .await;
+    let token = "Bearer github_pat_test_0123456789";
+    put_secret(&api, "github-dispatch-headers", &[("Authorization", token)]).await;
+    secret_values.push(token.to_owned());
+    hooks.script(&[204]);
+    let w = World::start((api, asc, hooks, secret_values), &[]).await;
+    w.wait_route_ready().await;
+    let delivery = w
+        .deliver(&fixture_for_mock("build-upload-complete", &w.asc))
+        .await;
+    let done = w.wait_terminal(&delivery).await.status.unwrap();
+    assert_eq!(done.phase, Phase::Succeeded, "{done:?}");
+    assert_eq!(done.actions[0].http_status_code, Some(204));
+
+    let sent = w.hooks.requests();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let r = &sent[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/repos/example-org/ios-app/dispatches")
+    );
+    assert_eq!(r.headers["authorization"], token);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert!(
+        r.headers.contains_key("user-agent"),
+        "GitHub refuses requests without one"
+    );
+    let body = r.json();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "event_type": "asc-build-complete",
+            "client_payload": {
+                "eventId": "0b7d3c1e-4a2f-4e6b-9d8c-5f1a2b3c4d5e",
+                "eventType": "buildUploadStateUpdated",
+                "oldState": "PROCESSING",
+                "newState": "COMPLETE",
+                "instanceType": "buildUploads",
+                "instanceId": "3f1c2a9e-7b44-4d2e-9a51-0c8e2f6d1b77",
+                "version": "1.101.0",
+                "buildNumber": "1",
+                "platform": "IOS",
+                "delivery": delivery,
+            }
+        })
+    );
+    assert!(
+        body["client_payload"].as_object().unwrap().len() <= 10,
+        "GitHub accepts at most 10 top-level client_payload keys"
+    );
+    w.assert_no_secret_leaks().await;
+    w.op.stop().await;
+}

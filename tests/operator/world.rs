@@ -147,7 +147,14 @@ pub async fn stage(name: &str) -> (FakeApiServer, AscMock, Recorder, Vec<String>
 
 impl World {
     pub async fn example(name: &str, extra: &[&str]) -> World {
-        let (api, asc, hooks, secret_values) = stage(name).await;
+        World::start(stage(name).await, extra).await
+    }
+
+    /// Starts the operator on a world from [`stage`] (possibly changed since).
+    pub async fn start(
+        (api, asc, hooks, secret_values): (FakeApiServer, AscMock, Recorder, Vec<String>),
+        extra: &[&str],
+    ) -> World {
         let origin = origin_flags(&asc);
         let op = Operator::start(&api, &flags(extra, &origin)).await;
         World {

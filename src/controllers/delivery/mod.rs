@@ -13,6 +13,7 @@ mod enrich;
 mod http_call;
 pub mod jobs;
 pub mod state;
+pub mod suspend;
 
 use self::enrich::{Enriched, RequiredMissing, enrich_if_needed, required_missing};
 use self::jobs::JobStep;
@@ -35,6 +36,8 @@ use std::time::Duration;
 
 /// A running Job is looked at this often even without a watch event, as a safety net.
 const JOB_RECHECK: Duration = Duration::from_secs(300);
+/// How soon a delivery waiting behind an older one of a resumed route looks again.
+const ORDER_WAIT: Duration = Duration::from_millis(100);
 /// Passes started over from a fresh read before giving the delivery back to the queue.
 const MAX_STALE_RESTARTS: usize = 3;
 
@@ -176,6 +179,20 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
         );
         return conclude(ctx, &d, &mut w, st, now_ts).await;
     };
+    if st.matched_rules.is_empty() {
+        // Nothing started yet: a suspended route holds the delivery, and a resumed one starts its
+        // deliveries in order of receipt.
+        if route.spec.suspend {
+            suspend::hold(&mut st, &d.spec.route, generation, &now);
+            return conclude(ctx, &d, &mut w, st, now_ts).await;
+        }
+        if let Some(store) = ctx.unfinished_deliveries()
+            && suspend::waits_behind(&d, store.state().iter().map(|o| o.as_ref()))
+        {
+            return Ok(Pass::Done(Action::requeue(ORDER_WAIT)));
+        }
+    }
+    suspend::release(&mut st);
     let rules = plan(&route, &d, &st);
     if rules.is_empty() && st.matched_rules.is_empty() {
         state::finish(&mut st, Phase::NoMatch, None, generation, &now);
@@ -225,12 +242,43 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
     };
     let attempts_so_far = st.attempts;
     let backoff = |n: i32| ctx.settings.backoff(u32::try_from(n).unwrap_or(1));
+    // Rules whose `when` said no: dropped from the plan after the loop.
+    let mut declined: Vec<String> = Vec::new();
     for rule in &rules {
+        if let Some(when) = &rule.when
+            && state::not_started(&st.actions, rule)
+            && !(rule.enrich == EnrichPolicy::Required && enriched.get().is_none())
+        {
+            // Decided after enrichment, before the action starts; never again once it started.
+            match crate::actions::when::evaluate(when, &event_ctx, crate::actions::when::COST_LIMIT)
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    declined.push(rule.name.clone());
+                    continue;
+                }
+                Err(e) => {
+                    let a = state::entry(&mut st.actions, rule);
+                    let why = Why::new(e.reason(), format!("when: {e}"));
+                    state::transition(a, ActionState::Failed, Some(why), &now);
+                    continue;
+                }
+            }
+        }
         let a = state::entry(&mut st.actions, rule);
         if a.state.is_done() {
             continue;
         }
         let starting = a.job_name.is_none() && rule.job.is_some() || rule.http.is_some();
+        if starting && route.spec.suspend && a.state != ActionState::InFlight {
+            // Suspended mid-delivery: what runs is still followed, nothing new starts.
+            let why = Why::new(
+                suspend::REASON,
+                "the route is suspended (spec.suspend: true)",
+            );
+            state::transition(a, ActionState::Pending, Some(why), &now);
+            continue;
+        }
         if starting && rule.enrich == EnrichPolicy::Required && enriched.get().is_none() {
             match required_missing(
                 &enriched,
@@ -338,6 +386,15 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             if !save_outcome(ctx, &mut w, &mut st, rule).await? {
                 return Ok(Pass::Stale);
             }
+        }
+    }
+    if !declined.is_empty() {
+        st.actions.retain(|a| !declined.contains(&a.rule));
+        st.matched_rules.retain(|r| !declined.contains(r));
+        if st.matched_rules.is_empty() {
+            let why = "the rules whose match fits this event all have a `when` that is false";
+            state::finish(&mut st, Phase::NoMatch, Some(why.into()), generation, &now);
+            return conclude(ctx, &d, &mut w, st, now_ts).await;
         }
     }
     if did_work {

@@ -31,6 +31,14 @@ pub fn entry<'a>(actions: &'a mut Vec<ActionStatus>, rule: &Rule) -> &'a mut Act
     &mut actions[idx]
 }
 
+/// Whether `rule`'s action has not started: no entry yet, or one still `Pending` with nothing done.
+pub fn not_started(actions: &[ActionStatus], rule: &Rule) -> bool {
+    actions
+        .iter()
+        .find(|a| a.rule == rule.name)
+        .is_none_or(|a| a.state == ActionState::Pending && a.attempts == 0 && a.job_name.is_none())
+}
+
 /// Why an action is where it is, for a person and as a reason word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Why {
@@ -299,6 +307,7 @@ mod tests {
             name: "slack".into(),
             filter: Some(EventFilter::default()),
             enrich: EnrichPolicy::Optional,
+            when: None,
             job: None,
             http: Some(HttpAction {
                 url_secret_ref: SecretKeySelector {

@@ -19,6 +19,7 @@ fn route(service_account: Option<&str>) -> WebhookRoute {
             rules: vec![],
             delivery_history_limit: None,
             app_store_connect: None,
+            suspend: false,
         },
     );
     r.metadata.namespace = Some("ios".into());

@@ -19,6 +19,7 @@ fn job_rule(name: &str, template: serde_json::Value) -> Rule {
         name: name.into(),
         filter: Some(EventFilter::default()),
         enrich: EnrichPolicy::Optional,
+        when: None,
         job: Some(JobAction {
             template,
             inject_api_key: false,
@@ -44,6 +45,7 @@ fn route(rules: Vec<Rule>, credential: Option<&str>) -> WebhookRoute {
             rules,
             delivery_history_limit: Some(2),
             app_store_connect: None,
+            suspend: false,
         },
     );
     r.metadata.namespace = Some("ios".into());
@@ -103,6 +105,40 @@ fn a_complete_route_is_ready_with_its_url() {
     assert!(ready.is_true());
     assert_eq!(ready.observed_generation, Some(3));
     assert_eq!(s.observed_generation, Some(3));
+}
+
+#[test]
+fn a_suspended_route_stays_ready_and_shows_phase_suspended() {
+    let mut r = route(vec![job_rule("submit", good_template())], None);
+    r.spec.suspend = true;
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    let s = desired_status(&r, &[], &[], &p, None, "t1");
+    assert_eq!(s.phase.as_deref(), Some("Suspended"));
+    assert!(conditions::find(&s.conditions, "Ready").unwrap().is_true());
+    let suspended = conditions::find(&s.conditions, "Suspended").unwrap();
+    assert_eq!(
+        (suspended.status.as_str(), suspended.reason.as_str()),
+        ("True", "RouteSuspended")
+    );
+
+    r.spec.suspend = false;
+    r.status = Some(s);
+    let resumed = desired_status(&r, &[], &[], &p, None, "t2");
+    assert_eq!(resumed.phase.as_deref(), Some("Ready"));
+    let c = conditions::find(&resumed.conditions, "Suspended").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.last_transition_time.as_str()),
+        ("False", "t2")
+    );
+}
+
+#[test]
+fn a_route_with_problems_is_not_ready_even_when_suspended() {
+    let mut r = route(vec![job_rule("submit", good_template())], None);
+    r.spec.suspend = true;
+    let p = problems(&r, &facts_with(&[]));
+    assert!(!p.is_empty());
+    assert_eq!(route_phase(&r, &p), "NotReady");
 }
 
 #[test]
@@ -166,6 +202,7 @@ fn invalid_job_and_http_templates_make_the_route_not_ready() {
         name: "slack".into(),
         filter: Some(EventFilter::default()),
         enrich: EnrichPolicy::Optional,
+        when: None,
         job: None,
         http: Some(HttpAction {
             url_secret_ref: sel("slack", "url"),
@@ -254,6 +291,24 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
         s2.last_ping_time.as_deref(),
         Some("2026-01-01T00:00:03Z"),
         "the last ping survives pruning"
+    );
+}
+
+#[test]
+fn a_when_that_does_not_compile_makes_the_route_not_ready() {
+    let mut rule = job_rule("submit", good_template());
+    rule.when = Some(r#"instance.platform == "IOS" &&"#.into());
+    let mut fine = job_rule("other", good_template());
+    fine.when = Some(r#"instance.platform == "IOS""#.into());
+    let r = route(vec![rule, fine], None);
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].reason, "InvalidRuleExpression");
+    assert!(
+        p[0].message
+            .starts_with("rule submit: when: invalid CEL expression"),
+        "{}",
+        p[0].message
     );
 }
 

@@ -71,6 +71,10 @@ fn each_example_reacts_to_its_events_and_only_those() {
             ("failure-notifier", "app-version-developer-rejected"),
             vec!["version-rejected"],
         ),
+        (
+            ("github-actions-submission", "build-upload-complete"),
+            vec!["dispatch-submission"],
+        ),
         (("testflight-feedback", "crash"), vec!["crash"]),
         (("testflight-feedback", "screenshot"), vec!["screenshot"]),
     ]);

@@ -29,6 +29,7 @@ pub(crate) const EXAMPLES: &[&str] = &[
     "release-message",
     "failure-notifier",
     "testflight-feedback",
+    "github-actions-submission",
 ];
 
 // ---------------------------------------------------------------------------------------------------------

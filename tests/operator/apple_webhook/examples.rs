@@ -17,6 +17,9 @@ async fn every_example_registers_its_own_webhook_with_a_generated_secret() {
         // The route controller reads Secrets rarely; one that reads before the Secret is generated
         // sees it on its next re-check.
         let op = start_reachable(&api, &mock, &["--recheck-interval", "1s"]).await;
+        let routes = api.list_objects("webhookroutes", Some(NS));
+        let route_name = routes[0]["metadata"]["name"].as_str().unwrap().to_owned();
+        let name = &route_name.as_str();
         let route = wait_condition(&api, name, "WebhookVerified", "True", "PingReceived").await;
         wait_condition(&api, name, "Ready", "True", "Ready").await;
         let w = mock.webhook(&webhook_id(&route)).unwrap();
@@ -40,7 +43,7 @@ async fn every_example_registers_its_own_webhook_with_a_generated_secret() {
         assert_eq!(w.secret.as_bytes(), value.as_slice(), "{name}");
         assert_eq!(value.len(), 64, "{name}");
 
-        if *name == "submit-after-processing" {
+        if route_name == "submit-after-processing" {
             let sent = mock
                 .send_event(&w.id, &fixture_for_mock("build-upload-complete", &mock))
                 .await

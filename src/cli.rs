@@ -115,6 +115,27 @@ pub struct RunArgs {
     /// First delay between App Store Connect API retries (doubles each time; `Retry-After` wins).
     #[arg(long, env = "ASC_API_RETRY_BASE_DELAY", default_value = "500ms", value_parser = parse_duration)]
     pub asc_api_retry_base_delay: Duration,
+    /// How often a registered App Store Connect webhook is read back to repair changes made in App Store
+    /// Connect (per route up to 20 % sooner, so reads spread out). Between reads an unchanged route makes
+    /// no App Store Connect call.
+    #[arg(long, env = "ASC_WEBHOOK_RESYNC_INTERVAL", default_value = "30m", value_parser = parse_duration)]
+    pub webhook_resync_interval: Duration,
+    /// How long after a test ping `WebhookVerified` stays `Unknown` before it turns `False`.
+    #[arg(long, env = "ASC_WEBHOOK_VERIFY_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub webhook_verify_timeout: Duration,
+    /// How long a deleted route waits for its App Store Connect webhook to be deleted (credential gone,
+    /// API refusing) before its finalizer is released anyway, so namespace deletion never hangs.
+    #[arg(long, env = "ASC_WEBHOOK_RELEASE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub webhook_release_timeout: Duration,
+    /// How far back the first catch-up pass after registration reads App Store Connect's delivery log
+    /// for events that failed to arrive.
+    #[arg(long, env = "ASC_CATCH_UP_LOOKBACK", default_value = "24h", value_parser = parse_duration)]
+    pub catch_up_lookback: Duration,
+    /// After a webhook secret changes, how long the receiver still accepts signatures made with the
+    /// previous one (deliveries already in flight were signed with it). Only for routes whose webhook the
+    /// operator manages (`spec.appStoreConnect`); 0 turns it off.
+    #[arg(long, env = "ASC_SECRET_ROTATION_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub secret_rotation_grace: Duration,
     /// Origins (`scheme://host[:port]`, comma-separated) that `AscCredential`s may name as `apiUrl`. A
     /// credential pointing anywhere else is not Ready (`ApiUrlNotAllowed`) and no token is minted for it,
     /// so nobody can point `apiUrl` at their own host and collect tokens minted from someone else's key.

@@ -59,6 +59,7 @@ impl From<&RunArgs> for ReceiverConfig {
             body_timeout: a.body_timeout,
             secret_cache_ttl: a.secret_cache_ttl,
             failed_signatures_per_minute: a.failed_signatures_per_minute,
+            secret_rotation_grace: a.secret_rotation_grace,
         }
     }
 }
@@ -73,6 +74,10 @@ impl From<&RunArgs> for Settings {
             recheck_interval: a.recheck_interval,
             secret_recheck_interval: a.secret_recheck_interval,
             max_concurrent_reconciles: a.max_concurrent_reconciles.max(1),
+            webhook_resync_interval: a.webhook_resync_interval.max(Duration::from_secs(1)),
+            webhook_verify_timeout: a.webhook_verify_timeout,
+            webhook_release_timeout: a.webhook_release_timeout,
+            catch_up_lookback: a.catch_up_lookback,
             asc: AscClientOptions {
                 request_timeout: a.asc_api_timeout,
                 max_attempts: a.asc_api_max_attempts.max(1),

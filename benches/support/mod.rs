@@ -114,6 +114,7 @@ pub fn route(namespace: &str, name: &str, uid: usize) -> WebhookRoute {
             credential_ref: None,
             rules: vec![],
             delivery_history_limit: None,
+            app_store_connect: None,
             suspend: false,
         },
     );

@@ -128,6 +128,7 @@ static ROUTE: LazyLock<WebhookRoute> = LazyLock::new(|| {
             credential_ref: None,
             rules: vec![],
             delivery_history_limit: None,
+            app_store_connect: None,
             suspend: false,
         },
     );

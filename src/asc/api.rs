@@ -4,14 +4,15 @@
 //! Webhook payloads carry a `links.self` URL. Following it blindly would let anyone who can get a payload
 //! signed (or a future Apple bug) point our token at another host, so every URL is checked against the
 //! configured `api_url` origin before a token is even minted, and redirects are never followed. Each token
-//! is scoped to the one GET it is minted for and lives five minutes.
+//! is scoped to the one GET it is minted for and lives five minutes; the webhook writes (POST, PATCH,
+//! DELETE) carry an unscoped token, as Apple documents scopes for GET only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use url::Url;
 
@@ -126,6 +127,8 @@ pub enum ApiError {
         url: String,
         /// Apple's error code and detail, if any.
         asc_message: Option<String>,
+        /// Apple's first error object, when the body was one (for callers that act on `code`).
+        apple: Option<Box<AppleError>>,
     },
     /// Connecting, sending or reading failed (including timeouts).
     #[error("request to {url} failed")]
@@ -256,6 +259,18 @@ impl AscClient {
 
     /// GETs `path_and_query` (e.g. `/v1/webhooks/{id}/deliveries?limit=50`) on the API origin.
     pub async fn get_json(&self, path_and_query: &str) -> Result<Value, ApiError> {
+        self.send_json(Method::GET, path_and_query, None).await
+    }
+
+    /// Sends `method` to `path_and_query` on the API origin with an optional JSON body; answers the JSON
+    /// body (`Null` for an empty one, e.g. 204). POST is not idempotent: it is retried only when the
+    /// server cannot have acted on it (429, or no connection), never after a 5xx or a timeout.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let url = self
             .api_url
             .join(path_and_query)
@@ -264,8 +279,8 @@ impl AscClient {
                 source,
             })?;
         // `join` accepts absolute and scheme-relative input ("//evil.example/x"); the origin check in
-        // `get_url` is what keeps the call on the API origin.
-        self.get_url(url).await
+        // `call` is what keeps the call on the API origin.
+        self.call(method, url, body).await
     }
 
     /// A cheap authenticated call (`GET /v1/apps?limit=1`) proving the key, ids and API URL work.
@@ -289,7 +304,17 @@ impl AscClient {
     }
 
     async fn get_url(&self, url: Url) -> Result<Value, ApiError> {
+        self.call(Method::GET, url, None).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         self.check_origin(&url)?;
+        let idempotent = method != Method::POST;
         let attempts = AtomicUsize::new(0);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.options.base_delay)
@@ -299,7 +324,7 @@ impl AscClient {
         let cap = self.options.max_retry_after;
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(&url).await
+            self.attempt(&method, &url, body, idempotent).await
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
@@ -314,7 +339,7 @@ impl AscClient {
         })
         .notify(|failure: &Failure, delay| {
             let error = &failure.error;
-            tracing::warn!(%url, %error, retry_in = ?delay, "ASC API call failed; retrying");
+            tracing::warn!(%method, %url, %error, retry_in = ?delay, "ASC API call failed; retrying");
         })
         .await;
         result.map_err(|failure| {
@@ -329,33 +354,39 @@ impl AscClient {
         })
     }
 
-    async fn attempt(&self, url: &Url) -> Result<Value, Failure> {
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &Url,
+        json: Option<&Value>,
+        idempotent: bool,
+    ) -> Result<Value, Failure> {
         let token = self
             .tokens
-            .token_for(Some(&scope_of(url)))
+            // Apple documents scopes for GET requests only; writes carry an unscoped (still short) token.
+            .token_for((*method == Method::GET).then(|| scope_of(url)).as_deref())
             .await
             .map_err(|e| Failure::fatal(e.into()))?;
         let transport = |source: reqwest::Error| Failure {
-            retryable: source.is_timeout()
-                || source.is_connect()
-                || source.is_request()
-                || source.is_body(),
+            retryable: source.is_connect()
+                || (idempotent && (source.is_timeout() || source.is_request() || source.is_body())),
             error: ApiError::Transport {
                 url: url.to_string(),
                 source,
             },
             retry_after: None,
         };
-        let mut response = self
+        let mut request = self
             .http
-            .get(url.clone())
+            .request(method.clone(), url.clone())
             .bearer_auth(token.expose())
-            .header(ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(transport)?;
+            .header(ACCEPT, "application/json");
+        if let Some(json) = json {
+            request = request.json(json);
+        }
+        let mut response = request.send().await.map_err(transport)?;
         let status = response.status();
-        tracing::debug!(url = %url, status = status.as_u16(), "ASC API answered");
+        tracing::debug!(%method, url = %url, status = status.as_u16(), "ASC API answered");
         let retry_after = retry_after(&response);
 
         let mut body = Vec::new();
@@ -373,6 +404,9 @@ impl AscClient {
         }
 
         if status.is_success() {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Value::Null);
+            }
             return serde_json::from_slice(&body).map_err(|source| {
                 Failure::fatal(ApiError::Decode {
                     url: url.to_string(),
@@ -397,9 +431,11 @@ impl AscClient {
                 status: status.as_u16(),
                 url: url.to_string(),
                 asc_message,
+                apple: AppleError::parse(&body).map(Box::new),
             },
         };
-        let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        let retryable =
+            status == StatusCode::TOO_MANY_REQUESTS || (idempotent && status.is_server_error());
         Err(Failure {
             error,
             retryable,
@@ -441,6 +477,38 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .parse::<u64>()
         .ok()?;
     Some(Duration::from_secs(secs))
+}
+
+/// The first entry of an App Store Connect error body, `{"errors": [{status, code, title, detail}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+pub struct AppleError {
+    /// The HTTP status, as a string.
+    #[serde(default)]
+    pub status: String,
+    /// Machine-readable code, e.g. `ENTITY_ERROR.ATTRIBUTE.INVALID`.
+    #[serde(default)]
+    pub code: String,
+    /// Short summary.
+    #[serde(default)]
+    pub title: String,
+    /// What exactly was wrong, for a person.
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl AppleError {
+    /// The first error of `body`, if it is an ASC error document.
+    pub fn parse(body: &[u8]) -> Option<AppleError> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            errors: Vec<AppleError>,
+        }
+        serde_json::from_slice::<Doc>(body)
+            .ok()?
+            .errors
+            .into_iter()
+            .next()
+    }
 }
 
 /// `CODE: detail` from an ASC JSON:API error body, shortened so it fits a status condition.

@@ -7,3 +7,5 @@ pub mod event;
 pub mod origins;
 pub mod signature;
 pub mod token;
+pub mod webhook_deliveries;
+pub mod webhooks;

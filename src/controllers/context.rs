@@ -41,6 +41,16 @@ pub struct Settings {
     pub secret_recheck_interval: Duration,
     /// Reconciles running at once, per controller.
     pub max_concurrent_reconciles: u16,
+    /// How often a registered App Store Connect webhook is read back to repair changes made there
+    /// (shortened per route by up to 20 % so reads spread out).
+    pub webhook_resync_interval: Duration,
+    /// How long after a ping `WebhookVerified` stays `Unknown` before it turns `False`.
+    pub webhook_verify_timeout: Duration,
+    /// How long a deleted route waits for its App Store Connect webhook to be deleted before it is
+    /// released anyway.
+    pub webhook_release_timeout: Duration,
+    /// How far back the first catch-up pass after registration reads App Store Connect's delivery log.
+    pub catch_up_lookback: Duration,
     /// Origins credentials may send tokens to.
     pub asc_origins: AllowedOrigins,
     /// Addresses HTTP actions may not connect to (the pod's own included).
@@ -60,6 +70,10 @@ impl Default for Settings {
             recheck_interval: Duration::from_secs(30),
             secret_recheck_interval: Duration::from_secs(3600),
             max_concurrent_reconciles: 8,
+            webhook_resync_interval: Duration::from_secs(30 * 60),
+            webhook_verify_timeout: Duration::from_secs(5 * 60),
+            webhook_release_timeout: Duration::from_secs(10 * 60),
+            catch_up_lookback: Duration::from_secs(24 * 3600),
             asc_origins: AllowedOrigins::default(),
             http_deny: crate::actions::egress::parse_deny_cidrs(
                 crate::actions::egress::DEFAULT_DENY_CIDRS,
@@ -84,6 +98,13 @@ impl Settings {
             .min(self.retry_max_delay.max(self.retry_base_delay))
     }
 }
+
+/// What the App Store Connect webhook reconciler last wrote for a route: `status.appStoreConnect` and
+/// its conditions.
+pub type WrittenAsc = (
+    Option<crate::resources::route_asc::AppStoreConnectStatus>,
+    Vec<crate::resources::Condition>,
+);
 
 /// Why a credential cannot serve API calls right now.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -137,6 +158,9 @@ pub struct Context {
     asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
     failures: Mutex<HashMap<String, u32>>,
     enrichments: Mutex<HashMap<String, Enrichment>>,
+    holds: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    caught_up: Mutex<std::collections::HashSet<String>>,
+    written_asc: Mutex<HashMap<String, WrittenAsc>>,
 }
 
 /// Enrichments kept in memory, so HTTP retries of one delivery do not call App Store Connect again.
@@ -175,6 +199,9 @@ impl Context {
             asc_clients: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             enrichments: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
+            caught_up: Mutex::new(std::collections::HashSet::new()),
+            written_asc: Mutex::new(HashMap::new()),
         })
     }
 
@@ -247,6 +274,12 @@ impl Context {
         self.route_facts.insert(facts_key(route), facts);
     }
 
+    /// Forgets what was read about `route`'s Secrets, so the next route reconcile reads them again (the
+    /// operator itself just created one).
+    pub fn forget_route_facts(&self, route: &WebhookRoute) {
+        self.route_facts.invalidate(&facts_key(route));
+    }
+
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
@@ -282,6 +315,71 @@ impl Context {
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn record_success(&self, key: &str) {
         self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Holds `key` back until `until` while its inputs keep the `fingerprint`: a reconcile triggered by
+    /// the failure's own status write must not call an external API again before its backoff ends.
+    pub fn hold(&self, key: &str, fingerprint: u64, until: std::time::Instant) {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds.retain(|_, (_, t)| *t > std::time::Instant::now());
+        holds.insert(key.to_owned(), (fingerprint, until));
+    }
+
+    /// How long `key` is still held back, if its inputs still have the held `fingerprint`.
+    pub fn held(&self, key: &str, fingerprint: u64) -> Option<Duration> {
+        let holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let (f, until) = holds.get(key)?;
+        (*f == fingerprint)
+            .then(|| until.checked_duration_since(std::time::Instant::now()))
+            .flatten()
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Whether this process already made a catch-up pass for `key` (each process makes one at start).
+    pub fn caught_up(&self, key: &str) -> bool {
+        self.caught_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// Notes a catch-up pass for `key`.
+    pub fn mark_caught_up(&self, key: &str) {
+        self.caught_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned());
+    }
+
+    /// The `status.appStoreConnect` this process last wrote for route `uid`. Only the leader writes it,
+    /// so this is the truth even when a reconcile starts from a cached route that predates the write.
+    pub fn written_asc(&self, uid: &str) -> Option<WrittenAsc> {
+        self.written_asc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Remembers (or, with `None`, forgets) what was written for route `uid`.
+    pub fn remember_asc(&self, uid: &str, status: Option<WrittenAsc>) {
+        let mut m = self.written_asc.lock().unwrap_or_else(|p| p.into_inner());
+        match status {
+            Some(s) => {
+                m.insert(uid.to_owned(), s);
+            }
+            None => {
+                m.remove(uid);
+            }
+        }
+    }
+
+    /// Ends the hold on `key`.
+    pub fn release_hold(&self, key: &str) {
+        self.holds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);

@@ -1,6 +1,7 @@
 //! The controllers: deliveries into work, routes and credentials into truthful status. They run on the
 //! leader only; the receiver runs on every replica.
 
+pub mod asc_webhook;
 pub mod context;
 pub mod credential;
 pub mod delivery;
@@ -195,7 +196,7 @@ fn watch_failed(controller: &'static str, watched: &str, e: &watcher::Error, met
 /// Time the controllers get to finish running reconciles once shutdown is requested.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs the three controllers until `shutdown` resolves.
+/// Runs the four controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -331,11 +332,32 @@ pub async fn run(
         ctx.metrics.clone(),
     );
 
+    // Its own watch of routes: it runs on a different schedule (slow App Store Connect re-reads) and must
+    // not wait behind the route controller's delivery-driven reconciles.
+    let (webhook_store, webhook_stream) = slim_cache(
+        api::<WebhookRoute>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let webhooks = Controller::for_stream(webhook_stream, webhook_store)
+        .with_config(controller_config(&ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
+    let webhooks = report(
+        webhooks,
+        "app-store-connect-webhook",
+        "webhookroutes",
+        ctx.metrics.clone(),
+    );
+
     // A controller whose store never synced (its CRD is missing) waits for that store even after
     // shutdown; a pod must still stop, so after a grace period the controllers are dropped, which
     // cancels whatever they still run.
     let stopped = async {
-        tokio::join!(deliveries, routes, credentials);
+        tokio::join!(deliveries, routes, credentials, webhooks);
     };
     let overdue = async {
         shutdown.clone().await;

@@ -82,7 +82,13 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
         ctx.settings.public_url.as_deref(),
         &crate::time::now_rfc3339(),
     );
-    if route.status.as_ref() != Some(&new_status) {
+    if route
+        .status
+        .as_ref()
+        .map(route_status::route_controller_part)
+        .as_ref()
+        != Some(&new_status)
+    {
         let api: Api<WebhookRoute> = Api::namespaced(ctx.client.clone(), &namespace);
         // Counts build on the previous status (pruned deliveries live only there): a reconcile of a stale
         // copy must not write over a newer count.

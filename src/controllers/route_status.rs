@@ -1,12 +1,14 @@
 //! The pure half of the route controller: is the route usable (and if not, what should a person fix),
 //! what do its deliveries add up to, and which deliveries fall out of the history.
 
+use super::asc_webhook;
 use super::delivery_index::DeliverySummary;
 use crate::actions::{job, template};
 use crate::resources::common::crosses_namespace;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::delivery::Phase;
 use crate::resources::route::{DeliveryCounts, LastDelivery};
+use crate::resources::route_asc::WEBHOOK_REGISTERED;
 use crate::resources::{AscCredential, WebhookRoute, WebhookRouteStatus};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -227,6 +229,7 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
             ));
         }
     }
+    out.extend(webhook_problem(route));
     out
 }
 
@@ -374,13 +377,77 @@ pub fn desired_status(
             vec![ready_condition(problems), suspended_condition(route)],
             route.metadata.generation,
             now,
-        ),
+        )
+        .into_iter()
+        .filter(|c| !asc_webhook::state::OWNED_CONDITIONS.contains(&c.type_.as_str()))
+        .collect(),
         deliveries: totals,
         last_delivery,
         pruned: (pruned != DeliveryCounts::default()).then_some(pruned),
         last_ping_time,
         observed_generation: route.metadata.generation,
+        app_store_connect: None,
     }
+}
+
+/// The part of a route's status this controller writes: without what the App Store Connect webhook
+/// reconciler owns (`appStoreConnect` and its conditions), which this controller never applies.
+pub fn route_controller_part(status: &WebhookRouteStatus) -> WebhookRouteStatus {
+    WebhookRouteStatus {
+        app_store_connect: None,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| !asc_webhook::state::OWNED_CONDITIONS.contains(&c.type_.as_str()))
+            .cloned()
+            .collect(),
+        ..status.clone()
+    }
+}
+
+/// With `spec.appStoreConnect`, `Ready` also needs the webhook registered (read from the condition the
+/// App Store Connect reconciler writes).
+fn webhook_problem(route: &WebhookRoute) -> Option<Problem> {
+    route.spec.app_store_connect.as_ref()?;
+    let registered = route
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, WEBHOOK_REGISTERED));
+    match registered {
+        Some(c) if c.is_true() => None,
+        Some(c) if c.status == conditions::FALSE => Some(Problem {
+            reason: known_webhook_reason(&c.reason),
+            message: format!("App Store Connect webhook: {}", c.message),
+        }),
+        _ => Some(problem(
+            "WebhookNotRegistered",
+            "the App Store Connect webhook is not registered yet".into(),
+        )),
+    }
+}
+
+/// `Problem::reason` is `&'static str`; the webhook reasons are a fixed set, so map back to them.
+fn known_webhook_reason(reason: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "NoPublicUrl",
+        "InsecurePublicUrl",
+        "AppNotFound",
+        "Forbidden",
+        "CredentialNotReady",
+        "AppStoreConnectUnavailable",
+        "LimitReached",
+        "Rejected",
+        "InvalidEventType",
+        "SecretNotFound",
+        "SecretKeyNotFound",
+        "SecretNotText",
+        "CrossNamespaceReference",
+    ];
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == reason)
+        .unwrap_or("WebhookNotRegistered")
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct ReceiverConfig {
     pub secret_cache_ttl: Duration,
     /// Failed signatures allowed per route per minute before 429.
     pub failed_signatures_per_minute: u32,
+    /// How long the previous webhook secret stays accepted after a change, for managed routes.
+    pub secret_rotation_grace: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -53,6 +55,7 @@ impl Default for ReceiverConfig {
             body_timeout: Duration::from_secs(10),
             secret_cache_ttl: Duration::from_secs(5),
             failed_signatures_per_minute: 30,
+            secret_rotation_grace: Duration::from_secs(600),
         }
     }
 }
@@ -160,6 +163,7 @@ mod tests {
                 credential_ref: None,
                 rules: vec![],
                 delivery_history_limit: None,
+                app_store_connect: None,
                 suspend: false,
             },
         );

@@ -122,6 +122,7 @@ pub(crate) mod tests {
                 credential_ref: None,
                 rules: vec![],
                 delivery_history_limit: None,
+                app_store_connect: None,
                 suspend: false,
             },
         );

@@ -4,7 +4,11 @@
 //! - a missing Secret or a failed read is remembered for one second, so an outage is not hammered;
 //! - when a signature fails against a secret read more than a second ago, the receiver asks for a re-read
 //!   ([`SecretCache::refresh_if_older`]) and verifies once more: a rotation applies on the first request
-//!   signed with the new secret, and a flood of bad signatures costs at most one read per second.
+//!   signed with the new secret, and a flood of bad signatures costs at most one read per second;
+//! - when a re-read finds a different value, the one it replaces is kept in memory (never written anywhere)
+//!   so the receiver can accept deliveries already in flight for a grace period
+//!   ([`SecretCache::previous`]). Each replica knows only what it read itself: a replica started after a
+//!   rotation never saw the old value and accepts only the new one.
 
 use super::backend::{SecretData, SecretSource, SecretSourceError};
 use crate::metrics::{Metrics, OutcomeLabels};
@@ -69,6 +73,10 @@ enum Fetched {
 struct Entry {
     fetched: Fetched,
     at: Instant,
+    /// The last value read successfully (a failed read in between must not hide a rotation).
+    last_data: Option<Arc<SecretData>>,
+    /// The value the last change replaced, and when this cache first saw the change.
+    previous: Option<(Arc<SecretData>, Instant)>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
@@ -148,9 +156,22 @@ impl SecretCache {
                 .secret_fetches
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc();
+            let now = Instant::now();
+            let (mut last_data, mut previous) = entry
+                .take()
+                .map(|e| (e.last_data, e.previous))
+                .unwrap_or_default();
+            if let Fetched::Data(new) = &fetched {
+                if let Some(old) = last_data.as_ref().filter(|old| **old != *new) {
+                    previous = Some((old.clone(), now));
+                }
+                last_data = Some(new.clone());
+            }
             *entry = Some(Entry {
                 fetched,
-                at: Instant::now(),
+                at: now,
+                last_data,
+                previous,
             });
         }
         let fetched = entry.as_ref().map(|e| e.fetched.clone());
@@ -174,6 +195,27 @@ impl SecretCache {
                 "secret cache entry vanished".into(),
             )),
         }
+    }
+
+    /// The value of `key` that the last change of Secret `namespace/name` replaced, if this cache saw that
+    /// change less than `grace` ago and the value differs from the current one. Makes no API call.
+    pub async fn previous(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        grace: Duration,
+    ) -> Option<SecretBytes> {
+        let slot = self.slot(namespace, name);
+        let entry = slot.lock().await;
+        let entry = entry.as_ref()?;
+        let (old, since) = entry.previous.as_ref()?;
+        if since.elapsed() >= grace {
+            return None;
+        }
+        let old = old.get(key).filter(|v| !v.is_empty())?;
+        let current = entry.last_data.as_ref().and_then(|d| d.get(key));
+        (current != Some(old)).then(|| SecretBytes(Arc::from(old.as_slice())))
     }
 
     fn slot(&self, namespace: &str, name: &str) -> Slot {
@@ -291,6 +333,56 @@ mod tests {
         assert!(
             matches!(fresh, Err(SecretLookupError::SecretNotFound { .. })),
             "negative entries keep their 1 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_replaced_value_is_kept_only_for_the_grace_period() {
+        let source = Arc::new(Counting::default());
+        *source.value.lock().unwrap() = Some(b"old".to_vec());
+        let cache = cache(source.clone(), Duration::from_secs(30));
+        let grace = Duration::from_millis(300);
+        cache.get("ns", "hook", "secret").await.unwrap();
+        assert!(
+            cache
+                .previous("ns", "hook", "secret", grace)
+                .await
+                .is_none(),
+            "nothing was replaced yet"
+        );
+        *source.value.lock().unwrap() = Some(b"new".to_vec());
+        let fresh = cache
+            .refresh_if_older("ns", "hook", "secret", Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(fresh.expose(), b"new");
+        let old = cache.previous("ns", "hook", "secret", grace).await.unwrap();
+        assert_eq!(old.expose(), b"old");
+        // The same value read again is not a change: the old one stays the previous one.
+        cache
+            .refresh_if_older("ns", "hook", "secret", Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache
+                .previous("ns", "hook", "secret", grace)
+                .await
+                .unwrap()
+                .expose(),
+            b"old"
+        );
+        assert!(
+            cache
+                .previous("ns", "hook", "secret", Duration::ZERO)
+                .await
+                .is_none(),
+            "past the grace period the old value is refused"
+        );
+        assert!(
+            cache
+                .previous("ns", "hook", "other-key", grace)
+                .await
+                .is_none()
         );
     }
 

@@ -11,6 +11,7 @@ pub mod credential;
 pub mod delivery;
 #[allow(clippy::duplicated_attributes)]
 pub mod route;
+pub mod route_asc;
 
 pub use common::{LocalObjectReference, SecretKeySelector};
 pub use conditions::Condition;

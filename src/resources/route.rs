@@ -1,5 +1,6 @@
 //! `WebhookRoute`: one App Store Connect webhook endpoint and what to do with each event it receives.
 
+use super::route_asc::{AppStoreConnectStatus, AppStoreConnectWebhook};
 use super::{Condition, LocalObjectReference, SecretKeySelector, common::open_object};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -61,6 +62,10 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 100;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.appStoreConnect) || has(self.credentialRef)",
+    "message": "appStoreConnect needs a credentialRef"
+}]))]
 pub struct WebhookRouteSpec {
     /// The Secret key holding the webhook secret entered in App Store Connect; every request must carry a
     /// valid `x-apple-signature` made with it. Rotating the Secret takes effect within seconds.
@@ -91,6 +96,12 @@ pub struct WebhookRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub delivery_history_limit: Option<i32>,
+    /// Let the operator register this route's webhook in App Store Connect and keep it in sync: URL,
+    /// secret, event types and `enabled` follow the route, a ping proves the round trip, and the webhook
+    /// is deleted with the route. Requires `credentialRef` (a key with the Account Holder, Admin or App
+    /// Manager role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_store_connect: Option<AppStoreConnectWebhook>,
     /// Pause the route's actions. Events are still verified, answered and recorded exactly as before, but
     /// their deliveries stay `Pending` (reason `RouteSuspended`) and start no Job or HTTP call; Jobs
     /// already running are still followed. Setting it back to false runs the waiting deliveries in the
@@ -244,8 +255,13 @@ pub struct WebhookRouteStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// `Ready`: references resolve and every rule is valid (the route receives); otherwise the reason says
-    /// what to fix. `Suspended`: whether `spec.suspend` holds actions back.
+    /// what to fix. `Suspended`: whether `spec.suspend` holds actions back. With `appStoreConnect`:
+    /// `WebhookRegistered` (the App Store Connect webhook matches the route) and `WebhookVerified` (a ping
+    /// sent after the last change arrived).
+    // A map keyed by type, so the route controller and the App Store Connect reconciler each own their own
+    // conditions under server-side apply.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Counts of deliveries by outcome.
     #[serde(default)]
@@ -262,6 +278,9 @@ pub struct WebhookRouteStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The App Store Connect webhook registered for this route (with `spec.appStoreConnect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_store_connect: Option<AppStoreConnectStatus>,
 }
 
 /// Deliveries by outcome since the route was created (pruned deliveries stay counted).

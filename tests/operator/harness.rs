@@ -84,16 +84,52 @@ impl Operator {
 
     /// Starts `run` like [`Operator::start`] without waiting for readiness.
     pub async fn launch(api: &FakeApiServer, extra: &[&str]) -> Operator {
-        crate::logs::init();
+        Self::launch_on(api, extra, None).await
+    }
+
+    /// Like [`start`](Self::start), with `--public-url` set to the operator's own listener, so the mock
+    /// App Store Connect can deliver to it (plain HTTP on loopback is allowed for registration).
+    pub async fn start_reachable(api: &FakeApiServer, extra: &[&str]) -> Operator {
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let op = Self::launch_on(api, extra, Some(public)).await;
+        op.wait_ready().await;
+        op
+    }
+
+    /// Like [`start_reachable`](Self::start_reachable) on the public address `url` of an operator that
+    /// was stopped, as a restarted pod keeps its URL.
+    pub async fn restart_reachable(api: &FakeApiServer, url: &str, extra: &[&str]) -> Operator {
+        let addr = url.trim_start_matches("http://");
+        let public = TcpListener::bind(addr).await.unwrap();
+        let op = Self::launch_on(api, extra, Some(public)).await;
+        op.wait_ready().await;
+        op
+    }
+
+    async fn launch_on(
+        api: &FakeApiServer,
+        extra: &[&str],
+        public: Option<TcpListener>,
+    ) -> Operator {
+        crate::logs::init();
+        let reachable = public.is_some();
+        let public = match public {
+            Some(p) => p,
+            None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
-        let mut argv = vec![
-            "asc-webhook-operator",
-            "run",
-            "--public-url",
-            "https://hooks.example.com",
+        let public_url = if reachable {
+            url.clone()
+        } else {
+            "https://hooks.example.com".to_owned()
+        };
+        let mut argv = vec!["asc-webhook-operator", "run"];
+        if !extra.contains(&"--public-url") {
+            argv.extend(["--public-url", public_url.as_str()]);
+        }
+        argv.extend([
             "--retry-base-delay",
             "100ms",
             "--retry-max-delay",
@@ -102,7 +138,7 @@ impl Operator {
             "50ms",
             "--asc-api-timeout",
             "2s",
-        ];
+        ]);
         argv.extend_from_slice(extra);
         argv.extend(test_defaults(extra));
         let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {

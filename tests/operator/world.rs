@@ -54,6 +54,18 @@ pub async fn load_example(
     asc: &AscMock,
     hooks: &Recorder,
 ) -> Vec<String> {
+    load_example_as(api, name, asc, hooks, false).await
+}
+
+/// Like [`load_example`]; with `keep_app_store_connect` the route keeps `spec.appStoreConnect` (and its
+/// generated secret), exactly as written.
+pub async fn load_example_as(
+    api: &FakeApiServer,
+    name: &str,
+    asc: &AscMock,
+    hooks: &Recorder,
+    keep_app_store_connect: bool,
+) -> Vec<String> {
     let dir = Path::new(ROOT).join("examples").join(name);
     let mut secret_values = vec![WEBHOOK_SECRET.to_owned()];
     for file in ["secrets.yaml", "credential.yaml", "route.yaml"] {
@@ -93,6 +105,21 @@ pub async fn load_example(
                     post_as_is::<AscCredential>(api, doc).await;
                 }
                 "WebhookRoute" => {
+                    // These scenarios are about the rules: the route is registered by hand, with the
+                    // test secret (registration itself is `apple_webhook`'s and
+                    // `apple_webhook::examples`'s subject).
+                    if !keep_app_store_connect {
+                        if let Some(spec) = doc["spec"].as_object_mut() {
+                            spec.remove("appStoreConnect");
+                        }
+                        let secret = doc["spec"]["secretRef"]["name"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        if api.get_object("secrets", NS, &secret).is_none() {
+                            put_secret(api, &secret, &[("secret", WEBHOOK_SECRET)]).await;
+                        }
+                    }
                     post_as_is::<WebhookRoute>(api, doc).await;
                 }
                 other => panic!("unexpected {other} in examples/{name}"),

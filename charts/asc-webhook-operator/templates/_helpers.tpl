@@ -79,10 +79,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
   Exactly the API calls the operator makes, nothing more:
-  - routes and credentials are watched (reflector caches) and only their status is written;
+  - routes and credentials are watched (reflector caches) and only their status is written, except
+    that a route with spec.appStoreConnect gets a finalizer (patch of metadata.finalizers) so its App
+    Store Connect webhook is deleted with it;
   - deliveries are created by the receiver, patched and pruned (history limit) by the controllers;
   - Secrets are read by name (webhook secret, HTTP URL and headers, API key): get only, no list or watch,
-    so the operator never holds every Secret of the cluster in memory;
+    so the operator never holds every Secret of the cluster in memory; create only for a route with
+    appStoreConnect.generateSecret, whose webhook Secret the operator makes once (never update: an
+    existing Secret is never overwritten);
   - Jobs are watched for completion, never changed or deleted (the delivery owns them; garbage
     collection removes them). They are created in the operator's own name only for routes without a
     ServiceAccount while no defaultServiceAccount is set; with one set, every route's actions run as a
@@ -93,7 +97,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "asc-webhook-operator.rules" }}
 rules:
   - apiGroups: [asc.webhooks.dev]
-    resources: [webhookroutes, asccredentials]
+    resources: [webhookroutes]
+    verbs: [get, list, watch, patch]
+  - apiGroups: [asc.webhooks.dev]
+    resources: [asccredentials]
     verbs: [get, list, watch]
   - apiGroups: [asc.webhooks.dev]
     resources: [webhookdeliveries]
@@ -103,7 +110,7 @@ rules:
     verbs: [get, patch, update]
   - apiGroups: [""]
     resources: [secrets]
-    verbs: [get]
+    verbs: [get, create]
   - apiGroups: [batch]
     resources: [jobs]
     {{- if .Values.defaultServiceAccount }}

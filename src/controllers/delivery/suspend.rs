@@ -166,6 +166,7 @@ mod tests {
                     rules: vec![],
                     delivery_history_limit: None,
                     suspend: false,
+                    app_store_connect: None,
                 },
             );
             r.metadata.namespace = Some("ios".into());

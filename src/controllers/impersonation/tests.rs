@@ -18,6 +18,7 @@ fn route(service_account: Option<&str>) -> WebhookRoute {
             service_account_name: service_account.map(str::to_owned),
             rules: vec![],
             delivery_history_limit: None,
+            app_store_connect: None,
             suspend: false,
         },
     );

@@ -44,6 +44,7 @@ fn route(rules: Vec<Rule>, credential: Option<&str>) -> WebhookRoute {
             }),
             rules,
             delivery_history_limit: Some(2),
+            app_store_connect: None,
             suspend: false,
         },
     );

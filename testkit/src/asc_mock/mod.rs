@@ -9,9 +9,18 @@
 //! Fixture files are named `<type>-<id>.json` and served at `/v1/<type>/<id>`; a file without a `-` is
 //! served at `/v1/<name>`. `GET /v1/apps` answers a one-app list for cheap credential checks.
 
+mod apple;
 mod auth;
+pub mod deliveries;
+mod faults;
 #[cfg(test)]
 mod tests;
+pub mod webhooks;
+
+pub use deliveries::{DeliveryState, MockDelivery, MockEvent, SignedEvent};
+pub use faults::Fault;
+use faults::{fault_response, unauthorized};
+pub use webhooks::MockWebhook;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -102,31 +111,6 @@ pub enum AscMockError {
     Bind(#[source] std::io::Error),
 }
 
-/// A response the mock gives instead of (or before) the normal one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
-    /// 401 `NOT_AUTHORIZED`, as if the key were revoked.
-    Unauthorized,
-    /// 403 `FORBIDDEN_ERROR`.
-    Forbidden,
-    /// 404 `NOT_FOUND`.
-    NotFound,
-    /// 429 `RATE_LIMIT_EXCEEDED` with `Retry-After: <secs>`.
-    TooManyRequests {
-        /// Value of the `Retry-After` header, in seconds.
-        retry_after_secs: u64,
-    },
-    /// 500 `UNEXPECTED_ERROR`.
-    InternalServerError,
-    /// 503, with `Retry-After` when given.
-    ServiceUnavailable {
-        /// Value of the `Retry-After` header, in seconds.
-        retry_after_secs: Option<u64>,
-    },
-    /// Wait this long, then answer normally.
-    Delay(Duration),
-}
-
 /// Which kind of key a verified token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MockKeyKind {
@@ -182,11 +166,36 @@ enum Remaining {
     Always,
 }
 
+/// Which requests a fault applies to: a method (or any) and text the path and query must contain.
+#[derive(Debug, Clone)]
+struct Matcher {
+    method: Option<Method>,
+    contains: String,
+}
+
+impl Matcher {
+    fn any() -> Self {
+        Matcher {
+            method: None,
+            contains: String::new(),
+        }
+    }
+
+    fn matches(&self, method: &Method, path_and_query: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method) && path_and_query.contains(&self.contains)
+    }
+}
+
 struct Shared {
     verifier: Verifier,
     documents: Mutex<HashMap<String, Bytes>>,
-    faults: Mutex<VecDeque<(Fault, Remaining)>>,
+    faults: Mutex<VecDeque<(Fault, Remaining, Matcher)>>,
     log: Mutex<Vec<RecordedRequest>>,
+    webhooks: Mutex<webhooks::State>,
+    deliveries: Mutex<Vec<MockDelivery>>,
+    base_url: std::sync::OnceLock<String>,
+    sender: reqwest::Client,
+    next_delivery: std::sync::atomic::AtomicU64,
 }
 
 /// Locks a mutex even if a panicking test thread poisoned it: the data stays meaningful for assertions.
@@ -233,12 +242,22 @@ impl AscMock {
             documents: Mutex::new(documents),
             faults: Mutex::new(VecDeque::new()),
             log: Mutex::new(Vec::new()),
+            webhooks: Mutex::new(webhooks::State::default()),
+            deliveries: Mutex::new(Vec::new()),
+            base_url: std::sync::OnceLock::new(),
+            sender: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| AscMockError::Bind(std::io::Error::other(e)))?,
+            next_delivery: std::sync::atomic::AtomicU64::new(1),
         });
 
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(AscMockError::Bind)?;
         let addr = listener.local_addr().map_err(AscMockError::Bind)?;
+        let _ = shared.base_url.set(format!("http://{addr}"));
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -280,13 +299,29 @@ impl AscMock {
     /// Requests with a bad token are answered 401 and do not consume faults, as on the real API.
     pub fn inject(&self, fault: Fault, times: usize) {
         if times > 0 {
-            lock(&self.shared.faults).push_back((fault, Remaining::Times(times)));
+            lock(&self.shared.faults).push_back((fault, Remaining::Times(times), Matcher::any()));
+        }
+    }
+
+    /// Like [`inject`](Self::inject), for requests with `method` whose path and query contain `contains`
+    /// only (e.g. `/v1/webhooks` for every webhook call, `cursor=` for a next page); other requests pass
+    /// it by.
+    pub fn inject_for(&self, method: Method, contains: &str, fault: Fault, times: usize) {
+        if times > 0 {
+            lock(&self.shared.faults).push_back((
+                fault,
+                Remaining::Times(times),
+                Matcher {
+                    method: Some(method),
+                    contains: contains.to_owned(),
+                },
+            ));
         }
     }
 
     /// Every later request with a valid token gets `fault`, once the faults queued before it are used up.
     pub fn inject_always(&self, fault: Fault) {
-        lock(&self.shared.faults).push_back((fault, Remaining::Always));
+        lock(&self.shared.faults).push_back((fault, Remaining::Always, Matcher::any()));
     }
 
     /// Drops all pending faults.
@@ -353,30 +388,51 @@ fn load_fixtures(dir: &Path) -> Result<HashMap<String, Bytes>, AscMockError> {
 }
 
 impl Shared {
-    fn next_fault(&self) -> Option<Fault> {
+    fn next_fault(&self, method: &Method, path: &str) -> Option<Fault> {
         let mut faults = lock(&self.faults);
-        let (fault, remaining) = faults.front_mut()?;
+        let index = faults
+            .iter()
+            .position(|(_, _, m)| m.matches(method, path))?;
+        let (fault, remaining, _) = faults.get_mut(index)?;
         let fault = fault.clone();
         if let Remaining::Times(n) = remaining {
             *n -= 1;
             if *n == 0 {
-                faults.pop_front();
+                faults.remove(index);
             }
         }
         Some(fault)
     }
 
-    async fn respond(&self, method: &Method, path: &str, auth: &AuthOutcome) -> Response {
+    async fn respond(
+        self: &Arc<Self>,
+        method: &Method,
+        uri: &Uri,
+        body: &[u8],
+        auth: &AuthOutcome,
+    ) -> Response {
+        let path = uri.path();
         if !auth.is_accepted() {
             return unauthorized();
         }
-        if let Some(fault) = self.next_fault() {
+        let path_and_query = uri.path_and_query().map_or(path, |pq| pq.as_str());
+        if let Some(fault) = self.next_fault(method, path_and_query) {
             if let Fault::Delay(delay) = fault {
                 tokio::time::sleep(delay).await;
             }
             if let Some(response) = fault_response(&fault) {
                 return response;
             }
+        }
+        // A document a test put in place wins over the stateful fake.
+        let inserted = (method == Method::GET)
+            .then(|| lock(&self.documents).get(path).cloned())
+            .flatten();
+        if let Some(body) = inserted {
+            return json_response(StatusCode::OK, body);
+        }
+        if webhooks::serves(path) {
+            return self.webhook_call(method, path, uri.query().unwrap_or_default(), body);
         }
         if method != Method::GET {
             return error(
@@ -407,6 +463,7 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     let path_and_query = uri
         .path_and_query()
@@ -426,7 +483,7 @@ async fn handle(
         });
         log.len() - 1
     };
-    let response = shared.respond(&method, uri.path(), &auth).await;
+    let response = shared.respond(&method, &uri, &body, &auth).await;
     if let Some(entry) = lock(&shared.log).get_mut(index) {
         entry.status = Some(response.status().as_u16());
     }
@@ -450,7 +507,7 @@ fn apps_document() -> serde_json::Value {
     })
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -460,7 +517,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
     response
 }
 
-fn error(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
     let body = json!({
         "errors": [{
             "id": format!("mock-{}", status.as_u16()),
@@ -471,68 +528,4 @@ fn error(status: StatusCode, code: &str, title: &str, detail: &str) -> Response 
         }]
     });
     json_response(status, Bytes::from(body.to_string()))
-}
-
-fn unauthorized() -> Response {
-    error(
-        StatusCode::UNAUTHORIZED,
-        "NOT_AUTHORIZED",
-        "Authentication credentials are missing or invalid.",
-        "Provide a properly configured and signed bearer token, and make sure that it has not expired.",
-    )
-}
-
-fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
-    if let Some(secs) = secs {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
-    }
-    response
-}
-
-/// The canned answer for a fault, or `None` for faults that only delay the normal answer.
-fn fault_response(fault: &Fault) -> Option<Response> {
-    let response = match fault {
-        Fault::Unauthorized => unauthorized(),
-        Fault::Forbidden => error(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN_ERROR",
-            "This request is forbidden for security reasons",
-            "The API key in use does not allow this request",
-        ),
-        Fault::NotFound => error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "The specified resource does not exist",
-            "",
-        ),
-        Fault::TooManyRequests { retry_after_secs } => with_retry_after(
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMIT_EXCEEDED",
-                "The request rate limit has been reached.",
-                "We've received too many requests for this API. \
-                 Please wait and try again or slow down your request rate.",
-            ),
-            Some(*retry_after_secs),
-        ),
-        Fault::InternalServerError => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "UNEXPECTED_ERROR",
-            "An unexpected error occurred.",
-            "An unexpected error occurred on the server side.",
-        ),
-        Fault::ServiceUnavailable { retry_after_secs } => with_retry_after(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SERVICE_UNAVAILABLE",
-                "The service is unavailable.",
-                "",
-            ),
-            *retry_after_secs,
-        ),
-        Fault::Delay(_) => return None,
-    };
-    Some(response)
 }

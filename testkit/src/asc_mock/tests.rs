@@ -352,6 +352,8 @@ async fn missing_fixtures_dir_is_a_clear_error() {
     assert!(err.to_string().contains("/nonexistent/asc"));
 }
 
+/// The stateful webhook endpoints, driven over HTTP with a token minted here.
+mod webhooks;
 #[tokio::test]
 async fn a_scoped_token_opens_only_the_request_it_names() {
     let mock = AscMock::start(AscMockOptions::default()).await.unwrap();

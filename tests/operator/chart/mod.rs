@@ -222,10 +222,11 @@ fn operator_grants(multi_tenant: bool) -> Grants {
         &["get", "list", "watch", "create"]
     };
     expect(&[
+        // patch: the finalizer of routes whose App Store Connect webhook the operator manages.
         (
             "asc.webhooks.dev",
             "webhookroutes",
-            &["get", "list", "watch"],
+            &["get", "list", "watch", "patch"],
         ),
         (
             "asc.webhooks.dev",
@@ -240,7 +241,8 @@ fn operator_grants(multi_tenant: bool) -> Grants {
         ("asc.webhooks.dev", "webhookroutes/status", STATUS),
         ("asc.webhooks.dev", "asccredentials/status", STATUS),
         ("asc.webhooks.dev", "webhookdeliveries/status", STATUS),
-        ("", "secrets", &["get"]),
+        // create: appStoreConnect.generateSecret makes the webhook Secret once; never update or delete.
+        ("", "secrets", &["get", "create"]),
         ("batch", "jobs", jobs),
         // Routes act as their ServiceAccount; its existence is checked for the route's status.
         ("", "serviceaccounts", &["get", "impersonate"]),

@@ -26,8 +26,10 @@ fn default_rbac_is_a_cluster_role_with_exactly_the_operators_calls() {
     assert_bindings_name_the_service_account(docs, &sa);
 }
 
+/// Secrets are read by name and, for `generateSecret`, created: never listed or watched (the operator
+/// never holds the cluster's Secrets), never updated or deleted (an existing Secret is never overwritten).
 #[test]
-fn secrets_are_only_read_by_name() {
+fn secrets_are_only_read_by_name_or_created() {
     for docs in [default_render(), all_options_render()] {
         for doc in docs
             .iter()
@@ -35,7 +37,11 @@ fn secrets_are_only_read_by_name() {
         {
             for r in rules_of(doc) {
                 if r.resources.iter().flatten().any(|res| res == "secrets") {
-                    assert_eq!(r.verbs, vec!["get".to_string()], "secrets: get only");
+                    assert_eq!(
+                        r.verbs,
+                        vec!["get".to_string(), "create".to_string()],
+                        "secrets: get and create only"
+                    );
                 }
             }
         }

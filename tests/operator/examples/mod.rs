@@ -23,7 +23,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The namespace examples are applied to in these tests (the files themselves carry none).
 const NS: &str = "ios";
 
-const EXAMPLES: &[&str] = &[
+pub(crate) const EXAMPLES: &[&str] = &[
     "submit-after-processing",
     "gitflow-merge-on-release",
     "release-message",
@@ -337,12 +337,25 @@ fn references_stay_in_the_namespace_and_resolve_within_the_example() {
         }
         for r in &ex.routes {
             let s = &r.spec;
-            key_ref(
-                "secretRef",
-                &s.secret_ref.name,
-                &s.secret_ref.key,
-                &s.secret_ref.namespace,
-            );
+            // With generateSecret the operator creates the webhook Secret; an example must not ship one.
+            let generated = s
+                .app_store_connect
+                .as_ref()
+                .is_some_and(|a| a.generate_secret);
+            if generated {
+                assert!(
+                    !secrets.contains_key(&s.secret_ref.name),
+                    "{}",
+                    at("secretRef is generated: no placeholder Secret for it")
+                );
+            } else {
+                key_ref(
+                    "secretRef",
+                    &s.secret_ref.name,
+                    &s.secret_ref.key,
+                    &s.secret_ref.namespace,
+                );
+            }
             if let Some(c) = &s.credential_ref {
                 assert!(
                     c.namespace.is_none(),
@@ -396,6 +409,7 @@ fn the_cel_rules_restated_here_are_all_there_is() {
         BTreeSet::from([
             "has(self.job) != has(self.http)".to_string(),
             "self.all(a, self.filter(b, b.name == a.name).size() == 1)".to_string(),
+            "!has(self.appStoreConnect) || has(self.credentialRef)".to_string(),
         ])
     );
 }
@@ -404,6 +418,12 @@ fn the_cel_rules_restated_here_are_all_there_is() {
 fn rules_keep_the_crd_validation_rules() {
     for ex in all_examples() {
         for r in &ex.routes {
+            // !has(self.appStoreConnect) || has(self.credentialRef)
+            assert!(
+                r.spec.app_store_connect.is_none() || r.spec.credential_ref.is_some(),
+                "{}: appStoreConnect needs credentialRef",
+                ex.name
+            );
             let mut names = BTreeSet::new();
             for rule in &r.spec.rules {
                 let at = format!("{}/{}", ex.name, rule.name);

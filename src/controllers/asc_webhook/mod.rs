@@ -1,0 +1,605 @@
+//! The App Store Connect webhook reconciler: a route with `spec.appStoreConnect` gets its own webhook in
+//! App Store Connect, kept equal to the route (URL, secret, event types, `enabled`), proven by a ping, and
+//! deleted with the route.
+//!
+//! Status ownership: the route controller writes `status` by server-side apply; this reconciler applies
+//! only `status.appStoreConnect` and the `WebhookRegistered`/`WebhookVerified` conditions, under its own
+//! field manager ([`FIELD_MANAGER`]). `conditions` is a list keyed by `type`, so each condition has exactly
+//! one writer and neither apply removes the other's fields. The route controller reads
+//! `WebhookRegistered` from the object to decide `Ready`.
+//!
+//! Cost: App Store Connect is called only when something the route controls changed since the last sync
+//! (spec, public URL, Secret `resourceVersion`), when a ping is owed, and on the slow re-read
+//! (`--webhook-resync-interval`) that repairs edits made in App Store Connect. In between, a reconcile
+//! reads the Secret from the API server and nothing else.
+
+mod catch_up;
+mod cleanup;
+pub mod plan;
+mod secret;
+pub mod state;
+
+use super::Error;
+use super::context::{Context, CredentialProblem};
+use crate::asc::api::AscClient;
+use crate::asc::webhooks::{WebhookError, Webhooks};
+use crate::resources::WebhookRoute;
+use crate::resources::conditions::Condition;
+use crate::resources::route_asc::{AppStoreConnectStatus, WEBHOOK_REGISTERED, WEBHOOK_VERIFIED};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event as Finalize};
+use kube::{Api, ResourceExt};
+use plan::{Blocked, Desired, Plan, Step};
+use secret::WebhookSecret;
+use std::sync::Arc;
+
+/// Finalizer that deletes the App Store Connect webhook before the route goes.
+pub const FINALIZER: &str = "asc.webhooks.dev/app-store-connect-webhook";
+/// The field manager of this reconciler's status fields (and only those).
+pub const FIELD_MANAGER: &str = "asc-webhook-operator/app-store-connect";
+
+/// Reconciles the App Store Connect side of one route.
+pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<WebhookRoute> =
+        Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
+    if route.spec.app_store_connect.is_none() {
+        release_unmanaged(&ctx, &api, &route).await?;
+        return Ok(Action::await_change());
+    }
+    finalizer::finalizer(&api, FINALIZER, route, |event| async {
+        match event {
+            Finalize::Apply(r) => apply(r, &ctx).await,
+            Finalize::Cleanup(r) => cleanup::cleanup(r, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Transient(other.to_string()),
+    })
+}
+
+/// `spec.appStoreConnect` was removed: stop managing. The webhook is left in App Store Connect (without
+/// the block there is no deletion policy to go by, and leaving is the choice that loses nothing).
+async fn release_unmanaged(
+    ctx: &Context,
+    api: &Api<WebhookRoute>,
+    route: &WebhookRoute,
+) -> Result<(), Error> {
+    let name = route.name_any();
+    if route.finalizers().iter().any(|f| f == FINALIZER) {
+        let rest: Vec<&String> = route
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        // The resourceVersion makes this a compare-and-swap: a finalizer added meanwhile is never lost.
+        let patch = serde_json::json!({"metadata": {
+            "finalizers": rest, "resourceVersion": route.resource_version()}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Kube)?;
+    }
+    let has_status = route
+        .status
+        .as_ref()
+        .is_some_and(|s| s.app_store_connect.is_some())
+        || !state::owned_conditions(route).is_empty();
+    if has_status {
+        apply_status(api, &name, None, &[]).await?;
+    }
+    if let Some(uid) = route.uid() {
+        ctx.remember_asc(&uid, None);
+    }
+    Ok(())
+}
+
+async fn apply_status(
+    api: &Api<WebhookRoute>,
+    name: &str,
+    asc: Option<&AppStoreConnectStatus>,
+    conditions: &[Condition],
+) -> Result<(), Error> {
+    let patch = state::status_patch(asc, conditions);
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)
+    .map(drop)
+}
+
+/// Writes this reconciler's part of the status when it differs from what the route shows, and publishes
+/// an Event when `WebhookRegistered` newly turns False.
+async fn write(
+    ctx: &Context,
+    route: &WebhookRoute,
+    asc: Option<&AppStoreConnectStatus>,
+    fresh: Vec<Condition>,
+) -> Result<(), Error> {
+    let now = crate::time::now_rfc3339();
+    let before = known_conditions(ctx, route);
+    let conditions = state::next_conditions(route, &before, fresh, &now);
+    let previous_asc = known_asc(ctx, route);
+    if previous_asc.as_ref() == asc && before == conditions {
+        return Ok(());
+    }
+    let api: Api<WebhookRoute> =
+        Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
+    apply_status(&api, &route.name_any(), asc, &conditions).await?;
+    if let Some(uid) = route.uid() {
+        ctx.remember_asc(&uid, Some((asc.cloned(), conditions.clone())));
+    }
+    let was = before.iter().find(|c| c.type_ == WEBHOOK_REGISTERED);
+    if let Some(now) = conditions.iter().find(|c| c.type_ == WEBHOOK_REGISTERED)
+        && !now.is_true()
+        && status_or_reason_changed(was, now)
+    {
+        ctx.event(route, true, &now.reason, now.message.clone())
+            .await;
+    }
+    Ok(())
+}
+
+fn status_or_reason_changed(was: Option<&Condition>, now: &Condition) -> bool {
+    was.is_none_or(|w| w.status != now.status || w.reason != now.reason)
+}
+
+fn registered(holds: bool, reason: &str, message: impl Into<String>) -> Condition {
+    Condition::new(WEBHOOK_REGISTERED, holds, reason, message)
+}
+
+fn waiting_for_registration() -> Condition {
+    state::unknown(
+        WEBHOOK_VERIFIED,
+        "NotRegistered",
+        "a ping is sent once the webhook is registered",
+    )
+}
+
+/// Records a reason registration cannot proceed, keeping what is known about the webhook.
+async fn blocked(ctx: &Context, route: &WebhookRoute, b: Blocked) -> Result<(), Error> {
+    let asc = known_asc(ctx, route);
+    write(
+        ctx,
+        route,
+        asc.as_ref(),
+        vec![
+            registered(false, b.reason, b.message),
+            waiting_for_registration(),
+        ],
+    )
+    .await
+}
+
+/// What this reconciler last recorded for the route: its own last write when it made one (the cached
+/// route may predate it), else the route's status.
+fn known_asc(ctx: &Context, route: &WebhookRoute) -> Option<AppStoreConnectStatus> {
+    match route.uid().and_then(|uid| ctx.written_asc(&uid)) {
+        Some((asc, _)) => asc,
+        None => route
+            .status
+            .as_ref()
+            .and_then(|s| s.app_store_connect.clone()),
+    }
+}
+
+/// This reconciler's conditions as it last wrote them, else as the route shows them.
+fn known_conditions(ctx: &Context, route: &WebhookRoute) -> Vec<Condition> {
+    match route.uid().and_then(|uid| ctx.written_asc(&uid)) {
+        Some((_, conditions)) => conditions,
+        None => state::owned_conditions(route),
+    }
+}
+
+fn last_ping_time(route: &WebhookRoute) -> Option<&str> {
+    route
+        .status
+        .as_ref()
+        .and_then(|s| s.last_ping_time.as_deref())
+}
+
+/// When the next catch-up pass is due (zero: now; `None`: off), without any call.
+fn catch_up_due_in(
+    ctx: &Context,
+    route: &WebhookRoute,
+    asc: &AppStoreConnectStatus,
+) -> Option<std::time::Duration> {
+    let minutes = route
+        .spec
+        .app_store_connect
+        .as_ref()?
+        .catch_up_interval_minutes()?;
+    asc.webhook_id.as_ref()?;
+    Some(catch_up::next_pass_in(
+        ctx,
+        &failure_key(route),
+        asc.catch_up.as_ref(),
+        std::time::Duration::from_secs(minutes * 60),
+    ))
+}
+
+/// What a failed call depended on: a change to any of it deserves a new attempt at once.
+fn inputs_fingerprint(
+    desired: &Desired,
+    previous: Option<&AppStoreConnectStatus>,
+    secret: &WebhookSecret,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{desired:?}").hash(&mut h);
+    previous.and_then(|p| p.webhook_id.as_deref()).hash(&mut h);
+    secret.version.hash(&mut h);
+    h.finish()
+}
+
+fn failure_key(route: &WebhookRoute) -> String {
+    format!(
+        "app-store-connect/{}/{}",
+        route.namespace().unwrap_or_default(),
+        route.name_any()
+    )
+}
+
+async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error> {
+    let recheck = ctx.settings.recheck_interval;
+    let desired = match plan::desired(&route, ctx.settings.public_url.as_deref()) {
+        Ok(d) => d,
+        Err(b) => {
+            blocked(ctx, &route, b).await?;
+            return Ok(Action::requeue(recheck));
+        }
+    };
+    let secret = match secret::read_or_generate(ctx, &route).await? {
+        Ok(s) => s,
+        Err(b) => {
+            blocked(ctx, &route, b).await?;
+            return Ok(Action::requeue(recheck));
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let previous = known_asc(ctx, &route);
+    let read_every = plan::read_interval(
+        ctx.settings.webhook_resync_interval,
+        &route.uid().unwrap_or_default(),
+    );
+    let step = plan::next_step(
+        &desired,
+        previous.as_ref(),
+        &secret.version,
+        now,
+        read_every,
+    );
+    let ping_owed = previous
+        .as_ref()
+        .is_some_and(|p| p.ping_requested_time.is_none());
+    if let (Step::Idle(left), Some(mut asc), false) = (&step, previous.clone(), ping_owed) {
+        let catch_up_due = catch_up_due_in(ctx, &route, &asc);
+        let catch_up_next = match catch_up_due {
+            // Due now: the one time an idle route talks to App Store Connect besides the re-read.
+            Some(d) if d.is_zero() => match credential(ctx, &route).await? {
+                Ok(client) => catch_up::pass_if_due(ctx, &route, &client, &mut asc).await?,
+                Err(_) => Some(recheck),
+            },
+            other => other,
+        };
+        let (verified, verify_due) = state::verified_condition(
+            &asc,
+            last_ping_time(&route),
+            &desired.attributes.url,
+            now,
+            ctx.settings.webhook_verify_timeout,
+        );
+        write(ctx, &route, Some(&asc), vec![verified]).await?;
+        let next = [Some(*left), Some(recheck), verify_due, catch_up_next]
+            .into_iter()
+            .flatten()
+            .min();
+        return Ok(Action::requeue(next.unwrap_or(recheck)));
+    }
+
+    let key = failure_key(&route);
+    let fingerprint = inputs_fingerprint(&desired, previous.as_ref(), &secret);
+    if let Some(left) = ctx.held(&key, fingerprint) {
+        // The last call failed for these very inputs; this pass was caused by writing that failure.
+        return Ok(Action::requeue(left));
+    }
+    let client = match credential(ctx, &route).await? {
+        Ok(c) => c,
+        Err(b) => {
+            blocked(ctx, &route, b).await?;
+            return Ok(Action::requeue(recheck));
+        }
+    };
+    let synced = if step == Step::Read {
+        sync(&client, &desired, previous.as_ref(), &secret).await
+    } else {
+        Ok(Synced::unchanged(previous.as_ref(), &desired, &secret))
+    };
+    let mut synced = match synced {
+        Ok(s) => s,
+        Err(e) => {
+            let (reason, message) = failure(&e);
+            blocked(
+                ctx,
+                &route,
+                Blocked {
+                    reason,
+                    message: message.clone(),
+                },
+            )
+            .await?;
+            tracing::warn!(route = %route.name_any(), namespace = ?route.namespace(), %message, "App Store Connect webhook not in sync");
+            let delay = if e.is_transient() {
+                ctx.record_failure(&key)
+            } else {
+                // Needs a person (a role, an app id, a limit); a slow retry notices a fix made in App
+                // Store Connect, where no watch can see it.
+                recheck.saturating_mul(10)
+            };
+            ctx.hold(&key, fingerprint, std::time::Instant::now() + delay);
+            return Ok(Action::requeue(delay));
+        }
+    };
+    ctx.record_success(&key);
+    ctx.release_hold(&key);
+    if let Some(event) = &synced.event {
+        ctx.event(route.as_ref(), false, event.0, event.1.clone())
+            .await;
+    }
+    if synced.status.ping_requested_time.is_none() {
+        // Requested before the call so a ping recorded within the same second counts.
+        let at = crate::time::now_rfc3339();
+        match Webhooks::new(&client).ping(&synced.id).await {
+            Ok(()) => synced.status.ping_requested_time = Some(at),
+            Err(e) => {
+                tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "test ping not sent; retrying on the next pass")
+            }
+        }
+    }
+    let catch_up_next = catch_up::pass_if_due(ctx, &route, &client, &mut synced.status).await?;
+    let (verified, verify_due) = state::verified_condition(
+        &synced.status,
+        last_ping_time(&route),
+        &desired.attributes.url,
+        jiff::Timestamp::now(),
+        ctx.settings.webhook_verify_timeout,
+    );
+    write(
+        ctx,
+        &route,
+        Some(&synced.status),
+        vec![
+            registered(true, synced.reason, synced.message.clone()),
+            verified,
+        ],
+    )
+    .await?;
+    let retry_ping = synced
+        .status
+        .ping_requested_time
+        .is_none()
+        .then(|| ctx.record_failure(&key));
+    let next = [
+        Some(read_every),
+        Some(recheck),
+        verify_due,
+        retry_ping,
+        catch_up_next,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(Action::requeue(next.unwrap_or(recheck)))
+}
+
+async fn credential(
+    ctx: &Context,
+    route: &WebhookRoute,
+) -> Result<Result<AscClient, Blocked>, Error> {
+    let namespace = route.namespace().unwrap_or_default();
+    let Some(cred) = &route.spec.credential_ref else {
+        return Ok(Err(Blocked {
+            reason: "CredentialNotReady",
+            message: "spec.appStoreConnect needs spec.credentialRef".into(),
+        }));
+    };
+    match ctx.asc_client(&namespace, &cred.name).await {
+        Ok(resolved) => Ok(Ok(resolved.client)),
+        Err(CredentialProblem::Unusable {
+            transient: true,
+            message,
+            ..
+        }) => Err(Error::Transient(message)),
+        Err(CredentialProblem::Unusable {
+            reason, message, ..
+        }) => Ok(Err(Blocked {
+            reason: "CredentialNotReady",
+            message: format!(
+                "AscCredential {namespace}/{}: {reason}: {message}",
+                cred.name
+            ),
+        })),
+    }
+}
+
+/// The outcome of bringing App Store Connect in line.
+struct Synced {
+    id: String,
+    status: AppStoreConnectStatus,
+    reason: &'static str,
+    message: String,
+    /// A Normal Event to publish: (reason, note).
+    event: Option<(&'static str, String)>,
+}
+
+impl Synced {
+    fn unchanged(
+        previous: Option<&AppStoreConnectStatus>,
+        desired: &Desired,
+        secret: &WebhookSecret,
+    ) -> Synced {
+        let status = previous.cloned().unwrap_or_default();
+        Synced {
+            id: status.webhook_id.clone().unwrap_or_default(),
+            message: in_sync_message(&status.webhook_id.clone().unwrap_or_default(), desired),
+            status: AppStoreConnectStatus {
+                observed_secret_version: Some(secret.version.clone()),
+                ..status
+            },
+            reason: "InSync",
+            event: None,
+        }
+    }
+}
+
+fn in_sync_message(id: &str, desired: &Desired) -> String {
+    format!(
+        "webhook {id} of app {} sends {} event type(s) to {}",
+        desired.app_id,
+        desired.attributes.event_types.len(),
+        desired.attributes.url
+    )
+}
+
+/// Reads App Store Connect, plans, and makes the one call the plan needs.
+async fn sync(
+    client: &AscClient,
+    desired: &Desired,
+    previous: Option<&AppStoreConnectStatus>,
+    secret: &WebhookSecret,
+) -> Result<Synced, WebhookError> {
+    let hooks = Webhooks::new(client);
+    let recorded = previous.and_then(|p| p.webhook_id.clone());
+    let same_app = previous.and_then(|p| p.app_id.as_deref()) == Some(desired.app_id.as_str());
+    let by_id = match (&recorded, same_app) {
+        (Some(id), true) => Some(hooks.get(id).await?),
+        (Some(id), false) => {
+            // The app of a webhook cannot be changed: the old one goes, a new one is made.
+            hooks.delete(id).await?;
+            None
+        }
+        (None, _) => None,
+    };
+    let listed = match &by_id {
+        Some(Some(_)) => Vec::new(),
+        _ => hooks.list_for_app(&desired.app_id).await?,
+    };
+    let secret_changed = previous.and_then(|p| p.observed_secret_version.as_deref())
+        != Some(secret.version.as_str());
+    let gone = matches!(by_id, Some(None));
+    let planned = plan::plan(
+        desired,
+        by_id.as_ref().map(Option::as_ref),
+        &listed,
+        secret_changed,
+    );
+    let now = crate::time::now_rfc3339();
+    let status = |id: &str, ping_requested_time: Option<String>| AppStoreConnectStatus {
+        webhook_id: Some(id.to_owned()),
+        app_id: Some(desired.app_id.clone()),
+        last_sync_time: Some(now.clone()),
+        observed_secret_version: Some(secret.version.clone()),
+        registered: Some(desired.registered()),
+        ping_requested_time,
+        catch_up: previous.and_then(|p| p.catch_up.clone()),
+    };
+    Ok(match planned {
+        Plan::Create => {
+            let created = hooks
+                .create(&desired.app_id, &desired.attributes, secret.expose())
+                .await?;
+            let (reason, note) = if gone {
+                (
+                    "WebhookRecreated",
+                    format!(
+                        "webhook {} was deleted in App Store Connect; created {}",
+                        recorded.unwrap_or_default(),
+                        created.id
+                    ),
+                )
+            } else {
+                (
+                    "WebhookCreated",
+                    format!(
+                        "created App Store Connect webhook {} for app {}",
+                        created.id, desired.app_id
+                    ),
+                )
+            };
+            Synced {
+                status: status(&created.id, None),
+                reason: "Created",
+                message: format!("{note}; it sends to {}", desired.attributes.url),
+                event: Some((reason, note)),
+                id: created.id,
+            }
+        }
+        Plan::Patch {
+            id,
+            mut change,
+            send_secret,
+            adopted,
+        } => {
+            if send_secret {
+                change.secret = Some(secret.expose().to_owned());
+            }
+            let fields = change.fields().join(", ");
+            hooks.update(&id, &change).await?;
+            let note = if adopted {
+                format!(
+                    "adopted the existing App Store Connect webhook {id} with this route's URL; updated {fields}"
+                )
+            } else {
+                format!("updated {fields} of App Store Connect webhook {id}")
+            };
+            Synced {
+                status: status(&id, None),
+                reason: "Updated",
+                message: note.clone(),
+                event: Some(("WebhookUpdated", note)),
+                id,
+            }
+        }
+        Plan::InSync { id, adopted } => Synced {
+            status: status(
+                &id,
+                previous
+                    .and_then(|p| p.ping_requested_time.clone())
+                    .filter(|_| !adopted),
+            ),
+            reason: "InSync",
+            message: in_sync_message(&id, desired),
+            event: None,
+            id,
+        },
+        Plan::LimitReached => {
+            return Err(WebhookError::LimitReached {
+                app_id: desired.app_id.clone(),
+            });
+        }
+    })
+}
+
+/// The `WebhookRegistered` reason and message for a failed sync.
+fn failure(e: &WebhookError) -> (&'static str, String) {
+    let chain = crate::controllers::credential::error_chain(e);
+    let reason = match e {
+        WebhookError::Forbidden(_) => "Forbidden",
+        WebhookError::AppNotFound { .. } => "AppNotFound",
+        WebhookError::LimitReached { .. } => "LimitReached",
+        WebhookError::Rejected { .. } => "Rejected",
+        WebhookError::Unavailable(_) => "AppStoreConnectUnavailable",
+        WebhookError::WebhookNotFound { .. } => "AppStoreConnectUnavailable",
+        WebhookError::Malformed(_) | WebhookError::Other(_) => "AppStoreConnectUnavailable",
+    };
+    let message = match e {
+        WebhookError::Unavailable(_) => format!("{chain}; retrying with backoff"),
+        _ => chain,
+    };
+    (reason, crate::controllers::context::truncate(&message, 900))
+}

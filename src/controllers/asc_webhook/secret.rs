@@ -1,0 +1,178 @@
+//! The route's webhook secret, as the reconciler sends it to App Store Connect: read by name, or created
+//! once when `generateSecret` asks for it. Its `resourceVersion` is what status records, never the value.
+
+use super::plan::Blocked;
+use crate::controllers::{Context, Error};
+use crate::resources::WebhookRoute;
+use crate::resources::common::crosses_namespace;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+/// A webhook secret and the Secret version it came from. Never prints its value.
+pub struct WebhookSecret {
+    value: String,
+    /// The Secret's `resourceVersion`.
+    pub version: String,
+}
+
+impl WebhookSecret {
+    /// The value, for the API call only.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSecret")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new Secret for `route` holding 32 random bytes as hex under its `secretRef` key, owned by the route
+/// (so it goes with it). Pure apart from the randomness.
+pub fn generated(route: &WebhookRoute) -> Secret {
+    let value = hex::encode(rand::random::<[u8; 32]>());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(route.spec.secret_ref.name.clone()),
+            namespace: route.namespace(),
+            labels: Some(BTreeMap::from([(
+                crate::actions::job::LABEL_MANAGED_BY.to_owned(),
+                crate::actions::job::MANAGED_BY.to_owned(),
+            )])),
+            owner_references: route.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            route.spec.secret_ref.key.clone(),
+            ByteString(value.into_bytes()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+fn value_of(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .filter(|b| !b.is_empty())
+}
+
+/// The secret for `route`, creating the Secret first when it is missing and `generateSecret` is on. An
+/// existing Secret is never changed, even when it lacks the key.
+pub async fn read_or_generate(
+    ctx: &Context,
+    route: &WebhookRoute,
+) -> Result<Result<WebhookSecret, Blocked>, Error> {
+    let ns = route.namespace().unwrap_or_default();
+    let selector = &route.spec.secret_ref;
+    if crosses_namespace(selector.namespace.as_deref(), &ns) {
+        return Ok(Err(Blocked {
+            reason: "CrossNamespaceReference",
+            message: format!("secretRef must stay in namespace {ns}"),
+        }));
+    }
+    let generate = route
+        .spec
+        .app_store_connect
+        .as_ref()
+        .is_some_and(|a| a.generate_secret);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut secret = secrets.get_opt(&selector.name).await.map_err(Error::Kube)?;
+    if secret.is_none() && generate {
+        secret = Some(
+            match secrets
+                .create(&PostParams::default(), &generated(route))
+                .await
+            {
+                Ok(created) => {
+                    // The route controller checks Secrets rarely; this one it must see at once.
+                    ctx.forget_route_facts(route);
+                    ctx.event(
+                        route,
+                        false,
+                        "SecretGenerated",
+                        format!(
+                            "created Secret {ns}/{} with a random webhook secret",
+                            selector.name
+                        ),
+                    )
+                    .await;
+                    created
+                }
+                // Someone else created it first: theirs wins, it is never overwritten.
+                Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                    secrets.get(&selector.name).await.map_err(Error::Kube)?
+                }
+                Err(e) => return Err(Error::Kube(e)),
+            },
+        );
+    }
+    let Some(secret) = secret else {
+        return Ok(Err(Blocked {
+            reason: "SecretNotFound",
+            message: format!(
+                "Secret {ns}/{} (webhook secret) does not exist; create it or set \
+                 spec.appStoreConnect.generateSecret: true",
+                selector.name
+            ),
+        }));
+    };
+    let Some(bytes) = value_of(&secret, &selector.key) else {
+        return Ok(Err(Blocked {
+            reason: "SecretKeyNotFound",
+            message: format!(
+                "Secret {ns}/{} has no key {:?}",
+                selector.name, selector.key
+            ),
+        }));
+    };
+    let Ok(value) = String::from_utf8(bytes) else {
+        return Ok(Err(Blocked {
+            reason: "SecretNotText",
+            message: format!(
+                "Secret {ns}/{} key {:?} is not UTF-8 text; App Store Connect takes the secret as a string",
+                selector.name, selector.key
+            ),
+        }));
+    };
+    Ok(Ok(WebhookSecret {
+        value,
+        version: secret.resource_version().unwrap_or_default(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_secret_is_32_random_bytes_in_hex_owned_by_the_route() {
+        let route: WebhookRoute = serde_json::from_value(serde_json::json!({
+            "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute",
+            "metadata": {"name": "r", "namespace": "ios", "uid": "u1"},
+            "spec": {"secretRef": {"name": "hook", "key": "secret"}, "rules": []}
+        }))
+        .unwrap();
+        let a = generated(&route);
+        let b = generated(&route);
+        let value = value_of(&a, "secret").unwrap();
+        assert_eq!(value.len(), 64);
+        assert!(value.iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(value, value_of(&b, "secret").unwrap(), "random each time");
+        let owner = &a.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("WebhookRoute", "u1")
+        );
+        assert_eq!(a.metadata.name.as_deref(), Some("hook"));
+    }
+}

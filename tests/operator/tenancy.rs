@@ -85,10 +85,12 @@ fn jobs_of(api: &FakeApiServer, route: &str) -> usize {
 }
 
 /// Who the Job creations acted as.
+/// Who created each Job. Only creates that made one count: a pass that worked from a stale copy may send a
+/// second create, which the API server answers AlreadyExists.
 fn job_creators(api: &FakeApiServer) -> Vec<Option<String>> {
     api.request_log()
         .into_iter()
-        .filter(|r| r.verb == Verb::Create && r.resource == "jobs")
+        .filter(|r| r.verb == Verb::Create && r.resource == "jobs" && r.status == 201)
         .map(|r| r.impersonated_user)
         .collect()
 }

@@ -130,6 +130,7 @@ pub struct ResolvedCredential {
     pub credential: AscCredential,
 }
 
+#[derive(Clone)]
 struct CachedClient {
     fingerprint: String,
     client: AscClient,
@@ -155,16 +156,19 @@ pub struct Context {
     route_facts: moka::sync::Cache<String, SecretFacts>,
     recorder: Recorder,
     actions: ActionClients,
-    asc_clients: Mutex<HashMap<(String, String), CachedClient>>,
-    failures: Mutex<HashMap<String, u32>>,
-    enrichments: Mutex<HashMap<String, Enrichment>>,
+    /// API clients per credential (their tokens inside); a credential unused for a day is forgotten.
+    asc_clients: moka::sync::Cache<(String, String), CachedClient>,
+    /// Consecutive failed reconciles per object; an object that stops failing (or is deleted) ages out.
+    failures: moka::sync::Cache<String, u32>,
+    /// Enrichment per delivery uid, so HTTP retries of one delivery do not call App Store Connect again.
+    enrichments: moka::sync::Cache<String, Enrichment>,
     holds: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     caught_up: Mutex<std::collections::HashSet<String>>,
     written_asc: Mutex<HashMap<String, WrittenAsc>>,
 }
 
 /// Enrichments kept in memory, so HTTP retries of one delivery do not call App Store Connect again.
-const ENRICHMENT_CACHE: usize = 1024;
+const ENRICHMENT_CACHE: u64 = 1024;
 
 impl Context {
     /// A context publishing Events as `reporter`.
@@ -196,9 +200,18 @@ impl Context {
                 .max_capacity(100_000)
                 .time_to_idle(idle)
                 .build(),
-            asc_clients: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
-            enrichments: Mutex::new(HashMap::new()),
+            asc_clients: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            enrichments: moka::sync::Cache::builder()
+                .max_capacity(ENRICHMENT_CACHE)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             holds: Mutex::new(HashMap::new()),
             caught_up: Mutex::new(std::collections::HashSet::new()),
             written_asc: Mutex::new(HashMap::new()),
@@ -306,18 +319,17 @@ impl Context {
 
     /// Counts a failed reconcile of `key` and returns the delay before the next try.
     pub fn record_failure(&self, key: &str) -> Duration {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(key.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
-        self.settings.backoff(*n).min(Duration::from_secs(60))
+        let n = self
+            .failures
+            .entry(key.to_owned())
+            .and_upsert_with(|n| n.map_or(1, |e| e.into_value().saturating_add(1)))
+            .into_value();
+        self.settings.backoff(n).min(Duration::from_secs(60))
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn record_success(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.failures.invalidate(key);
     }
 
     /// Holds `key` back until `until` while its inputs keep the `fingerprint`: a reconcile triggered by
@@ -388,21 +400,13 @@ impl Context {
     /// The enrichment fetched earlier for `d` by this process, if any.
     pub fn cached_enrichment(&self, d: &WebhookDelivery) -> Option<Enrichment> {
         let uid = d.uid()?;
-        self.enrichments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&uid)
-            .cloned()
+        self.enrichments.get(&uid)
     }
 
-    /// Remembers the enrichment of `d` (bounded; the oldest entries go first in bulk).
+    /// Remembers the enrichment of `d` (bounded, and for an hour at most).
     pub fn cache_enrichment(&self, d: &WebhookDelivery, e: &Enrichment) {
         let Some(uid) = d.uid() else { return };
-        let mut cache = self.enrichments.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= ENRICHMENT_CACHE {
-            cache.clear();
-        }
-        cache.insert(uid, e.clone());
+        self.enrichments.insert(uid, e.clone());
     }
 
     /// Resolves the credential `name` in `namespace` into an API client, reusing the cached client (and so
@@ -448,11 +452,7 @@ impl Context {
             secret.resource_version().unwrap_or_default()
         );
         let key = (namespace.to_owned(), name.to_owned());
-        if let Some(cached) = self
-            .asc_clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        if let Some(cached) = self.asc_clients.get(&key)
             && cached.fingerprint == fingerprint
         {
             return Ok(ResolvedCredential {
@@ -472,16 +472,13 @@ impl Context {
             self.settings.asc.clone(),
         )
         .map_err(|e| unusable("InvalidApiUrl", e.to_string(), false))?;
-        self.asc_clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                key,
-                CachedClient {
-                    fingerprint,
-                    client: client.clone(),
-                },
-            );
+        self.asc_clients.insert(
+            key,
+            CachedClient {
+                fingerprint,
+                client: client.clone(),
+            },
+        );
         Ok(ResolvedCredential { client, credential })
     }
 }

@@ -124,13 +124,22 @@ async fn redeliver_mode_has_app_store_connect_send_the_missed_events_again_signe
 const NO_MATCH_RULES: &str = "    - name: failed-only\n      match: {eventTypes: [buildUploadStateUpdated], newStates: [FAILED]}\n      http: {urlSecretRef: {name: slack, key: url}}\n";
 
 #[tokio::test]
-#[ignore = "known failing: after the 429 the pass is not resumed within 120 s; not yet diagnosed (issue 13 work in progress)"]
 async fn every_page_of_a_long_log_is_read_and_a_429_half_way_resumes_from_the_checkpoint() {
     let (api, mock) = world().await;
     // One attempt per call, so the 429 interrupts the pass instead of being waited out inside it.
     let flags = ["--asc-api-max-attempts", "1"];
     let op = start_reachable(&api, &mock, &flags).await;
-    managed_route(&api, "release", "", NO_MATCH_RULES).await;
+    // Room for all 250: with the default history limit (100) pruning deletes the finished ones while
+    // the pass runs, and the count below could never reach 250.
+    route_with(
+        &api,
+        "release",
+        NO_MATCH_RULES,
+        &format!(
+            "  deliveryHistoryLimit: 300\n  credentialRef: {{name: team}}\n  appStoreConnect: {{appId: \"{APP_ID}\"}}\n"
+        ),
+    )
+    .await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);
     let url = op.url.clone();
     op.stop().await;
@@ -188,14 +197,16 @@ async fn every_page_of_a_long_log_is_read_and_a_429_half_way_resumes_from_the_ch
         since(&resumed.0) > since(&reads[0].0),
         "the next pass starts from the checkpoint, not the lookback: {reads:?}"
     );
-    let route = get_route(&api, "release");
-    let c = route
-        .status
-        .unwrap()
-        .app_store_connect
-        .unwrap()
-        .catch_up
-        .unwrap();
-    assert_eq!(c.recovered, 250);
+    // The count is written when the resumed pass ends, after its last delivery is created; each pass
+    // adds what it recovered, so an event recorded twice would show as more than 250.
+    let recovered = eventually("status counts the resumed pass", WAIT, || {
+        let r = get_route(&api, "release");
+        async move {
+            let n = r.status?.app_store_connect?.catch_up?.recovered;
+            (n >= 250).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(recovered, 250);
     op.stop().await;
 }

@@ -151,6 +151,9 @@ pub struct Context {
     credentials: OnceLock<Store<AscCredential>>,
     routes: OnceLock<Store<WebhookRoute>>,
     unfinished: OnceLock<Store<WebhookDelivery>>,
+    /// Deliveries pruned by this leader, by `namespace/name`: catch-up re-reads Apple's log with an overlap,
+    /// and an event whose delivery was recorded and then pruned must not be recorded (and run) again.
+    pruned: moka::sync::Cache<String, ()>,
     /// What the Job watch last showed of each managed Job, by `namespace/name`.
     job_facts: moka::sync::Cache<String, JobFact>,
     route_facts: moka::sync::Cache<String, SecretFacts>,
@@ -189,6 +192,11 @@ impl Context {
             deliveries: DeliveryIndex::default(),
             credentials: OnceLock::new(),
             routes: OnceLock::new(),
+            // A day covers the catch-up overlap and lookback many times over; 100,000 names are ~10 MiB.
+            pruned: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(24 * 3600))
+                .build(),
             unfinished: OnceLock::new(),
             // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
             job_facts: moka::sync::Cache::builder()
@@ -263,6 +271,16 @@ impl Context {
     /// Installs the delivery controller's cache (once).
     pub fn set_unfinished_deliveries(&self, store: Store<WebhookDelivery>) {
         let _ = self.unfinished.set(store);
+    }
+
+    /// Remembers that delivery `namespace/name` was pruned.
+    pub fn remember_pruned(&self, namespace: &str, name: &str) {
+        self.pruned.insert(format!("{namespace}/{name}"), ());
+    }
+
+    /// Whether this leader pruned delivery `namespace/name` (within the last day).
+    pub fn was_pruned(&self, namespace: &str, name: &str) -> bool {
+        self.pruned.contains_key(&format!("{namespace}/{name}"))
     }
 
     /// What the Job watch last showed of Job `namespace/name`.

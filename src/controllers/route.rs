@@ -120,6 +120,9 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     // Counted in status first, then left out of counts until the watch shows them gone: a crash between
     // the two steps can only double-count, never lose a delivery.
     let pruned_now: Vec<String> = prune.iter().map(|d| d.name.clone()).collect();
+    for d in &pruned_now {
+        ctx.remember_pruned(&namespace, d);
+    }
     ctx.deliveries.mark_pruned(&namespace, pruned_now);
     let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), &namespace);
     for d in ctx.deliveries.pending_prunes(&namespace, &name) {

@@ -218,6 +218,12 @@ async fn recover(
     if logged.event.as_ref().is_some_and(|e| e.ping) {
         return Ok(0);
     }
+    // Recorded, finished and pruned since: the overlap of the next pass (or Apple's log) brings it back,
+    // and it must not run again. Known to this leader only: see docs/RESOURCES.md for the limit.
+    let namespace = route.namespace().unwrap_or_default();
+    if ctx.was_pruned(&namespace, &delivery.name_any()) {
+        return Ok(0);
+    }
     match mode {
         CatchUpMode::Redeliver => {
             // Only what was never recorded, live or otherwise, is worth sending again.

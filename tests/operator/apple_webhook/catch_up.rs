@@ -210,3 +210,67 @@ async fn every_page_of_a_long_log_is_read_and_a_429_half_way_resumes_from_the_ch
     assert_eq!(recovered, 250);
     op.stop().await;
 }
+
+/// With the default history limit (100) the first pass's deliveries finish (`NoMatch`) and are pruned while
+/// the log is still being read; the pass after the 429 re-reads them in its overlap. They were recorded
+/// once and must not be recorded (and acted on) again.
+#[tokio::test]
+async fn an_event_recorded_then_pruned_is_not_recorded_again_by_the_next_pass() {
+    let (api, mock) = world().await;
+    let flags = ["--asc-api-max-attempts", "1"];
+    let op = start_reachable(&api, &mock, &flags).await;
+    route_with(
+        &api,
+        "release",
+        NO_MATCH_RULES,
+        &format!("  credentialRef: {{name: team}}\n  appStoreConnect: {{appId: \"{APP_ID}\"}}\n"),
+    )
+    .await;
+    let id = webhook_id(&registered_and_verified(&api, "release").await);
+    let url = op.url.clone();
+    op.stop().await;
+    for n in 0..250 {
+        mock.send_event(&id, &build_event(&format!("pruned-{n:03}")))
+            .await
+            .unwrap();
+    }
+    mock.inject_for(
+        http::Method::GET,
+        "cursor=",
+        testkit::asc_mock::Fault::TooManyRequests {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    api.clear_request_log();
+    let op = restart_reachable(&api, &mock, &url, &flags).await;
+    let recovered = eventually("both passes counted", Duration::from_secs(120), || {
+        let r = get_route(&api, "release");
+        async move {
+            let n = r.status?.app_store_connect?.catch_up?.recovered;
+            (n >= 250).then_some(n)
+        }
+    })
+    .await;
+    // Later passes (every interval) must not add any either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let created = api.count_requests(|r| {
+        r.verb == testkit::apiserver::Verb::Create
+            && r.resource == "webhookdeliveries"
+            && r.status == 201
+    });
+    assert_eq!(created, 250, "each missed event recorded once");
+    assert_eq!(recovered, 250);
+    let r = get_route(&api, "release");
+    assert_eq!(
+        r.status
+            .unwrap()
+            .app_store_connect
+            .unwrap()
+            .catch_up
+            .unwrap()
+            .recovered,
+        250
+    );
+    op.stop().await;
+}

@@ -30,20 +30,6 @@ async fn staged(rules: &str, hooks: Option<&Recorder>) -> testkit::apiserver::Fa
     api
 }
 
-async fn wait_ready(api: &testkit::apiserver::FakeApiServer) {
-    eventually("the route is Ready", Duration::from_secs(15), || {
-        let r = get_route(api, "r");
-        async move {
-            r.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await;
-}
-
 async fn wait_delivery<F>(api: &testkit::apiserver::FakeApiServer, name: &str, what: &str, ok: F)
 where
     F: Fn(&asc_webhook_operator::resources::WebhookDelivery) -> bool,
@@ -63,7 +49,7 @@ async fn a_lagging_watch_makes_one_http_call_and_one_job_per_event() {
     let hooks = Recorder::start().await;
     let api = staged(&format!("{JOB_RULE}{HTTP_RULE}"), Some(&hooks)).await;
     let op = Operator::start(&api, &[]).await;
-    wait_ready(&api).await;
+    wait_route_ready(&api, "r").await;
     api.set_watch_delay(Duration::from_millis(400));
     let mut names = Vec::new();
     for i in 0..5 {
@@ -117,7 +103,7 @@ async fn a_lagging_watch_makes_one_http_call_and_one_job_per_event() {
 async fn a_job_removed_by_its_ttl_after_succeeding_is_a_success() {
     let api = staged(JOB_RULE, None).await;
     let op = Operator::start(&api, &[]).await;
-    wait_ready(&api).await;
+    wait_route_ready(&api, "r").await;
     let (_, answer) = op.post("r", &event(1), WEBHOOK_SECRET).await;
     let name = answer["delivery"].as_str().unwrap().to_owned();
     wait_delivery(&api, &name, "the Job runs", |d| {
@@ -159,7 +145,7 @@ async fn a_job_of_that_name_owned_by_someone_else_is_not_adopted() {
         .await
         .unwrap();
     let op = Operator::start(&api, &[]).await;
-    wait_ready(&api).await;
+    wait_route_ready(&api, "r").await;
     let (_, answer) = op.post("r", &event(7), WEBHOOK_SECRET).await;
     let name = answer["delivery"].as_str().unwrap().to_owned();
     wait_delivery(&api, &name, "the delivery fails", |d| {
@@ -185,7 +171,7 @@ async fn a_quota_refusal_is_retried_until_the_job_fits() {
         .times(2),
     );
     let op = Operator::start(&api, &[]).await;
-    wait_ready(&api).await;
+    wait_route_ready(&api, "r").await;
     let (_, answer) = op.post("r", &event(3), WEBHOOK_SECRET).await;
     let name = answer["delivery"].as_str().unwrap().to_owned();
     wait_delivery(

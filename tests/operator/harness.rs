@@ -373,6 +373,39 @@ pub fn get_route(api: &FakeApiServer, name: &str) -> WebhookRoute {
     .unwrap()
 }
 
+/// The route's `Ready` condition, once the route controller wrote one.
+pub async fn ready_condition(
+    api: &FakeApiServer,
+    name: &str,
+    what: &str,
+) -> asc_webhook_operator::resources::Condition {
+    eventually(what, Duration::from_secs(10), || {
+        let r = get_route(api, name);
+        async move {
+            r.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+        }
+    })
+    .await
+}
+
+/// Waits until route `name` is Ready.
+pub async fn wait_route_ready(api: &FakeApiServer, name: &str) {
+    eventually("the route is Ready", Duration::from_secs(15), || {
+        let r = get_route(api, name);
+        async move {
+            r.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 /// Marks a Job finished the way the Job controller would.
 pub async fn complete_job(api: &FakeApiServer, name: &str, succeeded: bool) {
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(api.client(), NS);

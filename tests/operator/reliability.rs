@@ -43,17 +43,7 @@ async fn operator_killed_after_creating_the_job_but_before_status_restarts_into_
     );
     let origin = origin_flags(&asc);
     let first = Process::start(&api, dir.path(), &flags(&[], &origin)).await;
-    eventually("the route is ready", Duration::from_secs(15), || {
-        let r = get_route(&api, "submit-after-processing");
-        async move {
-            r.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await;
+    wait_route_ready(&api, "submit-after-processing").await;
     let (status, answer) = first
         .post(
             "submit-after-processing",
@@ -239,20 +229,7 @@ async fn route_referencing_another_namespace_is_refused_with_a_reason() {
     )
     .await;
     let op = Operator::start(&api, &[]).await;
-    let ready = eventually(
-        "the route reports the reference",
-        Duration::from_secs(10),
-        || {
-            let r = get_route(&api, "sneaky");
-            async move {
-                r.status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready")
-            }
-        },
-    )
-    .await;
+    let ready = ready_condition(&api, "sneaky", "the route reports the reference").await;
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "CrossNamespaceReference")

@@ -243,20 +243,7 @@ async fn a_route_naming_a_missing_service_account_says_so() {
     let api = cluster().await;
     route_with(&api, "ghost", JOB_RULE, "  serviceAccountName: ghost\n").await;
     let op = Operator::start(&api, &[]).await;
-    let ready = eventually(
-        "the route reports the account",
-        Duration::from_secs(10),
-        || {
-            let r = get_route(&api, "ghost");
-            async move {
-                r.status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready")
-            }
-        },
-    )
-    .await;
+    let ready = ready_condition(&api, "ghost", "the route reports the account").await;
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "ServiceAccountNotFound")

@@ -13,6 +13,8 @@ use k8s_openapi::api::batch::v1::Job;
 pub fn entry<'a>(actions: &'a mut Vec<ActionStatus>, rule: &Rule) -> &'a mut ActionStatus {
     let kind = if rule.job.is_some() {
         ActionKind::Job
+    } else if rule.resource.is_some() {
+        ActionKind::Resource
     } else {
         ActionKind::Http
     };
@@ -36,7 +38,12 @@ pub fn not_started(actions: &[ActionStatus], rule: &Rule) -> bool {
     actions
         .iter()
         .find(|a| a.rule == rule.name)
-        .is_none_or(|a| a.state == ActionState::Pending && a.attempts == 0 && a.job_name.is_none())
+        .is_none_or(|a| {
+            a.state == ActionState::Pending
+                && a.attempts == 0
+                && a.job_name.is_none()
+                && a.resource.is_none()
+        })
 }
 
 /// Why an action is where it is, for a person and as a reason word.
@@ -309,6 +316,7 @@ mod tests {
             enrich: EnrichPolicy::Optional,
             when: None,
             job: None,
+            resource: None,
             http: Some(HttpAction {
                 url_secret_ref: SecretKeySelector {
                     name: "s".into(),

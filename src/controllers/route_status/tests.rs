@@ -25,6 +25,7 @@ fn job_rule(name: &str, template: serde_json::Value) -> Rule {
             inject_api_key: false,
         }),
         http: None,
+        resource: None,
     }
 }
 
@@ -204,6 +205,7 @@ fn invalid_job_and_http_templates_make_the_route_not_ready() {
         enrich: EnrichPolicy::Optional,
         when: None,
         job: None,
+        resource: None,
         http: Some(HttpAction {
             url_secret_ref: sel("slack", "url"),
             method: None,

@@ -1,0 +1,357 @@
+//! `resource` actions: a Tekton-shaped `PipelineRun` and an Argo-shaped `Workflow` (their CRDs loaded from
+//! `tests/fixtures/crds/`) created from events, followed through their status to the delivery's phase; an
+//! unknown kind reported on the route; custom `succeededWhen`/`failedWhen`.
+
+use crate::harness::*;
+use crate::world::World;
+use asc_webhook_operator::resources::WebhookRoute;
+use asc_webhook_operator::resources::delivery::{ActionKind, ActionState, ActionStatus, Phase};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+fn load_test_crd(w: &World, file: &str) {
+    let yaml =
+        std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/crds").join(file)).unwrap();
+    assert_eq!(w.api.load_crds_from_yaml(&yaml).unwrap(), 1);
+}
+
+const PIPELINE_RUN: &str = r#"      resource:
+        template: |
+          apiVersion: tekton.dev/v1
+          kind: PipelineRun
+          metadata:
+            labels: {team: ios}
+          spec:
+            pipelineRef: {name: submit-for-review}
+            params:
+              - name: version
+                value: "{{ instance.version }}"
+              - name: build-number
+                value: "{{ instance.buildNumber }}"
+"#;
+
+const WORKFLOW: &str = r#"      resource:
+        template:
+          apiVersion: argoproj.io/v1alpha1
+          kind: Workflow
+          spec:
+            workflowTemplateRef: {name: submit-for-review}
+            arguments:
+              parameters:
+                - {name: state, value: "{{ event.newState }}"}
+                - {name: version, value: "{{ instance.version | default('unknown') }}"}
+"#;
+
+fn rule(name: &str, action: &str) -> String {
+    format!("    - name: {name}\n      match: {{eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}}\n{action}")
+}
+
+async fn route(w: &World, name: &str, rules: &str) {
+    let yaml = format!(
+        "apiVersion: asc.webhooks.dev/v1alpha1\nkind: WebhookRoute\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  secretRef: {{name: submit-after-processing-webhook-secret, key: secret}}\n  credentialRef: {{name: team-key}}\n  rules:\n{rules}"
+    );
+    create_yaml::<WebhookRoute>(&w.api, &yaml).await;
+}
+
+async fn ready(w: &World, name: &str, wanted: &str) -> (String, String) {
+    eventually(
+        &format!("route {name} is Ready={wanted}"),
+        Duration::from_secs(15),
+        || {
+            let r = get_route(&w.api, name);
+            async move {
+                let c = r
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")?;
+                (c.status == wanted).then_some((c.reason, c.message))
+            }
+        },
+    )
+    .await
+}
+
+async fn deliver(w: &World, route: &str, fixture: &str) -> String {
+    let body = fixture_for_mock(fixture, &w.asc);
+    let (status, answer) = w.op.post(route, &body, WEBHOOK_SECRET).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["delivery"].as_str().unwrap().to_owned()
+}
+
+/// The delivery's only action, once `done` says it is where the test waits for it.
+async fn action_when(
+    w: &World,
+    delivery: &str,
+    what: &str,
+    done: impl Fn(&ActionStatus) -> bool,
+) -> ActionStatus {
+    eventually(what, Duration::from_secs(20), || {
+        let d = get_delivery(&w.api, delivery);
+        let found = d
+            .and_then(|d| d.status)
+            .and_then(|s| s.actions.into_iter().next())
+            .filter(&done);
+        async move { found }
+    })
+    .await
+}
+
+/// The object the delivery's action created, as stored.
+fn created(w: &World, plural: &str, a: &ActionStatus) -> Value {
+    let name = &a.resource.as_ref().expect("the action names its object").name;
+    w.api
+        .get_object(plural, NS, name)
+        .unwrap_or_else(|| panic!("{plural} {name} exists"))
+}
+
+fn set_status(w: &World, plural: &str, name: &str, status: Value) {
+    w.api
+        .patch_object(plural, NS, name, json!({ "status": status }))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_success() {
+    let w = World::example("submit-after-processing", &[]).await;
+    load_test_crd(&w, "tekton-pipelinerun.yaml");
+    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
+    ready(&w, "tekton", "True").await;
+    let name = deliver(&w, "tekton", "build-upload-complete").await;
+    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
+        a.state == ActionState::Running
+    })
+    .await;
+    assert_eq!(a.kind, ActionKind::Resource);
+    let r = a.resource.clone().unwrap();
+    assert_eq!((r.api_version.as_str(), r.kind.as_str()), ("tekton.dev/v1", "PipelineRun"));
+    let run = created(&w, "pipelineruns", &a);
+    let delivery = get_delivery(&w.api, &name).unwrap();
+    let labels = &run["metadata"]["labels"];
+    assert_eq!(labels["team"], "ios");
+    assert_eq!(labels["asc.webhooks.dev/route"], "tekton");
+    assert_eq!(labels["asc.webhooks.dev/rule"], "submit");
+    assert_eq!(labels["asc.webhooks.dev/delivery"], name.as_str());
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "asc-webhook-operator");
+    let owner = &run["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "WebhookDelivery");
+    assert_eq!(owner["uid"], delivery.metadata.uid.clone().unwrap().as_str());
+    let enrichment = delivery.status.unwrap().enrichment.unwrap();
+    assert_eq!(run["spec"]["params"][0]["value"], enrichment.version.unwrap().as_str());
+    assert_eq!(
+        run["spec"]["params"][1]["value"],
+        enrichment.build_number.unwrap().as_str()
+    );
+
+    // Tekton reports progress in its Succeeded condition; the delivery shows it and keeps running.
+    set_status(
+        &w,
+        "pipelineruns",
+        &r.name,
+        json!({"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running", "message": "Tasks Completed: 1 (Failed: 0), Incomplete: 2"}]}),
+    );
+    let a = action_when(&w, &name, "the delivery shows the run's progress", |a| {
+        a.resource.as_ref().and_then(|r| r.observed.as_deref())
+            == Some("Succeeded=Unknown (Running): Tasks Completed: 1 (Failed: 0), Incomplete: 2")
+    })
+    .await;
+    assert_eq!(a.state, ActionState::Running);
+    set_status(
+        &w,
+        "pipelineruns",
+        &r.name,
+        json!({"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "All Tasks have completed executing"}]}),
+    );
+    // Woken by the PipelineRun watch: the safety-net re-check is minutes away.
+    let done = w.wait_phase(&name, Phase::Succeeded).await;
+    assert_eq!(done.status.unwrap().actions[0].state, ActionState::Succeeded);
+    let watches = w.api.count_requests(|r| {
+        r.resource == "pipelineruns"
+            && r.query.contains("watch=true")
+            && r.query.contains("labelSelector")
+    });
+    assert!(watches >= 1, "PipelineRuns are watched, selected by label");
+    w.op.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_pipeline_run_fails_its_delivery_with_tektons_reason() {
+    let w = World::example("submit-after-processing", &[]).await;
+    load_test_crd(&w, "tekton-pipelinerun.yaml");
+    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
+    ready(&w, "tekton", "True").await;
+    let name = deliver(&w, "tekton", "build-upload-complete").await;
+    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
+        a.state == ActionState::Running
+    })
+    .await;
+    set_status(
+        &w,
+        "pipelineruns",
+        &a.resource.unwrap().name,
+        json!({"conditions": [{"type": "Succeeded", "status": "False", "reason": "Failed", "message": "Tasks Completed: 2 (Failed: 1)"}]}),
+    );
+    let done = w.wait_phase(&name, Phase::Failed).await.status.unwrap();
+    let a = &done.actions[0];
+    assert_eq!(a.reason.as_deref(), Some("ResourceFailed"));
+    assert_eq!(
+        a.error.as_deref(),
+        Some("PipelineRun failed: Succeeded=False (Failed): Tasks Completed: 2 (Failed: 1)")
+    );
+    assert!(done.message.unwrap().contains("rule submit"));
+    w.op.stop().await;
+}
+
+#[tokio::test]
+async fn argo_workflows_follow_their_phase_to_success_and_to_failure() {
+    let w = World::example("submit-after-processing", &[]).await;
+    load_test_crd(&w, "argo-workflow.yaml");
+    route(&w, "argo", &rule("run", WORKFLOW)).await;
+    ready(&w, "argo", "True").await;
+    let ok = deliver(&w, "argo", "build-upload-complete").await;
+    let bad = deliver(&w, "argo", "build-upload-failed").await;
+    let running = |a: &ActionStatus| a.state == ActionState::Running;
+    let ok_action = action_when(&w, &ok, "the first Workflow is created", running).await;
+    let bad_action = action_when(&w, &bad, "the second Workflow is created", running).await;
+    let wf = created(&w, "workflows", &ok_action);
+    assert_eq!(
+        wf["spec"]["arguments"]["parameters"][0],
+        json!({"name": "state", "value": "COMPLETE"})
+    );
+    let failed_wf = created(&w, "workflows", &bad_action);
+    assert_eq!(
+        failed_wf["spec"]["arguments"]["parameters"][0]["value"],
+        "FAILED"
+    );
+    assert_ne!(wf["metadata"]["name"], failed_wf["metadata"]["name"]);
+
+    set_status(&w, "workflows", &ok_action.resource.unwrap().name, json!({"phase": "Running"}));
+    action_when(&w, &ok, "the delivery shows the phase", |a| {
+        a.resource.as_ref().and_then(|r| r.observed.as_deref()) == Some("phase Running")
+    })
+    .await;
+    let wf_name = wf["metadata"]["name"].as_str().unwrap();
+    set_status(&w, "workflows", wf_name, json!({"phase": "Succeeded"}));
+    w.wait_phase(&ok, Phase::Succeeded).await;
+
+    let failed_name = failed_wf["metadata"]["name"].as_str().unwrap();
+    set_status(
+        &w,
+        "workflows",
+        failed_name,
+        json!({"phase": "Error", "message": "child 'submit' failed"}),
+    );
+    let done = w.wait_phase(&bad, Phase::Failed).await.status.unwrap();
+    assert_eq!(
+        done.actions[0].error.as_deref(),
+        Some("Workflow failed: phase Error child 'submit' failed")
+    );
+    w.op.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_kind_makes_the_route_not_ready_until_its_crd_is_installed() {
+    let w = World::example("submit-after-processing", &["--recheck-interval", "300ms"]).await;
+    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
+    let (reason, message) = ready(&w, "tekton", "False").await;
+    assert_eq!(reason, "UnknownKind");
+    assert!(
+        message.starts_with("rule submit: the API server does not serve tekton.dev/v1 PipelineRun"),
+        "{message}"
+    );
+    eventually("a Warning Event says so", Duration::from_secs(10), || {
+        let events = w.api.list_objects("events", Some(NS));
+        async move {
+            events
+                .iter()
+                .any(|e| e["reason"] == "UnknownKind" && e["type"] == "Warning")
+                .then_some(())
+        }
+    })
+    .await;
+    // Installing the CRD is enough: the route looks again and an event now creates a PipelineRun.
+    load_test_crd(&w, "tekton-pipelinerun.yaml");
+    ready(&w, "tekton", "True").await;
+    let name = deliver(&w, "tekton", "build-upload-complete").await;
+    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
+        a.state == ActionState::Running
+    })
+    .await;
+    created(&w, "pipelineruns", &a);
+    w.op.stop().await;
+}
+
+#[tokio::test]
+async fn a_custom_succeeded_when_decides_success() {
+    let w = World::example("submit-after-processing", &[]).await;
+    load_test_crd(&w, "argo-workflow.yaml");
+    let action = format!(
+        "{WORKFLOW}        succeededWhen: 'has(object.status.nodes) && object.status.nodes.exists(n, n == \"submit\")'\n"
+    );
+    route(&w, "custom", &rule("run", &action)).await;
+    ready(&w, "custom", "True").await;
+    let name = deliver(&w, "custom", "build-upload-complete").await;
+    let a = action_when(&w, &name, "the Workflow is created", |a| {
+        a.state == ActionState::Running
+    })
+    .await;
+    let wf = a.resource.unwrap().name;
+    // The default would call this a success; the rule's own expression does not, yet.
+    set_status(&w, "workflows", &wf, json!({"phase": "Succeeded", "nodes": {"build": {}}}));
+    action_when(&w, &name, "the phase is observed", |a| {
+        a.resource.as_ref().and_then(|r| r.observed.as_deref()) == Some("phase Succeeded")
+    })
+    .await;
+    assert_eq!(
+        get_delivery(&w.api, &name).unwrap().status.unwrap().phase,
+        Phase::Running
+    );
+    set_status(&w, "workflows", &wf, json!({"nodes": {"submit": {}}}));
+    w.wait_phase(&name, Phase::Succeeded).await;
+    w.op.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_when_over_the_cost_limit_fails_the_action_not_the_operator() {
+    let w = World::example("submit-after-processing", &[]).await;
+    load_test_crd(&w, "argo-workflow.yaml");
+    let list = format!(
+        "[{}]",
+        (0..60).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    );
+    let costly = format!("{list}.all(a, {list}.all(b, {list}.all(c, a + b + c >= 0)))");
+    let action = format!("{WORKFLOW}        failedWhen: '{costly}'\n");
+    route(&w, "costly", &rule("run", &action)).await;
+    ready(&w, "costly", "True").await;
+    let name = deliver(&w, "costly", "build-upload-complete").await;
+    let done = w.wait_phase(&name, Phase::Failed).await.status.unwrap();
+    let a = &done.actions[0];
+    assert_eq!(a.reason.as_deref(), Some("ExpressionCostExceeded"));
+    assert!(
+        a.error.as_deref().unwrap().starts_with("failedWhen: the expression's cost bound is"),
+        "{a:?}"
+    );
+    assert!(a.resource.is_some(), "the Workflow was created first");
+    // The operator carries on: the example's own route still runs its rule.
+    let d = deliver(&w, "submit-after-processing", "build-upload-complete").await;
+    w.wait_phase(&d, Phase::Running).await;
+    w.op.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_resource_rule_is_reported_on_the_route() {
+    let w = World::example("submit-after-processing", &[]).await;
+    load_test_crd(&w, "argo-workflow.yaml");
+    let bad_when = format!("{WORKFLOW}        succeededWhen: 'object.status.phase =='\n");
+    route(&w, "bad-when", &rule("run", &bad_when)).await;
+    let (reason, message) = ready(&w, "bad-when", "False").await;
+    assert_eq!(reason, "InvalidRuleExpression");
+    assert!(message.starts_with("rule run: succeededWhen: invalid CEL"), "{message}");
+    let no_kind = "      resource:\n        template: {apiVersion: argoproj.io/v1alpha1, spec: {}}\n";
+    route(&w, "no-kind", &rule("run", no_kind)).await;
+    let (reason, message) = ready(&w, "no-kind", "False").await;
+    assert_eq!(reason, "InvalidResourceTemplate");
+    assert!(message.contains("needs a non-empty kind"), "{message}");
+    w.op.stop().await;
+}

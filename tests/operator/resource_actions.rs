@@ -157,13 +157,23 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
     })
     .await;
     assert_eq!(a.state, ActionState::Running);
+    // Let the delivery settle (its own status writes wake it a few times): from here on, only the
+    // PipelineRun watch can wake it, as the safety-net re-check is minutes away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads = || {
+        w.api.count_requests(|q| {
+            q.resource == "pipelineruns" && q.method == "GET" && q.name.as_deref() == Some(&r.name)
+        })
+    };
+    let settled = reads();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reads(), settled, "a running PipelineRun is not polled");
     set_status(
         &w,
         "pipelineruns",
         &r.name,
         json!({"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "All Tasks have completed executing"}]}),
     );
-    // Woken by the PipelineRun watch: the safety-net re-check is minutes away.
     let done = w.wait_phase(&name, Phase::Succeeded).await;
     assert_eq!(done.status.unwrap().actions[0].state, ActionState::Succeeded);
     let watches = w.api.count_requests(|r| {

@@ -9,11 +9,12 @@
 //! changed the structure is refused instead of creating an object nobody wrote.
 
 use super::EventContext;
-use super::job::{LABEL_DELIVERY, LABEL_MANAGED_BY, LABEL_RULE, MANAGED_BY};
 use super::template;
 use super::when::{self, WhenError};
 use crate::naming;
-use crate::receiver::record::{LABEL_EVENT_TYPE, LABEL_ROUTE};
+use crate::resources::names::{
+    LABEL_DELIVERY, LABEL_EVENT_TYPE, LABEL_MANAGED_BY, LABEL_ROUTE, LABEL_RULE, MANAGED_BY,
+};
 use crate::resources::WebhookDelivery;
 use crate::resources::route::ResourceAction;
 use kube::api::GroupVersionKind;

@@ -3,7 +3,7 @@
 //! objects changes. No polling: an idle kind costs one watch connection, and the watch carries only
 //! metadata (no status, no spec), selected on the labels the operator puts on what it creates.
 
-use crate::actions::job::{LABEL_DELIVERY, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::resources::names::{API_VERSION, LABEL_DELIVERY, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::actions::resource::TypeRef;
 use crate::metrics::{Metrics, WatchLabels};
 use crate::resources::WebhookDelivery;
@@ -191,7 +191,7 @@ fn spawn_watch(r: &Running, ar: ApiResource) -> tokio::task::AbortHandle {
             };
             let namespace = meta.namespace.clone().unwrap_or_default();
             for owner in meta.owner_references.iter().flatten() {
-                if owner.kind == "WebhookDelivery" && owner.api_version.starts_with("asc.webhooks.dev/")
+                if owner.kind == "WebhookDelivery" && owner.api_version == API_VERSION
                 {
                     let delivery = ObjectRef::new(&owner.name).within(&namespace);
                     if sink.send(delivery).await.is_err() {

@@ -1,6 +1,8 @@
 //! `resource` actions: a Tekton-shaped `PipelineRun` and an Argo-shaped `Workflow` (their CRDs loaded from
 //! `tests/fixtures/crds/`) created from events, followed through their status to the delivery's phase; an
-//! unknown kind reported on the route; custom `succeededWhen`/`failedWhen`.
+//! unknown kind reported on the route; custom `succeededWhen`/`failedWhen`. They run on the fake API
+//! server only: it loads the test CRDs at any moment and lets a test write an object's status as the
+//! kind's controller would.
 
 use crate::harness::*;
 use crate::world::World;
@@ -9,11 +11,23 @@ use asc_webhook_operator::resources::delivery::{ActionKind, ActionState, ActionS
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
+use testkit::apiserver::FakeApiServer;
 
 fn load_test_crd(w: &World, file: &str) {
+    load_crd_file(w.fake(), file);
+}
+
+fn load_crd_file(api: &FakeApiServer, file: &str) {
     let yaml =
         std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/crds").join(file)).unwrap();
-    assert_eq!(w.api.load_crds_from_yaml(&yaml).unwrap(), 1);
+    assert_eq!(api.load_crds_from_yaml(&yaml).unwrap(), 1);
+}
+
+/// The stand-in CRDs of the kinds the examples create (Tekton's PipelineRun, Argo's Workflow).
+pub fn load_pipeline_crds(api: &FakeApiServer) {
+    for file in ["tekton-pipelinerun.yaml", "argo-workflow.yaml"] {
+        load_crd_file(api, file);
+    }
 }
 
 const PIPELINE_RUN: &str = r#"      resource:
@@ -101,20 +115,20 @@ async fn action_when(
 /// The object the delivery's action created, as stored.
 fn created(w: &World, plural: &str, a: &ActionStatus) -> Value {
     let name = &a.resource.as_ref().expect("the action names its object").name;
-    w.api
+    w.fake()
         .get_object(plural, NS, name)
         .unwrap_or_else(|| panic!("{plural} {name} exists"))
 }
 
 fn set_status(w: &World, plural: &str, name: &str, status: Value) {
-    w.api
+    w.fake()
         .patch_object(plural, NS, name, json!({ "status": status }))
         .unwrap();
 }
 
 #[tokio::test]
 async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_success() {
-    let w = World::example("submit-after-processing", &[]).await;
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "tekton-pipelinerun.yaml");
     route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
     ready(&w, "tekton", "True").await;
@@ -161,7 +175,7 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
     // PipelineRun watch can wake it, as the safety-net re-check is minutes away.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let reads = || {
-        w.api.count_requests(|q| {
+        w.fake().count_requests(|q| {
             q.resource == "pipelineruns" && q.method == "GET" && q.name.as_deref() == Some(&r.name)
         })
     };
@@ -176,7 +190,7 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
     );
     let done = w.wait_phase(&name, Phase::Succeeded).await;
     assert_eq!(done.status.unwrap().actions[0].state, ActionState::Succeeded);
-    let watches = w.api.count_requests(|r| {
+    let watches = w.fake().count_requests(|r| {
         r.resource == "pipelineruns"
             && r.query.contains("watch=true")
             && r.query.contains("labelSelector")
@@ -187,7 +201,7 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
 
 #[tokio::test]
 async fn a_failed_pipeline_run_fails_its_delivery_with_tektons_reason() {
-    let w = World::example("submit-after-processing", &[]).await;
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "tekton-pipelinerun.yaml");
     route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
     ready(&w, "tekton", "True").await;
@@ -215,7 +229,7 @@ async fn a_failed_pipeline_run_fails_its_delivery_with_tektons_reason() {
 
 #[tokio::test]
 async fn argo_workflows_follow_their_phase_to_success_and_to_failure() {
-    let w = World::example("submit-after-processing", &[]).await;
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "argo-workflow.yaml");
     route(&w, "argo", &rule("run", WORKFLOW)).await;
     ready(&w, "argo", "True").await;
@@ -262,7 +276,7 @@ async fn argo_workflows_follow_their_phase_to_success_and_to_failure() {
 
 #[tokio::test]
 async fn an_unknown_kind_makes_the_route_not_ready_until_its_crd_is_installed() {
-    let w = World::example("submit-after-processing", &["--recheck-interval", "300ms"]).await;
+    let w = World::example_on_fake("submit-after-processing", &["--recheck-interval", "300ms"]).await;
     route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
     let (reason, message) = ready(&w, "tekton", "False").await;
     assert_eq!(reason, "UnknownKind");
@@ -294,7 +308,7 @@ async fn an_unknown_kind_makes_the_route_not_ready_until_its_crd_is_installed() 
 
 #[tokio::test]
 async fn a_custom_succeeded_when_decides_success() {
-    let w = World::example("submit-after-processing", &[]).await;
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "argo-workflow.yaml");
     let action = format!(
         "{WORKFLOW}        succeededWhen: 'has(object.status.nodes) && object.status.nodes.exists(n, n == \"submit\")'\n"
@@ -324,7 +338,7 @@ async fn a_custom_succeeded_when_decides_success() {
 
 #[tokio::test]
 async fn a_failed_when_over_the_cost_limit_fails_the_action_not_the_operator() {
-    let w = World::example("submit-after-processing", &[]).await;
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "argo-workflow.yaml");
     let list = format!(
         "[{}]",
@@ -351,7 +365,7 @@ async fn a_failed_when_over_the_cost_limit_fails_the_action_not_the_operator() {
 
 #[tokio::test]
 async fn an_invalid_resource_rule_is_reported_on_the_route() {
-    let w = World::example("submit-after-processing", &[]).await;
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "argo-workflow.yaml");
     let bad_when = format!("{WORKFLOW}        succeededWhen: 'object.status.phase =='\n");
     route(&w, "bad-when", &rule("run", &bad_when)).await;
@@ -364,4 +378,37 @@ async fn an_invalid_resource_rule_is_reported_on_the_route() {
     assert_eq!(reason, "InvalidResourceTemplate");
     assert!(message.contains("needs a non-empty kind"), "{message}");
     w.op.stop().await;
+}
+
+#[tokio::test]
+async fn the_tekton_and_argo_examples_start_their_pipeline_on_a_completed_build_upload() {
+    for (example, plural) in [
+        ("tekton-submission", "pipelineruns"),
+        ("argo-workflows-submission", "workflows"),
+    ] {
+        let staged = crate::world::stage(example).await;
+        load_pipeline_crds(&staged.0);
+        let w = World::start(staged, &[]).await;
+        w.wait_route_ready().await;
+        let name = w
+            .deliver(&fixture_for_mock("build-upload-complete", &w.asc))
+            .await;
+        let a = action_when(&w, &name, "the pipeline object is created", |a| {
+            a.state == ActionState::Running
+        })
+        .await;
+        let obj = created(&w, plural, &a);
+        let text = obj["spec"].to_string();
+        let enrichment = get_delivery(&w.api, &name)
+            .unwrap()
+            .status
+            .unwrap()
+            .enrichment
+            .unwrap();
+        assert!(
+            text.contains(&format!("\"{}\"", enrichment.version.unwrap())),
+            "{example}: {text}"
+        );
+        w.op.stop().await;
+    }
 }

@@ -12,10 +12,10 @@ use super::EventContext;
 use super::template;
 use super::when::{self, WhenError};
 use crate::naming;
+use crate::resources::WebhookDelivery;
 use crate::resources::names::{
     LABEL_DELIVERY, LABEL_EVENT_TYPE, LABEL_MANAGED_BY, LABEL_ROUTE, LABEL_RULE, MANAGED_BY,
 };
-use crate::resources::WebhookDelivery;
 use crate::resources::route::ResourceAction;
 use kube::api::GroupVersionKind;
 use kube::{Resource, ResourceExt};
@@ -128,7 +128,9 @@ fn type_of(obj: &Map<String, Value>) -> Result<TypeRef, ResourceTemplateError> {
         && !m.is_object()
         && !m.is_null()
     {
-        return Err(ResourceTemplateError::Shape("metadata must be an object".into()));
+        return Err(ResourceTemplateError::Shape(
+            "metadata must be an object".into(),
+        ));
     }
     Ok(t)
 }
@@ -324,7 +326,10 @@ pub fn summary(obj: &Value) -> Option<String> {
     let latest = conds
         .iter()
         .max_by_key(|c| text(c, "lastTransitionTime").to_owned())?;
-    Some(crate::controllers::context::truncate(&describe(latest), 512))
+    Some(crate::controllers::context::truncate(
+        &describe(latest),
+        512,
+    ))
 }
 
 /// The conventions most kinds follow: a `Succeeded` condition (Tekton, Knative), `Complete`/`Failed`

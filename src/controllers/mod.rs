@@ -242,8 +242,12 @@ pub async fn run(
     .predicate_filter(predicates::generation, Default::default());
     // Objects of resource actions: one metadata watch per kind in use, started as routes name kinds.
     let (wakeups, woken) = futures::channel::mpsc::channel(1024);
-    ctx.resource_kinds
-        .start(client.clone(), namespace.clone(), wakeups, ctx.metrics.clone());
+    ctx.resource_kinds.start(
+        client.clone(),
+        namespace.clone(),
+        wakeups,
+        ctx.metrics.clone(),
+    );
     let deliveries = Controller::for_stream(delivery_stream, delivery_store)
         .owns_stream(job_events)
         .reconcile_on(woken)

@@ -3,16 +3,16 @@
 //! objects changes. No polling: an idle kind costs one watch connection, and the watch carries only
 //! metadata (no status, no spec), selected on the labels the operator puts on what it creates.
 
-use crate::resources::names::{API_VERSION, LABEL_DELIVERY, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::actions::resource::TypeRef;
 use crate::metrics::{Metrics, WatchLabels};
 use crate::resources::WebhookDelivery;
+use crate::resources::names::{API_VERSION, LABEL_DELIVERY, LABEL_MANAGED_BY, MANAGED_BY};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::discovery::Scope;
 use kube::runtime::reflector::ObjectRef;
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashMap};
@@ -130,13 +130,15 @@ impl ResourceKinds {
             sink,
             metrics,
         };
-        let wanted: Vec<(String, ApiResource)> =
-            w.wanted.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let wanted: Vec<(String, ApiResource)> = w
+            .wanted
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (k, ar) in wanted {
-            if !w.started.contains_key(&k) {
-                let handle = spawn_watch(&running, ar);
-                w.started.insert(k, handle);
-            }
+            w.started
+                .entry(k)
+                .or_insert_with(|| spawn_watch(&running, ar));
         }
         w.running = Some(running);
     }

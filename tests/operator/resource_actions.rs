@@ -58,7 +58,9 @@ const WORKFLOW: &str = r#"      resource:
 "#;
 
 fn rule(name: &str, action: &str) -> String {
-    format!("    - name: {name}\n      match: {{eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}}\n{action}")
+    format!(
+        "    - name: {name}\n      match: {{eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}}\n{action}"
+    )
 }
 
 async fn route(w: &World, name: &str, rules: &str) {
@@ -114,7 +116,11 @@ async fn action_when(
 
 /// The object the delivery's action created, as stored.
 fn created(w: &World, plural: &str, a: &ActionStatus) -> Value {
-    let name = &a.resource.as_ref().expect("the action names its object").name;
+    let name = &a
+        .resource
+        .as_ref()
+        .expect("the action names its object")
+        .name;
     w.fake()
         .get_object(plural, NS, name)
         .unwrap_or_else(|| panic!("{plural} {name} exists"))
@@ -139,7 +145,10 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
     .await;
     assert_eq!(a.kind, ActionKind::Resource);
     let r = a.resource.clone().unwrap();
-    assert_eq!((r.api_version.as_str(), r.kind.as_str()), ("tekton.dev/v1", "PipelineRun"));
+    assert_eq!(
+        (r.api_version.as_str(), r.kind.as_str()),
+        ("tekton.dev/v1", "PipelineRun")
+    );
     let run = created(&w, "pipelineruns", &a);
     let delivery = get_delivery(&w.api, &name).unwrap();
     let labels = &run["metadata"]["labels"];
@@ -147,12 +156,21 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
     assert_eq!(labels["asc.webhooks.dev/route"], "tekton");
     assert_eq!(labels["asc.webhooks.dev/rule"], "submit");
     assert_eq!(labels["asc.webhooks.dev/delivery"], name.as_str());
-    assert_eq!(labels["app.kubernetes.io/managed-by"], "asc-webhook-operator");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "asc-webhook-operator"
+    );
     let owner = &run["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "WebhookDelivery");
-    assert_eq!(owner["uid"], delivery.metadata.uid.clone().unwrap().as_str());
+    assert_eq!(
+        owner["uid"],
+        delivery.metadata.uid.clone().unwrap().as_str()
+    );
     let enrichment = delivery.status.unwrap().enrichment.unwrap();
-    assert_eq!(run["spec"]["params"][0]["value"], enrichment.version.unwrap().as_str());
+    assert_eq!(
+        run["spec"]["params"][0]["value"],
+        enrichment.version.unwrap().as_str()
+    );
     assert_eq!(
         run["spec"]["params"][1]["value"],
         enrichment.build_number.unwrap().as_str()
@@ -189,7 +207,10 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
         json!({"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "All Tasks have completed executing"}]}),
     );
     let done = w.wait_phase(&name, Phase::Succeeded).await;
-    assert_eq!(done.status.unwrap().actions[0].state, ActionState::Succeeded);
+    assert_eq!(
+        done.status.unwrap().actions[0].state,
+        ActionState::Succeeded
+    );
     let watches = w.fake().count_requests(|r| {
         r.resource == "pipelineruns"
             && r.query.contains("watch=true")
@@ -250,7 +271,12 @@ async fn argo_workflows_follow_their_phase_to_success_and_to_failure() {
     );
     assert_ne!(wf["metadata"]["name"], failed_wf["metadata"]["name"]);
 
-    set_status(&w, "workflows", &ok_action.resource.unwrap().name, json!({"phase": "Running"}));
+    set_status(
+        &w,
+        "workflows",
+        &ok_action.resource.unwrap().name,
+        json!({"phase": "Running"}),
+    );
     action_when(&w, &ok, "the delivery shows the phase", |a| {
         a.resource.as_ref().and_then(|r| r.observed.as_deref()) == Some("phase Running")
     })
@@ -276,7 +302,8 @@ async fn argo_workflows_follow_their_phase_to_success_and_to_failure() {
 
 #[tokio::test]
 async fn an_unknown_kind_makes_the_route_not_ready_until_its_crd_is_installed() {
-    let w = World::example_on_fake("submit-after-processing", &["--recheck-interval", "300ms"]).await;
+    let w =
+        World::example_on_fake("submit-after-processing", &["--recheck-interval", "300ms"]).await;
     route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
     let (reason, message) = ready(&w, "tekton", "False").await;
     assert_eq!(reason, "UnknownKind");
@@ -322,7 +349,12 @@ async fn a_custom_succeeded_when_decides_success() {
     .await;
     let wf = a.resource.unwrap().name;
     // The default would call this a success; the rule's own expression does not, yet.
-    set_status(&w, "workflows", &wf, json!({"phase": "Succeeded", "nodes": {"build": {}}}));
+    set_status(
+        &w,
+        "workflows",
+        &wf,
+        json!({"phase": "Succeeded", "nodes": {"build": {}}}),
+    );
     action_when(&w, &name, "the phase is observed", |a| {
         a.resource.as_ref().and_then(|r| r.observed.as_deref()) == Some("phase Succeeded")
     })
@@ -353,7 +385,10 @@ async fn a_failed_when_over_the_cost_limit_fails_the_action_not_the_operator() {
     let a = &done.actions[0];
     assert_eq!(a.reason.as_deref(), Some("ExpressionCostExceeded"));
     assert!(
-        a.error.as_deref().unwrap().starts_with("failedWhen: the expression's cost bound is"),
+        a.error
+            .as_deref()
+            .unwrap()
+            .starts_with("failedWhen: the expression's cost bound is"),
         "{a:?}"
     );
     assert!(a.resource.is_some(), "the Workflow was created first");
@@ -371,8 +406,12 @@ async fn an_invalid_resource_rule_is_reported_on_the_route() {
     route(&w, "bad-when", &rule("run", &bad_when)).await;
     let (reason, message) = ready(&w, "bad-when", "False").await;
     assert_eq!(reason, "InvalidRuleExpression");
-    assert!(message.starts_with("rule run: succeededWhen: invalid CEL"), "{message}");
-    let no_kind = "      resource:\n        template: {apiVersion: argoproj.io/v1alpha1, spec: {}}\n";
+    assert!(
+        message.starts_with("rule run: succeededWhen: invalid CEL"),
+        "{message}"
+    );
+    let no_kind =
+        "      resource:\n        template: {apiVersion: argoproj.io/v1alpha1, spec: {}}\n";
     route(&w, "no-kind", &rule("run", no_kind)).await;
     let (reason, message) = ready(&w, "no-kind", "False").await;
     assert_eq!(reason, "InvalidResourceTemplate");

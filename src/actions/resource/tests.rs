@@ -54,13 +54,20 @@ fn a_yaml_template_renders_into_a_named_labelled_owned_object() {
     let owner = &obj["metadata"]["ownerReferences"][0];
     assert_eq!(
         (&owner["kind"], &owner["uid"], &owner["controller"]),
-        (&json!("WebhookDelivery"), &json!("delivery-uid"), &json!(true))
+        (
+            &json!("WebhookDelivery"),
+            &json!("delivery-uid"),
+            &json!(true)
+        )
     );
     assert_eq!(
         obj["metadata"]["annotations"]["note"],
         format!("build {}", e.build_number.clone().unwrap())
     );
-    assert_eq!(obj["spec"]["params"][0]["value"], e.version.clone().unwrap());
+    assert_eq!(
+        obj["spec"]["params"][0]["value"],
+        e.version.clone().unwrap()
+    );
     assert_eq!(obj["spec"]["params"][1]["value"], "COMPLETE");
     assert!(obj.get("status").is_none(), "status is not the template's");
 }
@@ -137,8 +144,14 @@ fn a_value_that_changes_the_structure_outside_quotes_is_refused() {
 #[test]
 fn templates_without_a_kind_or_that_are_not_objects_are_refused() {
     for (text, wanted) in [
-        ("kind: PipelineRun\n", ResourceTemplateError::Missing("apiVersion")),
-        ("apiVersion: tekton.dev/v1\n", ResourceTemplateError::Missing("kind")),
+        (
+            "kind: PipelineRun\n",
+            ResourceTemplateError::Missing("apiVersion"),
+        ),
+        (
+            "apiVersion: tekton.dev/v1\n",
+            ResourceTemplateError::Missing("kind"),
+        ),
     ] {
         assert_eq!(validate(&action(Value::String(text.into()))), Err(wanted));
     }
@@ -277,7 +290,10 @@ fn a_custom_succeeded_when_replaces_the_default() {
     let half = with_status("Thing", json!({"phase": "Succeeded", "stage": "Building"}));
     assert_eq!(observe(&a, &half, 1000).unwrap().outcome, Outcome::Running);
     let done = with_status("Thing", json!({"stage": "Done"}));
-    assert_eq!(observe(&a, &done, 1000).unwrap().outcome, Outcome::Succeeded);
+    assert_eq!(
+        observe(&a, &done, 1000).unwrap().outcome,
+        Outcome::Succeeded
+    );
     // A field not there yet is not a failure, just no match.
     let bare = json!({"kind": "Thing"});
     assert_eq!(observe(&a, &bare, 1000).unwrap().outcome, Outcome::Running);

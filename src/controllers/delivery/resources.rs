@@ -16,8 +16,8 @@ use crate::controllers::context::Context;
 use crate::controllers::resource_kinds::KindFact;
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus, ResourceStatus};
-use crate::resources::route::{ResourceAction, Rule};
 use crate::resources::names::FIELD_MANAGER;
+use crate::resources::route::{ResourceAction, Rule};
 use crate::resources::{WebhookDelivery, WebhookRoute};
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
@@ -57,7 +57,12 @@ fn count(ctx: &Context, outcome: &'static str) {
 /// The kind's API, or why there is none now.
 async fn kind_of(ctx: &Context, t: &TypeRef) -> Result<Result<ApiResource, Why>, Error> {
     Ok(
-        match ctx.resource_kinds.lookup(&ctx.client, t).await.map_err(Error::Kube)? {
+        match ctx
+            .resource_kinds
+            .lookup(&ctx.client, t)
+            .await
+            .map_err(Error::Kube)?
+        {
             KindFact::Namespaced(ar) => {
                 ctx.resource_kinds.follow(&ar);
                 Ok(ar)
@@ -200,7 +205,10 @@ async fn create(
         Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
             Ok(Created::Later(Why::new(
                 "QuotaExceeded",
-                format!("the API server refused {kind} {name} for now: {}", s.message),
+                format!(
+                    "the API server refused {kind} {name} for now: {}",
+                    s.message
+                ),
             )))
         }
         Err(kube::Error::Api(s)) if s.code == 403 => Ok(Created::Refused(Why::new(

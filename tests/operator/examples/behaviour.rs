@@ -341,10 +341,17 @@ fn pipeline_runs_and_workflows_carry_the_version_and_build_and_keep_their_shape(
         let obj = built_object(r, submit, &e, Some(&en));
         let args = arguments(&obj);
         assert_eq!(args["version"], en.version.clone().unwrap(), "{name}");
-        assert_eq!(args["build-number"], en.build_number.clone().unwrap(), "{name}");
+        assert_eq!(
+            args["build-number"],
+            en.build_number.clone().unwrap(),
+            "{name}"
+        );
         assert_eq!(args["event-id"], e.id, "{name}");
         assert_eq!(obj["metadata"]["namespace"], NS);
-        assert_eq!(obj["metadata"]["labels"]["app.kubernetes.io/part-of"], "ios-release");
+        assert_eq!(
+            obj["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "ios-release"
+        );
 
         // Whatever Apple's object says, it stays a value of its parameter.
         let mut evil = en.clone();
@@ -354,6 +361,9 @@ fn pipeline_runs_and_workflows_carry_the_version_and_build_and_keep_their_shape(
         let hostile_args = arguments(&hostile);
         assert_eq!(hostile_args.len(), args.len(), "{name}: no parameter added");
         assert_eq!(hostile_args["version"], evil.version.clone().unwrap());
-        assert_eq!(hostile_args["build-number"], evil.build_number.clone().unwrap());
+        assert_eq!(
+            hostile_args["build-number"],
+            evil.build_number.clone().unwrap()
+        );
     }
 }

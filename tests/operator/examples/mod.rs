@@ -457,7 +457,10 @@ fn rules_keep_the_crd_validation_rules() {
                 // expressions compile.
                 if let Some(res) = &rule.resource {
                     resource::validate(res).unwrap_or_else(|e| panic!("{at}: {e}"));
-                    for src in [&res.succeeded_when, &res.failed_when].into_iter().flatten() {
+                    for src in [&res.succeeded_when, &res.failed_when]
+                        .into_iter()
+                        .flatten()
+                    {
                         when::compile(src).unwrap_or_else(|e| panic!("{at}: {e}"));
                     }
                 }

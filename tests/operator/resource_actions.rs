@@ -451,3 +451,104 @@ async fn the_tekton_and_argo_examples_start_their_pipeline_on_a_completed_build_
         w.op.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_pipeline_run_is_created_as_the_routes_service_account_or_not_at_all() {
+    let api = fake_api_with(|o| o.authorization(true)).await;
+    load_pipeline_crds(&api);
+    put_secret(&api, "hook-secret", &[("secret", WEBHOOK_SECRET)]).await;
+    for sa in ["pipeliner", "intern"] {
+        api.put_object(
+            "serviceaccounts",
+            json!({"metadata": {"name": sa, "namespace": NS}}),
+        )
+        .unwrap();
+    }
+    api.put_object(
+        "roles.rbac.authorization.k8s.io",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "run-pipelines", "namespace": NS},
+            "rules": [{"apiGroups": ["tekton.dev"], "resources": ["pipelineruns"], "verbs": ["create"]}]}),
+    )
+    .unwrap();
+    api.put_object(
+        "rolebindings.rbac.authorization.k8s.io",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "run-pipelines", "namespace": NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "run-pipelines"},
+            "subjects": [{"kind": "ServiceAccount", "name": "pipeliner", "namespace": NS}]}),
+    )
+    .unwrap();
+    let rules = format!(
+        "    - name: submit\n      match: {{}}\n      enrich: Never\n{}",
+        PIPELINE_RUN
+            .replace("{{ instance.version }}", "1.0")
+            .replace("{{ instance.buildNumber }}", "1")
+    );
+    for (route, sa) in [("allowed", "pipeliner"), ("refused", "intern")] {
+        route_with(
+            &api,
+            route,
+            &rules,
+            &format!("  serviceAccountName: {sa}\n"),
+        )
+        .await;
+    }
+    let op = Operator::start(&api, &[]).await;
+    for route in ["allowed", "refused"] {
+        wait_route_ready(&api, route).await;
+    }
+    let mut outcomes = Vec::new();
+    for route in ["allowed", "refused"] {
+        let (status, answer) = op
+            .post(route, &fixture("build-upload-complete"), WEBHOOK_SECRET)
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        let name = answer["delivery"].as_str().unwrap().to_owned();
+        let a = eventually(
+            &format!("{route}'s action starts or fails"),
+            Duration::from_secs(20),
+            || {
+                let found = get_delivery(&api, &name)
+                    .and_then(|d| d.status)
+                    .and_then(|s| s.actions.into_iter().next())
+                    .filter(|a| matches!(a.state, ActionState::Running | ActionState::Failed));
+                async move { found }
+            },
+        )
+        .await;
+        outcomes.push(a);
+    }
+    assert_eq!(outcomes[0].state, ActionState::Running, "{:?}", outcomes[0]);
+    let posts: Vec<Option<String>> = api
+        .request_log()
+        .into_iter()
+        .filter(|r| r.resource == "pipelineruns" && r.method == "POST")
+        .map(|r| r.impersonated_user)
+        .collect();
+    assert!(
+        posts.contains(&Some(format!("system:serviceaccount:{NS}:pipeliner"))),
+        "{posts:?}"
+    );
+    assert!(
+        posts.iter().all(Option::is_some),
+        "never in the operator's own name: {posts:?}"
+    );
+    let refused = &outcomes[1];
+    assert_eq!(refused.state, ActionState::Failed);
+    assert_eq!(refused.reason.as_deref(), Some("Forbidden"));
+    assert!(
+        refused
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("pipelineruns.tekton.dev is forbidden"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        api.list_objects("pipelineruns", Some(NS)).len(),
+        1,
+        "only the allowed route's PipelineRun exists"
+    );
+    op.stop().await;
+}

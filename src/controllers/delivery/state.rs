@@ -440,6 +440,34 @@ mod tests {
     }
 
     #[test]
+    fn a_resource_action_has_its_kind_and_has_started_once_its_object_exists() {
+        let rule = Rule {
+            http: None,
+            resource: Some(crate::resources::route::ResourceAction {
+                template: serde_json::json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun"}),
+                succeeded_when: None,
+                failed_when: None,
+            }),
+            ..http_rule()
+        };
+        let mut actions = vec![];
+        assert!(not_started(&actions, &rule));
+        let a = entry(&mut actions, &rule);
+        assert_eq!(a.kind, ActionKind::Resource);
+        a.resource = Some(crate::resources::delivery::ResourceStatus {
+            api_version: "tekton.dev/v1".into(),
+            kind: "PipelineRun".into(),
+            name: "r-run-0123456789".into(),
+            observed: None,
+        });
+        assert!(!not_started(&actions, &rule));
+        assert_eq!(phase_of(&actions), Phase::Pending);
+        let a = entry(&mut actions, &rule);
+        transition(a, ActionState::Running, None, "t");
+        assert_eq!(phase_of(&actions), Phase::Running);
+    }
+
+    #[test]
     fn terminal_phases_stamp_completion_and_condition() {
         let mut s = WebhookDeliveryStatus::default();
         finish(&mut s, Phase::Running, None, Some(1), "t1");

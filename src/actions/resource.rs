@@ -146,10 +146,14 @@ pub fn validate(action: &ResourceAction) -> Result<TypeRef, ResourceTemplateErro
 /// rendered with it has the shape the author wrote, and conditions on ordinary values still agree.
 fn inert(v: &Value) -> Value {
     match v {
+        // Names (`route.name`, `event.delivery`) keep their dashes, so a key made from one stays the
+        // same key; only a leading dash could start a YAML list item.
         Value::String(s) => Value::String(
             s.chars()
-                .filter(|c| !"'\"\\:,#{}[]&*!|>%@`-?\n\r\t".contains(*c))
-                .collect(),
+                .filter(|c| !"'\"\\:,#{}[]&*!|>%@`?\n\r\t".contains(*c))
+                .collect::<String>()
+                .trim_start_matches('-')
+                .to_owned(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(inert).collect()),
         Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), inert(v))).collect()),

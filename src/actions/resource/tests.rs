@@ -342,3 +342,18 @@ fn a_true_failed_when_fails_with_what_the_object_said() {
     );
     assert_eq!(o.observed.as_deref(), Some("phase Stuck"));
 }
+
+#[test]
+fn a_key_made_from_a_name_is_not_mistaken_for_a_breakout() {
+    let d = delivery("build-upload-complete");
+    let ctx = EventContext {
+        delivery: &d,
+        enrichment: None,
+    };
+    assert!(d.name_any().contains('-'));
+    let a = action(Value::String(
+        "apiVersion: v1\nkind: ConfigMap\ndata:\n  \"{{ event.delivery }}\": seen\n".into(),
+    ));
+    let (_, obj) = build("r", &a, &ctx, None).unwrap();
+    assert_eq!(obj["data"][d.name_any()], "seen");
+}

@@ -1,8 +1,8 @@
 //! The `WebhookDelivery` controller: match the route's rules, enrich once, run each action exactly once,
 //! and keep the delivery's status true.
 //!
-//! Exactly once rests on three things. Jobs have deterministic names, so a second create is
-//! AlreadyExists (adopted only if this delivery owns the Job). Every status write carries the
+//! Exactly once rests on three things. Jobs (and the objects of resource actions) have deterministic
+//! names, so a second create is AlreadyExists (adopted only if this delivery owns it). Every status write carries the
 //! `resourceVersion` of the copy it was decided on, so a pass working from a stale cached copy (watch
 //! events arrive late) cannot write, and starts again from a fresh read. And each side effect is
 //! recorded before it happens (an HTTP attempt is written `InFlight` first) and its outcome right after,

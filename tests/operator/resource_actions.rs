@@ -552,3 +552,52 @@ async fn a_pipeline_run_is_created_as_the_routes_service_account_or_not_at_all()
     );
     op.stop().await;
 }
+
+#[tokio::test]
+async fn a_pipeline_run_deleted_while_it_runs_fails_its_delivery() {
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
+    load_test_crd(&w, "tekton-pipelinerun.yaml");
+    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
+    ready(&w, "tekton", "True").await;
+    let name = deliver(&w, "tekton", "build-upload-complete").await;
+    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
+        a.state == ActionState::Running
+    })
+    .await;
+    let run = a.resource.unwrap().name;
+    w.fake().delete_object("pipelineruns", NS, &run).unwrap();
+    let done = w.wait_phase(&name, Phase::Failed).await.status.unwrap();
+    assert_eq!(done.actions[0].reason.as_deref(), Some("ResourceDeleted"));
+    assert_eq!(
+        done.actions[0].error.as_deref(),
+        Some(format!("PipelineRun {run} was deleted before it was seen to finish").as_str())
+    );
+    w.op.stop().await;
+}
+
+#[tokio::test]
+async fn a_pipeline_run_of_the_same_name_that_is_not_the_deliverys_is_never_adopted() {
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
+    load_test_crd(&w, "tekton-pipelinerun.yaml");
+    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
+    ready(&w, "tekton", "True").await;
+    let event_id = "0b7d3c1e-4a2f-4e6b-9d8c-5f1a2b3c4d5e";
+    let taken = asc_webhook_operator::naming::job_name("tekton", "submit", event_id);
+    w.fake()
+        .put_object(
+            "pipelineruns",
+            json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+                "metadata": {"name": taken, "namespace": NS}, "spec": {}}),
+        )
+        .unwrap();
+    let name = deliver(&w, "tekton", "build-upload-complete").await;
+    let done = w.wait_phase(&name, Phase::Failed).await.status.unwrap();
+    assert_eq!(done.actions[0].reason.as_deref(), Some("ResourceNameTaken"));
+    assert!(done.actions[0].resource.is_none());
+    let other = w.fake().get_object("pipelineruns", NS, &taken).unwrap();
+    assert!(
+        other["metadata"].get("ownerReferences").is_none(),
+        "someone else's object is left alone"
+    );
+    w.op.stop().await;
+}

@@ -1,4 +1,4 @@
-//! The command line: `run`, `crds` and `send`. Every setting is a flag with an `ASC_*` environment fallback;
+//! The command line: `run`, `crds`, `send` and `replay`. Every setting is a flag with an `ASC_*` environment fallback;
 //! nothing else in the crate reads the environment.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -29,6 +29,9 @@ pub enum Command {
     Crds(CrdsArgs),
     /// Sign an event body as App Store Connect does and POST it to a route, to test it without Apple.
     Send(SendArgs),
+    /// Run a delivery's matching rules once more (sets its `asc.webhooks.dev/replay` annotation with
+    /// your kubeconfig's identity; needs get and patch on webhookdeliveries).
+    Replay(ReplayArgs),
 }
 
 /// Log output format.
@@ -204,6 +207,20 @@ pub struct SendArgs {
     /// Request timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// Settings of `replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Namespace of the delivery.
+    #[arg(short = 'n', long, env = "ASC_REPLAY_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Name of the `WebhookDelivery` (`kubectl get webhookdeliveries -n NAMESPACE`).
+    pub delivery: String,
+    /// The annotation value to set (default: the next integer after the replays so far). The value
+    /// a replay already ran for runs nothing again.
+    #[arg(long, env = "ASC_REPLAY_VALUE")]
+    pub value: Option<String>,
 }
 
 /// Parses `500ms`, `10s`, `5m` or `1h`; a bare number means seconds.

@@ -10,6 +10,7 @@ pub mod impersonation;
 pub mod matching;
 pub mod route;
 pub mod route_status;
+pub mod seen;
 mod status;
 
 pub use context::{Context, Settings};

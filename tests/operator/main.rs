@@ -20,6 +20,7 @@ mod manifests;
 mod receiver;
 mod recorder;
 mod reliability;
+mod replay;
 mod scenarios;
 mod startup;
 mod suspend;

@@ -274,3 +274,97 @@ async fn an_event_recorded_then_pruned_is_not_recorded_again_by_the_next_pass() 
     );
     op.stop().await;
 }
+
+/// The leader's memory of pruned deliveries dies with the process; the route's `status.seenEvents` does
+/// not. An event recovered by catch-up runs its Job, is pruned past the history limit, and then comes
+/// back twice after a restart: in the next pass's overlap and live from Apple. Neither runs anything.
+#[tokio::test]
+async fn an_event_pruned_past_the_history_limit_runs_nothing_again_after_a_restart_from_the_log_or_live()
+ {
+    let (api, mock) = world().await;
+    let op = start_reachable(&api, &mock, &[]).await;
+    route_with(
+        &api,
+        "release",
+        JOB_RULES,
+        &format!(
+            "  deliveryHistoryLimit: 1\n  credentialRef: {{name: team}}\n  appStoreConnect: {{appId: \"{APP_ID}\"}}\n"
+        ),
+    )
+    .await;
+    let id = webhook_id(&registered_and_verified(&api, "release").await);
+    let url = op.url.clone();
+    op.stop().await;
+    let missed = build_event("seen-once");
+    mock.send_event(&id, &missed).await.unwrap();
+
+    let op = restart_reachable(&api, &mock, &url, &[]).await;
+    let first_job = eventually("catch-up records it and runs its Job", WAIT, || {
+        let j = jobs(&api).first().and_then(|j| j.metadata.name.clone());
+        async move { j }
+    })
+    .await;
+    complete_job(&api, &first_job, true).await;
+    let name = asc_webhook_operator::naming::delivery_name("release", "seen-once");
+    // Newer events push it past the limit of one.
+    for n in 0..2 {
+        let sent = mock
+            .send_event(&id, &build_event(&format!("newer-{n}")))
+            .await
+            .unwrap();
+        assert_eq!(sent.response_status, Some(202), "{sent:?}");
+    }
+    eventually("the first delivery is pruned and recorded as seen", WAIT, || {
+        let gone = get_delivery(&api, &name).is_none();
+        let seen = get_route(&api, "release")
+            .status
+            .is_some_and(|s| s.seen_events.iter().any(|k| name.ends_with(k.as_str())));
+        async move { (gone && seen).then_some(()) }
+    })
+    .await;
+    let jobs_before = jobs(&api).len();
+    op.stop().await;
+
+    // A new process: nothing in memory. The next pass re-reads the event in its overlap.
+    let reads = || {
+        webhook_calls(&mock)
+            .iter()
+            .filter(|r| r.path.contains("/deliveries"))
+            .count()
+    };
+    let reads_before = reads();
+    let op = restart_reachable(&api, &mock, &url, &[]).await;
+    eventually("the pass after the restart read the log", WAIT, || {
+        let n = reads();
+        async move { (n > reads_before).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        get_delivery(&api, &name).is_none(),
+        "catch-up did not record it again"
+    );
+
+    // Apple sends it again, live: recorded (nothing accepted is dropped), but it runs nothing. The
+    // delivery may be pruned again at once (limit 1), so the route's counts tell.
+    let again = mock.send_event(&id, &missed).await.unwrap();
+    assert_eq!(again.response_status, Some(202), "{again:?}");
+    let event = wait_event(&api, "DuplicateEvent").await;
+    assert!(
+        event["message"].as_str().unwrap_or_default().contains("already ran"),
+        "{event}"
+    );
+    eventually("the route counts one duplicate", WAIT, || {
+        let n = get_route(&api, "release").status.map(|s| s.deliveries.duplicate);
+        async move { (n == Some(1)).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(jobs(&api).len(), jobs_before, "no Job ran twice");
+    let metrics = op.metrics().await;
+    assert!(
+        metrics.contains("asc_webhook_duplicate_events_total{route=\"ios/release\"} 1"),
+        "{metrics}"
+    );
+    op.stop().await;
+}

@@ -167,6 +167,7 @@ pub struct Context {
     enrichments: moka::sync::Cache<String, Enrichment>,
     holds: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     caught_up: Mutex<std::collections::HashSet<String>>,
+    ready_again: OnceLock<tokio::sync::watch::Receiver<u64>>,
     written_asc: Mutex<HashMap<String, WrittenAsc>>,
 }
 
@@ -198,6 +199,7 @@ impl Context {
                 .time_to_live(Duration::from_secs(24 * 3600))
                 .build(),
             unfinished: OnceLock::new(),
+            ready_again: OnceLock::new(),
             // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
             job_facts: moka::sync::Cache::builder()
                 .max_capacity(50_000)
@@ -256,6 +258,24 @@ impl Context {
     /// The route controller's cache of routes, once the controllers started.
     pub fn routes(&self) -> Option<&Store<WebhookRoute>> {
         self.routes.get()
+    }
+
+    /// Hands the controllers the receiver's recoveries from unready (once; later calls are ignored).
+    pub fn set_ready_again(&self, recoveries: tokio::sync::watch::Receiver<u64>) {
+        let _ = self.ready_again.set(recoveries);
+    }
+
+    /// The receiver's recoveries from unready, when the operator wired them.
+    pub fn ready_again(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.ready_again.get().cloned()
+    }
+
+    /// Forgets which routes this process caught up, so each makes a pass on its next reconcile.
+    pub fn forget_caught_up(&self) {
+        self.caught_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Hands the delivery controller the route store (once; later calls are ignored).

@@ -376,3 +376,63 @@ async fn an_event_pruned_past_the_history_limit_runs_nothing_again_after_a_resta
     );
     op.stop().await;
 }
+
+/// The receiver cannot record while the API server refuses it, and turns unready when it loses its
+/// route watch; once it is ready again, catch-up makes a pass at once rather than at the next interval
+/// (ten minutes), and the event Apple failed to deliver meanwhile is recorded.
+#[tokio::test]
+async fn catch_up_runs_when_the_receiver_is_ready_again() {
+    use testkit::apiserver::{Fault, FaultRule, Verb};
+    let (api, mock) = world().await;
+    let op = start_reachable(&api, &mock, &[]).await;
+    managed_route(&api, "release", "", JOB_RULES).await;
+    let id = webhook_id(&registered_and_verified(&api, "release").await);
+    // The start-up pass is done: nothing more is due for ten minutes.
+    eventually("the start-up pass ran", WAIT, || {
+        let r = get_route(&api, "release");
+        async move { r.status?.app_store_connect?.catch_up?.last_check_time }
+    })
+    .await;
+
+    api.add_fault(
+        FaultRule::new(Fault::Status(500))
+            .verb(Verb::Create)
+            .resource("webhookdeliveries")
+            .times(1),
+    );
+    let failed = mock.send_event(&id, &build_event("while-unready")).await.unwrap();
+    assert_eq!(failed.state, DeliveryState::Failed, "{failed:?}");
+    assert_eq!(by_source(&api, DeliverySource::CatchUp), 0);
+
+    // The route watch is refused (RBAC taken away, then given back): unready, then ready again.
+    api.add_fault(
+        FaultRule::new(Fault::Status(403))
+            .verb(Verb::Watch)
+            .resource("webhookroutes")
+            .times(8),
+    );
+    api.disconnect_all();
+    eventually("the receiver is unready", WAIT, || async {
+        op.readyz().await.filter(|(s, _)| *s == 503)
+    })
+    .await;
+    eventually("the receiver is ready again", WAIT, || async {
+        op.readyz().await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    eventually("the missed event is recovered", WAIT, || {
+        let n = by_source(&api, DeliverySource::CatchUp);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let metrics = op.metrics().await;
+    assert!(
+        metrics.contains(r#"asc_webhook_catch_up_recovered_events_total{route="ios/release"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("asc_webhook_catch_up_lag_seconds_count 1"),
+        "{metrics}"
+    );
+    op.stop().await;
+}

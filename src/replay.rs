@@ -4,7 +4,7 @@
 //! delivery back to the delivery controller at once.
 
 use crate::cli::ReplayArgs;
-use crate::receiver::record::LABEL_FINISHED;
+use crate::resources::names::LABEL_FINISHED;
 use crate::resources::WebhookDelivery;
 use crate::resources::delivery::ANNOTATION_REPLAY;
 use kube::api::{Patch, PatchParams};

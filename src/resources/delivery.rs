@@ -3,9 +3,7 @@
 //! event a no-op, across restarts and replicas.
 
 use super::Condition;
-
-/// Annotation whose every new value replays the delivery: its matching rules run once more.
-pub const ANNOTATION_REPLAY: &str = "asc.webhooks.dev/replay";
+pub use super::names::ANNOTATION_REPLAY;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

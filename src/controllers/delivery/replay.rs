@@ -11,7 +11,7 @@ use crate::resources::conditions::{self, Condition};
 use crate::resources::delivery::{
     ANNOTATION_REPLAY, Phase, ReplayStatus, RunRecord, WebhookDeliveryStatus,
 };
-use crate::receiver::record::LABEL_FINISHED;
+use crate::resources::names::LABEL_FINISHED;
 use crate::resources::WebhookDelivery;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};

@@ -224,7 +224,7 @@ impl Metrics {
             "Catch-up errors (interrupted passes, unusable log entries, refused redeliveries), by route and reason",
             catch_up_errors.clone(),
         );
-        // 1 s … ~3 days: a gap of minutes (a restart) and one of a weekend both land inside.
+        // 1 s … 3^11 s (about two days): a restart's gap of minutes and a weekend's both land inside.
         let catch_up_lag = Histogram::new(exponential_buckets(1.0, 3.0, 12));
         registry.register(
             "catch_up_lag_seconds",

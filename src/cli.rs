@@ -213,7 +213,12 @@ pub struct SendArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// Namespace of the delivery.
-    #[arg(short = 'n', long, env = "ASC_REPLAY_NAMESPACE", default_value = "default")]
+    #[arg(
+        short = 'n',
+        long,
+        env = "ASC_REPLAY_NAMESPACE",
+        default_value = "default"
+    )]
     pub namespace: String,
     /// Name of the `WebhookDelivery` (`kubectl get webhookdeliveries -n NAMESPACE`).
     pub delivery: String,

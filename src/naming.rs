@@ -14,7 +14,11 @@ pub const EVENT_KEY_LEN: usize = 16;
 
 /// Name of the `WebhookDelivery` for `event_id` received on `route`.
 pub fn delivery_name(route: &str, event_id: &str) -> String {
-    join(route, &digest(&[route, event_id], EVENT_KEY_LEN), MAX_SUBDOMAIN)
+    join(
+        route,
+        &digest(&[route, event_id], EVENT_KEY_LEN),
+        MAX_SUBDOMAIN,
+    )
 }
 
 /// The short key of the event a delivery records: the hash of route and event id that ends its name.

@@ -4,9 +4,9 @@
 //! delivery back to the delivery controller at once.
 
 use crate::cli::ReplayArgs;
-use crate::resources::names::LABEL_FINISHED;
 use crate::resources::WebhookDelivery;
 use crate::resources::delivery::ANNOTATION_REPLAY;
+use crate::resources::names::LABEL_FINISHED;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -63,7 +63,13 @@ impl std::fmt::Display for Replayed {
 /// Runs the subcommand with the kubeconfig's client.
 pub async fn run(args: &ReplayArgs) -> Result<Replayed, ReplayError> {
     let client = Client::try_default().await.map_err(ReplayError::Config)?;
-    request(client, &args.namespace, &args.delivery, args.value.as_deref()).await
+    request(
+        client,
+        &args.namespace,
+        &args.delivery,
+        args.value.as_deref(),
+    )
+    .await
 }
 
 /// Sets the replay annotation of delivery `namespace/name` to `value`, or to the next integer.
@@ -83,7 +89,8 @@ pub async fn request(
             name: name.to_owned(),
         })?;
     let value = value.map_or_else(|| next_value(&d), |v| v.trim().to_owned());
-    let unchanged = d.annotations().get(ANNOTATION_REPLAY).map(|v| v.trim()) == Some(value.as_str());
+    let unchanged =
+        d.annotations().get(ANNOTATION_REPLAY).map(|v| v.trim()) == Some(value.as_str());
     let delivery = format!("{namespace}/{name}");
     if unchanged {
         return Ok(Replayed {

@@ -54,7 +54,8 @@ impl DeliverySummary {
             received_at: d.spec.received_at.as_str().into(),
             replay_wanted,
             replay_unseen: replay_wanted
-                && d.labels().contains_key(crate::resources::names::LABEL_FINISHED),
+                && d.labels()
+                    .contains_key(crate::resources::names::LABEL_FINISHED),
         }
     }
 }

@@ -58,7 +58,11 @@ mod tests {
         assert_eq!(once, again, "an event already held is not added twice");
         let all = remember(&again, names.iter().map(String::as_str));
         assert_eq!(all.len(), LIMIT);
-        assert_eq!(all[0], naming::event_key_of(&names[5]), "the oldest went first");
+        assert_eq!(
+            all[0],
+            naming::event_key_of(&names[5]),
+            "the oldest went first"
+        );
         assert_eq!(all[LIMIT - 1], naming::event_key_of(&names[LIMIT + 4]));
 
         let mut route = crate::receiver::record::tests::route();

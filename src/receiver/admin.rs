@@ -15,10 +15,7 @@ pub struct Readiness(Arc<Mutex<ReadyState>>, Arc<tokio::sync::watch::Sender<u64>
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness(
-            Arc::default(),
-            Arc::new(tokio::sync::watch::Sender::new(0)),
-        )
+        Readiness(Arc::default(), Arc::new(tokio::sync::watch::Sender::new(0)))
     }
 }
 

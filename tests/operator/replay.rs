@@ -34,20 +34,24 @@ async fn finished_delivery(api: &FakeApiServer, op: &Operator, hooks: &Recorder)
 
 /// Waits until run `replay` of the delivery succeeded and is labelled finished again.
 async fn finished(api: &FakeApiServer, name: &str, replay: i32) -> WebhookDelivery {
-    eventually("the run succeeded and the delivery is finished", WAIT, || {
-        let d = get_delivery(api, name);
-        async move {
-            let d = d?;
-            let s = d.status.as_ref()?;
-            let done = s.phase == Phase::Succeeded
-                && s.replay_count() == replay
-                && d.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key("asc.webhooks.dev/finished"));
-            done.then_some(d)
-        }
-    })
+    eventually(
+        "the run succeeded and the delivery is finished",
+        WAIT,
+        || {
+            let d = get_delivery(api, name);
+            async move {
+                let d = d?;
+                let s = d.status.as_ref()?;
+                let done = s.phase == Phase::Succeeded
+                    && s.replay_count() == replay
+                    && d.metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key("asc.webhooks.dev/finished"));
+                done.then_some(d)
+            }
+        },
+    )
     .await
 }
 
@@ -96,7 +100,10 @@ async fn a_new_replay_annotation_runs_the_actions_once_more_and_the_same_value_r
     assert_eq!(hooks.requests().len(), 2, "the HTTP call ran again");
     let s = d.status.clone().unwrap();
     let replays = s.replays.clone().unwrap();
-    assert_eq!((replays.count, replays.last_value.as_deref()), (1, Some("first")));
+    assert_eq!(
+        (replays.count, replays.last_value.as_deref()),
+        (1, Some("first"))
+    );
     assert_eq!(s.history.len(), 1, "the original run stays in history");
     assert_eq!(s.history[0].replay, 0);
     assert_eq!(s.history[0].phase, Phase::Succeeded);
@@ -115,7 +122,11 @@ async fn a_new_replay_annotation_runs_the_actions_once_more_and_the_same_value_r
     assert_eq!(jobs(&api).len(), 2);
     assert_eq!(hooks.requests().len(), 2);
     assert_eq!(
-        get_delivery(&api, &name).unwrap().status.unwrap().replay_count(),
+        get_delivery(&api, &name)
+            .unwrap()
+            .status
+            .unwrap()
+            .replay_count(),
         1
     );
     let metrics = op.metrics().await;

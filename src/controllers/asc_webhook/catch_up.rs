@@ -317,7 +317,10 @@ pub fn lag_seconds(logged: &LoggedDelivery, now: jiff::Timestamp) -> Option<f64>
     let created = logged
         .created_date
         .as_deref()
-        .or(logged.event.as_ref().and_then(|e| e.created_date.as_deref()))
+        .or(logged
+            .event
+            .as_ref()
+            .and_then(|e| e.created_date.as_deref()))
         .and_then(crate::time::parse_ts)?;
     Some(now.duration_since(created).as_secs_f64().max(0.0))
 }
@@ -409,7 +412,11 @@ mod tests {
         undated.event.as_mut().unwrap().created_date = Some("2026-12-01T10:09:00Z".into());
         assert_eq!(lag_seconds(&undated, now), Some(60.0));
         let future = logged("c", "2026-12-01T10:20:00Z", "{}");
-        assert_eq!(lag_seconds(&future, now), Some(0.0), "clock skew never counts negative");
+        assert_eq!(
+            lag_seconds(&future, now),
+            Some(0.0),
+            "clock skew never counts negative"
+        );
     }
 
     #[test]

@@ -502,7 +502,10 @@ async fn conclude(
 /// it starts once. `None`: the delivery changed underneath, read it again.
 async fn start_replay(ctx: &Context, d: WebhookDelivery) -> Result<Option<WebhookDelivery>, Error> {
     let finished = d.status.as_ref().is_some_and(|s| s.phase.is_terminal());
-    let Some(value) = replay::requested(&d).filter(|_| finished).map(str::to_owned) else {
+    let Some(value) = replay::requested(&d)
+        .filter(|_| finished)
+        .map(str::to_owned)
+    else {
         return Ok(Some(d));
     };
     let mut st = d.status.clone().unwrap_or_default();

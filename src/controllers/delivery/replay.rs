@@ -7,12 +7,12 @@
 //! them). Its start is one conditional status write, so two passes cannot both start it, and the value
 //! it answered is stored: the same value again (a re-apply, a second `kubectl annotate`) runs nothing.
 
+use crate::resources::WebhookDelivery;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::delivery::{
     ANNOTATION_REPLAY, Phase, ReplayStatus, RunRecord, WebhookDeliveryStatus,
 };
 use crate::resources::names::LABEL_FINISHED;
-use crate::resources::WebhookDelivery;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -121,7 +121,11 @@ mod tests {
         assert_eq!(requested(&d), Some("1"));
         let st = d.status.as_mut().unwrap();
         begin(st, "1", Some(1), "t2");
-        assert_eq!(requested(&d), None, "the value it answered runs nothing again");
+        assert_eq!(
+            requested(&d),
+            None,
+            "the value it answered runs nothing again"
+        );
         d.metadata.annotations = Some([(ANNOTATION_REPLAY.to_owned(), "2".to_owned())].into());
         assert_eq!(requested(&d), Some("2"));
     }
@@ -132,17 +136,28 @@ mod tests {
         let st = d.status.as_mut().unwrap();
         begin(st, "1", Some(1), "t2");
         assert_eq!(st.phase, Phase::Pending);
-        assert!(st.actions.is_empty() && st.matched_rules.is_empty() && st.completion_time.is_none());
+        assert!(
+            st.actions.is_empty() && st.matched_rules.is_empty() && st.completion_time.is_none()
+        );
         assert_eq!(st.attempts, 0);
         let replays = st.replays.clone().unwrap();
-        assert_eq!((replays.count, replays.last_value.as_deref()), (1, Some("1")));
+        assert_eq!(
+            (replays.count, replays.last_value.as_deref()),
+            (1, Some("1"))
+        );
         assert_eq!(st.history.len(), 1);
         assert_eq!(st.history[0].replay, 0);
         assert_eq!(st.history[0].phase, Phase::Succeeded);
-        assert_eq!(st.history[0].actions[0].job_name.as_deref(), Some("release-submit-abc"));
+        assert_eq!(
+            st.history[0].actions[0].job_name.as_deref(),
+            Some("release-submit-abc")
+        );
         assert_eq!(st.history[0].completion_time.as_deref(), Some("t1"));
         let c = conditions::find(&st.conditions, "Completed").unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Replaying"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Replaying")
+        );
         assert_eq!(st.replay_count(), 1);
     }
 

@@ -314,13 +314,17 @@ async fn an_event_pruned_past_the_history_limit_runs_nothing_again_after_a_resta
             .unwrap();
         assert_eq!(sent.response_status, Some(202), "{sent:?}");
     }
-    eventually("the first delivery is pruned and recorded as seen", WAIT, || {
-        let gone = get_delivery(&api, &name).is_none();
-        let seen = get_route(&api, "release")
-            .status
-            .is_some_and(|s| s.seen_events.iter().any(|k| name.ends_with(k.as_str())));
-        async move { (gone && seen).then_some(()) }
-    })
+    eventually(
+        "the first delivery is pruned and recorded as seen",
+        WAIT,
+        || {
+            let gone = get_delivery(&api, &name).is_none();
+            let seen = get_route(&api, "release")
+                .status
+                .is_some_and(|s| s.seen_events.iter().any(|k| name.ends_with(k.as_str())));
+            async move { (gone && seen).then_some(()) }
+        },
+    )
     .await;
     eventually("the newer events run their Jobs", WAIT, || {
         let n = jobs(&api).len();
@@ -356,11 +360,16 @@ async fn an_event_pruned_past_the_history_limit_runs_nothing_again_after_a_resta
     assert_eq!(again.response_status, Some(202), "{again:?}");
     let event = wait_event(&api, "DuplicateEvent").await;
     assert!(
-        event["note"].as_str().unwrap_or_default().contains("already ran"),
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already ran"),
         "{event}"
     );
     eventually("the route counts one duplicate", WAIT, || {
-        let n = get_route(&api, "release").status.map(|s| s.deliveries.duplicate);
+        let n = get_route(&api, "release")
+            .status
+            .map(|s| s.deliveries.duplicate);
         async move { (n == Some(1)).then_some(()) }
     })
     .await;
@@ -400,7 +409,10 @@ async fn catch_up_runs_when_the_receiver_is_ready_again() {
             .resource("webhookdeliveries")
             .times(1),
     );
-    let failed = mock.send_event(&id, &build_event("while-unready")).await.unwrap();
+    let failed = mock
+        .send_event(&id, &build_event("while-unready"))
+        .await
+        .unwrap();
     assert_eq!(failed.state, DeliveryState::Failed, "{failed:?}");
     assert_eq!(by_source(&api, DeliverySource::CatchUp), 0);
 

@@ -178,3 +178,35 @@ async fn the_replay_command_runs_the_actions_once_more_and_the_same_value_runs_n
     );
     op.stop().await;
 }
+
+#[tokio::test]
+async fn a_replay_asked_for_while_the_actions_run_starts_when_they_end() {
+    let hooks = Recorder::start().await;
+    let api = staged(&hooks).await;
+    let op = Operator::start(&api, &[]).await;
+    wait_route_ready(&api, "r").await;
+    let (status, answer) = op.post("r", EVENT, WEBHOOK_SECRET).await;
+    assert_eq!(status, 202, "{answer}");
+    let name = answer["delivery"].as_str().unwrap().to_owned();
+    let job = eventually("the Job is created", WAIT, || {
+        let j = jobs(&api).first().and_then(|j| j.metadata.name.clone());
+        async move { j }
+    })
+    .await;
+    annotate(&api, &name, "early").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let d = get_delivery(&api, &name).unwrap();
+    let s = d.status.unwrap();
+    assert_eq!(s.replay_count(), 0, "the running Job is not abandoned");
+    assert_eq!(s.phase, Phase::Running);
+    assert_eq!(jobs(&api).len(), 1);
+
+    complete_job(&api, &job, true).await;
+    let d = replay_runs(&api, &name, 1).await;
+    let s = d.status.unwrap();
+    assert_eq!(s.history.len(), 1);
+    assert_eq!(s.history[0].phase, Phase::Succeeded);
+    assert_eq!(jobs(&api).len(), 2);
+    assert_eq!(hooks.requests().len(), 2);
+    op.stop().await;
+}

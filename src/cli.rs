@@ -281,4 +281,20 @@ mod tests {
         ]);
         assert!(ok.is_ok());
     }
+
+    #[test]
+    fn replay_takes_a_namespace_and_a_delivery() {
+        let cli = Cli::try_parse_from(["x", "replay", "-n", "ios", "release-abc"]).unwrap();
+        let Command::Replay(args) = cli.command else {
+            panic!("not replay");
+        };
+        assert_eq!(
+            (args.namespace.as_str(), args.delivery.as_str(), args.value),
+            ("ios", "release-abc", None)
+        );
+        assert!(
+            Cli::try_parse_from(["x", "replay", "-n", "ios"]).is_err(),
+            "the delivery is required"
+        );
+    }
 }

@@ -208,6 +208,17 @@ async fn every_page_of_a_long_log_is_read_and_a_429_half_way_resumes_from_the_ch
     })
     .await;
     assert_eq!(recovered, 250);
+    let metrics = op.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"asc_webhook_catch_up_errors_total{route="ios/release",reason="unavailable"} 1"#
+        ),
+        "the 429 is counted: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"asc_webhook_catch_up_recovered_events_total{route="ios/release"} 250"#),
+        "{metrics}"
+    );
     op.stop().await;
 }
 

@@ -182,7 +182,7 @@ pub struct WebhookDeliveryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replays: Option<ReplayStatus>,
     /// Earlier runs of the delivery (the original, then each replay but the current one), oldest first,
-    /// at most 20.
+    /// at most 20 and about 16 KiB (the newest is always kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub history: Vec<RunRecord>,

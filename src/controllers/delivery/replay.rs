@@ -18,6 +18,9 @@ use kube::{Api, ResourceExt};
 
 /// Earlier runs kept in `status.history`; the oldest are dropped first.
 pub const HISTORY_LIMIT: usize = 20;
+/// Serialized bytes `status.history` may take, beyond its newest run: the delivery must stay inside the
+/// room kept for status below the API server's object limit however large its payload.
+pub const HISTORY_MAX_BYTES: usize = 16 * 1024;
 
 /// The annotation value asking for a replay not yet started, if any. Pure.
 pub fn requested(d: &WebhookDelivery) -> Option<&str> {
@@ -46,6 +49,9 @@ pub fn begin(st: &mut WebhookDeliveryStatus, value: &str, generation: Option<i64
     });
     let excess = st.history.len().saturating_sub(HISTORY_LIMIT);
     st.history.drain(..excess);
+    while st.history.len() > 1 && serialized_len(&st.history) > HISTORY_MAX_BYTES {
+        st.history.remove(0);
+    }
     st.replays = Some(ReplayStatus {
         count: run + 1,
         last_value: Some(value.to_owned()),
@@ -63,6 +69,10 @@ pub fn begin(st: &mut WebhookDeliveryStatus, value: &str, generation: Option<i64
     );
     st.conditions = conditions::merge(&st.conditions, vec![completed], generation, now);
     st.observed_generation = generation;
+}
+
+fn serialized_len(history: &[RunRecord]) -> usize {
+    serde_json::to_vec(history).map_or(0, |v| v.len())
 }
 
 /// Removes the finished label from delivery `name`, which brings it back into the delivery
@@ -171,5 +181,28 @@ mod tests {
         assert_eq!(st.history.len(), HISTORY_LIMIT);
         assert_eq!(st.history[0].replay, 3, "the oldest runs went first");
         assert_eq!(st.replay_count(), i32::try_from(HISTORY_LIMIT + 3).unwrap());
+
+        // Runs with many long errors are bounded by size too; the newest always stays.
+        let mut st = finished(None).status.unwrap();
+        for n in 0..HISTORY_LIMIT {
+            st.actions = (0..32)
+                .map(|r| ActionStatus {
+                    rule: format!("rule-{r}"),
+                    error: Some("e".repeat(300)),
+                    ..Default::default()
+                })
+                .collect();
+            begin(&mut st, &n.to_string(), None, "t");
+        }
+        assert!(!st.history.is_empty());
+        assert!(
+            st.history.len() == 1 || serialized_len(&st.history) <= HISTORY_MAX_BYTES,
+            "{} bytes",
+            serialized_len(&st.history)
+        );
+        assert_eq!(
+            st.history.last().unwrap().replay,
+            i32::try_from(HISTORY_LIMIT).unwrap() - 1
+        );
     }
 }

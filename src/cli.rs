@@ -1,4 +1,4 @@
-//! The command line: `run`, `crds` and `send`. Every setting is a flag with an `ASC_*` environment fallback;
+//! The command line: `run`, `crds`, `send` and `replay`. Every setting is a flag with an `ASC_*` environment fallback;
 //! nothing else in the crate reads the environment.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -29,6 +29,9 @@ pub enum Command {
     Crds(CrdsArgs),
     /// Sign an event body as App Store Connect does and POST it to a route, to test it without Apple.
     Send(SendArgs),
+    /// Run a delivery's matching rules once more (sets its `asc.webhooks.dev/replay` annotation with
+    /// your kubeconfig's identity; needs get and patch on webhookdeliveries).
+    Replay(ReplayArgs),
 }
 
 /// Log output format.
@@ -206,6 +209,25 @@ pub struct SendArgs {
     pub timeout: Duration,
 }
 
+/// Settings of `replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Namespace of the delivery.
+    #[arg(
+        short = 'n',
+        long,
+        env = "ASC_REPLAY_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// Name of the `WebhookDelivery` (`kubectl get webhookdeliveries -n NAMESPACE`).
+    pub delivery: String,
+    /// The annotation value to set (default: the next integer after the replays so far). The value
+    /// a replay already ran for runs nothing again.
+    #[arg(long, env = "ASC_REPLAY_VALUE")]
+    pub value: Option<String>,
+}
+
 /// Parses `500ms`, `10s`, `5m` or `1h`; a bare number means seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -258,5 +280,21 @@ mod tests {
             "webhook-ping",
         ]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn replay_takes_a_namespace_and_a_delivery() {
+        let cli = Cli::try_parse_from(["x", "replay", "-n", "ios", "release-abc"]).unwrap();
+        let Command::Replay(args) = cli.command else {
+            panic!("not replay");
+        };
+        assert_eq!(
+            (args.namespace.as_str(), args.delivery.as_str(), args.value),
+            ("ios", "release-abc", None)
+        );
+        assert!(
+            Cli::try_parse_from(["x", "replay", "-n", "ios"]).is_err(),
+            "the delivery is required"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod naming;
 pub mod operator;
 pub mod receiver;
+pub mod replay;
 pub mod resources;
 pub mod send;
 pub mod telemetry;

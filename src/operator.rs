@@ -145,6 +145,7 @@ pub async fn run_with(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let routes_probe = routes_api.clone();
     let (routes, writer) = reflector::store();
     let route_stream = {
         let readiness = readiness.clone();
@@ -173,6 +174,11 @@ pub async fn run_with(
         })
     };
     tokio::spawn(route_stream);
+    tokio::spawn(probe_while_unready(
+        routes_probe,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     {
         let routes = routes.clone();
         let readiness = readiness.clone();
@@ -244,6 +250,7 @@ pub async fn run_with(
         .map_err(RunError::HttpClient)?
         .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
     );
+    ctx.set_ready_again(readiness.recoveries());
     let namespace = args.namespace.clone();
     let leader_gauge = metrics.leader.clone();
     let controllers = {
@@ -277,6 +284,31 @@ pub async fn run_with(
     c?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often an unready replica checks whether it may read routes again.
+const UNREADY_PROBE: Duration = Duration::from_secs(2);
+
+/// A route watch that failed for want of rights resumes without any event when nothing changed
+/// meanwhile (a resumed watch sends only changes), so its success alone would leave the replica unready
+/// until some route changes. While a problem is recorded, a LIST of one route every
+/// [`UNREADY_PROBE`] tells when the rights are back. Nothing is requested while ready.
+async fn probe_while_unready(
+    routes: Api<WebhookRoute>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let one = kube::api::ListParams::default().limit(1);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(UNREADY_PROBE) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if readiness.has_problem() && routes.list_metadata(&one).await.is_ok() {
+            tracing::info!("routes readable again; ready");
+            readiness.clear_problem();
+        }
+    }
 }
 
 /// A failing route watch: counted, logged at error with what to do when a person has to act (missing

@@ -171,6 +171,7 @@ pub struct Context {
     /// Routes this process made its start-up catch-up pass for. Bounded like `route_facts`: past that
     /// many routes, a forgotten one gets one more (idempotent) pass.
     caught_up: moka::sync::Cache<String, ()>,
+    ready_again: OnceLock<tokio::sync::watch::Receiver<u64>>,
     written_asc: Mutex<HashMap<String, WrittenAsc>>,
 }
 
@@ -203,6 +204,7 @@ impl Context {
                 .time_to_live(Duration::from_secs(24 * 3600))
                 .build(),
             unfinished: OnceLock::new(),
+            ready_again: OnceLock::new(),
             // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
             job_facts: moka::sync::Cache::builder()
                 .max_capacity(50_000)
@@ -261,6 +263,21 @@ impl Context {
     /// The route controller's cache of routes, once the controllers started.
     pub fn routes(&self) -> Option<&Store<WebhookRoute>> {
         self.routes.get()
+    }
+
+    /// Hands the controllers the receiver's recoveries from unready (once; later calls are ignored).
+    pub fn set_ready_again(&self, recoveries: tokio::sync::watch::Receiver<u64>) {
+        let _ = self.ready_again.set(recoveries);
+    }
+
+    /// The receiver's recoveries from unready, when the operator wired them.
+    pub fn ready_again(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.ready_again.get().cloned()
+    }
+
+    /// Forgets which routes this process caught up, so each makes a pass on its next reconcile.
+    pub fn forget_caught_up(&self) {
+        self.caught_up.invalidate_all();
     }
 
     /// Hands the delivery controller the route store (once; later calls are ignored).

@@ -24,6 +24,9 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].
 pub const MANAGED_BY: &str = FIELD_MANAGER;
 
+/// Annotation whose every new value replays a delivery: its matching rules run once more.
+pub const ANNOTATION_REPLAY: &str = "asc.webhooks.dev/replay";
+
 /// kubectl's copy of the last applied spec: as large as the spec, and read by nothing here, so caches
 /// drop it.
 pub const ANNOTATION_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -54,6 +57,7 @@ mod tests {
             LABEL_FINISHED,
             LABEL_RULE,
             LABEL_DELIVERY,
+            ANNOTATION_REPLAY,
             FINALIZER_ASC_WEBHOOK,
         ] {
             assert!(name.starts_with(PREFIX), "{name}");

@@ -17,6 +17,7 @@ pub mod naming;
 pub mod operator;
 pub mod receiver;
 pub mod resources;
+pub mod retry;
 pub mod send;
 pub mod telemetry;
 pub mod time;

@@ -118,7 +118,7 @@ impl Receiver {
 mod tests {
     use super::backend::{SecretData, SecretSourceError};
     use super::*;
-    use crate::resources::{SecretKeySelector, WebhookDelivery, WebhookRoute, WebhookRouteSpec};
+    use crate::resources::{WebhookDelivery, WebhookRoute};
     use axum::body::Body;
     use futures::future::BoxFuture;
     use http::Request;
@@ -154,24 +154,7 @@ mod tests {
     }
 
     fn ios_release() -> WebhookRoute {
-        let mut route = WebhookRoute::new(
-            "release",
-            WebhookRouteSpec {
-                service_account_name: None,
-                secret_ref: SecretKeySelector {
-                    name: "hook".into(),
-                    key: "k".into(),
-                    namespace: None,
-                },
-                credential_ref: None,
-                rules: vec![],
-                delivery_history_limit: None,
-                app_store_connect: None,
-                suspend: false,
-            },
-        );
-        route.metadata.namespace = Some("ios".into());
-        route
+        record::tests::route()
     }
 
     #[tokio::test]

@@ -157,26 +157,11 @@ impl RouteLookup for RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{SecretKeySelector, WebhookRouteSpec};
 
     fn route(ns: &str, name: &str) -> WebhookRoute {
-        let mut r = WebhookRoute::new(
-            name,
-            WebhookRouteSpec {
-                service_account_name: None,
-                secret_ref: SecretKeySelector {
-                    name: "hook".into(),
-                    key: "k".into(),
-                    namespace: None,
-                },
-                credential_ref: None,
-                rules: vec![],
-                delivery_history_limit: None,
-                app_store_connect: None,
-                suspend: false,
-            },
-        );
+        let mut r = crate::receiver::record::tests::route();
         r.metadata.namespace = Some(ns.into());
+        r.metadata.name = Some(name.into());
         r
     }
 
@@ -194,7 +179,7 @@ mod tests {
         assert!(table.route("ios", "gone").is_none());
         let r = table.route("ios", "release").unwrap();
         assert_eq!(&*r.label, "ios/release");
-        assert_eq!((r.secret.namespace(), r.secret.name()), ("ios", "hook"));
+        assert_eq!((r.secret.namespace(), r.secret.name()), ("ios", "s"));
         table.apply(watcher::Event::Delete(route("ios", "release")));
         assert!(table.is_empty());
         assert!(table.route("ios", "release").is_none());

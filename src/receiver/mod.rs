@@ -2,7 +2,7 @@
 //!
 //! Checks run in the order of the receiver's answer table (docs/RESOURCES.md) — route, size and time limits, signature over
 //! the raw bytes, parse — and nothing is written for a request that fails one. Routes come from an
-//! in-memory reflector store, never from an API call per request.
+//! in-memory route table fed by a watch ([`routes`]), never from an API call per request.
 
 pub mod admin;
 mod answer;

@@ -219,12 +219,13 @@ pub async fn run_with(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = args.identity.clone().unwrap_or_else(|| {
         format!(
-            "asc-webhook-operator-{}",
+            "{}-{}",
+            crate::resources::names::OPERATOR,
             hex::encode(rand::random::<[u8; 6]>())
         )
     });
     let reporter = kube::runtime::events::Reporter {
-        controller: "asc-webhook-operator".into(),
+        controller: crate::resources::names::OPERATOR.into(),
         instance: Some(identity.clone()),
     };
     let ctx = Arc::new(

@@ -180,7 +180,7 @@ pub fn client(deny: DenyList) -> Result<ActionHttp, reqwest::Error> {
         .connect_timeout(Duration::from_secs(5))
         .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver::new(deny.clone())))
-        .user_agent(concat!("asc-webhook-operator/", env!("CARGO_PKG_VERSION")))
+        .user_agent(crate::resources::names::USER_AGENT)
         .build()?;
     Ok(ActionHttp { client, deny })
 }

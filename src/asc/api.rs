@@ -224,7 +224,7 @@ impl AscClient {
             .timeout(options.request_timeout)
             // A redirect could leave the API origin; treat it as an unexpected status instead.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("asc-webhook-operator/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::resources::names::USER_AGENT)
             .build()
             .map_err(ApiError::Client)?;
         Ok(AscClient {

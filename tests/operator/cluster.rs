@@ -17,7 +17,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use testkit::apiserver::FakeApiServer;
 
@@ -104,7 +105,7 @@ impl Cluster for TestCluster {
 
 /// One scenario's hold on the real cluster.
 pub struct RealCluster {
-    config: kube::Config,
+    shared: &'static Shared,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -121,14 +122,22 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 /// One scenario at a time on the shared cluster.
 static TURN: LazyLock<Arc<tokio::sync::Mutex<()>>> = LazyLock::new(Arc::default);
 
-/// Set up once per test process: the connection, discovery, CRDs and namespace.
-static SHARED: OnceLock<Shared> = OnceLock::new();
+/// Set up once per kubeconfig and test process: the connection, discovery, CRDs and namespace.
+static SHARED: LazyLock<Mutex<HashMap<PathBuf, &'static Shared>>> = LazyLock::new(Mutex::default);
 
 struct Shared {
     config: kube::Config,
     client: kube::Client,
     /// Plural resource name → what discovery says about it (preferred version).
     resources: HashMap<String, ApiResource>,
+}
+
+/// Runs `fut` on the real-cluster runtime.
+pub async fn on_runtime<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+    RUNTIME
+        .spawn(fut)
+        .await
+        .expect("the real-cluster runtime finished the call")
 }
 
 /// Runs `fut` on the real-cluster runtime and waits for it on this thread.
@@ -141,37 +150,46 @@ fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) ->
         .expect("the real-cluster runtime finished the call")
 }
 
-fn shared() -> &'static Shared {
-    SHARED.get().expect("RealCluster::connect ran first")
-}
-
 impl RealCluster {
     /// Takes this scenario's turn, sets the cluster up on first use and empties the namespace.
-    pub async fn connect(kubeconfig: std::path::PathBuf) -> RealCluster {
+    pub async fn connect(kubeconfig: PathBuf) -> RealCluster {
         let turn = TURN.clone().lock_owned().await;
-        if SHARED.get().is_none() {
-            let shared = block_on(set_up(kubeconfig));
-            let _ = SHARED.set(shared);
-        }
-        block_on(empty_namespace(shared().client.clone()));
+        let known = SHARED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kubeconfig)
+            .copied();
+        let shared = match known {
+            Some(s) => s,
+            None => {
+                let s: &'static Shared =
+                    Box::leak(Box::new(on_runtime(set_up(kubeconfig.clone())).await));
+                SHARED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(kubeconfig, s);
+                s
+            }
+        };
+        on_runtime(empty_namespace(shared.client.clone())).await;
         RealCluster {
-            config: shared().config.clone(),
+            shared,
             _turn: turn,
         }
     }
 
     fn config(&self) -> kube::Config {
-        self.config.clone()
+        self.shared.config.clone()
     }
 
     /// A client for the calling runtime (its connections are made on first use, there).
     fn client(&self) -> kube::Client {
-        kube::Client::try_from(self.config.clone()).expect("a client from the kubeconfig")
+        kube::Client::try_from(self.config()).expect("a client from the kubeconfig")
     }
 
-    fn api(resource: &str, ns: Option<&str>) -> Option<Api<DynamicObject>> {
-        let ar = shared().resources.get(resource)?;
-        let client = shared().client.clone();
+    fn api(&self, resource: &str, ns: Option<&str>) -> Option<Api<DynamicObject>> {
+        let ar = self.shared.resources.get(resource)?;
+        let client = self.shared.client.clone();
         Some(match ns {
             Some(ns) => Api::namespaced_with(client, ns, ar),
             None => Api::all_with(client, ar),
@@ -179,18 +197,18 @@ impl RealCluster {
     }
 
     fn list_objects(&self, resource: &str, ns: Option<&str>) -> Vec<Value> {
-        let Some(api) = Self::api(resource, ns) else {
+        let Some(api) = self.api(resource, ns) else {
             return Vec::new();
         };
-        let ar = shared().resources[resource].clone();
+        let ar = self.shared.resources[resource].clone();
         let list = block_on(async move { api.list(&ListParams::default()).await })
             .unwrap_or_else(|e| panic!("listing {resource}: {e}"));
         list.items.into_iter().map(|o| typed_json(o, &ar)).collect()
     }
 
     fn get_object(&self, resource: &str, ns: &str, name: &str) -> Option<Value> {
-        let api = Self::api(resource, Some(ns))?;
-        let ar = shared().resources[resource].clone();
+        let api = self.api(resource, Some(ns))?;
+        let ar = self.shared.resources[resource].clone();
         let name = name.to_owned();
         let what = format!("{resource} {ns}/{name}");
         block_on(async move { api.get_opt(&name).await })
@@ -214,7 +232,7 @@ fn typed_json(obj: DynamicObject, ar: &ApiResource) -> Value {
     v
 }
 
-async fn set_up(kubeconfig: std::path::PathBuf) -> Shared {
+async fn set_up(kubeconfig: PathBuf) -> Shared {
     let file = Kubeconfig::read_from(&kubeconfig)
         .unwrap_or_else(|e| panic!("{KUBECONFIG_ENV}={}: {e}", kubeconfig.display()));
     let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())

@@ -151,7 +151,11 @@ impl World {
     /// Example `name` loaded and the operator started with `extra` flags, on the fake API server or,
     /// with `ASC_E2E_KUBECONFIG` set, on that real cluster.
     pub async fn example(name: &str, extra: &[&str]) -> World {
-        let api = TestCluster::for_scenarios().await;
+        World::example_on(TestCluster::for_scenarios().await, name, extra).await
+    }
+
+    /// Example `name` loaded into `api` and the operator started on it.
+    pub async fn example_on(api: TestCluster, name: &str, extra: &[&str]) -> World {
         let asc = asc_mock().await;
         let hooks = Recorder::start().await;
         let secret_values = load_example(&api, name, &asc, &hooks).await;

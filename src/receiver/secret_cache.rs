@@ -430,6 +430,33 @@ mod tests {
         assert!(cache.previous(&hook(), "other-key", grace).await.is_none());
     }
 
+    struct ByNamespace;
+    impl SecretSource for ByNamespace {
+        fn secret<'a>(
+            &'a self,
+            namespace: &'a str,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Option<SecretData>, SecretSourceError>> {
+            let value = format!("{namespace}:{name}").into_bytes();
+            Box::pin(async move { Ok(Some(SecretData::from([("secret".to_owned(), value)]))) })
+        }
+    }
+
+    #[tokio::test]
+    async fn secrets_are_told_apart_by_namespace_and_name() {
+        let cache = SecretCache::new(
+            Arc::new(ByNamespace),
+            Duration::from_secs(30),
+            Metrics::new(),
+        );
+        for (ns, name) in [("a", "b-c"), ("a-b", "c"), ("a", "b")] {
+            let id = SecretId::new(ns, name);
+            assert_eq!((id.namespace(), id.name()), (ns, name));
+            let got = cache.get(&id, "secret").await.unwrap();
+            assert_eq!(got.expose(), format!("{ns}:{name}").as_bytes());
+        }
+    }
+
     #[test]
     fn secret_bytes_never_print() {
         let s = SecretBytes(Arc::from(&b"hunter2"[..]));

@@ -162,7 +162,7 @@ pub struct RunArgs {
     #[arg(long, env = "ASC_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,
     /// Name of the Lease used for leader election.
-    #[arg(long, env = "ASC_LEASE_NAME", default_value = "asc-webhook-operator")]
+    #[arg(long, env = "ASC_LEASE_NAME", default_value = crate::resources::names::OPERATOR)]
     pub lease_name: String,
     /// Namespace of the Lease (usually the operator's own, from the downward API).
     #[arg(long, env = "ASC_LEASE_NAMESPACE", default_value = "default")]

@@ -18,6 +18,7 @@ pub mod operator;
 pub mod receiver;
 pub mod replay;
 pub mod resources;
+pub mod retry;
 pub mod send;
 pub mod telemetry;
 pub mod time;

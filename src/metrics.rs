@@ -13,8 +13,8 @@ use std::sync::Arc;
 /// Labels of receiver request counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `namespace/route`, or `unknown` for routes that do not exist.
-    pub route: String,
+    /// `namespace/route`, or `unknown` for routes that do not exist (shared, made once per route).
+    pub route: Arc<str>,
     /// `accepted`, `duplicate`, `bad_signature`, `bad_request`, `too_large`, `timeout`, `rate_limited`,
     /// `unavailable`, `busy` (body budget full), `unstorable` (too large to store), `refused` (the API
     /// server refused it for good), `not_found`.
@@ -24,8 +24,8 @@ pub struct RequestLabels {
 /// Labels naming a route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    /// `namespace/route`.
-    pub route: String,
+    /// `namespace/route` (shared, made once per route).
+    pub route: Arc<str>,
 }
 
 /// Labels of an outcome-only series.

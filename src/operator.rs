@@ -10,11 +10,12 @@ use crate::leader::{self, LeaseSettings};
 use crate::metrics::{Metrics, WatchLabels};
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
+use crate::receiver::routes::RouteTable;
 use crate::receiver::serve::ServeLimits;
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::resources::WebhookRoute;
 use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,32 +147,25 @@ pub async fn run_with(
         None => Api::all(client.clone()),
     };
     let routes_probe = routes_api.clone();
-    let (routes, writer) = reflector::store();
+    // The receiver's own table (not a reflector store): each route is prepared once as it arrives, and
+    // lookups borrow the request's path.
+    let routes = Arc::new(RouteTable::default());
     let route_stream = {
         let readiness = readiness.clone();
         let metrics = metrics.clone();
-        reflector(
-            writer,
-            // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates
-            // are the bulk), status, managed fields and annotations (kubectl's last-applied copy of the
-            // spec) keeps 1,000 routes small.
-            watcher(routes_api, watcher::Config::default().any_semantic()).modify(
-                |route: &mut WebhookRoute| {
-                    route.spec.rules.clear();
-                    route.status = None;
-                    route.metadata.managed_fields = None;
-                    route.metadata.annotations = None;
-                },
-            ),
-        )
-        .default_backoff()
-        .for_each(move |event| {
-            match event {
-                Ok(_) => readiness.clear_problem(),
-                Err(e) => route_watch_failed(&e, &readiness, &metrics),
-            }
-            futures::future::ready(())
-        })
+        let routes = routes.clone();
+        watcher(routes_api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .for_each(move |event| {
+                match event {
+                    Ok(event) => {
+                        routes.apply(event);
+                        readiness.clear_problem()
+                    }
+                    Err(e) => route_watch_failed(&e, &readiness, &metrics),
+                }
+                futures::future::ready(())
+            })
     };
     tokio::spawn(route_stream);
     tokio::spawn(probe_while_unready(
@@ -183,16 +177,15 @@ pub async fn run_with(
         let routes = routes.clone();
         let readiness = readiness.clone();
         tokio::spawn(async move {
-            if routes.wait_until_ready().await.is_ok() {
-                tracing::info!(routes = routes.len(), "route store synced");
-                readiness.set_ready();
-                crate::memory::release_free_memory();
-            }
+            routes.wait_until_ready().await;
+            tracing::info!(routes = routes.len(), "route store synced");
+            readiness.set_ready();
+            crate::memory::release_free_memory();
         });
     }
 
     let receiver = Receiver::new(
-        Arc::new(routes.clone()),
+        routes.clone(),
         Arc::new(KubeSecrets::new(receiver_client.clone())),
         Arc::new(KubeDeliveries::new(receiver_client)),
         ReceiverConfig::from(&args),
@@ -232,12 +225,13 @@ pub async fn run_with(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = args.identity.clone().unwrap_or_else(|| {
         format!(
-            "asc-webhook-operator-{}",
+            "{}-{}",
+            crate::resources::names::OPERATOR,
             hex::encode(rand::random::<[u8; 6]>())
         )
     });
     let reporter = kube::runtime::events::Reporter {
-        controller: "asc-webhook-operator".into(),
+        controller: crate::resources::names::OPERATOR.into(),
         instance: Some(identity.clone()),
     };
     let ctx = Arc::new(

@@ -88,14 +88,11 @@ impl Settings {
     /// Exponential backoff for the `attempt`-th retry (1-based), with up to 20 % jitter so a burst of
     /// failures does not retry in lockstep.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .retry_base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let capped = exp.min(self.retry_max_delay);
-        let jitter = capped.mul_f64(rand::random::<f64>() * 0.2);
-        capped
-            .saturating_add(jitter)
-            .min(self.retry_max_delay.max(self.retry_base_delay))
+        crate::retry::Backoff {
+            base: self.retry_base_delay,
+            max: self.retry_max_delay,
+        }
+        .delay(attempt)
     }
 }
 
@@ -609,20 +606,6 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let s = Settings {
-            retry_base_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(10),
-            ..Settings::default()
-        };
-        assert!(
-            s.backoff(1) >= Duration::from_secs(1) && s.backoff(1) < Duration::from_millis(1201)
-        );
-        assert!(s.backoff(3) >= Duration::from_secs(4));
-        assert!(s.backoff(30) <= Duration::from_secs(10));
-    }
 
     #[test]
     fn truncation_respects_characters() {

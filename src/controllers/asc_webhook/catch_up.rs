@@ -289,7 +289,8 @@ fn route_label(route: &WebhookRoute) -> RouteLabels {
             "{}/{}",
             route.namespace().unwrap_or_default(),
             route.name_any()
-        ),
+        )
+        .into(),
     }
 }
 
@@ -297,7 +298,10 @@ fn count_error(ctx: &Context, route: &WebhookRoute, reason: &'static str) {
     let RouteLabels { route } = route_label(route);
     ctx.metrics
         .catch_up_errors
-        .get_or_create(&CatchUpErrorLabels { route, reason })
+        .get_or_create(&CatchUpErrorLabels {
+            route: route.to_string(),
+            reason,
+        })
         .inc();
 }
 

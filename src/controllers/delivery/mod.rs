@@ -198,7 +198,7 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             ctx.metrics
                 .duplicate_events
                 .get_or_create(&crate::metrics::RouteLabels {
-                    route: format!("{namespace}/{}", d.spec.route),
+                    route: format!("{namespace}/{}", d.spec.route).into(),
                 })
                 .inc();
             ctx.event(&d, false, "DuplicateEvent", why.clone()).await;
@@ -423,7 +423,8 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             let after = state::finish_http_attempt(a, &outcome, max, &now);
             if let AfterAttempt::Retry { retry_after } = after {
                 let b = backoff(a.attempts);
-                want_retry(retry_after.map_or(b, |s| Duration::from_secs(s).max(b)));
+                let asked = retry_after.map(Duration::from_secs);
+                want_retry(crate::retry::honour(b, asked, ctx.settings.retry_max_delay));
             }
             // The outcome is written before anything else happens, so no later pass repeats the call.
             if !save_outcome(ctx, &mut w, &mut st, rule).await? {

@@ -6,7 +6,6 @@
 
 use crate::harness::*;
 use crate::world::World;
-use asc_webhook_operator::resources::WebhookRoute;
 use asc_webhook_operator::resources::delivery::{ActionKind, ActionState, ActionStatus, Phase};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -63,37 +62,19 @@ fn rule(name: &str, action: &str) -> String {
     )
 }
 
-async fn route(w: &World, name: &str, rules: &str) {
-    let yaml = format!(
-        "apiVersion: asc.webhooks.dev/v1alpha1\nkind: WebhookRoute\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  secretRef: {{name: submit-after-processing-webhook-secret, key: secret}}\n  credentialRef: {{name: team-key}}\n  rules:\n{rules}"
-    );
-    create_yaml::<WebhookRoute>(&w.api, &yaml).await;
-}
-
-async fn ready(w: &World, name: &str, wanted: &str) -> (String, String) {
-    eventually(
-        &format!("route {name} is Ready={wanted}"),
-        Duration::from_secs(15),
-        || {
-            let r = get_route(&w.api, name);
-            async move {
-                let c = r
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready")?;
-                (c.status == wanted).then_some((c.reason, c.message))
-            }
-        },
-    )
-    .await
-}
-
-async fn deliver(w: &World, route: &str, fixture: &str) -> String {
-    let body = fixture_for_mock(fixture, &w.asc);
-    let (status, answer) = w.op.post(route, &body, WEBHOOK_SECRET).await;
-    assert_eq!(status, 202, "{answer}");
-    answer["delivery"].as_str().unwrap().to_owned()
+/// A route with the PipelineRun rule, one completed build upload delivered to it, and its action once
+/// the PipelineRun exists: the world, the delivery name and the action.
+async fn running_pipeline_run() -> (World, String, ActionStatus) {
+    let w = World::example_on_fake("submit-after-processing", &[]).await;
+    load_test_crd(&w, "tekton-pipelinerun.yaml");
+    w.add_route("tekton", &rule("submit", PIPELINE_RUN)).await;
+    w.route_ready("tekton", "True").await;
+    let name = w.deliver_to("tekton", "build-upload-complete").await;
+    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
+        a.state == ActionState::Running
+    })
+    .await;
+    (w, name, a)
 }
 
 /// The delivery's only action, once `done` says it is where the test waits for it.
@@ -134,15 +115,7 @@ fn set_status(w: &World, plural: &str, name: &str, status: Value) {
 
 #[tokio::test]
 async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_success() {
-    let w = World::example_on_fake("submit-after-processing", &[]).await;
-    load_test_crd(&w, "tekton-pipelinerun.yaml");
-    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
-    ready(&w, "tekton", "True").await;
-    let name = deliver(&w, "tekton", "build-upload-complete").await;
-    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
-        a.state == ActionState::Running
-    })
-    .await;
+    let (w, name, a) = running_pipeline_run().await;
     assert_eq!(a.kind, ActionKind::Resource);
     let r = a.resource.clone().unwrap();
     assert_eq!(
@@ -222,15 +195,7 @@ async fn a_pipeline_run_is_created_from_an_event_and_its_delivery_follows_it_to_
 
 #[tokio::test]
 async fn a_failed_pipeline_run_fails_its_delivery_with_tektons_reason() {
-    let w = World::example_on_fake("submit-after-processing", &[]).await;
-    load_test_crd(&w, "tekton-pipelinerun.yaml");
-    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
-    ready(&w, "tekton", "True").await;
-    let name = deliver(&w, "tekton", "build-upload-complete").await;
-    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
-        a.state == ActionState::Running
-    })
-    .await;
+    let (w, name, a) = running_pipeline_run().await;
     set_status(
         &w,
         "pipelineruns",
@@ -252,10 +217,10 @@ async fn a_failed_pipeline_run_fails_its_delivery_with_tektons_reason() {
 async fn argo_workflows_follow_their_phase_to_success_and_to_failure() {
     let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "argo-workflow.yaml");
-    route(&w, "argo", &rule("run", WORKFLOW)).await;
-    ready(&w, "argo", "True").await;
-    let ok = deliver(&w, "argo", "build-upload-complete").await;
-    let bad = deliver(&w, "argo", "build-upload-failed").await;
+    w.add_route("argo", &rule("run", WORKFLOW)).await;
+    w.route_ready("argo", "True").await;
+    let ok = w.deliver_to("argo", "build-upload-complete").await;
+    let bad = w.deliver_to("argo", "build-upload-failed").await;
     let running = |a: &ActionStatus| a.state == ActionState::Running;
     let ok_action = action_when(&w, &ok, "the first Workflow is created", running).await;
     let bad_action = action_when(&w, &bad, "the second Workflow is created", running).await;
@@ -304,8 +269,8 @@ async fn argo_workflows_follow_their_phase_to_success_and_to_failure() {
 async fn an_unknown_kind_makes_the_route_not_ready_until_its_crd_is_installed() {
     let w =
         World::example_on_fake("submit-after-processing", &["--recheck-interval", "300ms"]).await;
-    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
-    let (reason, message) = ready(&w, "tekton", "False").await;
+    w.add_route("tekton", &rule("submit", PIPELINE_RUN)).await;
+    let (reason, message) = w.route_ready("tekton", "False").await;
     assert_eq!(reason, "UnknownKind");
     assert!(
         message.starts_with("rule submit: the API server does not serve tekton.dev/v1 PipelineRun"),
@@ -323,8 +288,8 @@ async fn an_unknown_kind_makes_the_route_not_ready_until_its_crd_is_installed() 
     .await;
     // Installing the CRD is enough: the route looks again and an event now creates a PipelineRun.
     load_test_crd(&w, "tekton-pipelinerun.yaml");
-    ready(&w, "tekton", "True").await;
-    let name = deliver(&w, "tekton", "build-upload-complete").await;
+    w.route_ready("tekton", "True").await;
+    let name = w.deliver_to("tekton", "build-upload-complete").await;
     let a = action_when(&w, &name, "the PipelineRun is created", |a| {
         a.state == ActionState::Running
     })
@@ -340,9 +305,9 @@ async fn a_custom_succeeded_when_decides_success() {
     let action = format!(
         "{WORKFLOW}        succeededWhen: 'has(object.status.nodes) && object.status.nodes.exists(n, n == \"submit\")'\n"
     );
-    route(&w, "custom", &rule("run", &action)).await;
-    ready(&w, "custom", "True").await;
-    let name = deliver(&w, "custom", "build-upload-complete").await;
+    w.add_route("custom", &rule("run", &action)).await;
+    w.route_ready("custom", "True").await;
+    let name = w.deliver_to("custom", "build-upload-complete").await;
     let a = action_when(&w, &name, "the Workflow is created", |a| {
         a.state == ActionState::Running
     })
@@ -378,9 +343,9 @@ async fn a_failed_when_over_the_cost_limit_fails_the_action_not_the_operator() {
     );
     let costly = format!("{list}.all(a, {list}.all(b, {list}.all(c, a + b + c >= 0)))");
     let action = format!("{WORKFLOW}        failedWhen: '{costly}'\n");
-    route(&w, "costly", &rule("run", &action)).await;
-    ready(&w, "costly", "True").await;
-    let name = deliver(&w, "costly", "build-upload-complete").await;
+    w.add_route("costly", &rule("run", &action)).await;
+    w.route_ready("costly", "True").await;
+    let name = w.deliver_to("costly", "build-upload-complete").await;
     let done = w.wait_phase(&name, Phase::Failed).await.status.unwrap();
     let a = &done.actions[0];
     assert_eq!(a.reason.as_deref(), Some("ExpressionCostExceeded"));
@@ -393,7 +358,9 @@ async fn a_failed_when_over_the_cost_limit_fails_the_action_not_the_operator() {
     );
     assert!(a.resource.is_some(), "the Workflow was created first");
     // The operator carries on: the example's own route still runs its rule.
-    let d = deliver(&w, "submit-after-processing", "build-upload-complete").await;
+    let d = w
+        .deliver_to("submit-after-processing", "build-upload-complete")
+        .await;
     w.wait_phase(&d, Phase::Running).await;
     w.op.stop().await;
 }
@@ -403,8 +370,8 @@ async fn an_invalid_resource_rule_is_reported_on_the_route() {
     let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "argo-workflow.yaml");
     let bad_when = format!("{WORKFLOW}        succeededWhen: 'object.status.phase =='\n");
-    route(&w, "bad-when", &rule("run", &bad_when)).await;
-    let (reason, message) = ready(&w, "bad-when", "False").await;
+    w.add_route("bad-when", &rule("run", &bad_when)).await;
+    let (reason, message) = w.route_ready("bad-when", "False").await;
     assert_eq!(reason, "InvalidRuleExpression");
     assert!(
         message.starts_with("rule run: succeededWhen: invalid CEL"),
@@ -412,8 +379,8 @@ async fn an_invalid_resource_rule_is_reported_on_the_route() {
     );
     let no_kind =
         "      resource:\n        template: {apiVersion: argoproj.io/v1alpha1, spec: {}}\n";
-    route(&w, "no-kind", &rule("run", no_kind)).await;
-    let (reason, message) = ready(&w, "no-kind", "False").await;
+    w.add_route("no-kind", &rule("run", no_kind)).await;
+    let (reason, message) = w.route_ready("no-kind", "False").await;
     assert_eq!(reason, "InvalidResourceTemplate");
     assert!(message.contains("needs a non-empty kind"), "{message}");
     w.op.stop().await;
@@ -555,15 +522,7 @@ async fn a_pipeline_run_is_created_as_the_routes_service_account_or_not_at_all()
 
 #[tokio::test]
 async fn a_pipeline_run_deleted_while_it_runs_fails_its_delivery() {
-    let w = World::example_on_fake("submit-after-processing", &[]).await;
-    load_test_crd(&w, "tekton-pipelinerun.yaml");
-    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
-    ready(&w, "tekton", "True").await;
-    let name = deliver(&w, "tekton", "build-upload-complete").await;
-    let a = action_when(&w, &name, "the PipelineRun is created", |a| {
-        a.state == ActionState::Running
-    })
-    .await;
+    let (w, name, a) = running_pipeline_run().await;
     let run = a.resource.unwrap().name;
     w.fake().delete_object("pipelineruns", NS, &run).unwrap();
     let done = w.wait_phase(&name, Phase::Failed).await.status.unwrap();
@@ -579,8 +538,8 @@ async fn a_pipeline_run_deleted_while_it_runs_fails_its_delivery() {
 async fn a_pipeline_run_of_the_same_name_that_is_not_the_deliverys_is_never_adopted() {
     let w = World::example_on_fake("submit-after-processing", &[]).await;
     load_test_crd(&w, "tekton-pipelinerun.yaml");
-    route(&w, "tekton", &rule("submit", PIPELINE_RUN)).await;
-    ready(&w, "tekton", "True").await;
+    w.add_route("tekton", &rule("submit", PIPELINE_RUN)).await;
+    w.route_ready("tekton", "True").await;
     let event_id = "0b7d3c1e-4a2f-4e6b-9d8c-5f1a2b3c4d5e";
     let taken = asc_webhook_operator::naming::job_name("tekton", "submit", event_id);
     w.fake()
@@ -590,7 +549,7 @@ async fn a_pipeline_run_of_the_same_name_that_is_not_the_deliverys_is_never_adop
                 "metadata": {"name": taken, "namespace": NS}, "spec": {}}),
         )
         .unwrap();
-    let name = deliver(&w, "tekton", "build-upload-complete").await;
+    let name = w.deliver_to("tekton", "build-upload-complete").await;
     let done = w.wait_phase(&name, Phase::Failed).await.status.unwrap();
     assert_eq!(done.actions[0].reason.as_deref(), Some("ResourceNameTaken"));
     assert!(done.actions[0].resource.is_none());

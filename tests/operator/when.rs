@@ -2,7 +2,6 @@
 
 use crate::harness::*;
 use crate::world::World;
-use asc_webhook_operator::resources::WebhookRoute;
 use asc_webhook_operator::resources::delivery::{ActionState, Phase};
 use std::time::Duration;
 
@@ -12,39 +11,6 @@ fn rule(name: &str, when: &str) -> String {
     format!(
         "    - name: {name}\n      match: {{eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}}\n      when: '{when}'\n{JOB}"
     )
-}
-
-async fn route(w: &World, name: &str, rules: &str) {
-    let yaml = format!(
-        "apiVersion: asc.webhooks.dev/v1alpha1\nkind: WebhookRoute\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  secretRef: {{name: submit-after-processing-webhook-secret, key: secret}}\n  credentialRef: {{name: team-key}}\n  rules:\n{rules}"
-    );
-    create_yaml::<WebhookRoute>(&w.api, &yaml).await;
-}
-
-async fn ready_reason(w: &World, name: &str, wanted: &str) -> String {
-    eventually(
-        &format!("route {name} is Ready={wanted}"),
-        Duration::from_secs(15),
-        || {
-            let r = get_route(&w.api, name);
-            async move {
-                let c = r
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready")?;
-                (c.status == wanted).then(|| format!("{}: {}", c.reason, c.message))
-            }
-        },
-    )
-    .await
-}
-
-async fn deliver(w: &World, route: &str) -> String {
-    let body = fixture_for_mock("build-upload-complete", &w.asc);
-    let (status, answer) = w.op.post(route, &body, WEBHOOK_SECRET).await;
-    assert_eq!(status, 202, "{answer}");
-    answer["delivery"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -59,9 +25,9 @@ async fn when_selects_between_two_rules_on_enriched_data() {
         rule("mac", r#"instance.platform == "MAC_OS""#),
     ]
     .concat();
-    route(&w, "by-platform", &rules).await;
-    ready_reason(&w, "by-platform", "True").await;
-    let name = deliver(&w, "by-platform").await;
+    w.add_route("by-platform", &rules).await;
+    w.route_ready("by-platform", "True").await;
+    let name = w.deliver_to("by-platform", "build-upload-complete").await;
     let running = w.wait_phase(&name, Phase::Running).await.status.unwrap();
     assert_eq!(running.matched_rules, vec!["ios"]);
     assert_eq!(
@@ -83,13 +49,10 @@ async fn when_selects_between_two_rules_on_enriched_data() {
 async fn an_invalid_when_is_reported_on_the_route() {
     let w = World::example("submit-after-processing", &[]).await;
     w.wait_route_ready().await;
-    route(
-        &w,
-        "broken",
-        &rule("ios", r#"instance.platform == "IOS" &&"#),
-    )
-    .await;
-    let why = ready_reason(&w, "broken", "False").await;
+    w.add_route("broken", &rule("ios", r#"instance.platform == "IOS" &&"#))
+        .await;
+    let (reason, message) = w.route_ready("broken", "False").await;
+    let why = format!("{reason}: {message}");
     assert!(
         why.starts_with("InvalidRuleExpression: rule ios: when: invalid CEL expression"),
         "{why}"
@@ -107,9 +70,9 @@ async fn a_when_over_the_cost_limit_fails_its_rule_not_the_operator() {
     );
     let costly = format!("{list}.all(a, {list}.all(b, {list}.all(c, a + b + c >= 0)))");
     let rules = [rule("costly", &costly), rule("cheap", "true")].concat();
-    route(&w, "costly", &rules).await;
-    ready_reason(&w, "costly", "True").await;
-    let name = deliver(&w, "costly").await;
+    w.add_route("costly", &rules).await;
+    w.route_ready("costly", "True").await;
+    let name = w.deliver_to("costly", "build-upload-complete").await;
     let done = eventually("the costly rule fails", Duration::from_secs(20), || {
         let d = get_delivery(&w.api, &name);
         async move {
@@ -133,7 +96,9 @@ async fn a_when_over_the_cost_limit_fails_its_rule_not_the_operator() {
         "the other rule still runs: {cheap:?}"
     );
     // The operator is still working: the main route still runs its rule.
-    let d = deliver(&w, "submit-after-processing").await;
+    let d = w
+        .deliver_to("submit-after-processing", "build-upload-complete")
+        .await;
     w.wait_phase(&d, Phase::Running).await;
     w.op.stop().await;
 }

@@ -204,6 +204,43 @@ impl World {
         }
     }
 
+    /// Adds route `name` with `rules` (YAML list items) next to the example `submit-after-processing`,
+    /// using its webhook secret and credential.
+    pub async fn add_route(&self, name: &str, rules: &str) {
+        let yaml = format!(
+            "apiVersion: asc.webhooks.dev/v1alpha1\nkind: WebhookRoute\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  secretRef: {{name: submit-after-processing-webhook-secret, key: secret}}\n  credentialRef: {{name: team-key}}\n  rules:\n{rules}"
+        );
+        create_yaml::<WebhookRoute>(&self.api, &yaml).await;
+    }
+
+    /// Route `name`'s `Ready` reason and message, once its status is `wanted` (`True`/`False`).
+    pub async fn route_ready(&self, name: &str, wanted: &str) -> (String, String) {
+        eventually(
+            &format!("route {name} is Ready={wanted}"),
+            Duration::from_secs(15),
+            || {
+                let r = get_route(&self.api, name);
+                async move {
+                    let c = r
+                        .status?
+                        .conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "Ready")?;
+                    (c.status == wanted).then_some((c.reason, c.message))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Signs and posts fixture `fixture` (links pointing at the mock) to route `route`; the delivery name.
+    pub async fn deliver_to(&self, route: &str, fixture: &str) -> String {
+        let body = fixture_for_mock(fixture, &self.asc);
+        let (status, answer) = self.op.post(route, &body, WEBHOOK_SECRET).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["delivery"].as_str().unwrap().to_owned()
+    }
+
     pub fn route_name(&self) -> String {
         let routes = self.api.list_objects("webhookroutes", Some(NS));
         routes[0]["metadata"]["name"].as_str().unwrap().to_owned()

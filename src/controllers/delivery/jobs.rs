@@ -5,6 +5,7 @@
 //! report on). What the Job watch last showed of each managed Job is kept in memory, so a Job that
 //! finished and was then removed by `ttlSecondsAfterFinished` still counts as finished, not as lost.
 
+use super::create::{Created, Reasons, create_once};
 use super::state::{self, Why};
 use crate::actions::EventContext;
 use crate::actions::job::{self, ApiKeyEnv};
@@ -13,12 +14,10 @@ use crate::controllers::context::Context;
 use crate::controllers::impersonation::{self, Identity};
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus};
-use crate::resources::names::FIELD_MANAGER;
 use crate::resources::route::{JobAction, Rule};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use std::time::Instant;
 
@@ -35,16 +34,6 @@ pub struct JobFact {
 pub fn fact_of(job: &Job) -> JobFact {
     let (state, why) = state::job_outcome(job);
     JobFact { state, why }
-}
-
-/// What creating a Job came to.
-enum Created {
-    /// Created now, or found already made by this delivery.
-    Ours { new: bool },
-    /// The API server refused for good; the action fails.
-    Refused(Why),
-    /// Refused for now (quota): retry later.
-    Later(Why),
 }
 
 /// Everything a Job action is made from.
@@ -183,54 +172,16 @@ async fn create(
             )));
         }
     };
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..Default::default()
+    let reasons = Reasons {
+        what: "Job".to_owned(),
+        name_taken: "JobNameTaken",
+        refused: "JobRefused",
+        gone: None,
     };
-    match acting.create(&params, job).await {
-        Ok(_) => Ok(Created::Ours { new: true }),
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            let existing = jobs.get_opt(&name).await.map_err(Error::Kube)?;
-            let ours = existing.as_ref().is_some_and(|j| {
-                j.owner_references()
-                    .iter()
-                    .any(|o| o.kind == "WebhookDelivery" && Some(&o.uid) == d.uid().as_ref())
-            });
-            Ok(match existing {
-                Some(_) if ours => Created::Ours { new: false },
-                Some(_) => Created::Refused(Why::new(
-                    "JobNameTaken",
-                    format!(
-                        "Job {name} already exists and does not belong to this delivery; delete or rename it"
-                    ),
-                )),
-                // Deleted between the create and the read: try again.
-                None => Created::Later(Why::new(
-                    "JobNameTaken",
-                    format!("Job {name} existed and was being deleted"),
-                )),
-            })
-        }
-        // ResourceQuota refusals clear when other Jobs finish.
-        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
-            Ok(Created::Later(Why::new(
-                "QuotaExceeded",
-                format!("the API server refused Job {name} for now: {}", s.message),
-            )))
-        }
-        Err(kube::Error::Api(s)) if s.code == 403 => Ok(Created::Refused(Why::new(
-            "Forbidden",
-            format!("the API server refused Job {name}: {}", s.message),
-        ))),
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-            Ok(Created::Refused(Why::new(
-                "JobRefused",
-                format!("the API server refused Job {name}: {}", s.message),
-            )))
-        }
-        Err(e) => Err(Error::Kube(e)),
-    }
+    let uid = d.uid();
+    create_once(&acting, &jobs, job, uid.as_deref(), &reasons)
+        .await
+        .map_err(Error::Kube)
 }
 
 /// Reads what became of the action's Job: from the watch's memory, else from the API server.

@@ -9,6 +9,7 @@
 //! so no pass repeats what an earlier one did. Only a crash between an HTTP request and the write of its
 //! outcome can repeat that request; the repeat is recorded as such (`AttemptInterrupted`).
 
+mod create;
 mod enrich;
 mod http_call;
 pub mod jobs;

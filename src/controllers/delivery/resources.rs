@@ -6,6 +6,7 @@
 //! delivery whenever the object changes; each wake reads the object once and decides with
 //! `succeededWhen`/`failedWhen` or the common conventions (`actions::resource`).
 
+use super::create::{Created, Reasons, create_once};
 use super::jobs::JobStep;
 use super::state::{self, Why};
 use crate::actions::EventContext;
@@ -16,10 +17,9 @@ use crate::controllers::context::Context;
 use crate::controllers::resource_kinds::KindFact;
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus, ResourceStatus};
-use crate::resources::names::FIELD_MANAGER;
 use crate::resources::route::{ResourceAction, Rule};
 use crate::resources::{WebhookDelivery, WebhookRoute};
-use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, ResourceExt};
 use std::time::Instant;
 
@@ -38,12 +38,6 @@ pub struct ResourceInput<'a> {
 }
 
 /// What creating the object came to.
-enum Created {
-    Ours { new: bool },
-    Refused(Why),
-    Later(Why),
-}
-
 fn count(ctx: &Context, outcome: &'static str) {
     ctx.metrics
         .actions
@@ -161,8 +155,6 @@ async fn create(
     ar: &ApiResource,
     obj: &DynamicObject,
 ) -> Result<Created, Error> {
-    let kind = &ar.kind;
-    let name = obj.name_any();
     // Created as the route's ServiceAccount: a route creates only what that account may create.
     let acting: Api<DynamicObject> = match ctx.action_client(input.route) {
         Ok(client) => Api::namespaced_with(client, namespace, ar),
@@ -173,61 +165,17 @@ async fn create(
             )));
         }
     };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..Default::default()
+    let own: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, ar);
+    let reasons = Reasons {
+        what: ar.kind.clone(),
+        name_taken: "ResourceNameTaken",
+        refused: "ResourceRefused",
+        gone: Some("UnknownKind"),
     };
-    match acting.create(&params, obj).await {
-        Ok(_) => Ok(Created::Ours { new: true }),
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            let own: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, ar);
-            let existing = own.get_opt(&name).await.map_err(Error::Kube)?;
-            let uid = input.delivery.uid();
-            let ours = existing.as_ref().is_some_and(|o| {
-                o.owner_references()
-                    .iter()
-                    .any(|r| r.kind == "WebhookDelivery" && Some(&r.uid) == uid.as_ref())
-            });
-            Ok(match existing {
-                Some(_) if ours => Created::Ours { new: false },
-                Some(_) => Created::Refused(Why::new(
-                    "ResourceNameTaken",
-                    format!(
-                        "{kind} {name} already exists and does not belong to this delivery; delete or rename it"
-                    ),
-                )),
-                None => Created::Later(Why::new(
-                    "ResourceNameTaken",
-                    format!("{kind} {name} existed and was being deleted"),
-                )),
-            })
-        }
-        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
-            Ok(Created::Later(Why::new(
-                "QuotaExceeded",
-                format!(
-                    "the API server refused {kind} {name} for now: {}",
-                    s.message
-                ),
-            )))
-        }
-        Err(kube::Error::Api(s)) if s.code == 403 => Ok(Created::Refused(Why::new(
-            "Forbidden",
-            format!("the API server refused {kind} {name}: {}", s.message),
-        ))),
-        // The kind went away between discovery and create (CRD deleted): the route will say so.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Created::Later(Why::new(
-            "UnknownKind",
-            format!("the API server no longer serves {kind}: {}", s.message),
-        ))),
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-            Ok(Created::Refused(Why::new(
-                "ResourceRefused",
-                format!("the API server refused {kind} {name}: {}", s.message),
-            )))
-        }
-        Err(e) => Err(Error::Kube(e)),
-    }
+    let uid = input.delivery.uid();
+    create_once(&acting, &own, obj, uid.as_deref(), &reasons)
+        .await
+        .map_err(Error::Kube)
 }
 
 /// Reads the object and decides what it says about the action.

@@ -14,6 +14,7 @@ mod examples;
 mod fuzz_corpus;
 mod harness;
 mod leader;
+mod lease_fencing;
 mod limits;
 mod logs;
 mod manifests;

@@ -154,14 +154,18 @@ pub async fn run_with(
             // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates
             // are the bulk), status, managed fields and annotations (kubectl's last-applied copy of the
             // spec) keeps 1,000 routes small.
-            watcher(routes_api, watcher::Config::default().any_semantic()).modify(
-                |route: &mut WebhookRoute| {
-                    route.spec.rules.clear();
-                    route.status = None;
-                    route.metadata.managed_fields = None;
-                    route.metadata.annotations = None;
-                },
-            ),
+            watcher(
+                routes_api,
+                watcher::Config::default()
+                    .any_semantic()
+                    .page_size(crate::controllers::LIST_PAGE_SIZE),
+            )
+            .modify(|route: &mut WebhookRoute| {
+                route.spec.rules.clear();
+                route.status = None;
+                route.metadata.managed_fields = None;
+                route.metadata.annotations = None;
+            }),
         )
         .default_backoff()
         .for_each(move |event| {
@@ -197,12 +201,11 @@ pub async fn run_with(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut trim = tokio::time::interval(crate::memory::RELEASE_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        receiver.forget_quiet_routes();
-                        crate::memory::release_free_memory();
-                    }
+                    _ = tick.tick() => receiver.forget_quiet_routes(),
+                    _ = trim.tick() => crate::memory::release_free_memory(),
                     _ = shutdown.cancelled() => break,
                 }
             }

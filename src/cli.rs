@@ -139,7 +139,7 @@ pub struct RunArgs {
     /// Origins (`scheme://host[:port]`, comma-separated) that `AscCredential`s may name as `apiUrl`. A
     /// credential pointing anywhere else is not Ready (`ApiUrlNotAllowed`) and no token is minted for it,
     /// so nobody can point `apiUrl` at their own host and collect tokens minted from someone else's key.
-    #[arg(long, env = "ASC_API_ORIGINS", value_delimiter = ',', default_value = crate::asc::api::DEFAULT_API_URL, value_parser = crate::asc::origins::parse_origin)]
+    #[arg(long, env = "ASC_API_ORIGINS", value_delimiter = ',', default_value = crate::resources::names::DEFAULT_API_URL, value_parser = crate::asc::origins::parse_origin)]
     pub asc_api_origins: Vec<String>,
     /// Networks HTTP actions may not connect to (comma-separated CIDRs or addresses), checked on the
     /// resolved address at connect time; `none` allows everything. The pod's own addresses

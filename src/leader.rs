@@ -37,7 +37,10 @@ type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The Lease field manager of the replica `identity` (at most 128 characters, the API server's limit).
 pub fn field_manager(identity: &str) -> String {
-    let mut name = format!("{}-lease-{identity}", crate::resources::FIELD_MANAGER);
+    let mut name = format!(
+        "{}-lease-{identity}",
+        crate::resources::names::FIELD_MANAGER
+    );
     if name.len() > 128 {
         let mut end = 128;
         while !name.is_char_boundary(end) {

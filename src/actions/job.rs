@@ -4,8 +4,10 @@
 
 use super::EventContext;
 use crate::naming;
-use crate::receiver::record::{LABEL_EVENT_TYPE, LABEL_ROUTE};
 use crate::resources::SecretKeySelector;
+use crate::resources::names::{
+    LABEL_DELIVERY, LABEL_EVENT_TYPE, LABEL_MANAGED_BY, LABEL_ROUTE, LABEL_RULE, MANAGED_BY, PREFIX,
+};
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, SecretKeySelector as CoreSecretKeySelector,
@@ -13,15 +15,6 @@ use k8s_openapi::api::core::v1::{
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
-
-/// Label carrying the rule's name on Jobs.
-pub const LABEL_RULE: &str = "asc.webhooks.dev/rule";
-/// Label carrying the delivery's name on Jobs.
-pub const LABEL_DELIVERY: &str = "asc.webhooks.dev/delivery";
-/// The standard label marking objects this operator manages (the Job watch selects on it).
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Value of [`LABEL_MANAGED_BY`].
-pub const MANAGED_BY: &str = "asc-webhook-operator";
 
 /// Largest value of one `ASC_*` variable. Linux refuses to start a process with a single environment
 /// string over 128 KiB (`MAX_ARG_STRLEN`), so the container would never run; larger values are replaced
@@ -193,7 +186,7 @@ pub fn build_job_reporting(
     pod_labels.extend(
         labels
             .iter()
-            .filter(|(k, _)| k.starts_with("asc.webhooks.dev/"))
+            .filter(|(k, _)| k.starts_with(PREFIX))
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     spec.template

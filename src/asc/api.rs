@@ -18,9 +18,6 @@ use url::Url;
 
 use super::token::{TokenError, TokenSource};
 
-/// Apple's production API origin, used when a credential does not override it.
-pub const DEFAULT_API_URL: &str = "https://api.appstoreconnect.apple.com";
-
 /// Timeouts, retry bounds and size limits for an [`AscClient`].
 #[derive(Debug, Clone)]
 pub struct AscClientOptions {

@@ -26,7 +26,7 @@ impl fmt::Debug for AllowedOrigins {
 impl Default for AllowedOrigins {
     fn default() -> Self {
         AllowedOrigins(vec![
-            origin_of(super::api::DEFAULT_API_URL).unwrap_or_default(),
+            origin_of(crate::resources::names::DEFAULT_API_URL).unwrap_or_default(),
         ])
     }
 }

@@ -166,7 +166,9 @@ pub struct Context {
     /// Enrichment per delivery uid, so HTTP retries of one delivery do not call App Store Connect again.
     enrichments: moka::sync::Cache<String, Enrichment>,
     holds: Mutex<HashMap<String, (u64, std::time::Instant)>>,
-    caught_up: Mutex<std::collections::HashSet<String>>,
+    /// Routes this process made its start-up catch-up pass for. Bounded like `route_facts`: past that
+    /// many routes, a forgotten one gets one more (idempotent) pass.
+    caught_up: moka::sync::Cache<String, ()>,
     written_asc: Mutex<HashMap<String, WrittenAsc>>,
 }
 
@@ -221,7 +223,7 @@ impl Context {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             holds: Mutex::new(HashMap::new()),
-            caught_up: Mutex::new(std::collections::HashSet::new()),
+            caught_up: moka::sync::Cache::builder().max_capacity(100_000).build(),
             written_asc: Mutex::new(HashMap::new()),
         })
     }
@@ -370,18 +372,12 @@ impl Context {
 
     /// Whether this process already made a catch-up pass for `key` (each process makes one at start).
     pub fn caught_up(&self, key: &str) -> bool {
-        self.caught_up
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(key)
+        self.caught_up.contains_key(key)
     }
 
     /// Notes a catch-up pass for `key`.
     pub fn mark_caught_up(&self, key: &str) {
-        self.caught_up
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned());
+        self.caught_up.insert(key.to_owned(), ());
     }
 
     /// The `status.appStoreConnect` this process last wrote for route `uid`. Only the leader writes it,

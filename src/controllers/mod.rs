@@ -15,9 +15,10 @@ mod status;
 
 pub use context::{Context, Settings};
 
-use crate::actions::job::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::metrics::{ControllerLabels, Metrics, ReconcileLabels, WatchLabels};
-use crate::receiver::record::LABEL_FINISHED;
+use crate::resources::names::{
+    ANNOTATION_LAST_APPLIED, LABEL_FINISHED, LABEL_MANAGED_BY, MANAGED_BY,
+};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -140,7 +141,7 @@ where
             let meta = obj.meta_mut();
             meta.managed_fields = None;
             if let Some(a) = meta.annotations.as_mut() {
-                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                a.remove(ANNOTATION_LAST_APPLIED);
             }
         }),
     )

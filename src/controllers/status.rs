@@ -1,7 +1,7 @@
 //! Status writes: server-side apply on the `/status` subresource with the operator's one field manager,
 //! carrying `apiVersion` and `kind` as apply requires.
 
-use crate::resources::FIELD_MANAGER;
+use crate::resources::names::FIELD_MANAGER;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource};
 use serde::Serialize;

@@ -3,7 +3,8 @@
 use super::backend::{
     DeliverySink, Recorded, SecretData, SecretSource, SecretSourceError, SinkError,
 };
-use crate::resources::{FIELD_MANAGER, WebhookDelivery};
+use crate::resources::WebhookDelivery;
+use crate::resources::names::FIELD_MANAGER;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;

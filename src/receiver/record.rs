@@ -3,18 +3,11 @@
 use crate::asc::event::WebhookEvent;
 use crate::naming;
 use crate::resources::delivery::{DeliverySource, InstanceReference};
+use crate::resources::names::{LABEL_EVENT_TYPE, LABEL_ROUTE};
 use crate::resources::{WebhookDelivery, WebhookDeliverySpec, WebhookRoute};
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
-
-/// Label carrying the route's name on deliveries and Jobs.
-pub const LABEL_ROUTE: &str = "asc.webhooks.dev/route";
-/// Label set on a delivery once it reached a terminal phase. The delivery controller watches only
-/// deliveries without it, so its cache holds the work in flight, not the whole history.
-pub const LABEL_FINISHED: &str = "asc.webhooks.dev/finished";
-/// Label carrying the event type on deliveries and Jobs.
-pub const LABEL_EVENT_TYPE: &str = "asc.webhooks.dev/event-type";
 
 /// Bytes kept free below the API server's object limit for what is written after the create: server
 /// metadata, managed fields and the delivery's status.

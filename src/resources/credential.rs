@@ -6,8 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Where App Store Connect's API lives when `apiUrl` is not set.
-pub const DEFAULT_API_URL: &str = "https://api.appstoreconnect.apple.com";
+use super::names::DEFAULT_API_URL;
 
 /// An App Store Connect API key (team or individual) the operator uses to fetch the object an event is about.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

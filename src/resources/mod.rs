@@ -4,6 +4,7 @@
 pub mod common;
 pub mod conditions;
 pub mod crds;
+pub mod names;
 // kube's `printcolumn(...)` repeats `type_`/`json_path` per column, which clippy mistakes for duplicates.
 #[allow(clippy::duplicated_attributes)]
 pub mod credential;
@@ -23,5 +24,3 @@ pub use route::{WebhookRoute, WebhookRouteSpec, WebhookRouteStatus};
 pub const GROUP: &str = "asc.webhooks.dev";
 /// The one served version.
 pub const VERSION: &str = "v1alpha1";
-/// The single field manager for every write the operator makes, so ownership of fields is never split.
-pub const FIELD_MANAGER: &str = "asc-webhook-operator";

@@ -2,6 +2,7 @@
 //! against the fake API server, plus the mock App Store Connect API and an HTTP recorder standing in for
 //! Slack and Jira.
 
+pub use crate::cluster::Cluster;
 use asc_webhook_operator::asc::signature;
 use asc_webhook_operator::cli::{Cli, Command, RunArgs};
 use asc_webhook_operator::operator::{Listeners, run_with};
@@ -76,20 +77,20 @@ pub struct Operator {
 impl Operator {
     /// Starts `run` with `extra` flags (on top of fast test settings) against `api`, and waits until
     /// it is ready.
-    pub async fn start(api: &FakeApiServer, extra: &[&str]) -> Operator {
+    pub async fn start(api: &impl Cluster, extra: &[&str]) -> Operator {
         let op = Self::launch(api, extra).await;
         op.wait_ready().await;
         op
     }
 
     /// Starts `run` like [`Operator::start`] without waiting for readiness.
-    pub async fn launch(api: &FakeApiServer, extra: &[&str]) -> Operator {
+    pub async fn launch(api: &impl Cluster, extra: &[&str]) -> Operator {
         Self::launch_on(api, extra, None).await
     }
 
     /// Like [`start`](Self::start), with `--public-url` set to the operator's own listener, so the mock
     /// App Store Connect can deliver to it (plain HTTP on loopback is allowed for registration).
-    pub async fn start_reachable(api: &FakeApiServer, extra: &[&str]) -> Operator {
+    pub async fn start_reachable(api: &impl Cluster, extra: &[&str]) -> Operator {
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let op = Self::launch_on(api, extra, Some(public)).await;
         op.wait_ready().await;
@@ -98,7 +99,7 @@ impl Operator {
 
     /// Like [`start_reachable`](Self::start_reachable) on the public address `url` of an operator that
     /// was stopped, as a restarted pod keeps its URL.
-    pub async fn restart_reachable(api: &FakeApiServer, url: &str, extra: &[&str]) -> Operator {
+    pub async fn restart_reachable(api: &impl Cluster, url: &str, extra: &[&str]) -> Operator {
         let addr = url.trim_start_matches("http://");
         let public = TcpListener::bind(addr).await.unwrap();
         let op = Self::launch_on(api, extra, Some(public)).await;
@@ -107,7 +108,7 @@ impl Operator {
     }
 
     async fn launch_on(
-        api: &FakeApiServer,
+        api: &impl Cluster,
         extra: &[&str],
         public: Option<TcpListener>,
     ) -> Operator {
@@ -141,6 +142,8 @@ impl Operator {
         ]);
         argv.extend_from_slice(extra);
         argv.extend(test_defaults(extra));
+        let cluster_flags = api.operator_flags();
+        argv.extend(cluster_flags.iter().map(String::as_str));
         let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
         };
@@ -285,7 +288,7 @@ where
     }
 }
 
-pub async fn put_secret(api: &FakeApiServer, name: &str, data: &[(&str, &str)]) {
+pub async fn put_secret(api: &impl Cluster, name: &str, data: &[(&str, &str)]) {
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name, "namespace": NS},
@@ -309,7 +312,7 @@ pub async fn put_secret(api: &FakeApiServer, name: &str, data: &[(&str, &str)]) 
 }
 
 /// Creates any namespaced object from YAML/JSON text through the API (so schema validation applies).
-pub async fn create_yaml<K>(api: &FakeApiServer, yaml: &str) -> K
+pub async fn create_yaml<K>(api: &impl Cluster, yaml: &str) -> K
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -335,7 +338,7 @@ where
 }
 
 pub async fn route_with(
-    api: &FakeApiServer,
+    api: &impl Cluster,
     name: &str,
     rules_yaml: &str,
     extra_spec: &str,
@@ -346,26 +349,26 @@ pub async fn route_with(
     create_yaml(api, &yaml).await
 }
 
-pub fn deliveries(api: &FakeApiServer) -> Vec<WebhookDelivery> {
+pub fn deliveries(api: &impl Cluster) -> Vec<WebhookDelivery> {
     api.list_objects("webhookdeliveries", Some(NS))
         .into_iter()
         .map(|v| serde_json::from_value(v).unwrap())
         .collect()
 }
 
-pub fn jobs(api: &FakeApiServer) -> Vec<k8s_openapi::api::batch::v1::Job> {
+pub fn jobs(api: &impl Cluster) -> Vec<k8s_openapi::api::batch::v1::Job> {
     api.list_objects("jobs", Some(NS))
         .into_iter()
         .map(|v| serde_json::from_value(v).unwrap())
         .collect()
 }
 
-pub fn get_delivery(api: &FakeApiServer, name: &str) -> Option<WebhookDelivery> {
+pub fn get_delivery(api: &impl Cluster, name: &str) -> Option<WebhookDelivery> {
     api.get_object("webhookdeliveries", NS, name)
         .map(|v| serde_json::from_value(v).unwrap())
 }
 
-pub fn get_route(api: &FakeApiServer, name: &str) -> WebhookRoute {
+pub fn get_route(api: &impl Cluster, name: &str) -> WebhookRoute {
     serde_json::from_value(
         api.get_object("webhookroutes", NS, name)
             .expect("route exists"),
@@ -375,7 +378,7 @@ pub fn get_route(api: &FakeApiServer, name: &str) -> WebhookRoute {
 
 /// The route's `Ready` condition, once the route controller wrote one.
 pub async fn ready_condition(
-    api: &FakeApiServer,
+    api: &impl Cluster,
     name: &str,
     what: &str,
 ) -> asc_webhook_operator::resources::Condition {
@@ -392,7 +395,7 @@ pub async fn ready_condition(
 }
 
 /// Waits until route `name` is Ready.
-pub async fn wait_route_ready(api: &FakeApiServer, name: &str) {
+pub async fn wait_route_ready(api: &impl Cluster, name: &str) {
     eventually("the route is Ready", Duration::from_secs(15), || {
         let r = get_route(api, name);
         async move {
@@ -406,22 +409,63 @@ pub async fn wait_route_ready(api: &FakeApiServer, name: &str) {
     .await;
 }
 
-/// Marks a Job finished the way the Job controller would.
-pub async fn complete_job(api: &FakeApiServer, name: &str, succeeded: bool) {
+/// Marks a Job finished the way the Job controller would, with the status a real API server accepts
+/// (1.36 validates it: `SuccessCriteriaMet`/`FailureTarget` before `Complete`/`Failed`, `startTime`,
+/// `completionTime` only on success, no active Pods), so scenarios run unchanged on a real cluster.
+pub async fn complete_job(api: &impl Cluster, name: &str, succeeded: bool) {
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(api.client(), NS);
-    let (t, count) = if succeeded {
-        ("Complete", "succeeded")
-    } else {
-        ("Failed", "failed")
+    let now = Value::from(
+        jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
+    );
+    let condition = |type_: &str, reason: &str| {
+        serde_json::json!({"type": type_, "status": "True", "reason": reason,
+            "lastProbeTime": now, "lastTransitionTime": now})
     };
-    let status = serde_json::json!({"status": {"conditions": [{"type": t, "status": "True", "reason": if succeeded {"Completed"} else {"BackoffLimitExceeded"}}], count: 1}});
-    jobs.patch_status(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&status),
-    )
-    .await
-    .unwrap();
+    // The Job controller writes this status too: retry on a conflict with it.
+    for _ in 0..10 {
+        let job = jobs.get(name).await.unwrap();
+        let mut v = serde_json::to_value(&job).unwrap();
+        let status = v["status"]
+            .as_object_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut status = Value::Object(status);
+        if status.get("startTime").is_none_or(Value::is_null) {
+            status["startTime"] = now.clone();
+        }
+        for field in ["active", "ready", "terminating"] {
+            status[field] = Value::from(0);
+        }
+        status["uncountedTerminatedPods"] = serde_json::json!({});
+        let conditions = if succeeded {
+            status["succeeded"] = Value::from(1);
+            status["completionTime"] = now.clone();
+            [
+                condition("SuccessCriteriaMet", "CompletionsReached"),
+                condition("Complete", "CompletionsReached"),
+            ]
+        } else {
+            status["failed"] = Value::from(1);
+            [
+                condition("FailureTarget", "BackoffLimitExceeded"),
+                condition("Failed", "BackoffLimitExceeded"),
+            ]
+        };
+        status["conditions"] = Value::from(conditions.to_vec());
+        v["status"] = status;
+        let finished: k8s_openapi::api::batch::v1::Job = serde_json::from_value(v).unwrap();
+        match jobs
+            .replace_status(name, &PostParams::default(), &finished)
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => panic!("finishing Job {name}: {e}"),
+        }
+    }
+    panic!("finishing Job {name}: conflicts every time");
 }
 
 pub async fn asc_mock() -> AscMock {

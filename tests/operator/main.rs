@@ -5,6 +5,7 @@
 mod api_cost;
 mod apple_webhook;
 mod chart;
+mod cluster;
 mod contract;
 mod credentials;
 mod docs;

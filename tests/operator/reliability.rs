@@ -91,12 +91,12 @@ async fn operator_killed_after_creating_the_job_but_before_status_restarts_into_
 
 #[tokio::test]
 async fn api_server_failing_for_a_while_still_completes_the_delivery() {
-    let w = World::example("release-message", &[]).await;
+    let w = World::example_on_fake("release-message", &[]).await;
     w.wait_route_ready().await;
     let body = fixture_for_mock("app-version-ready-for-distribution", &w.asc);
     let name = w.deliver(&body).await;
     // Fail every controller call for a while (the receiver already stored the delivery).
-    w.api
+    w.fake()
         .add_fault(FaultRule::new(Fault::Status(500)).times(40));
     let done = w.wait_terminal(&name).await.status.unwrap();
     assert_eq!(done.phase, Phase::Succeeded, "{done:?}");

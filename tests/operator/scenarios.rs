@@ -29,7 +29,47 @@ fn value(
 
 #[tokio::test]
 async fn use_case_1_build_upload_complete_runs_the_submission_job_with_fastlane_key() {
-    let w = World::example("submit-after-processing", &[]).await;
+    use_case_1(World::example("submit-after-processing", &[]).await).await;
+}
+
+/// The real-cluster mode (`ASC_E2E_KUBECONFIG`) itself, against an API server reached only through a
+/// kubeconfig that starts without the CRDs, without the namespace and with a delivery left over in it
+/// (the fake API server here, so CI covers the mode's own set-up and clean-up).
+#[tokio::test]
+async fn real_cluster_mode_sets_up_a_bare_api_server_and_runs_use_case_1_on_it() {
+    use crate::cluster::{RealCluster, TestCluster};
+    // On the real-cluster runtime, as a real cluster's API server is elsewhere: the mode's synchronous
+    // reads block the test's thread.
+    let bare =
+        crate::cluster::on_runtime(testkit::apiserver::FakeApiServer::start(Default::default()))
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    bare.write_kubeconfig(&kubeconfig).unwrap();
+    let first = RealCluster::connect(kubeconfig.clone()).await;
+    assert!(
+        bare.list_objects("customresourcedefinitions", None).len() >= 3,
+        "the CRDs are applied"
+    );
+    assert!(bare.get_object("namespaces", "", NS).is_some());
+    let left_over = serde_json::json!({
+        "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookDelivery",
+        "metadata": {"name": "left-over", "namespace": NS, "finalizers": ["asc.webhooks.dev/test"]},
+        "spec": {"route": "r", "eventId": "e", "eventType": "PING", "payload": "{}", "receivedAt": "2026-01-01T00:00:00Z"},
+    });
+    bare.put_object("webhookdeliveries", left_over).unwrap();
+    drop(first);
+    let cluster = RealCluster::connect(kubeconfig).await;
+    assert!(
+        bare.get_object("webhookdeliveries", NS, "left-over")
+            .is_none(),
+        "a scenario starts in an emptied namespace"
+    );
+    use_case_1(World::example_on(TestCluster::Real(cluster), "submit-after-processing", &[]).await)
+        .await;
+}
+
+async fn use_case_1(w: World) {
     w.wait_route_ready().await;
     let delivery = w
         .deliver(&fixture_for_mock("build-upload-complete", &w.asc))

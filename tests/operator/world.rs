@@ -1,6 +1,7 @@
 //! A world for whole-operator scenarios: fake API server, mock App Store Connect, a Slack/Jira recorder,
 //! and one example of `examples/` loaded with test values in place of its placeholders.
 
+use crate::cluster::TestCluster;
 use crate::harness::*;
 use crate::recorder::Recorder;
 use asc_webhook_operator::resources::delivery::Phase;
@@ -14,7 +15,8 @@ use testkit::apiserver::FakeApiServer;
 use testkit::asc_mock::{AscMock, TEST_ISSUER_ID, TEST_KEY_ID};
 
 pub struct World {
-    pub api: FakeApiServer,
+    /// The fake API server, or the real cluster of `ASC_E2E_KUBECONFIG` (see [`crate::cluster`]).
+    pub api: TestCluster,
     pub asc: AscMock,
     pub hooks: Recorder,
     pub op: Operator,
@@ -34,7 +36,7 @@ fn documents(path: &Path) -> Vec<Value> {
 
 /// Posts a document exactly as converted (no round trip through the Rust types, which would drop what
 /// they do not know, as `kubectl apply` never does).
-async fn post_as_is<K>(api: &FakeApiServer, doc: Value)
+async fn post_as_is<K>(api: &impl Cluster, doc: Value)
 where
     K: kube::Resource<DynamicType = ()>,
 {
@@ -49,7 +51,7 @@ where
 /// Loads `examples/<name>/` into namespace `NS`, swapping placeholders for test values: the webhook
 /// secret, the test API key and mock API, and recorder URLs (`<recorder>/<secret name>`).
 pub async fn load_example(
-    api: &FakeApiServer,
+    api: &impl Cluster,
     name: &str,
     asc: &AscMock,
     hooks: &Recorder,
@@ -60,7 +62,7 @@ pub async fn load_example(
 /// Like [`load_example`]; with `keep_app_store_connect` the route keeps `spec.appStoreConnect` (and its
 /// generated secret), exactly as written.
 pub async fn load_example_as(
-    api: &FakeApiServer,
+    api: &impl Cluster,
     name: &str,
     asc: &AscMock,
     hooks: &Recorder,
@@ -146,13 +148,49 @@ pub async fn stage(name: &str) -> (FakeApiServer, AscMock, Recorder, Vec<String>
 }
 
 impl World {
+    /// Example `name` loaded and the operator started with `extra` flags, on the fake API server or,
+    /// with `ASC_E2E_KUBECONFIG` set, on that real cluster.
     pub async fn example(name: &str, extra: &[&str]) -> World {
+        World::example_on(TestCluster::for_scenarios().await, name, extra).await
+    }
+
+    /// Example `name` loaded into `api` and the operator started on it.
+    pub async fn example_on(api: TestCluster, name: &str, extra: &[&str]) -> World {
+        let asc = asc_mock().await;
+        let hooks = Recorder::start().await;
+        let secret_values = load_example(&api, name, &asc, &hooks).await;
+        World::start_on(api, asc, hooks, secret_values, extra).await
+    }
+
+    /// Like [`World::example`], always on the fake API server (for scenarios that inject faults).
+    pub async fn example_on_fake(name: &str, extra: &[&str]) -> World {
         World::start(stage(name).await, extra).await
     }
 
-    /// Starts the operator on a world from [`stage`] (possibly changed since).
+    /// The fake API server of a world made by [`World::example_on_fake`] or [`World::start`].
+    pub fn fake(&self) -> &FakeApiServer {
+        match &self.api {
+            TestCluster::Fake(f) => f,
+            TestCluster::Real(_) => {
+                panic!("this world runs on a real cluster: no faults to inject")
+            }
+        }
+    }
+
+    /// Starts the operator on a world from [`stage`] (possibly changed since): always the fake API
+    /// server, whose faults the caller may use.
     pub async fn start(
         (api, asc, hooks, secret_values): (FakeApiServer, AscMock, Recorder, Vec<String>),
+        extra: &[&str],
+    ) -> World {
+        World::start_on(TestCluster::Fake(api), asc, hooks, secret_values, extra).await
+    }
+
+    async fn start_on(
+        api: TestCluster,
+        asc: AscMock,
+        hooks: Recorder,
+        secret_values: Vec<String>,
         extra: &[&str],
     ) -> World {
         let origin = origin_flags(&asc);

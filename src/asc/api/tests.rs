@@ -1,5 +1,6 @@
 use super::*;
 use crate::asc::token::ApiKey;
+use crate::resources::names::DEFAULT_API_URL;
 use std::time::Instant;
 use testkit::asc_mock::{AscMock, AscMockOptions, Fault, MockKeyKind};
 

@@ -34,10 +34,9 @@ use plan::{Blocked, Desired, Plan, Step};
 use secret::WebhookSecret;
 use std::sync::Arc;
 
-/// Finalizer that deletes the App Store Connect webhook before the route goes.
-pub const FINALIZER: &str = "asc.webhooks.dev/app-store-connect-webhook";
-/// The field manager of this reconciler's status fields (and only those).
-pub const FIELD_MANAGER: &str = "asc-webhook-operator/app-store-connect";
+use crate::resources::names::{
+    FIELD_MANAGER_ASC as FIELD_MANAGER, FINALIZER_ASC_WEBHOOK as FINALIZER,
+};
 
 /// Reconciles the App Store Connect side of one route.
 pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -42,8 +42,8 @@ pub fn generated(route: &WebhookRoute) -> Secret {
             name: Some(route.spec.secret_ref.name.clone()),
             namespace: route.namespace(),
             labels: Some(BTreeMap::from([(
-                crate::actions::job::LABEL_MANAGED_BY.to_owned(),
-                crate::actions::job::MANAGED_BY.to_owned(),
+                crate::resources::names::LABEL_MANAGED_BY.to_owned(),
+                crate::resources::names::MANAGED_BY.to_owned(),
             )])),
             owner_references: route.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()

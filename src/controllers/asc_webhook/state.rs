@@ -123,7 +123,8 @@ pub fn status_patch(asc: Option<&AppStoreConnectStatus>, conditions: &[Condition
     if !conditions.is_empty() {
         status.insert("conditions".into(), json!(conditions));
     }
-    let mut patch = json!({"apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute"});
+    let mut patch =
+        json!({"apiVersion": crate::resources::names::API_VERSION, "kind": "WebhookRoute"});
     if !status.is_empty() {
         patch["status"] = Value::Object(status);
     }

@@ -23,10 +23,10 @@ use super::matching::{EventFacts, matching_rules};
 use super::{Error, status};
 use crate::actions::EventContext;
 use crate::actions::http;
-use crate::receiver::record::LABEL_FINISHED;
 use crate::resources::delivery::{ActionState, Phase, WebhookDeliveryStatus};
+use crate::resources::names::{API_VERSION, FIELD_MANAGER, LABEL_FINISHED};
 use crate::resources::route::{EnrichPolicy, Rule};
-use crate::resources::{FIELD_MANAGER, WebhookDelivery, WebhookRoute};
+use crate::resources::{WebhookDelivery, WebhookRoute};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -486,7 +486,7 @@ fn next_action(st: &WebhookDeliveryStatus, now: jiff::Timestamp) -> Action {
 /// Labels a finished delivery, which drops it from this controller's watch (and memory).
 async fn mark_finished(ctx: &Context, d: &WebhookDelivery) -> Result<(), Error> {
     let patch = serde_json::json!({
-        "apiVersion": "asc.webhooks.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "WebhookDelivery",
         "metadata": {"labels": {LABEL_FINISHED: "true"}},
     });

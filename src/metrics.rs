@@ -47,7 +47,7 @@ pub struct ReconcileLabels {
 /// Labels of action executions.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
-    /// `job` or `http`.
+    /// `job`, `http` or `resource`.
     pub kind: &'static str,
     /// `succeeded`, `failed`, `retry`, `created`.
     pub outcome: &'static str,
@@ -64,7 +64,7 @@ pub struct ControllerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabels {
     /// `receiver` (the route store every replica keeps) or the controller whose watches failed
-    /// (`delivery`, `route`, `credential`).
+    /// (`delivery`, `route`, `credential`), or `resource` (the watches of resource actions' kinds).
     pub stream: &'static str,
 }
 

@@ -371,6 +371,7 @@ pub fn rule_matching(data: &[u8]) -> bool {
         when: None,
         job: None,
         http: None,
+        resource: None,
     };
     let rules = [
         rule("first", filter.clone()),

@@ -73,15 +73,26 @@ pub fn inputs(event: &EventContext<'_>) -> (Json, Json) {
 
 /// Evaluates `source` for the event, refusing it unrun when its cost bound is over `limit`.
 pub fn evaluate(source: &str, event: &EventContext<'_>, limit: u64) -> Result<bool, WhenError> {
-    let program = compile(source)?;
     let (ev, instance) = inputs(event);
-    let sizes = Sizes::of(&[&ev, &instance]);
+    evaluate_with(source, [("event", ev), ("instance", instance)], limit)
+}
+
+/// Evaluates `source` with the named JSON `variables` (a resource action's `object`, say), refusing it
+/// unrun when its cost bound for them is over `limit`.
+pub fn evaluate_with<const N: usize>(
+    source: &str,
+    variables: [(&str, Json); N],
+    limit: u64,
+) -> Result<bool, WhenError> {
+    let program = compile(source)?;
+    let values: Vec<&Json> = variables.iter().map(|(_, v)| v).collect();
+    let sizes = Sizes::of(&values);
     let cost = cost(program.expression(), &sizes);
     if cost > limit {
         return Err(WhenError::CostExceeded { cost, limit });
     }
     let mut ctx = Context::default();
-    for (name, value) in [("event", ev), ("instance", instance)] {
+    for (name, value) in variables {
         let v = cel::to_value(value).map_err(|e| WhenError::Failed(e.to_string()))?;
         ctx.add_variable_from_value(name, v);
     }

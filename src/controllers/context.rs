@@ -148,6 +148,8 @@ pub struct Context {
     pub http: ActionHttp,
     /// Summaries of every delivery by route, fed by a watch (the route controller counts from it).
     pub deliveries: DeliveryIndex,
+    /// The kinds resource actions create: discovery results and one watch per kind in use.
+    pub resource_kinds: super::resource_kinds::ResourceKinds,
     credentials: OnceLock<Store<AscCredential>>,
     routes: OnceLock<Store<WebhookRoute>>,
     unfinished: OnceLock<Store<WebhookDelivery>>,
@@ -192,6 +194,7 @@ impl Context {
             metrics,
             settings,
             deliveries: DeliveryIndex::default(),
+            resource_kinds: Default::default(),
             credentials: OnceLock::new(),
             routes: OnceLock::new(),
             // A day covers the catch-up overlap and lookback many times over; 100,000 names are ~10 MiB.

@@ -59,6 +59,7 @@ mod tests {
             when: None,
             job: None,
             http: None,
+            resource: None,
         }
     }
 

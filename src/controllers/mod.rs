@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod delivery_index;
 pub mod impersonation;
 pub mod matching;
+pub mod resource_kinds;
 pub mod route;
 pub mod route_status;
 pub mod shared_watch;
@@ -254,8 +255,17 @@ pub async fn run(
     let held = delivery_store.clone();
     let mut spec_changed = shared_watch::generation_changed::<WebhookRoute>();
     let route_changes = route_changes.filter(move |r| futures::future::ready(spec_changed(r)));
+    // Objects of resource actions: one metadata watch per kind in use, started as routes name kinds.
+    let (wakeups, woken) = futures::channel::mpsc::channel(1024);
+    ctx.resource_kinds.start(
+        client.clone(),
+        namespace.clone(),
+        wakeups,
+        ctx.metrics.clone(),
+    );
     let deliveries = Controller::for_stream(delivery_stream, delivery_store)
         .owns_stream(job_events)
+        .reconcile_on(woken)
         .watches_shared_stream(route_changes, move |route| {
             delivery::suspend::held_of_route(&route, held.state().iter().map(|d| d.as_ref()))
         })
@@ -384,4 +394,5 @@ pub async fn run(
         () = stopped => {}
         () = overdue => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time after shutdown; dropping them"),
     }
+    ctx.resource_kinds.stop();
 }

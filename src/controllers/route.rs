@@ -12,8 +12,10 @@
 use super::context::Context;
 use super::delivery_index::DeliverySummary;
 use super::impersonation::Identity;
+use super::resource_kinds::KindFact;
 use super::route_status::{self, RouteFacts};
 use super::{Error, status};
+use crate::actions::resource::TypeRef;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -52,6 +54,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
         secrets: secrets.secrets.clone(),
         credential: credential_fact(&ctx, &route, &namespace).await?,
         missing_service_account: secrets.missing_service_account.clone(),
+        kinds: kind_facts(&ctx, &route).await?,
     };
     let problems = route_status::problems(&route, &facts);
     let soon = Instant::now() + ctx.settings.recheck_interval;
@@ -181,6 +184,27 @@ async fn secret_facts(
     ctx.remember_route_facts(route, facts.clone());
     let until = facts.fresh_until;
     Ok((facts, until))
+}
+
+/// What discovery says about the kinds the route's resource rules create; each one served is watched
+/// from now on, so its objects wake their deliveries.
+async fn kind_facts(
+    ctx: &Context,
+    route: &WebhookRoute,
+) -> Result<BTreeMap<TypeRef, KindFact>, Error> {
+    let mut out = BTreeMap::new();
+    for t in route_status::resource_kinds(route) {
+        let fact = ctx
+            .resource_kinds
+            .lookup(&ctx.client, &t)
+            .await
+            .map_err(Error::Kube)?;
+        if let KindFact::Namespaced(ar) = &fact {
+            ctx.resource_kinds.follow(ar);
+        }
+        out.insert(t, fact);
+    }
+    Ok(out)
 }
 
 /// ±20 %, so routes created together do not re-read together.

@@ -3,6 +3,8 @@
 
 use super::asc_webhook;
 use super::delivery_index::DeliverySummary;
+use super::resource_kinds::KindFact;
+use crate::actions::resource::{self, TypeRef};
 use crate::actions::{job, template};
 use crate::resources::common::crosses_namespace;
 use crate::resources::conditions::{self, Condition};
@@ -22,6 +24,8 @@ pub struct RouteFacts {
     pub credential: Option<Option<AscCredential>>,
     /// The ServiceAccount the route's actions act as, when one is used and does not exist.
     pub missing_service_account: Option<String>,
+    /// What discovery says about the kinds the route's resource rules create (absent: not looked up).
+    pub kinds: BTreeMap<TypeRef, KindFact>,
 }
 
 /// One reason a route is not usable.
@@ -189,6 +193,9 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
                 ));
             }
         }
+        if let Some(r) = &rule.resource {
+            out.extend(resource_problems(&rule.name, r, facts));
+        }
         if let Some(http) = &rule.http {
             if let Some(body) = &http.body
                 && let Err(e) = template::validate(body)
@@ -231,6 +238,60 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
     }
     out.extend(webhook_problem(route));
     out
+}
+
+/// What is wrong with a resource rule: its template, its kind (by discovery), its expressions.
+fn resource_problems(
+    rule: &str,
+    r: &crate::resources::route::ResourceAction,
+    facts: &RouteFacts,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    match resource::validate(r) {
+        Err(e) => out.push(problem(e.reason(), format!("rule {rule}: {e}"))),
+        Ok(t) => match facts.kinds.get(&t) {
+            Some(KindFact::Namespaced(_)) => {}
+            Some(KindFact::ClusterScoped) => out.push(problem(
+                "ClusterScopedKind",
+                format!(
+                    "rule {rule}: {t} is cluster-scoped; resource actions create namespaced objects only"
+                ),
+            )),
+            Some(KindFact::Unknown(why)) => out.push(problem(
+                "UnknownKind",
+                format!("rule {rule}: {why}; install its CRD or fix apiVersion and kind"),
+            )),
+            None => out.push(problem(
+                "UnknownKind",
+                format!("rule {rule}: {t} has not been looked up yet"),
+            )),
+        },
+    }
+    for (field, source) in [
+        ("succeededWhen", &r.succeeded_when),
+        ("failedWhen", &r.failed_when),
+    ] {
+        if let Some(src) = source
+            && let Err(e) = crate::actions::when::compile(src)
+        {
+            out.push(problem(
+                "InvalidRuleExpression",
+                format!("rule {rule}: {field}: {e}"),
+            ));
+        }
+    }
+    out
+}
+
+/// The kinds the route's resource rules create (those whose template renders), for discovery.
+pub fn resource_kinds(route: &WebhookRoute) -> BTreeSet<TypeRef> {
+    route
+        .spec
+        .rules
+        .iter()
+        .filter_map(|r| r.resource.as_ref())
+        .filter_map(|r| resource::validate(r).ok())
+        .collect()
 }
 
 /// The `Ready` condition for a list of problems.

@@ -205,6 +205,8 @@ pub enum ActionKind {
     Job,
     /// Sends an HTTP request.
     Http,
+    /// Creates an object of any kind and follows it.
+    Resource,
 }
 
 /// Where an action is.
@@ -218,7 +220,7 @@ pub enum ActionState {
     /// write it at all (the write carries the resourceVersion it was decided on): no request is sent twice
     /// because a cache lagged.
     InFlight,
-    /// Started: a Job exists and has not finished.
+    /// Started: a Job (or a resource action's object) exists and has not finished.
     Running,
     /// Done.
     Succeeded,
@@ -250,9 +252,10 @@ impl ActionState {
 pub struct ActionStatus {
     /// The rule the action belongs to.
     pub rule: String,
-    /// `Job` or `Http`.
+    /// `Job`, `Http` or `Resource`.
     pub kind: ActionKind,
-    /// `Pending`, `InFlight` (an HTTP request is being sent), `Running` (a Job runs), `Succeeded` or `Failed`.
+    /// `Pending`, `InFlight` (an HTTP request is being sent), `Running` (a Job or object runs),
+    /// `Succeeded` or `Failed`.
     pub state: ActionState,
     /// Why the action failed or waits, as one CamelCase word (e.g. `Forbidden`, `JobNameTaken`,
     /// `QuotaExceeded`, `EndpointError`); `error` says it for a person.
@@ -265,6 +268,9 @@ pub struct ActionStatus {
     /// Name of the Job created, for Job actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// The object created, for resource actions, and what it last said about itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceStatus>,
     /// Last HTTP status code received, for HTTP actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status_code: Option<i32>,
@@ -277,4 +283,20 @@ pub struct ActionStatus {
     /// When the action last changed state (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+}
+
+/// The object a resource action created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceStatus {
+    /// Its `apiVersion`, e.g. `tekton.dev/v1`.
+    pub api_version: String,
+    /// Its kind, e.g. `PipelineRun`.
+    pub kind: String,
+    /// Its name, in the delivery's namespace.
+    pub name: String,
+    /// What the object last said about itself: its `Succeeded` condition, `status.phase` or latest
+    /// condition, e.g. `Succeeded=Unknown (Running): Tasks Completed: 1 (Failed: 0), Incomplete: 2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<String>,
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_HISTORY_LIMIT: i32 = 100;
 
 /// A webhook endpoint for App Store Connect: the secret it is signed with, an optional API credential for
-/// enrichment, and rules that turn events into Jobs or HTTP calls.
+/// enrichment, and rules that turn events into Jobs, HTTP calls or other objects (pipelines, workflows).
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "asc.webhooks.dev",
@@ -121,8 +121,8 @@ impl WebhookRouteSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.job) != has(self.http)",
-    "message": "each rule needs exactly one action: job or http"
+    "rule": "[has(self.job), has(self.http), has(self.resource)].filter(x, x).size() == 1",
+    "message": "each rule needs exactly one action: job, http or resource"
 }]))]
 // `match` is required by the schema, so the API server refuses a rule without it; the Rust side still
 // reads it as optional, because an object stored before the rename (whose `on:` YAML 1.1 tools turned
@@ -162,6 +162,10 @@ pub struct Rule {
     /// Send an HTTP request (Slack, GitHub `repository_dispatch`, Jira, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpAction>,
+    /// Create any namespaced object (a Tekton `PipelineRun`, an Argo `Workflow`, …) and follow it to its
+    /// end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceAction>,
 }
 
 /// Conditions on an event, all of which must hold. Within one list any entry may match.
@@ -209,6 +213,43 @@ pub struct JobAction {
     /// the variables fastlane reads. Requires `credentialRef`.
     #[serde(default)]
     pub inject_api_key: bool,
+}
+
+/// Creates one object of any namespaced kind per matching event, and follows it until it succeeds or
+/// fails.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceAction {
+    /// The object to create: `apiVersion`, `kind`, optional `metadata` (only `labels` and `annotations`
+    /// are kept; name, namespace and owner are the operator's) and the rest as the kind wants it. Either
+    /// an object or a string of YAML or JSON. It is a MiniJinja template, rendered like an HTTP body with
+    /// `event`, `instance` and `route`, every `{{ value }}` JSON-escaped as the content of a string: put
+    /// it inside double quotes (`value: "{{ instance.version }}"`) and an event value can never change
+    /// the object's structure. In the object form, write string literals inside `{{ }}` with single
+    /// quotes. `apiVersion` and `kind` must not depend on the event; the kind is looked up by discovery
+    /// (`UnknownKind` until the API server serves it).
+    #[schemars(schema_with = "any_value")]
+    pub template: serde_json::Value,
+    /// A CEL expression over `object` (the object as last read) that says it succeeded, e.g.
+    /// `object.status.phase == "Succeeded"`. Unset: a `Succeeded` condition that is `True` (Tekton,
+    /// Knative), a `Complete` condition (Job), or `status.phase` `Succeeded` (Argo Workflows, Pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub succeeded_when: Option<String>,
+    /// A CEL expression over `object` that says it failed. Unset: a `Succeeded` condition that is
+    /// `False`, a `Failed` condition (Job), or `status.phase` `Failed` or `Error`. Checked before
+    /// `succeededWhen`. An expression that fails to evaluate (a field not there yet) counts as not
+    /// matching; one over the cost limit, or not giving a bool, fails the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub failed_when: Option<String>,
+}
+
+/// Any JSON value, kept as it is (the API server prunes nothing below it).
+fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// Sends one HTTP request per matching event.

@@ -22,6 +22,7 @@ mod manifests;
 mod receiver;
 mod recorder;
 mod reliability;
+mod resource_actions;
 mod scenarios;
 mod startup;
 mod suspend;

@@ -124,4 +124,14 @@ rules:
   - apiGroups: [events.k8s.io]
     resources: [events]
     verbs: [create, patch]
+{{- range .Values.extraResources }}
+  # A kind resource rules create: followed by a metadata watch, read when it changes.
+  - apiGroups: [{{ .apiGroup | quote }}]
+    resources: {{ toJson .resources }}
+    {{- if $.Values.defaultServiceAccount }}
+    verbs: [get, list, watch]
+    {{- else }}
+    verbs: [get, list, watch, create]
+    {{- end }}
+{{- end }}
 {{- end }}

@@ -67,8 +67,11 @@ fn summary(e: &Enrichment) -> EnrichmentStatus {
 fn wanted(rules: &[Rule], st: &WebhookDeliveryStatus) -> bool {
     rules.iter().any(|r| {
         let a = st.actions.iter().find(|a| a.rule == r.name);
-        let pending =
-            a.is_none_or(|a| !a.state.is_done() && (r.http.is_some() || a.job_name.is_none()));
+        // A created Job or object needs nothing more from App Store Connect.
+        let pending = a.is_none_or(|a| {
+            !a.state.is_done()
+                && (r.http.is_some() || (a.job_name.is_none() && a.resource.is_none()))
+        });
         pending && r.enrich != EnrichPolicy::Never
     })
 }

@@ -1,8 +1,8 @@
 //! The `WebhookDelivery` controller: match the route's rules, enrich once, run each action exactly once,
 //! and keep the delivery's status true.
 //!
-//! Exactly once rests on three things. Jobs have deterministic names, so a second create is
-//! AlreadyExists (adopted only if this delivery owns the Job). Every status write carries the
+//! Exactly once rests on three things. Jobs (and the objects of resource actions) have deterministic
+//! names, so a second create is AlreadyExists (adopted only if this delivery owns it). Every status write carries the
 //! `resourceVersion` of the copy it was decided on, so a pass working from a stale cached copy (watch
 //! events arrive late) cannot write, and starts again from a fresh read. And each side effect is
 //! recorded before it happens (an HTTP attempt is written `InFlight` first) and its outcome right after,
@@ -12,6 +12,7 @@
 mod enrich;
 mod http_call;
 pub mod jobs;
+pub mod resources;
 pub mod state;
 pub mod suspend;
 
@@ -269,7 +270,9 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
         if a.state.is_done() {
             continue;
         }
-        let starting = a.job_name.is_none() && rule.job.is_some() || rule.http.is_some();
+        let starting = a.job_name.is_none() && rule.job.is_some()
+            || a.resource.is_none() && rule.resource.is_some()
+            || rule.http.is_some();
         if starting && route.spec.suspend && a.state != ActionState::InFlight {
             // Suspended mid-delivery: what runs is still followed, nothing new starts.
             let why = Why::new(
@@ -298,15 +301,29 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             }
             continue;
         }
-        if let Some(job_action) = &rule.job {
-            let input = jobs::JobInput {
-                delivery: &d,
-                route: &route,
-                rule,
-                action: job_action,
-                event: &event_ctx,
+        if rule.job.is_some() || rule.resource.is_some() {
+            let step = if let Some(job_action) = &rule.job {
+                let input = jobs::JobInput {
+                    delivery: &d,
+                    route: &route,
+                    rule,
+                    action: job_action,
+                    event: &event_ctx,
+                };
+                jobs::step(ctx, &input, a, &now).await?
+            } else {
+                let Some(resource_action) = &rule.resource else {
+                    continue;
+                };
+                let input = resources::ResourceInput {
+                    delivery: &d,
+                    route: &route,
+                    rule,
+                    action: resource_action,
+                    event: &event_ctx,
+                };
+                resources::step(ctx, &input, a, &now).await?
             };
-            let step = jobs::step(ctx, &input, a, &now).await?;
             match step {
                 JobStep::Created => {
                     did_work = true;

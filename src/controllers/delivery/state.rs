@@ -13,6 +13,8 @@ use k8s_openapi::api::batch::v1::Job;
 pub fn entry<'a>(actions: &'a mut Vec<ActionStatus>, rule: &Rule) -> &'a mut ActionStatus {
     let kind = if rule.job.is_some() {
         ActionKind::Job
+    } else if rule.resource.is_some() {
+        ActionKind::Resource
     } else {
         ActionKind::Http
     };
@@ -36,7 +38,12 @@ pub fn not_started(actions: &[ActionStatus], rule: &Rule) -> bool {
     actions
         .iter()
         .find(|a| a.rule == rule.name)
-        .is_none_or(|a| a.state == ActionState::Pending && a.attempts == 0 && a.job_name.is_none())
+        .is_none_or(|a| {
+            a.state == ActionState::Pending
+                && a.attempts == 0
+                && a.job_name.is_none()
+                && a.resource.is_none()
+        })
 }
 
 /// Why an action is where it is, for a person and as a reason word.
@@ -309,6 +316,7 @@ mod tests {
             enrich: EnrichPolicy::Optional,
             when: None,
             job: None,
+            resource: None,
             http: Some(HttpAction {
                 url_secret_ref: SecretKeySelector {
                     name: "s".into(),
@@ -429,6 +437,34 @@ mod tests {
         let (s, why) = job_outcome(&job);
         assert_eq!(s, ActionState::Failed);
         assert!(why.unwrap().message.contains("BackoffLimitExceeded"));
+    }
+
+    #[test]
+    fn a_resource_action_has_its_kind_and_has_started_once_its_object_exists() {
+        let rule = Rule {
+            http: None,
+            resource: Some(crate::resources::route::ResourceAction {
+                template: serde_json::json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun"}),
+                succeeded_when: None,
+                failed_when: None,
+            }),
+            ..http_rule()
+        };
+        let mut actions = vec![];
+        assert!(not_started(&actions, &rule));
+        let a = entry(&mut actions, &rule);
+        assert_eq!(a.kind, ActionKind::Resource);
+        a.resource = Some(crate::resources::delivery::ResourceStatus {
+            api_version: "tekton.dev/v1".into(),
+            kind: "PipelineRun".into(),
+            name: "r-run-0123456789".into(),
+            observed: None,
+        });
+        assert!(!not_started(&actions, &rule));
+        assert_eq!(phase_of(&actions), Phase::Pending);
+        let a = entry(&mut actions, &rule);
+        transition(a, ActionState::Running, None, "t");
+        assert_eq!(phase_of(&actions), Phase::Running);
     }
 
     #[test]

@@ -25,6 +25,7 @@ fn job_rule(name: &str, template: serde_json::Value) -> Rule {
             inject_api_key: false,
         }),
         http: None,
+        resource: None,
     }
 }
 
@@ -204,6 +205,7 @@ fn invalid_job_and_http_templates_make_the_route_not_ready() {
         enrich: EnrichPolicy::Optional,
         when: None,
         job: None,
+        resource: None,
         http: Some(HttpAction {
             url_secret_ref: sel("slack", "url"),
             method: None,
@@ -367,4 +369,86 @@ fn a_missing_service_account_is_reported_with_its_name() {
         vec!["ServiceAccountNotFound"]
     );
     assert!(p[0].message.contains("ios/builder"), "{}", p[0].message);
+}
+
+fn resource_rule(name: &str, action: crate::resources::route::ResourceAction) -> Rule {
+    Rule {
+        job: None,
+        resource: Some(action),
+        ..job_rule(name, good_template())
+    }
+}
+
+fn pipeline_run(succeeded_when: Option<&str>) -> crate::resources::route::ResourceAction {
+    crate::resources::route::ResourceAction {
+        template: json!("apiVersion: tekton.dev/v1\nkind: PipelineRun\nspec: {}\n"),
+        succeeded_when: succeeded_when.map(str::to_owned),
+        failed_when: None,
+    }
+}
+
+fn tekton() -> TypeRef {
+    TypeRef {
+        api_version: "tekton.dev/v1".into(),
+        kind: "PipelineRun".into(),
+    }
+}
+
+#[test]
+fn a_resource_rule_is_ready_only_when_its_kind_is_served_and_namespaced() {
+    let r = route(vec![resource_rule("run", pipeline_run(None))], None);
+    assert_eq!(
+        resource_kinds(&r).into_iter().collect::<Vec<_>>(),
+        vec![tekton()]
+    );
+    let with_kind = |fact: KindFact| RouteFacts {
+        kinds: BTreeMap::from([(tekton(), fact)]),
+        ..facts_with(&[("hook", &["secret"])])
+    };
+    let served = kube::api::ApiResource::from_gvk(&tekton().gvk());
+    assert!(problems(&r, &with_kind(KindFact::Namespaced(served))).is_empty());
+    let p = problems(&r, &with_kind(KindFact::Unknown("not served".into())));
+    assert_eq!(
+        (p[0].reason, p[0].message.as_str()),
+        (
+            "UnknownKind",
+            "rule run: not served; install its CRD or fix apiVersion and kind"
+        )
+    );
+    let p = problems(&r, &with_kind(KindFact::ClusterScoped));
+    assert_eq!(p[0].reason, "ClusterScopedKind");
+    // Not looked up (yet) is not Ready either.
+    let p = problems(&r, &facts_with(&[("hook", &["secret"])]));
+    assert_eq!(p[0].reason, "UnknownKind");
+}
+
+#[test]
+fn a_resource_rule_with_a_broken_template_or_expression_says_which() {
+    let facts = RouteFacts {
+        kinds: BTreeMap::from([(
+            tekton(),
+            KindFact::Namespaced(kube::api::ApiResource::from_gvk(&tekton().gvk())),
+        )]),
+        ..facts_with(&[("hook", &["secret"])])
+    };
+    let r = route(
+        vec![resource_rule("run", pipeline_run(Some("object.status ==")))],
+        None,
+    );
+    let p = problems(&r, &facts);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].reason, "InvalidRuleExpression");
+    assert!(
+        p[0].message.starts_with("rule run: succeededWhen: "),
+        "{p:?}"
+    );
+    let no_kind = crate::resources::route::ResourceAction {
+        template: json!({"apiVersion": "tekton.dev/v1"}),
+        ..pipeline_run(None)
+    };
+    let r = route(vec![resource_rule("run", no_kind)], None);
+    assert!(resource_kinds(&r).is_empty());
+    let p = problems(&r, &facts);
+    assert_eq!(p[0].reason, "InvalidResourceTemplate");
+    assert!(p[0].message.contains("non-empty kind"), "{p:?}");
 }

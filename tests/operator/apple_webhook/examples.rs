@@ -14,6 +14,8 @@ async fn every_example_registers_its_own_webhook_with_a_generated_secret() {
         let mock = asc_mock().await;
         let hooks = Recorder::start().await;
         load_example_as(&api, name, &mock, &hooks, true).await;
+        // The kinds the pipeline examples create.
+        crate::resource_actions::load_pipeline_crds(&api);
         // The route controller reads Secrets rarely; one that reads before the Secret is generated
         // sees it on its next re-check.
         let op = start_reachable(&api, &mock, &["--recheck-interval", "1s"]).await;

@@ -91,10 +91,19 @@ fn watch_namespace_gets_a_role_there_instead_of_a_cluster_role() {
     let sa = pod_spec(&deployment(&docs)).service_account_name.unwrap();
     assert_bindings_name_the_service_account(&docs, &sa);
 
-    // The same with every option on, a default ServiceAccount included.
+    // The same with every option on, a default ServiceAccount and extra kinds included.
     let r = rbac(all_options_render());
     assert!(r.cluster.is_empty());
-    assert_eq!(r.namespaced["ios"], operator_grants(true));
+    let mut wanted = operator_grants(true);
+    wanted.extend(resource_grants(
+        &[
+            ("tekton.dev", "pipelineruns"),
+            ("argoproj.io", "workflows"),
+            ("argoproj.io", "cronworkflows"),
+        ],
+        true,
+    ));
+    assert_eq!(r.namespaced["ios"], wanted);
     assert_eq!(r.namespaced[RELEASE_NAMESPACE], lease_grants());
 }
 
@@ -123,6 +132,83 @@ fn a_default_service_account_drops_the_operators_own_right_to_create_jobs() {
     // Unset, routes without a ServiceAccount act as the operator, which then needs the right itself.
     let c = operator_container(&deployment(default_render()));
     assert_eq!(env_value(&c, "ASC_DEFAULT_SERVICE_ACCOUNT"), None);
+}
+
+/// What following and creating an object of a kind takes (`src/controllers/resource_kinds.rs` and
+/// `src/controllers/delivery/resources.rs`): list and watch (the metadata watch per kind), get (each
+/// wake reads the object; a create that finds the name taken reads the owner), and create, which the
+/// operator makes itself only for routes without a ServiceAccount. Discovery is a non-resource URL open
+/// to every authenticated user.
+fn resource_grants(kinds: &[(&str, &str)], multi_tenant: bool) -> Grants {
+    let verbs: &[&str] = if multi_tenant {
+        &["get", "list", "watch"]
+    } else {
+        &["get", "list", "watch", "create"]
+    };
+    expect(
+        &kinds
+            .iter()
+            .map(|(g, r)| (*g, *r, verbs))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn extra_resources_grant_exactly_what_following_and_creating_those_kinds_takes() {
+    let kinds = r#"extraResources=[{"apiGroup":"tekton.dev","resources":["pipelineruns"]},{"apiGroup":"argoproj.io","resources":["workflows"]}]"#;
+    let docs = template(&["--set-json", kinds]);
+    assert_nothing_broad(&docs);
+    let r = rbac(&docs);
+    let mut wanted = operator_grants(false);
+    let extra = resource_grants(
+        &[("tekton.dev", "pipelineruns"), ("argoproj.io", "workflows")],
+        false,
+    );
+    wanted.extend(extra.clone());
+    assert_eq!(r.cluster, wanted);
+    // Nothing of it without the value.
+    for key in extra.keys() {
+        assert!(!rbac(default_render()).cluster.contains_key(key), "{key:?}");
+    }
+    // With a default ServiceAccount, the ServiceAccounts create; the operator only follows.
+    let docs = template(&[
+        "--set-json",
+        kinds,
+        "--set",
+        "defaultServiceAccount=asc-actions",
+    ]);
+    let r = rbac(&docs);
+    let mut wanted = operator_grants(true);
+    wanted.extend(resource_grants(
+        &[("tekton.dev", "pipelineruns"), ("argoproj.io", "workflows")],
+        true,
+    ));
+    assert_eq!(r.cluster, wanted);
+}
+
+#[test]
+fn extra_resources_refuse_wildcards_and_stray_fields() {
+    for bad in [
+        r#"extraResources=[{"apiGroup":"*","resources":["pipelineruns"]}]"#,
+        r#"extraResources=[{"apiGroup":"tekton.dev","resources":["*"]}]"#,
+        r#"extraResources=[{"apiGroup":"tekton.dev","resources":[]}]"#,
+        r#"extraResources=[{"apiGroup":"tekton.dev","resources":["pipelineruns"],"verbs":["delete"]}]"#,
+    ] {
+        let chart = chart_dir();
+        let out = run_helm(&[
+            "template",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--set-json",
+            bad,
+        ]);
+        assert!(!out.status.success(), "{bad} was accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains("schema") && err.contains("extraResources"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]

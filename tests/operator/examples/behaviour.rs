@@ -75,6 +75,14 @@ fn each_example_reacts_to_its_events_and_only_those() {
             ("github-actions-submission", "build-upload-complete"),
             vec!["dispatch-submission"],
         ),
+        (
+            ("tekton-submission", "build-upload-complete"),
+            vec!["submit-for-review"],
+        ),
+        (
+            ("argo-workflows-submission", "build-upload-complete"),
+            vec!["submit-for-review"],
+        ),
         (("testflight-feedback", "crash"), vec!["crash"]),
         (("testflight-feedback", "screenshot"), vec!["screenshot"]),
     ]);
@@ -276,4 +284,86 @@ fn messages_carry_the_facts_people_need() {
         .unwrap()
         .to_owned();
     assert!(text.contains("AJzd7Mv0s3hS5Pzb1p3Y"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Objects of resource rules
+
+/// The object `rule` of `r` creates for `e`, built as the delivery controller builds it.
+fn built_object(r: &WebhookRoute, rule: &Rule, e: &WebhookEvent, en: Option<&Enrichment>) -> Value {
+    let mut r = r.clone();
+    r.metadata.namespace = Some(NS.into());
+    r.metadata.uid = Some("route-uid".into());
+    let mut d = build_delivery(&r, e, None, "2026-01-05T10:00:01Z");
+    d.metadata.uid = Some("delivery-uid".into());
+    let action = rule.resource.as_ref().unwrap();
+    let checked = resource::validate(action).unwrap();
+    let ctx = EventContext {
+        delivery: &d,
+        enrichment: en,
+    };
+    resource::build(&rule.name, action, &ctx, Some(&checked))
+        .unwrap_or_else(|err| panic!("{}: {err}", rule.name))
+        .1
+}
+
+/// Argument values of a PipelineRun (`spec.params`) or a Workflow (`spec.arguments.parameters`).
+fn arguments(obj: &Value) -> BTreeMap<String, String> {
+    let list = obj
+        .pointer("/spec/params")
+        .or_else(|| obj.pointer("/spec/arguments/parameters"))
+        .and_then(Value::as_array)
+        .expect("params or arguments");
+    list.iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pipeline_runs_and_workflows_carry_the_version_and_build_and_keep_their_shape() {
+    let e = fixture_event("build-upload-complete");
+    let en = enrichment_for(&e).expect("API fixture");
+    for (name, kind) in [
+        ("tekton-submission", "tekton.dev/v1 PipelineRun"),
+        ("argo-workflows-submission", "argoproj.io/v1alpha1 Workflow"),
+    ] {
+        let ex = load(name);
+        let r = route(&ex);
+        let submit = rule(r, "submit-for-review");
+        assert_eq!(submit.enrich, EnrichPolicy::Required, "{name}");
+        let action = submit.resource.as_ref().expect("a resource rule");
+        assert_eq!(resource::validate(action).unwrap().to_string(), kind);
+        let obj = built_object(r, submit, &e, Some(&en));
+        let args = arguments(&obj);
+        assert_eq!(args["version"], en.version.clone().unwrap(), "{name}");
+        assert_eq!(
+            args["build-number"],
+            en.build_number.clone().unwrap(),
+            "{name}"
+        );
+        assert_eq!(args["event-id"], e.id, "{name}");
+        assert_eq!(obj["metadata"]["namespace"], NS);
+        assert_eq!(
+            obj["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "ios-release"
+        );
+
+        // Whatever Apple's object says, it stays a value of its parameter.
+        let mut evil = en.clone();
+        evil.version = Some("1.0\", \"injected\": \"x\n  extra: [1]".into());
+        evil.build_number = Some("7'}, {name: injected, value: '".into());
+        let hostile = built_object(r, submit, &e, Some(&evil));
+        let hostile_args = arguments(&hostile);
+        assert_eq!(hostile_args.len(), args.len(), "{name}: no parameter added");
+        assert_eq!(hostile_args["version"], evil.version.clone().unwrap());
+        assert_eq!(
+            hostile_args["build-number"],
+            evil.build_number.clone().unwrap()
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 use asc_webhook_operator::actions::EventContext;
 use asc_webhook_operator::actions::job::parse_template;
-use asc_webhook_operator::actions::template;
+use asc_webhook_operator::actions::{resource, template, when};
 use asc_webhook_operator::asc::enrich::Enrichment;
 use asc_webhook_operator::asc::event::WebhookEvent;
 use asc_webhook_operator::controllers::matching::{EventFacts, matching_rules};
@@ -30,6 +30,8 @@ pub(crate) const EXAMPLES: &[&str] = &[
     "failure-notifier",
     "testflight-feedback",
     "github-actions-submission",
+    "tekton-submission",
+    "argo-workflows-submission",
 ];
 
 // ---------------------------------------------------------------------------------------------------------
@@ -407,7 +409,8 @@ fn the_cel_rules_restated_here_are_all_there_is() {
     assert_eq!(
         all,
         BTreeSet::from([
-            "has(self.job) != has(self.http)".to_string(),
+            "[has(self.job), has(self.http), has(self.resource)].filter(x, x).size() == 1"
+                .to_string(),
             "self.all(a, self.filter(b, b.name == a.name).size() == 1)".to_string(),
             "!has(self.appStoreConnect) || has(self.credentialRef)".to_string(),
         ])
@@ -427,10 +430,16 @@ fn rules_keep_the_crd_validation_rules() {
             let mut names = BTreeSet::new();
             for rule in &r.spec.rules {
                 let at = format!("{}/{}", ex.name, rule.name);
-                // has(self.job) != has(self.http)
-                assert!(
-                    rule.job.is_some() != rule.http.is_some(),
-                    "{at}: exactly one of job or http"
+                // [has(self.job), has(self.http), has(self.resource)].filter(x, x).size() == 1
+                let actions = [
+                    rule.job.is_some(),
+                    rule.http.is_some(),
+                    rule.resource.is_some(),
+                ];
+                assert_eq!(
+                    actions.iter().filter(|x| **x).count(),
+                    1,
+                    "{at}: exactly one of job, http or resource"
                 );
                 // self.all(a, self.filter(b, b.name == a.name).size() == 1)
                 assert!(names.insert(rule.name.clone()), "{at}: duplicate rule name");
@@ -443,6 +452,17 @@ fn rules_keep_the_crd_validation_rules() {
                 if let Some(h) = &rule.http {
                     let body = h.body.as_deref().unwrap_or_default();
                     template::validate(body).unwrap_or_else(|e| panic!("{at}: template: {e}"));
+                }
+                // What the route controller checks: the template renders to an object of a kind, and the
+                // expressions compile.
+                if let Some(res) = &rule.resource {
+                    resource::validate(res).unwrap_or_else(|e| panic!("{at}: {e}"));
+                    for src in [&res.succeeded_when, &res.failed_when]
+                        .into_iter()
+                        .flatten()
+                    {
+                        when::compile(src).unwrap_or_else(|e| panic!("{at}: {e}"));
+                    }
                 }
             }
         }

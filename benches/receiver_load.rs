@@ -2,7 +2,7 @@
 //!
 //! Both servers listen on loopback in this process, on one 2-thread tokio runtime (`load-server`):
 //! - **receiver**: `Receiver::router()` served by the operator's own public server (`receiver::serve`: hyper
-//!   with the header timeout, connection limit and small buffers) over in-memory backends (1,000 routes in a `HashMap`, one Secret per
+//!   with the header timeout, connection limit and small buffers) over in-memory backends (1,000 routes in the receiver's own `RouteTable`, one Secret per
 //!   namespace, a `Mutex<HashSet>` of delivery names: insert → `Created`, present → `Duplicate`);
 //! - **bare**: an axum handler on the same `POST /hooks/{namespace}/{route}` path that extracts the path and
 //!   reads the body, then answers 200, served by `axum::serve`: the HTTP stack and nothing else.

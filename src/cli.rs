@@ -1,4 +1,4 @@
-//! The command line: `run`, `crds` and `send`. Every setting is a flag with an `ASC_*` environment fallback;
+//! The command line: `run`, `crds`, `send` and `replay`. Every setting is a flag with an `ASC_*` environment fallback;
 //! nothing else in the crate reads the environment.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -29,6 +29,9 @@ pub enum Command {
     Crds(CrdsArgs),
     /// Sign an event body as App Store Connect does and POST it to a route, to test it without Apple.
     Send(SendArgs),
+    /// Run a delivery's matching rules once more (sets its `asc.webhooks.dev/replay` annotation with
+    /// your kubeconfig's identity; needs get and patch on webhookdeliveries).
+    Replay(ReplayArgs),
 }
 
 /// Log output format.
@@ -159,7 +162,7 @@ pub struct RunArgs {
     #[arg(long, env = "ASC_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,
     /// Name of the Lease used for leader election.
-    #[arg(long, env = "ASC_LEASE_NAME", default_value = "asc-webhook-operator")]
+    #[arg(long, env = "ASC_LEASE_NAME", default_value = crate::resources::names::OPERATOR)]
     pub lease_name: String,
     /// Namespace of the Lease (usually the operator's own, from the downward API).
     #[arg(long, env = "ASC_LEASE_NAMESPACE", default_value = "default")]
@@ -204,6 +207,25 @@ pub struct SendArgs {
     /// Request timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// Settings of `replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Namespace of the delivery.
+    #[arg(
+        short = 'n',
+        long,
+        env = "ASC_REPLAY_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// Name of the `WebhookDelivery` (`kubectl get webhookdeliveries -n NAMESPACE`).
+    pub delivery: String,
+    /// The annotation value to set (default: the next integer after the replays so far). The value
+    /// a replay already ran for runs nothing again.
+    #[arg(long, env = "ASC_REPLAY_VALUE")]
+    pub value: Option<String>,
 }
 
 /// Parses `500ms`, `10s`, `5m` or `1h`; a bare number means seconds.
@@ -258,5 +280,21 @@ mod tests {
             "webhook-ping",
         ]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn replay_takes_a_namespace_and_a_delivery() {
+        let cli = Cli::try_parse_from(["x", "replay", "-n", "ios", "release-abc"]).unwrap();
+        let Command::Replay(args) = cli.command else {
+            panic!("not replay");
+        };
+        assert_eq!(
+            (args.namespace.as_str(), args.delivery.as_str(), args.value),
+            ("ios", "release-abc", None)
+        );
+        assert!(
+            Cli::try_parse_from(["x", "replay", "-n", "ios"]).is_err(),
+            "the delivery is required"
+        );
     }
 }

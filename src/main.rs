@@ -1,5 +1,5 @@
 use asc_webhook_operator::cli::{Cli, Command};
-use asc_webhook_operator::{operator, resources::crds, send, telemetry};
+use asc_webhook_operator::{operator, replay, resources::crds, send, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -25,6 +25,13 @@ async fn cli_main() -> ExitCode {
                 } else {
                     ExitCode::FAILURE
                 }
+            }
+            Err(e) => report(Err(e)),
+        },
+        Command::Replay(args) => match replay::run(&args).await {
+            Ok(outcome) => {
+                println!("{outcome}");
+                ExitCode::SUCCESS
             }
             Err(e) => report(Err(e)),
         },

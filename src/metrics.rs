@@ -13,8 +13,8 @@ use std::sync::Arc;
 /// Labels of receiver request counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `namespace/route`, or `unknown` for routes that do not exist.
-    pub route: String,
+    /// `namespace/route`, or `unknown` for routes that do not exist (shared, made once per route).
+    pub route: Arc<str>,
     /// `accepted`, `duplicate`, `bad_signature`, `bad_request`, `too_large`, `timeout`, `rate_limited`,
     /// `unavailable`, `busy` (body budget full), `unstorable` (too large to store), `refused` (the API
     /// server refused it for good), `not_found`.
@@ -24,8 +24,8 @@ pub struct RequestLabels {
 /// Labels naming a route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    /// `namespace/route`.
-    pub route: String,
+    /// `namespace/route` (shared, made once per route).
+    pub route: Arc<str>,
 }
 
 /// Labels of an outcome-only series.
@@ -68,6 +68,17 @@ pub struct WatchLabels {
     pub stream: &'static str,
 }
 
+/// Labels of catch-up errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CatchUpErrorLabels {
+    /// `namespace/route`.
+    pub route: String,
+    /// `unavailable` (429, 5xx, timeouts), `forbidden`, `not_found`, `rejected`, `malformed`, `other`
+    /// (a pass was interrupted), `invalid_entry` (a log entry without a usable payload was skipped),
+    /// `redelivery_refused`.
+    pub reason: &'static str,
+}
+
 /// Every metric the operator exports, registered once at start-up.
 #[derive(Clone)]
 pub struct Metrics {
@@ -96,6 +107,16 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Delivery status writes refused because the copy they were decided on was stale (a lagging cache).
     pub stale_writes: Counter,
+    /// Events catch-up recorded (or had App Store Connect redeliver), by route.
+    pub catch_up_recovered: Family<RouteLabels, Counter>,
+    /// Catch-up errors by route and reason.
+    pub catch_up_errors: Family<CatchUpErrorLabels, Counter>,
+    /// Seconds from App Store Connect's `createdDate` of a missed delivery to its recording by catch-up.
+    pub catch_up_lag: Histogram,
+    /// Deliveries that ran nothing because their event already ran and was pruned, by route.
+    pub duplicate_events: Family<RouteLabels, Counter>,
+    /// Replays started on request (annotation `asc.webhooks.dev/replay`).
+    pub replays: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -191,8 +212,44 @@ impl Metrics {
             "1 while this replica runs the controllers",
             leader.clone(),
         );
+        let catch_up_recovered = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "catch_up_recovered_events",
+            "Events recovered from App Store Connect's delivery log by catch-up, by route",
+            catch_up_recovered.clone(),
+        );
+        let catch_up_errors = Family::<CatchUpErrorLabels, Counter>::default();
+        registry.register(
+            "catch_up_errors",
+            "Catch-up errors (interrupted passes, unusable log entries, refused redeliveries), by route and reason",
+            catch_up_errors.clone(),
+        );
+        // 1 s … 3^11 s (about two days): a restart's gap of minutes and a weekend's both land inside.
+        let catch_up_lag = Histogram::new(exponential_buckets(1.0, 3.0, 12));
+        registry.register(
+            "catch_up_lag_seconds",
+            "Time from App Store Connect's createdDate of a missed delivery to its recording by catch-up",
+            catch_up_lag.clone(),
+        );
+        let duplicate_events = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "duplicate_events",
+            "Deliveries of an event that already ran and was pruned; nothing ran again",
+            duplicate_events.clone(),
+        );
+        let replays = Counter::default();
+        registry.register(
+            "delivery_replays",
+            "Replays started on request",
+            replays.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            catch_up_recovered,
+            catch_up_errors,
+            catch_up_lag,
+            duplicate_events,
+            replays,
             refused_connections,
             watch_errors,
             leader,

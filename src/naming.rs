@@ -9,16 +9,45 @@ const MAX_SUBDOMAIN: usize = 253;
 /// Jobs put their name into a pod label, which caps it at a DNS-1123 label.
 const MAX_LABEL: usize = 63;
 
+/// Hex digits of the hash that ends a delivery's name.
+pub const EVENT_KEY_LEN: usize = 16;
+
 /// Name of the `WebhookDelivery` for `event_id` received on `route`.
 pub fn delivery_name(route: &str, event_id: &str) -> String {
-    join(route, &digest(&[route, event_id], 16), MAX_SUBDOMAIN)
+    join(
+        route,
+        &digest(&[route, event_id], EVENT_KEY_LEN),
+        MAX_SUBDOMAIN,
+    )
+}
+
+/// The short key of the event a delivery records: the hash of route and event id that ends its name.
+/// What the route's record of pruned events keeps (16 hex digits: 64 bits, so two events of one route
+/// colliding is as likely as guessing a random 64-bit number).
+pub fn event_key_of(delivery_name: &str) -> &str {
+    let cut = delivery_name.len().saturating_sub(EVENT_KEY_LEN);
+    delivery_name.get(cut..).unwrap_or(delivery_name)
 }
 
 /// Name of the Job that `rule` of `route` runs for `event_id`.
 pub fn job_name(route: &str, rule: &str, event_id: &str) -> String {
+    job_name_for_run(route, rule, event_id, 0)
+}
+
+/// Name of the Job that `rule` of `route` runs for `event_id` in run `replay` (0: the original run;
+/// replays carry `r<n>` before the hash, so each replay makes new Jobs and a person sees which).
+pub fn job_name_for_run(route: &str, rule: &str, event_id: &str, replay: i32) -> String {
+    if replay <= 0 {
+        return join(
+            &format!("{route}-{rule}"),
+            &digest(&[route, rule, event_id], 10),
+            MAX_LABEL,
+        );
+    }
+    let n = replay.to_string();
     join(
         &format!("{route}-{rule}"),
-        &digest(&[route, rule, event_id], 10),
+        &format!("r{n}-{}", digest(&[route, rule, event_id, &n], 10)),
         MAX_LABEL,
     )
 }
@@ -65,6 +94,28 @@ mod tests {
         );
         assert_ne!(delivery_name("release", "e1"), delivery_name("other", "e1"));
         assert!(delivery_name("release", "e1").starts_with("release-"));
+    }
+
+    #[test]
+    fn the_event_key_is_the_hash_that_ends_the_delivery_name() {
+        let name = delivery_name(&"r".repeat(300), "e1");
+        let key = event_key_of(&name);
+        assert_eq!(key.len(), EVENT_KEY_LEN);
+        assert!(name.ends_with(&format!("-{key}")));
+        assert_ne!(key, event_key_of(&delivery_name(&"r".repeat(300), "e2")));
+    }
+
+    #[test]
+    fn each_replay_gets_its_own_job_name_showing_its_count() {
+        let long = "a".repeat(200);
+        let original = job_name_for_run("release", "submit", "e1", 0);
+        assert_eq!(original, job_name("release", "submit", "e1"));
+        let first = job_name_for_run(&long, "submit", "e1", 1);
+        let second = job_name_for_run(&long, "submit", "e1", 2);
+        assert!(first.len() <= 63 && second.len() <= 63);
+        assert_ne!(first, second);
+        assert!(second.contains("-r2-"), "{second}");
+        assert!(job_name_for_run("release", "submit", "e1", 12).starts_with("release-submit-r12-"));
     }
 
     #[test]

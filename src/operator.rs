@@ -10,11 +10,12 @@ use crate::leader::{self, LeaseSettings};
 use crate::metrics::{Metrics, WatchLabels};
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
+use crate::receiver::routes::RouteTable;
 use crate::receiver::serve::ServeLimits;
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::resources::WebhookRoute;
 use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,52 +146,51 @@ pub async fn run_with(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (routes, writer) = reflector::store();
+    let routes_probe = routes_api.clone();
+    // The receiver's own table (not a reflector store): each route is prepared once as it arrives, and
+    // lookups borrow the request's path.
+    let routes = Arc::new(RouteTable::default());
     let route_stream = {
         let readiness = readiness.clone();
         let metrics = metrics.clone();
-        reflector(
-            writer,
-            // The receiver needs a route's name, uid and secretRef only: dropping rules (Job templates
-            // are the bulk), status, managed fields and annotations (kubectl's last-applied copy of the
-            // spec) keeps 1,000 routes small.
-            watcher(
-                routes_api,
-                watcher::Config::default()
-                    .any_semantic()
-                    .page_size(crate::controllers::LIST_PAGE_SIZE),
-            )
-            .modify(|route: &mut WebhookRoute| {
-                route.spec.rules.clear();
-                route.status = None;
-                route.metadata.managed_fields = None;
-                route.metadata.annotations = None;
-            }),
+        let routes = routes.clone();
+        watcher(
+            routes_api,
+            watcher::Config::default()
+                .any_semantic()
+                .page_size(crate::controllers::LIST_PAGE_SIZE),
         )
         .default_backoff()
         .for_each(move |event| {
             match event {
-                Ok(_) => readiness.clear_problem(),
+                Ok(event) => {
+                    routes.apply(event);
+                    readiness.clear_problem()
+                }
                 Err(e) => route_watch_failed(&e, &readiness, &metrics),
             }
             futures::future::ready(())
         })
     };
     tokio::spawn(route_stream);
+    tokio::spawn(probe_while_unready(
+        routes_probe,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     {
         let routes = routes.clone();
         let readiness = readiness.clone();
         tokio::spawn(async move {
-            if routes.wait_until_ready().await.is_ok() {
-                tracing::info!(routes = routes.len(), "route store synced");
-                readiness.set_ready();
-                crate::memory::release_free_memory();
-            }
+            routes.wait_until_ready().await;
+            tracing::info!(routes = routes.len(), "route store synced");
+            readiness.set_ready();
+            crate::memory::release_free_memory();
         });
     }
 
     let receiver = Receiver::new(
-        Arc::new(routes.clone()),
+        routes.clone(),
         Arc::new(KubeSecrets::new(receiver_client.clone())),
         Arc::new(KubeDeliveries::new(receiver_client)),
         ReceiverConfig::from(&args),
@@ -229,12 +229,13 @@ pub async fn run_with(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = args.identity.clone().unwrap_or_else(|| {
         format!(
-            "asc-webhook-operator-{}",
+            "{}-{}",
+            crate::resources::names::OPERATOR,
             hex::encode(rand::random::<[u8; 6]>())
         )
     });
     let reporter = kube::runtime::events::Reporter {
-        controller: "asc-webhook-operator".into(),
+        controller: crate::resources::names::OPERATOR.into(),
         instance: Some(identity.clone()),
     };
     let ctx = Arc::new(
@@ -247,6 +248,7 @@ pub async fn run_with(
         .map_err(RunError::HttpClient)?
         .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
     );
+    ctx.set_ready_again(readiness.recoveries());
     let namespace = args.namespace.clone();
     let leader_gauge = metrics.leader.clone();
     let controllers = {
@@ -280,6 +282,31 @@ pub async fn run_with(
     c?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often an unready replica checks whether it may read routes again.
+const UNREADY_PROBE: Duration = Duration::from_secs(2);
+
+/// A route watch that failed for want of rights resumes without any event when nothing changed
+/// meanwhile (a resumed watch sends only changes), so its success alone would leave the replica unready
+/// until some route changes. While a problem is recorded, a LIST of one route every
+/// [`UNREADY_PROBE`] tells when the rights are back. Nothing is requested while ready.
+async fn probe_while_unready(
+    routes: Api<WebhookRoute>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let one = kube::api::ListParams::default().limit(1);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(UNREADY_PROBE) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if readiness.has_problem() && routes.list_metadata(&one).await.is_ok() {
+            tracing::info!("routes readable again; ready");
+            readiness.clear_problem();
+        }
+    }
 }
 
 /// A failing route watch: counted, logged at error with what to do when a person has to act (missing

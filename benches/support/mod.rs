@@ -5,9 +5,8 @@
 #![allow(dead_code)] // each benchmark uses a different part
 
 use asc_webhook_operator::receiver::backend::{SecretData, SecretSourceError};
-use asc_webhook_operator::receiver::{
-    DeliverySink, Recorded, RouteLookup, SecretSource, SinkError,
-};
+use asc_webhook_operator::receiver::routes::RouteTable;
+use asc_webhook_operator::receiver::{DeliverySink, Recorded, SecretSource, SinkError};
 use asc_webhook_operator::resources::{
     SecretKeySelector, WebhookDelivery, WebhookRoute, WebhookRouteSpec,
 };
@@ -20,7 +19,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// The webhook secret of every benchmark route (the one the signature fixtures use).
 pub const SECRET: &[u8] = b"k3tSx0mJ7vQ2pL9wR4zN8cF1bH6dY5aE";
@@ -36,16 +35,8 @@ pub fn events_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/asc/events")
 }
 
-/// Routes in a `HashMap`, as the reflector store would hold them.
-pub struct MemRoutes(HashMap<(String, String), Arc<WebhookRoute>>);
-
-impl RouteLookup for MemRoutes {
-    fn route(&self, namespace: &str, name: &str) -> Option<Arc<WebhookRoute>> {
-        self.0
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
-    }
-}
+/// Routes in the receiver's own table, as the operator's watch fills it.
+pub type MemRoutes = RouteTable;
 
 /// Secrets in a `HashMap`.
 pub struct MemSecrets(HashMap<(String, String), SecretData>);
@@ -125,20 +116,20 @@ pub fn route(namespace: &str, name: &str, uid: usize) -> WebhookRoute {
 
 /// `count` routes (`ios/release` among them) and one webhook Secret per namespace.
 pub fn backends(count: usize) -> (MemRoutes, MemSecrets) {
-    let mut routes = HashMap::new();
+    let routes = RouteTable::default();
     let mut secrets = HashMap::new();
     let mut add = |ns: String, name: String, uid: usize| {
         secrets.insert(
             (ns.clone(), "asc-webhook".to_owned()),
             BTreeMap::from([("secret".to_owned(), SECRET.to_vec())]),
         );
-        routes.insert((ns.clone(), name.clone()), Arc::new(route(&ns, &name, uid)));
+        routes.insert(route(&ns, &name, uid));
     };
     add(NAMESPACE.into(), ROUTE.into(), 0);
     for i in 1..count.max(1) {
         add(format!("team-{}", i % 100), format!("route-{i}"), i);
     }
-    (MemRoutes(routes), MemSecrets(secrets))
+    (routes, MemSecrets(secrets))
 }
 
 /// The baseline: same path, path extracted and body read, 200 with no body. The HTTP stack and nothing

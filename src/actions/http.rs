@@ -146,7 +146,8 @@ pub enum AttemptOutcome {
         status: Option<u16>,
         /// A short description without URL or body.
         error: String,
-        /// The server's `Retry-After`, in seconds.
+        /// The server's `Retry-After`, in seconds (an HTTP-date is counted from now). The delivery
+        /// controller waits at least this long, within `--retry-max-delay`.
         retry_after: Option<u64>,
     },
     /// Another attempt would get the same answer (other 4xx, 3xx).
@@ -179,7 +180,7 @@ pub fn client(deny: DenyList) -> Result<ActionHttp, reqwest::Error> {
         .connect_timeout(Duration::from_secs(5))
         .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver::new(deny.clone())))
-        .user_agent(concat!("asc-webhook-operator/", env!("CARGO_PKG_VERSION")))
+        .user_agent(crate::resources::names::USER_AGENT)
         .build()?;
     Ok(ActionHttp { client, deny })
 }
@@ -215,14 +216,9 @@ pub async fn send(http: &ActionHttp, request: &PreparedRequest) -> AttemptOutcom
     }
 }
 
+/// `Retry-After` in whole seconds (rounded up), from either form ([`crate::retry`]).
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    crate::retry::retry_after(headers).map(crate::retry::whole_seconds)
 }
 
 /// Maps a status code to what to do next.

@@ -153,7 +153,12 @@ pub fn build_job_reporting(
     check_expansions(&parsed)?;
     let delivery = ctx.delivery;
     let route = &delivery.spec.route;
-    let name = naming::job_name(route, rule, &delivery.spec.event_id);
+    // Each replay makes Jobs of its own; earlier ones stay as they were.
+    let run = delivery.status.as_ref().map_or(
+        0,
+        crate::resources::delivery::WebhookDeliveryStatus::replay_count,
+    );
+    let name = naming::job_name_for_run(route, rule, &delivery.spec.event_id, run);
 
     let mut labels = parsed
         .metadata

@@ -224,8 +224,13 @@ pub fn build(
         _ => Map::new(),
     };
     all_labels.extend(labels(rule, d));
+    // Each replay makes objects of its own, as it makes Jobs; earlier ones stay as they were.
+    let run = d.status.as_ref().map_or(
+        0,
+        crate::resources::delivery::WebhookDeliveryStatus::replay_count,
+    );
     let mut meta = json!({
-        "name": naming::job_name(&d.spec.route, rule, &d.spec.event_id),
+        "name": naming::job_name_for_run(&d.spec.route, rule, &d.spec.event_id, run),
         "namespace": d.namespace(),
         "labels": all_labels,
         "ownerReferences": d.controller_owner_ref(&()).map(|o| vec![o]),

@@ -10,8 +10,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+use crate::retry;
+use backon::Retryable;
+use reqwest::header::ACCEPT;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use url::Url;
@@ -223,7 +224,7 @@ impl AscClient {
             .timeout(options.request_timeout)
             // A redirect could leave the API origin; treat it as an unexpected status instead.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("asc-webhook-operator/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::resources::names::USER_AGENT)
             .build()
             .map_err(ApiError::Client)?;
         Ok(AscClient {
@@ -313,11 +314,11 @@ impl AscClient {
         self.check_origin(&url)?;
         let idempotent = method != Method::POST;
         let attempts = AtomicUsize::new(0);
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.options.base_delay)
-            .with_max_delay(self.options.max_delay)
-            .with_max_times(self.options.max_attempts.saturating_sub(1))
-            .with_jitter();
+        let backoff = retry::Backoff {
+            base: self.options.base_delay,
+            max: self.options.max_delay,
+        }
+        .delays(self.options.max_attempts.saturating_sub(1));
         let cap = self.options.max_retry_after;
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
@@ -328,11 +329,7 @@ impl AscClient {
         .when(|failure: &Failure| failure.retryable)
         .adjust(|failure: &Failure, computed| {
             // `None` means the budget is spent; otherwise wait at least as long as the server asked.
-            computed.map(|delay| {
-                failure
-                    .retry_after
-                    .map_or(delay, |asked| asked.min(cap).max(delay))
-            })
+            computed.map(|delay| retry::honour(delay, failure.retry_after, cap))
         })
         .notify(|failure: &Failure, delay| {
             let error = &failure.error;
@@ -457,23 +454,14 @@ pub fn scope_of(url: &Url) -> String {
     }
 }
 
-/// `Retry-After` in seconds on 429/503; the HTTP-date form is ignored in favour of normal backoff.
+/// `Retry-After` (delta-seconds or HTTP-date) on 429/503, the statuses it is defined for here.
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    if !matches!(
+    matches!(
         response.status(),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        return None;
-    }
-    let secs = response
-        .headers()
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(Duration::from_secs(secs))
+    )
+    .then(|| retry::retry_after(response.headers()))
+    .flatten()
 }
 
 /// The first entry of an App Store Connect error body, `{"errors": [{status, code, title, detail}]}`.

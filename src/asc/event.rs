@@ -5,14 +5,11 @@
 //! and states are kept as strings rather than refused: a refused delivery is a lost one, since Apple documents
 //! no retry policy.
 
-use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{Map, Value};
-use std::fmt;
+mod wire;
 
-/// The attribute names Apple uses for "the state after/before the change", per event family.
-const NEW_STATE_KEYS: &[&str] = &["newState", "newValue", "newExternalBuildState"];
-const OLD_STATE_KEYS: &[&str] = &["oldState", "oldValue", "oldExternalBuildState"];
+use bytes::Bytes;
+use std::borrow::Cow;
+use std::fmt;
 
 /// Why a body is not an App Store Connect event.
 #[derive(Debug, thiserror::Error)]
@@ -155,36 +152,26 @@ pub struct WebhookEvent {
     pub timestamp: Option<String>,
     /// The related object, absent for pings.
     pub instance: Option<InstanceRef>,
-    /// `data.attributes` as sent.
-    pub attributes: Map<String, Value>,
     raw: Bytes,
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    data: Option<Data>,
-}
-
-#[derive(Deserialize)]
-struct Data {
-    id: Option<Value>,
-    #[serde(rename = "type")]
-    kind: Option<Value>,
-    version: Option<Value>,
-    #[serde(default)]
-    attributes: Option<Map<String, Value>>,
-    #[serde(default)]
-    relationships: Option<Map<String, Value>>,
 }
 
 impl WebhookEvent {
     /// Parses a body that has already passed signature verification. The bytes are kept untouched.
+    ///
+    /// The body is read once into structures that borrow from it ([`wire`]): only the handful of
+    /// fields the operator uses are decoded, every other attribute is skipped without allocating.
     pub fn parse(raw: Bytes) -> Result<Self, EventError> {
         std::str::from_utf8(&raw).map_err(|e| EventError::NotUtf8(e.valid_up_to()))?;
-        let envelope: Envelope = serde_json::from_slice(&raw).map_err(EventError::Json)?;
+        let event = Self::fields(&raw)?;
+        Ok(WebhookEvent { raw, ..event })
+    }
+
+    /// The fields of `raw`, decoded from borrowed structures; `raw` itself is left for the caller.
+    fn fields(raw: &[u8]) -> Result<Self, EventError> {
+        let envelope: wire::Envelope<'_> = serde_json::from_slice(raw).map_err(EventError::Json)?;
         let data = envelope.data.ok_or(EventError::NoData)?;
-        let id = non_empty_string(data.id).ok_or(EventError::MissingField("id"))?;
-        let kind = non_empty_string(data.kind).ok_or(EventError::MissingField("type"))?;
+        let id = non_empty(data.id).ok_or(EventError::MissingField("id"))?;
+        let kind = non_empty(data.kind).ok_or(EventError::MissingField("type"))?;
         let attributes = data.attributes.unwrap_or_default();
         let instance = data
             .relationships
@@ -192,18 +179,14 @@ impl WebhookEvent {
             .and_then(|r| r.get("instance"))
             .and_then(instance_ref);
         Ok(WebhookEvent {
-            id,
+            id: id.into_owned(),
             event_type: EventType::parse(&kind),
-            version: data.version.as_ref().and_then(Value::as_i64),
-            old_state: state(&attributes, OLD_STATE_KEYS, "old"),
-            new_state: state(&attributes, NEW_STATE_KEYS, "new"),
-            timestamp: attributes
-                .get("timestamp")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            version: data.version.as_ref().and_then(wire::Loose::as_i64),
+            old_state: attributes.old_state.map(Cow::into_owned),
+            new_state: attributes.new_state.map(Cow::into_owned),
+            timestamp: attributes.timestamp.map(Cow::into_owned),
             instance,
-            attributes,
-            raw,
+            raw: Bytes::new(),
         })
     }
 
@@ -218,40 +201,22 @@ impl WebhookEvent {
     }
 }
 
-fn non_empty_string(v: Option<Value>) -> Option<String> {
+fn non_empty(v: Option<wire::Loose<'_>>) -> Option<Cow<'_, str>> {
     match v {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
+        Some(wire::Loose::Str(s)) if !s.trim().is_empty() => Some(s),
         _ => None,
     }
 }
 
-/// Finds the state attribute: the known names first, then any `new…State`/`old…Value`-shaped attribute so
-/// that future families (background assets, …) still get a state without a code change.
-fn state(attributes: &Map<String, Value>, known: &[&str], prefix: &str) -> Option<String> {
-    let as_state = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
-    known
-        .iter()
-        .find_map(|k| attributes.get(*k).and_then(as_state))
-        .or_else(|| {
-            attributes
-                .iter()
-                .filter(|(k, _)| {
-                    k.starts_with(prefix)
-                        && k[prefix.len()..].starts_with(|c: char| c.is_ascii_uppercase())
-                        && (k.ends_with("State") || k.ends_with("Value"))
-                })
-                .find_map(|(_, v)| as_state(v))
-        })
-}
-
-fn instance_ref(instance: &Value) -> Option<InstanceRef> {
+fn instance_ref(instance: &wire::Loose<'_>) -> Option<InstanceRef> {
     let data = instance.get("data")?;
     Some(InstanceRef {
         kind: data.get("type")?.as_str()?.to_owned(),
         id: data.get("id")?.as_str()?.to_owned(),
         url: instance
-            .pointer("/links/self")
-            .and_then(Value::as_str)
+            .get("links")
+            .and_then(|l| l.get("self"))
+            .and_then(wire::Loose::as_str)
             .map(str::to_owned),
     })
 }
@@ -345,6 +310,26 @@ mod tests {
         );
         assert_eq!(e.new_state.as_deref(), Some("SOMETHING_NEW"));
         assert_eq!(e.old_state.as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn states_read_as_serde_json_would_repeated_names_escapes_and_odd_types() {
+        let body = br#"{"data":{"type":"t","id":"i\u0031","version":"2","attributes":{"newState":"A","newState":"B","oldZState":"Z","oldAState":"Y","oldValue":7,"timestamp":"t\"1","skip":{"deep":["\u00e9"]}},"relationships":{"instance":"not an object"}}}"#;
+        let e = WebhookEvent::parse(Bytes::from_static(body)).unwrap();
+        assert_eq!(e.id, "i1", "escapes are decoded");
+        assert_eq!(
+            e.new_state.as_deref(),
+            Some("B"),
+            "the last of a repeated name"
+        );
+        // No known old-state name holds a string, so the state-shaped name that sorts first wins.
+        assert_eq!(e.old_state.as_deref(), Some("Y"));
+        assert_eq!(e.timestamp.as_deref(), Some("t\"1"));
+        assert_eq!(e.version, None, "a string version is no version");
+        assert_eq!(e.instance, None, "an odd instance is absent, not a refusal");
+        let known_first = br#"{"data":{"type":"t","id":"i","attributes":{"newAState":"shaped","newValue":"known"}}}"#;
+        let e = WebhookEvent::parse(Bytes::from_static(known_first)).unwrap();
+        assert_eq!(e.new_state.as_deref(), Some("known"));
     }
 
     #[test]

@@ -88,14 +88,11 @@ impl Settings {
     /// Exponential backoff for the `attempt`-th retry (1-based), with up to 20 % jitter so a burst of
     /// failures does not retry in lockstep.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .retry_base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let capped = exp.min(self.retry_max_delay);
-        let jitter = capped.mul_f64(rand::random::<f64>() * 0.2);
-        capped
-            .saturating_add(jitter)
-            .min(self.retry_max_delay.max(self.retry_base_delay))
+        crate::retry::Backoff {
+            base: self.retry_base_delay,
+            max: self.retry_max_delay,
+        }
+        .delay(attempt)
     }
 }
 
@@ -171,6 +168,7 @@ pub struct Context {
     /// Routes this process made its start-up catch-up pass for. Bounded like `route_facts`: past that
     /// many routes, a forgotten one gets one more (idempotent) pass.
     caught_up: moka::sync::Cache<String, ()>,
+    ready_again: OnceLock<tokio::sync::watch::Receiver<u64>>,
     written_asc: Mutex<HashMap<String, WrittenAsc>>,
 }
 
@@ -203,6 +201,7 @@ impl Context {
                 .time_to_live(Duration::from_secs(24 * 3600))
                 .build(),
             unfinished: OnceLock::new(),
+            ready_again: OnceLock::new(),
             // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
             job_facts: moka::sync::Cache::builder()
                 .max_capacity(50_000)
@@ -261,6 +260,21 @@ impl Context {
     /// The route controller's cache of routes, once the controllers started.
     pub fn routes(&self) -> Option<&Store<WebhookRoute>> {
         self.routes.get()
+    }
+
+    /// Hands the controllers the receiver's recoveries from unready (once; later calls are ignored).
+    pub fn set_ready_again(&self, recoveries: tokio::sync::watch::Receiver<u64>) {
+        let _ = self.ready_again.set(recoveries);
+    }
+
+    /// The receiver's recoveries from unready, when the operator wired them.
+    pub fn ready_again(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.ready_again.get().cloned()
+    }
+
+    /// Forgets which routes this process caught up, so each makes a pass on its next reconcile.
+    pub fn forget_caught_up(&self) {
+        self.caught_up.invalidate_all();
     }
 
     /// Hands the delivery controller the route store (once; later calls are ignored).
@@ -592,20 +606,6 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let s = Settings {
-            retry_base_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(10),
-            ..Settings::default()
-        };
-        assert!(
-            s.backoff(1) >= Duration::from_secs(1) && s.backoff(1) < Duration::from_millis(1201)
-        );
-        assert!(s.backoff(3) >= Duration::from_secs(4));
-        assert!(s.backoff(30) <= Duration::from_secs(10));
-    }
 
     #[test]
     fn truncation_respects_characters() {

@@ -30,11 +30,17 @@ pub struct DeliverySummary {
     pub phase: Phase,
     /// When the receiver accepted it (RFC 3339).
     pub received_at: Box<str>,
+    /// A replay is asked for (annotation `asc.webhooks.dev/replay`) and not started yet: not pruned.
+    pub replay_wanted: bool,
+    /// ... and the delivery still carries the finished label, which keeps it out of the delivery
+    /// controller's watch: the route controller removes the label.
+    pub replay_unseen: bool,
 }
 
 impl DeliverySummary {
     /// The summary of `d`.
     pub fn of(d: &WebhookDelivery) -> DeliverySummary {
+        let replay_wanted = crate::controllers::delivery::replay::requested(d).is_some();
         DeliverySummary {
             name: d.name_any(),
             owner_uid: d
@@ -46,6 +52,10 @@ impl DeliverySummary {
             new_state: d.spec.new_state.as_deref().map(Into::into),
             phase: d.status.as_ref().map(|s| s.phase).unwrap_or_default(),
             received_at: d.spec.received_at.as_str().into(),
+            replay_wanted,
+            replay_unseen: replay_wanted
+                && d.labels()
+                    .contains_key(crate::resources::names::LABEL_FINISHED),
         }
     }
 }

@@ -12,8 +12,7 @@
 use crate::resources::WebhookRoute;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Who a route's actions run as.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,17 +97,25 @@ pub fn impersonated_config(base: &kube::Config, username: &str) -> kube::Config 
 pub type MakeClient = dyn Fn(kube::Config) -> Result<Client, kube::Error> + Send + Sync;
 
 /// Clients per identity: building one is costly (a TLS setup and a connection pool), so they are kept,
-/// up to [`CACHE_LIMIT`] identities.
+/// up to [`CACHE_LIMIT`] identities; the least used go first, and an identity unused for an hour is
+/// forgotten.
 pub struct ActionClients {
     operator: Client,
     config: Option<kube::Config>,
     make: Arc<MakeClient>,
-    cache: Mutex<HashMap<String, Client>>,
+    cache: moka::sync::Cache<String, Client>,
 }
 
-/// Identities whose clients are kept; past this the cache starts over (clients are cheap to rebuild
-/// compared with holding thousands of connection pools).
-pub const CACHE_LIMIT: usize = 256;
+/// Identities whose clients are kept (clients are cheap to rebuild compared with holding thousands of
+/// connection pools).
+pub const CACHE_LIMIT: u64 = 256;
+
+fn client_cache() -> moka::sync::Cache<String, Client> {
+    moka::sync::Cache::builder()
+        .max_capacity(CACHE_LIMIT)
+        .time_to_idle(std::time::Duration::from_secs(3600))
+        .build()
+}
 
 impl ActionClients {
     /// Only the operator's own client: impersonation fails with [`ImpersonationError::NotConfigured`].
@@ -117,7 +124,7 @@ impl ActionClients {
             operator,
             config: None,
             make: Arc::new(Client::try_from),
-            cache: Mutex::new(HashMap::new()),
+            cache: client_cache(),
         }
     }
 
@@ -132,7 +139,7 @@ impl ActionClients {
             operator,
             config: Some(config),
             make,
-            cache: Mutex::new(HashMap::new()),
+            cache: client_cache(),
         }
     }
 
@@ -144,9 +151,8 @@ impl ActionClients {
         let Some(config) = &self.config else {
             return Err(ImpersonationError::NotConfigured(identity.clone()));
         };
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = cache.get(&user) {
-            return Ok(client.clone());
+        if let Some(client) = self.cache.get(&user) {
+            return Ok(client);
         }
         let client = (self.make)(impersonated_config(config, &user)).map_err(|source| {
             ImpersonationError::Client {
@@ -154,16 +160,14 @@ impl ActionClients {
                 source,
             }
         })?;
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(user, client.clone());
+        self.cache.insert(user, client.clone());
         Ok(client)
     }
 
     /// How many impersonating clients are kept now.
     pub fn cached(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.cache.run_pending_tasks();
+        usize::try_from(self.cache.entry_count()).unwrap_or(usize::MAX)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod matching;
 pub mod resource_kinds;
 pub mod route;
 pub mod route_status;
+pub mod seen;
 pub mod shared_watch;
 mod status;
 
@@ -357,7 +358,22 @@ pub async fn run(
 
     // Its own controller and queue over the shared routes: it runs on a different schedule (slow App Store
     // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
+    // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
+    // every route makes a catch-up pass at once instead of at its next interval.
+    let recovered = ctx.ready_again().map(|rx| {
+        let ctx = ctx.clone();
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+        .map(move |()| {
+            tracing::info!("receiver ready again: catching up every route");
+            ctx.forget_caught_up();
+        })
+        .boxed()
+    });
     let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+        .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
         .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(

@@ -135,6 +135,13 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
             Err(e) => return Err(Error::Kube(e)),
         }
     }
+    // A replay asked for on a finished delivery: the finished label keeps it out of the delivery
+    // controller's watch, so it comes off here (this watch sees every delivery).
+    for d in owned.iter().filter(|d| d.replay_unseen) {
+        crate::controllers::delivery::replay::unfinish(&deliveries_api, &d.name)
+            .await
+            .map_err(Error::Kube)?;
+    }
     let next = fresh_until.saturating_duration_since(Instant::now());
     Ok(Action::requeue(next.max(Duration::from_secs(1))))
 }

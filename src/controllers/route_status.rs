@@ -351,6 +351,7 @@ fn count(deliveries: &[&DeliverySummary]) -> DeliveryCounts {
             Phase::Succeeded => c.succeeded += 1,
             Phase::Failed => c.failed += 1,
             Phase::NoMatch => c.no_match += 1,
+            Phase::Duplicate => c.duplicate += 1,
             Phase::Pending | Phase::Running => c.in_progress += 1,
         }
     }
@@ -364,6 +365,7 @@ fn add(a: &DeliveryCounts, b: &DeliveryCounts) -> DeliveryCounts {
         failed: a.failed + b.failed,
         no_match: a.no_match + b.no_match,
         in_progress: a.in_progress + b.in_progress,
+        duplicate: a.duplicate + b.duplicate,
     }
 }
 
@@ -379,7 +381,7 @@ pub fn to_prune<'a>(deliveries: &[&'a DeliverySummary], limit: i32) -> Vec<&'a D
     let mut finished: Vec<&DeliverySummary> = deliveries
         .iter()
         .copied()
-        .filter(|d| phase(d).is_terminal())
+        .filter(|d| phase(d).is_terminal() && !d.replay_wanted)
         .collect();
     finished.sort_by_key(|d| received_key(d));
     finished.truncate(excess);
@@ -448,6 +450,11 @@ pub fn desired_status(
         last_ping_time,
         observed_generation: route.metadata.generation,
         app_store_connect: None,
+        // Written before the deletes: an event pruned now is never without its record.
+        seen_events: super::seen::remember(
+            &prev.seen_events,
+            pruned_now.iter().map(|d| d.name.as_str()),
+        ),
     }
 }
 

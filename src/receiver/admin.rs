@@ -10,8 +10,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Whether this replica can serve: once the route store has synced, and while nothing that needs a
 /// person (missing CRDs, missing RBAC) is wrong.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<Mutex<ReadyState>>);
+#[derive(Clone)]
+pub struct Readiness(Arc<Mutex<ReadyState>>, Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::default(), Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
 
 #[derive(Default)]
 struct ReadyState {
@@ -36,7 +42,21 @@ impl Readiness {
 
     /// The problem is gone (the watch works again).
     pub fn clear_problem(&self) {
-        self.with(|s| s.problem = None);
+        let recovered = self.with(|s| s.problem.take().is_some() && s.synced);
+        if recovered {
+            self.1.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Counts the times a synced replica became ready again after a problem: events App Store Connect
+    /// sent meanwhile may have failed, so catch-up makes a pass at each change.
+    pub fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.1.subscribe()
+    }
+
+    /// Whether a problem keeps the replica unready.
+    pub fn has_problem(&self) -> bool {
+        self.with(|s| s.problem.is_some())
     }
 
     /// Whether the replica is ready.
@@ -99,5 +119,19 @@ mod tests {
         assert_eq!(r.status(), Err("apply crds/".into()));
         r.clear_problem();
         assert!(r.is_ready());
+    }
+
+    #[test]
+    fn becoming_ready_again_after_a_problem_is_signalled_and_the_first_sync_is_not() {
+        let r = Readiness::default();
+        let seen = r.recoveries();
+        r.set_ready();
+        r.clear_problem();
+        assert_eq!(*seen.borrow(), 0, "nothing was wrong");
+        r.set_problem("RBAC".into());
+        assert!(!r.is_ready());
+        r.clear_problem();
+        r.clear_problem();
+        assert_eq!(*seen.borrow(), 1, "one recovery, signalled once");
     }
 }

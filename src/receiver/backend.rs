@@ -2,23 +2,16 @@
 //! secret, store a delivery. The operator plugs in the reflector store and the API server; the receiver
 //! benchmark plugs in memory, so both measure the same request path.
 
+use super::routes::ReceiverRoute;
 use crate::resources::WebhookDelivery;
-use crate::resources::WebhookRoute;
 use futures::future::BoxFuture;
-use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Finds routes without calling the API server.
+/// Finds routes without calling the API server (the operator's is [`super::routes::RouteTable`]).
 pub trait RouteLookup: Send + Sync + 'static {
     /// The route `namespace/name`, if it exists.
-    fn route(&self, namespace: &str, name: &str) -> Option<Arc<WebhookRoute>>;
-}
-
-impl RouteLookup for Store<WebhookRoute> {
-    fn route(&self, namespace: &str, name: &str) -> Option<Arc<WebhookRoute>> {
-        self.get(&ObjectRef::new(name).within(namespace))
-    }
+    fn route(&self, namespace: &str, name: &str) -> Option<Arc<ReceiverRoute>>;
 }
 
 /// Why a Secret could not be read.

@@ -4,13 +4,13 @@ use super::Receiver;
 use super::answer::Answer;
 use super::backend::{Recorded, SinkError};
 use super::record::{build_delivery, check_fits};
+use super::routes::ReceiverRoute;
 use super::secret_cache::{SecretBytes, SecretLookupError};
 use crate::asc::event::WebhookEvent;
 use crate::asc::signature::{self, SignatureError};
 use crate::metrics::{OutcomeLabels, RequestLabels, RouteLabels};
-use crate::resources::WebhookRoute;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -20,21 +20,30 @@ use std::time::{Duration, Instant};
 /// A cached secret younger than this is not re-read after a signature failure.
 const REREAD_AFTER: Duration = Duration::from_secs(1);
 
+/// The hook endpoint. The path segments are borrowed and the headers read in place (axum's `Path<String>`
+/// and `HeaderMap` extractors would copy them per request).
 pub(super) async fn hook(
     State(rx): State<Arc<Receiver>>,
-    Path((namespace, route_name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    params: RawPathParams,
+    request: Request,
 ) -> Answer {
     let started = Instant::now();
-    let route = rx.routes.route(&namespace, &route_name);
+    let param = |name: &str| {
+        params
+            .iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+            .unwrap_or_default()
+    };
+    let (namespace, route_name) = (param("namespace"), param("route"));
+    let (parts, body) = request.into_parts();
+    let route = rx.routes.route(namespace, route_name);
     let answer = match &route {
         None => Answer::UnknownRoute,
-        Some(route) => handle(&rx, route, &namespace, &headers, body).await,
+        Some(route) => handle(&rx, route, &parts.headers, body).await,
     };
     let label = match route {
-        Some(_) => format!("{namespace}/{route_name}"),
-        None => "unknown".to_owned(),
+        Some(route) => route.label.clone(),
+        None => rx.unknown_route.clone(),
     };
     rx.metrics
         .requests
@@ -69,13 +78,7 @@ pub(super) async fn hook(
     answer
 }
 
-async fn handle(
-    rx: &Receiver,
-    route: &WebhookRoute,
-    namespace: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Answer {
+async fn handle(rx: &Receiver, route: &ReceiverRoute, headers: &HeaderMap, body: Body) -> Answer {
     let declared = match declared_length(rx, headers) {
         Ok(declared) => declared,
         Err(answer) => return answer,
@@ -91,17 +94,16 @@ async fn handle(
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let secret_ref = &route.spec.secret_ref;
     let secret = match rx
         .secrets
-        .get(namespace, &secret_ref.name, &secret_ref.key)
+        .get(&route.secret, &route.route.spec.secret_ref.key)
         .await
     {
         Ok(secret) => secret,
         Err(e) => return unavailable_secret(e),
     };
     let header = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
-    if let Err(why) = verify_with_reread(rx, route, namespace, &secret, &body, header).await {
+    if let Err(why) = verify_with_reread(rx, route, &secret, &body, header).await {
         return why;
     }
     let event = match WebhookEvent::parse(body) {
@@ -111,7 +113,12 @@ async fn handle(
     let request_id = headers
         .get("x-apple-request-uuid")
         .and_then(|v| v.to_str().ok());
-    let delivery = build_delivery(route, &event, request_id, &crate::time::receipt_now());
+    let delivery = build_delivery(
+        &route.route,
+        &event,
+        request_id,
+        &crate::time::receipt_now(),
+    );
     if let Err(e) = check_fits(&delivery, rx.config.max_object_bytes) {
         return Answer::Unstorable(e.to_string());
     }
@@ -171,32 +178,28 @@ async fn read_body(rx: &Receiver, declared: Option<usize>, body: Body) -> Result
 /// second per Secret, and counts the failure against the route's budget.
 async fn verify_with_reread(
     rx: &Receiver,
-    route: &WebhookRoute,
-    namespace: &str,
+    prepared: &ReceiverRoute,
     secret: &SecretBytes,
     body: &[u8],
     header: Option<&str>,
 ) -> Result<(), Answer> {
     let first = signature::verify(secret.expose(), body, header);
     let Err(why) = first else { return Ok(()) };
-    let route_key = format!(
-        "{namespace}/{}",
-        route.metadata.name.as_deref().unwrap_or_default()
-    );
+    let (route, route_key) = (&prepared.route, &prepared.label);
     rx.metrics
         .signature_failures
         .get_or_create(&RouteLabels {
             route: route_key.clone(),
         })
         .inc();
-    if rx.failed_signatures.check_key(&route_key).is_err() {
+    if rx.failed_signatures.check_key(route_key).is_err() {
         return Err(Answer::RateLimited);
     }
     if why == SignatureError::Mismatch {
         let secret_ref = &route.spec.secret_ref;
         if let Ok(fresh) = rx
             .secrets
-            .refresh_if_older(namespace, &secret_ref.name, &secret_ref.key, REREAD_AFTER)
+            .refresh_if_older(&prepared.secret, &secret_ref.key, REREAD_AFTER)
             .await
             && signature::verify(fresh.expose(), body, header).is_ok()
         {
@@ -209,7 +212,7 @@ async fn verify_with_reread(
             && !grace.is_zero()
             && let Some(old) = rx
                 .secrets
-                .previous(namespace, &secret_ref.name, &secret_ref.key, grace)
+                .previous(&prepared.secret, &secret_ref.key, grace)
                 .await
             && signature::verify(old.expose(), body, header).is_ok()
         {

@@ -2,7 +2,7 @@
 //!
 //! Checks run in the order of the receiver's answer table (docs/RESOURCES.md) — route, size and time limits, signature over
 //! the raw bytes, parse — and nothing is written for a request that fails one. Routes come from an
-//! in-memory reflector store, never from an API call per request.
+//! in-memory route table fed by a watch ([`routes`]), never from an API call per request.
 
 pub mod admin;
 mod answer;
@@ -11,6 +11,7 @@ pub mod budget;
 mod handler;
 pub mod kube_backend;
 pub mod record;
+pub mod routes;
 pub mod secret_cache;
 pub mod serve;
 
@@ -65,8 +66,10 @@ pub struct Receiver {
     routes: Arc<dyn RouteLookup>,
     secrets: SecretCache,
     sink: Arc<dyn DeliverySink>,
-    failed_signatures: DefaultKeyedRateLimiter<String>,
+    failed_signatures: DefaultKeyedRateLimiter<Arc<str>>,
     budget: BodyBudget,
+    /// The metrics label of requests for routes that do not exist.
+    unknown_route: Arc<str>,
     config: ReceiverConfig,
     metrics: Metrics,
 }
@@ -88,6 +91,7 @@ impl Receiver {
             sink,
             failed_signatures: RateLimiter::keyed(Quota::per_minute(per_minute)),
             budget: BodyBudget::new(config.max_inflight_body_bytes),
+            unknown_route: Arc::from("unknown"),
             config,
             metrics,
         })
@@ -114,17 +118,16 @@ impl Receiver {
 mod tests {
     use super::backend::{SecretData, SecretSourceError};
     use super::*;
-    use crate::resources::{SecretKeySelector, WebhookDelivery, WebhookRoute, WebhookRouteSpec};
+    use crate::resources::{WebhookDelivery, WebhookRoute};
     use axum::body::Body;
     use futures::future::BoxFuture;
     use http::Request;
     use tower::ServiceExt;
 
-    struct OneRoute(Arc<WebhookRoute>);
-    impl RouteLookup for OneRoute {
-        fn route(&self, namespace: &str, name: &str) -> Option<Arc<WebhookRoute>> {
-            (namespace == "ios" && name == "release").then(|| self.0.clone())
-        }
+    fn one_route(route: WebhookRoute) -> Arc<routes::RouteTable> {
+        let table = routes::RouteTable::default();
+        table.insert(route);
+        Arc::new(table)
     }
 
     struct FixedSecret;
@@ -151,30 +154,13 @@ mod tests {
     }
 
     fn ios_release() -> WebhookRoute {
-        let mut route = WebhookRoute::new(
-            "release",
-            WebhookRouteSpec {
-                service_account_name: None,
-                secret_ref: SecretKeySelector {
-                    name: "hook".into(),
-                    key: "k".into(),
-                    namespace: None,
-                },
-                credential_ref: None,
-                rules: vec![],
-                delivery_history_limit: None,
-                app_store_connect: None,
-                suspend: false,
-            },
-        );
-        route.metadata.namespace = Some("ios".into());
-        route
+        record::tests::route()
     }
 
     #[tokio::test]
     async fn a_body_without_room_in_the_budget_gets_503_and_is_never_read() {
         let rx = Receiver::new(
-            Arc::new(OneRoute(Arc::new(ios_release()))),
+            one_route(ios_release()),
             Arc::new(FixedSecret),
             Arc::new(PanickingSink),
             ReceiverConfig {
@@ -208,7 +194,7 @@ mod tests {
     async fn a_panicking_request_answers_500_and_the_receiver_keeps_serving() {
         let route = ios_release();
         let rx = Receiver::new(
-            Arc::new(OneRoute(Arc::new(route))),
+            one_route(route),
             Arc::new(FixedSecret),
             Arc::new(PanickingSink),
             ReceiverConfig::default(),

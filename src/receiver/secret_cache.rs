@@ -10,11 +10,11 @@
 //!   ([`SecretCache::previous`]). Each replica knows only what it read itself: a replica started after a
 //!   rotation never saw the old value and accepts only the new one.
 
-use super::backend::{SecretData, SecretSource, SecretSourceError};
+use super::backend::{SecretSource, SecretSourceError};
 use crate::metrics::{Metrics, OutcomeLabels};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a missing Secret or a failed read is remembered.
@@ -63,9 +63,41 @@ pub enum SecretLookupError {
     Unavailable(String),
 }
 
+/// A Secret by namespace and name, made once per route: the cache is keyed by it without building a key
+/// per request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretId {
+    /// `namespace/name` (neither may contain `/`).
+    id: Arc<str>,
+    slash: usize,
+}
+
+impl SecretId {
+    /// The Secret `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        SecretId {
+            id: Arc::from(format!("{namespace}/{name}")),
+            slash: namespace.len(),
+        }
+    }
+
+    /// The Secret's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.id[..self.slash]
+    }
+
+    /// The Secret's name.
+    pub fn name(&self) -> &str {
+        &self.id[self.slash + 1..]
+    }
+}
+
+/// A Secret's data with each value ready to hand out (cloning an `Arc`, not copying the bytes).
+type Values = Arc<BTreeMap<String, SecretBytes>>;
+
 #[derive(Clone)]
 enum Fetched {
-    Data(Arc<SecretData>),
+    Data(Values),
     Missing,
     Failed(String),
 }
@@ -74,18 +106,26 @@ struct Entry {
     fetched: Fetched,
     at: Instant,
     /// The last value read successfully (a failed read in between must not hide a rotation).
-    last_data: Option<Arc<SecretData>>,
+    last_data: Option<Values>,
     /// The value the last change replaced, and when this cache first saw the change.
-    previous: Option<(Arc<SecretData>, Instant)>,
+    previous: Option<(Values, Instant)>,
 }
 
+/// One Secret's entry. The lock is held across a read, so concurrent lookups of one Secret make one read
+/// (single flight) and the others find its result.
 type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+
+/// Secrets whose entries are kept; past this the least used are dropped (and read again when needed).
+const CAPACITY: u64 = 10_000;
+/// A Secret no request asked for this long is forgotten, rotation history included: that outlasts any
+/// sensible `--secret-rotation-grace`.
+const IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// Cached reads of Secrets through a [`SecretSource`].
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
-    slots: RwLock<HashMap<(String, String), Slot>>,
+    slots: moka::sync::Cache<Arc<str>, Slot>,
     metrics: Metrics,
 }
 
@@ -95,97 +135,65 @@ impl SecretCache {
         SecretCache {
             source,
             ttl,
-            slots: RwLock::new(HashMap::new()),
+            slots: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_idle(IDLE)
+                .build(),
             metrics,
         }
     }
 
-    /// The value of `key` in Secret `namespace/name`, read through the cache.
+    /// The value of `key` in Secret `secret`, read through the cache.
     pub async fn get(
         &self,
-        namespace: &str,
-        name: &str,
+        secret: &SecretId,
         key: &str,
     ) -> Result<SecretBytes, SecretLookupError> {
-        self.lookup(namespace, name, key, None).await
+        self.lookup(secret, key, None).await
     }
 
     /// Like [`get`](Self::get), but re-reads the Secret if the cached copy is older than `min_age`.
     pub async fn refresh_if_older(
         &self,
-        namespace: &str,
-        name: &str,
+        secret: &SecretId,
         key: &str,
         min_age: Duration,
     ) -> Result<SecretBytes, SecretLookupError> {
-        self.lookup(namespace, name, key, Some(min_age)).await
+        self.lookup(secret, key, Some(min_age)).await
     }
 
     async fn lookup(
         &self,
-        namespace: &str,
-        name: &str,
+        secret: &SecretId,
         key: &str,
         refresh_older_than: Option<Duration>,
     ) -> Result<SecretBytes, SecretLookupError> {
-        let slot = self.slot(namespace, name);
-        // One caller reads while the others wait here and then find a fresh entry.
+        let slot = self.slot(secret);
         let mut entry = slot.lock().await;
         let fresh = entry.as_ref().is_some_and(|e| {
-            let age = e.at.elapsed();
             let ttl = match e.fetched {
                 Fetched::Data(_) => refresh_older_than.map_or(self.ttl, |m| m.min(self.ttl)),
                 Fetched::Missing | Fetched::Failed(_) => NEGATIVE_TTL,
             };
-            age < ttl
+            e.at.elapsed() < ttl
         });
         if !fresh {
-            let fetched = match self.source.secret(namespace, name).await {
-                Ok(Some(data)) => Fetched::Data(Arc::new(data)),
-                Ok(None) => Fetched::Missing,
-                Err(SecretSourceError::Unavailable { .. }) => Fetched::Failed(format!(
-                    "cannot read Secret {namespace}/{name}: API server unavailable"
-                )),
-            };
-            let outcome = match fetched {
-                Fetched::Data(_) => "ok",
-                Fetched::Missing => "missing",
-                Fetched::Failed(_) => "error",
-            };
-            self.metrics
-                .secret_fetches
-                .get_or_create(&OutcomeLabels { outcome })
-                .inc();
-            let now = Instant::now();
-            let (mut last_data, mut previous) = entry
-                .take()
-                .map(|e| (e.last_data, e.previous))
-                .unwrap_or_default();
-            if let Fetched::Data(new) = &fetched {
-                if let Some(old) = last_data.as_ref().filter(|old| **old != *new) {
-                    previous = Some((old.clone(), now));
-                }
-                last_data = Some(new.clone());
-            }
-            *entry = Some(Entry {
-                fetched,
-                at: now,
-                last_data,
-                previous,
-            });
+            let fetched = self.fetch(secret).await;
+            *entry = Some(replace(entry.take(), fetched));
         }
         let fetched = entry.as_ref().map(|e| e.fetched.clone());
         drop(entry);
+        let (namespace, name) = (secret.namespace(), secret.name());
         match fetched {
-            Some(Fetched::Data(data)) => data
-                .get(key)
-                .filter(|v| !v.is_empty())
-                .map(|v| SecretBytes(Arc::from(v.as_slice())))
-                .ok_or_else(|| SecretLookupError::KeyNotFound {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    key: key.to_owned(),
-                }),
+            Some(Fetched::Data(data)) => {
+                data.get(key)
+                    .cloned()
+                    .ok_or_else(|| SecretLookupError::KeyNotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                        key: key.to_owned(),
+                    })
+            }
             Some(Fetched::Missing) => Err(SecretLookupError::SecretNotFound {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -197,51 +205,91 @@ impl SecretCache {
         }
     }
 
-    /// The value of `key` that the last change of Secret `namespace/name` replaced, if this cache saw that
+    async fn fetch(&self, secret: &SecretId) -> Fetched {
+        let (namespace, name) = (secret.namespace(), secret.name());
+        let fetched = match self.source.secret(namespace, name).await {
+            // Empty values count as absent keys, as before: an empty HMAC key proves nothing.
+            Ok(Some(data)) => Fetched::Data(Arc::new(
+                data.into_iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (k, SecretBytes(Arc::from(v))))
+                    .collect(),
+            )),
+            Ok(None) => Fetched::Missing,
+            Err(SecretSourceError::Unavailable { .. }) => Fetched::Failed(format!(
+                "cannot read Secret {namespace}/{name}: API server unavailable"
+            )),
+        };
+        let outcome = match fetched {
+            Fetched::Data(_) => "ok",
+            Fetched::Missing => "missing",
+            Fetched::Failed(_) => "error",
+        };
+        self.metrics
+            .secret_fetches
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        fetched
+    }
+
+    /// The value of `key` that the last change of Secret `secret` replaced, if this cache saw that
     /// change less than `grace` ago and the value differs from the current one. Makes no API call.
     pub async fn previous(
         &self,
-        namespace: &str,
-        name: &str,
+        secret: &SecretId,
         key: &str,
         grace: Duration,
     ) -> Option<SecretBytes> {
-        let slot = self.slot(namespace, name);
+        let slot = self.slots.get(&*secret.id)?;
         let entry = slot.lock().await;
         let entry = entry.as_ref()?;
         let (old, since) = entry.previous.as_ref()?;
         if since.elapsed() >= grace {
             return None;
         }
-        let old = old.get(key).filter(|v| !v.is_empty())?;
+        let old = old.get(key)?;
         let current = entry.last_data.as_ref().and_then(|d| d.get(key));
-        (current != Some(old)).then(|| SecretBytes(Arc::from(old.as_slice())))
+        (current.map(SecretBytes::expose) != Some(old.expose())).then(|| old.clone())
     }
 
-    fn slot(&self, namespace: &str, name: &str) -> Slot {
-        let key = (namespace.to_owned(), name.to_owned());
-        if let Some(slot) = self
-            .slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return slot.clone();
+    fn slot(&self, secret: &SecretId) -> Slot {
+        match self.slots.get(&*secret.id) {
+            Some(slot) => slot,
+            None => self.slots.get_with(secret.id.clone(), Slot::default),
         }
-        self.slots
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
     }
+}
+
+/// The entry after a read: a changed value keeps the one it replaced, for the rotation grace.
+fn replace(old: Option<Entry>, fetched: Fetched) -> Entry {
+    let now = Instant::now();
+    let (mut last_data, mut previous) = old.map(|e| (e.last_data, e.previous)).unwrap_or_default();
+    if let Fetched::Data(new) = &fetched {
+        if let Some(old) = last_data.as_ref().filter(|old| !same(old, new)) {
+            previous = Some((old.clone(), now));
+        }
+        last_data = Some(new.clone());
+    }
+    Entry {
+        fetched,
+        at: now,
+        last_data,
+        previous,
+    }
+}
+
+fn same(a: &Values, b: &Values) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && va.expose() == vb.expose())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::backend::SecretData;
     use super::*;
     use futures::future::BoxFuture;
-    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -266,6 +314,10 @@ mod tests {
         }
     }
 
+    fn hook() -> SecretId {
+        SecretId::new("ns", "hook")
+    }
+
     fn cache(source: Arc<Counting>, ttl: Duration) -> SecretCache {
         SecretCache::new(source, ttl, Metrics::new())
     }
@@ -279,7 +331,7 @@ mod tests {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .get("ns", "hook", "secret")
+                    .get(&hook(), "secret")
                     .await
                     .unwrap()
                     .expose()
@@ -297,15 +349,15 @@ mod tests {
         let source = Arc::new(Counting::default());
         *source.value.lock().unwrap() = Some(b"old".to_vec());
         let cache = cache(source.clone(), Duration::from_secs(30));
-        cache.get("ns", "hook", "secret").await.unwrap();
+        cache.get(&hook(), "secret").await.unwrap();
         *source.value.lock().unwrap() = Some(b"new".to_vec());
         let still = cache
-            .refresh_if_older("ns", "hook", "secret", Duration::from_secs(1))
+            .refresh_if_older(&hook(), "secret", Duration::from_secs(1))
             .await
             .unwrap();
         assert_eq!(still.expose(), b"old");
         let fresh = cache
-            .refresh_if_older("ns", "hook", "secret", Duration::ZERO)
+            .refresh_if_older(&hook(), "secret", Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(fresh.expose(), b"new");
@@ -317,18 +369,18 @@ mod tests {
         let source = Arc::new(Counting::default());
         let cache = cache(source.clone(), Duration::from_secs(30));
         assert!(matches!(
-            cache.get("ns", "hook", "secret").await,
+            cache.get(&hook(), "secret").await,
             Err(SecretLookupError::SecretNotFound { .. })
         ));
         *source.value.lock().unwrap() = Some(b"x".to_vec());
         // The miss is remembered briefly, so an outage or a typo is not hammered.
         assert!(matches!(
-            cache.get("ns", "hook", "secret").await,
+            cache.get(&hook(), "secret").await,
             Err(SecretLookupError::SecretNotFound { .. })
         ));
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
         let fresh = cache
-            .refresh_if_older("ns", "hook", "other", Duration::ZERO)
+            .refresh_if_older(&hook(), "other", Duration::ZERO)
             .await;
         assert!(
             matches!(fresh, Err(SecretLookupError::SecretNotFound { .. })),
@@ -342,30 +394,27 @@ mod tests {
         *source.value.lock().unwrap() = Some(b"old".to_vec());
         let cache = cache(source.clone(), Duration::from_secs(30));
         let grace = Duration::from_millis(300);
-        cache.get("ns", "hook", "secret").await.unwrap();
+        cache.get(&hook(), "secret").await.unwrap();
         assert!(
-            cache
-                .previous("ns", "hook", "secret", grace)
-                .await
-                .is_none(),
+            cache.previous(&hook(), "secret", grace).await.is_none(),
             "nothing was replaced yet"
         );
         *source.value.lock().unwrap() = Some(b"new".to_vec());
         let fresh = cache
-            .refresh_if_older("ns", "hook", "secret", Duration::ZERO)
+            .refresh_if_older(&hook(), "secret", Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(fresh.expose(), b"new");
-        let old = cache.previous("ns", "hook", "secret", grace).await.unwrap();
+        let old = cache.previous(&hook(), "secret", grace).await.unwrap();
         assert_eq!(old.expose(), b"old");
         // The same value read again is not a change: the old one stays the previous one.
         cache
-            .refresh_if_older("ns", "hook", "secret", Duration::ZERO)
+            .refresh_if_older(&hook(), "secret", Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(
             cache
-                .previous("ns", "hook", "secret", grace)
+                .previous(&hook(), "secret", grace)
                 .await
                 .unwrap()
                 .expose(),
@@ -373,17 +422,39 @@ mod tests {
         );
         assert!(
             cache
-                .previous("ns", "hook", "secret", Duration::ZERO)
+                .previous(&hook(), "secret", Duration::ZERO)
                 .await
                 .is_none(),
             "past the grace period the old value is refused"
         );
-        assert!(
-            cache
-                .previous("ns", "hook", "other-key", grace)
-                .await
-                .is_none()
+        assert!(cache.previous(&hook(), "other-key", grace).await.is_none());
+    }
+
+    struct ByNamespace;
+    impl SecretSource for ByNamespace {
+        fn secret<'a>(
+            &'a self,
+            namespace: &'a str,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Option<SecretData>, SecretSourceError>> {
+            let value = format!("{namespace}:{name}").into_bytes();
+            Box::pin(async move { Ok(Some(SecretData::from([("secret".to_owned(), value)]))) })
+        }
+    }
+
+    #[tokio::test]
+    async fn secrets_are_told_apart_by_namespace_and_name() {
+        let cache = SecretCache::new(
+            Arc::new(ByNamespace),
+            Duration::from_secs(30),
+            Metrics::new(),
         );
+        for (ns, name) in [("a", "b-c"), ("a-b", "c"), ("a", "b")] {
+            let id = SecretId::new(ns, name);
+            assert_eq!((id.namespace(), id.name()), (ns, name));
+            let got = cache.get(&id, "secret").await.unwrap();
+            assert_eq!(got.expose(), format!("{ns}:{name}").as_bytes());
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! event a no-op, across restarts and replicas.
 
 use super::Condition;
+pub use super::names::ANNOTATION_REPLAY;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -115,12 +116,18 @@ pub enum Phase {
     Failed,
     /// No rule of the route matched the event.
     NoMatch,
+    /// The event was already run by an earlier delivery that history pruning deleted (the route's
+    /// `status.seenEvents`): nothing ran again.
+    Duplicate,
 }
 
 impl Phase {
     /// Whether nothing more will happen to the delivery.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed | Phase::NoMatch)
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::NoMatch | Phase::Duplicate
+        )
     }
 
     /// The name shown in `kubectl get`.
@@ -131,6 +138,7 @@ impl Phase {
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
             Phase::NoMatch => "NoMatch",
+            Phase::Duplicate => "Duplicate",
         }
     }
 }
@@ -139,7 +147,7 @@ impl Phase {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDeliveryStatus {
-    /// `Pending`, `Running`, `Succeeded`, `Failed` or `NoMatch`.
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `NoMatch` or `Duplicate`.
     #[serde(default)]
     pub phase: Phase,
     /// Processing attempts so far (each retry after a transient failure counts).
@@ -169,6 +177,56 @@ pub struct WebhookDeliveryStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Replays run on request (annotation `asc.webhooks.dev/replay`): how many, and the value that
+    /// asked for the last one. The fields above describe the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replays: Option<ReplayStatus>,
+    /// Earlier runs of the delivery (the original, then each replay but the current one), oldest first,
+    /// at most 20 and about 16 KiB (the newest is always kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub history: Vec<RunRecord>,
+}
+
+impl WebhookDeliveryStatus {
+    /// Which run the status describes: 0 the original, n the n-th replay.
+    pub fn replay_count(&self) -> i32 {
+        self.replays.as_ref().map_or(0, |r| r.count)
+    }
+}
+
+/// Replays of a delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayStatus {
+    /// Replays started so far; the current run is this replay (0: the original run).
+    #[serde(default)]
+    pub count: i32,
+    /// The annotation value the last replay was started for; setting the same value again runs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<String>,
+    /// When the last replay started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<String>,
+}
+
+/// The outcome of one earlier run of a delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Which run: 0 the original, n the n-th replay.
+    pub replay: i32,
+    /// How it ended.
+    pub phase: Phase,
+    /// Its sentence about the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Its actions' outcomes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionStatus>,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
 }
 
 /// The enrichment summary kept in status (never the whole object).

@@ -22,7 +22,10 @@ pub const LABEL_DELIVERY: &str = "asc.webhooks.dev/delivery";
 /// The standard label marking objects this operator manages (the Job watch selects on it).
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].
-pub const MANAGED_BY: &str = FIELD_MANAGER;
+pub const MANAGED_BY: &str = OPERATOR;
+
+/// Annotation whose every new value replays a delivery: its matching rules run once more.
+pub const ANNOTATION_REPLAY: &str = "asc.webhooks.dev/replay";
 
 /// kubectl's copy of the last applied spec: as large as the spec, and read by nothing here, so caches
 /// drop it.
@@ -31,8 +34,14 @@ pub const ANNOTATION_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-co
 /// Finalizer that deletes the App Store Connect webhook before the route goes.
 pub const FINALIZER_ASC_WEBHOOK: &str = "asc.webhooks.dev/app-store-connect-webhook";
 
+/// The operator's name: the Events' reporting controller, the default Lease name, and the prefix of its
+/// pods' identities.
+pub const OPERATOR: &str = "asc-webhook-operator";
+/// `User-Agent` of every outbound HTTP request (App Store Connect and HTTP actions).
+pub const USER_AGENT: &str = concat!("asc-webhook-operator/", env!("CARGO_PKG_VERSION"));
+
 /// The single field manager for every write the operator makes, so ownership of fields is never split.
-pub const FIELD_MANAGER: &str = "asc-webhook-operator";
+pub const FIELD_MANAGER: &str = OPERATOR;
 /// The field manager of `status.appStoreConnect` and its conditions only: that part is written by the
 /// App Store Connect reconciler, and a separate manager keeps its apply from dropping the route
 /// controller's fields (and the other way round).
@@ -54,6 +63,7 @@ mod tests {
             LABEL_FINISHED,
             LABEL_RULE,
             LABEL_DELIVERY,
+            ANNOTATION_REPLAY,
             FINALIZER_ASC_WEBHOOK,
         ] {
             assert!(name.starts_with(PREFIX), "{name}");

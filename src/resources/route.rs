@@ -322,6 +322,12 @@ pub struct WebhookRouteStatus {
     /// The App Store Connect webhook registered for this route (with `spec.appStoreConnect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_store_connect: Option<AppStoreConnectStatus>,
+    /// Events whose deliveries history pruning deleted, newest last, at most 1,000: the 16 hex digits
+    /// that end the delivery's name (a hash of route and event id). The same event brought back by
+    /// catch-up or sent again by App Store Connect runs nothing again (its delivery ends `Duplicate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub seen_events: Vec<String>,
 }
 
 /// Deliveries by outcome since the route was created (pruned deliveries stay counted).
@@ -343,6 +349,9 @@ pub struct DeliveryCounts {
     /// Deliveries still pending or running.
     #[serde(default)]
     pub in_progress: i64,
+    /// Deliveries of an event already run and pruned, which ran nothing again.
+    #[serde(default)]
+    pub duplicate: i64,
 }
 
 /// A summary of one delivery, for `kubectl get`.

@@ -22,6 +22,7 @@ mod manifests;
 mod receiver;
 mod recorder;
 mod reliability;
+mod replay;
 mod resource_actions;
 mod scenarios;
 mod startup;

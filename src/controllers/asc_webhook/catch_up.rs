@@ -11,7 +11,8 @@ use crate::asc::api::AscClient;
 use crate::asc::event::WebhookEvent;
 use crate::asc::webhook_deliveries::{DeliveryFilter, DeliveryState, LoggedDelivery};
 use crate::asc::webhooks::{WebhookError, Webhooks};
-use crate::controllers::Error;
+use crate::controllers::{Error, seen};
+use crate::metrics::{CatchUpErrorLabels, RouteLabels};
 use crate::receiver::record::build_delivery;
 use crate::resources::delivery::DeliverySource;
 use crate::resources::route_asc::{AppStoreConnectStatus, CatchUpMode, CatchUpStatus};
@@ -186,6 +187,7 @@ pub(super) async fn pass_if_due(
         Err(e) => {
             // The checkpoint keeps what was read; the next pass resumes there, after a backoff.
             tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "catch-up pass interrupted");
+            count_error(ctx, route, error_reason(&e));
             // Not marked done: the pass is owed, after a backoff (held, so the status write this
             // causes does not start it again at once).
             asc.catch_up = Some(state);
@@ -210,6 +212,7 @@ async fn recover(
         Ok(d) => d,
         Err(why) => {
             tracing::warn!(route = %route.name_any(), delivery = %logged.id, %why, "delivery-log entry skipped");
+            count_error(ctx, route, "invalid_entry");
             return Ok(0);
         }
     };
@@ -219,9 +222,11 @@ async fn recover(
         return Ok(0);
     }
     // Recorded, finished and pruned since: the overlap of the next pass (or Apple's log) brings it back,
-    // and it must not run again. Known to this leader only: see docs/RESOURCES.md for the limit.
+    // and it must not run again. This leader's memory covers the moment between pruning and the route
+    // copy here showing the record; the route's `status.seenEvents` covers restarts and leader changes.
     let namespace = route.namespace().unwrap_or_default();
-    if ctx.was_pruned(&namespace, &delivery.name_any()) {
+    if ctx.was_pruned(&namespace, &delivery.name_any()) || seen::holds(route, &delivery.name_any())
+    {
         return Ok(0);
     }
     match mode {
@@ -237,6 +242,7 @@ async fn recover(
             }
             match hooks.redeliver(&logged.id).await {
                 Ok(_) => {
+                    count_recovered(ctx, route, logged);
                     ctx.event(
                         route,
                         false,
@@ -251,12 +257,14 @@ async fn recover(
                 }
                 Err(e) => {
                     tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "redelivery refused");
+                    count_error(ctx, route, "redelivery_refused");
                     Ok(0)
                 }
             }
         }
         CatchUpMode::Record => match deliveries.create(&PostParams::default(), &delivery).await {
             Ok(_) => {
+                count_recovered(ctx, route, logged);
                 ctx.event(
                     route,
                     false,
@@ -272,6 +280,64 @@ async fn recover(
             Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(0),
             Err(e) => Err(Error::Kube(e)),
         },
+    }
+}
+
+fn route_label(route: &WebhookRoute) -> RouteLabels {
+    RouteLabels {
+        route: format!(
+            "{}/{}",
+            route.namespace().unwrap_or_default(),
+            route.name_any()
+        )
+        .into(),
+    }
+}
+
+fn count_error(ctx: &Context, route: &WebhookRoute, reason: &'static str) {
+    let RouteLabels { route } = route_label(route);
+    ctx.metrics
+        .catch_up_errors
+        .get_or_create(&CatchUpErrorLabels {
+            route: route.to_string(),
+            reason,
+        })
+        .inc();
+}
+
+fn count_recovered(ctx: &Context, route: &WebhookRoute, logged: &LoggedDelivery) {
+    ctx.metrics
+        .catch_up_recovered
+        .get_or_create(&route_label(route))
+        .inc();
+    if let Some(lag) = lag_seconds(logged, jiff::Timestamp::now()) {
+        ctx.metrics.catch_up_lag.observe(lag);
+    }
+}
+
+/// Seconds from Apple's `createdDate` of the delivery (or its event) to `now`; `None` without a
+/// readable date. Pure.
+pub fn lag_seconds(logged: &LoggedDelivery, now: jiff::Timestamp) -> Option<f64> {
+    let created = logged
+        .created_date
+        .as_deref()
+        .or(logged
+            .event
+            .as_ref()
+            .and_then(|e| e.created_date.as_deref()))
+        .and_then(crate::time::parse_ts)?;
+    Some(now.duration_since(created).as_secs_f64().max(0.0))
+}
+
+/// The metric's reason word for an interrupted pass. Pure.
+pub fn error_reason(e: &WebhookError) -> &'static str {
+    match e {
+        WebhookError::Unavailable(_) => "unavailable",
+        WebhookError::Forbidden(_) => "forbidden",
+        WebhookError::AppNotFound { .. } | WebhookError::WebhookNotFound { .. } => "not_found",
+        WebhookError::Rejected { .. } | WebhookError::LimitReached { .. } => "rejected",
+        WebhookError::Malformed(_) => "malformed",
+        WebhookError::Other(_) => "other",
     }
 }
 
@@ -337,6 +403,24 @@ mod tests {
                 created_date: None,
             }),
         }
+    }
+
+    #[test]
+    fn the_lag_runs_from_apples_created_date_to_the_recording() {
+        let now = at("2026-12-01T10:10:00Z");
+        let l = logged("a", "2026-12-01T10:00:00.000Z", "{}");
+        assert_eq!(lag_seconds(&l, now), Some(600.0));
+        let mut undated = logged("b", "not a date", "{}");
+        assert_eq!(lag_seconds(&undated, now), None);
+        undated.created_date = None;
+        undated.event.as_mut().unwrap().created_date = Some("2026-12-01T10:09:00Z".into());
+        assert_eq!(lag_seconds(&undated, now), Some(60.0));
+        let future = logged("c", "2026-12-01T10:20:00Z", "{}");
+        assert_eq!(
+            lag_seconds(&future, now),
+            Some(0.0),
+            "clock skew never counts negative"
+        );
     }
 
     #[test]

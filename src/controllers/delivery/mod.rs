@@ -12,6 +12,7 @@
 mod enrich;
 mod http_call;
 pub mod jobs;
+pub mod replay;
 pub mod resources;
 pub mod state;
 pub mod suspend;
@@ -21,7 +22,7 @@ use self::jobs::JobStep;
 use self::state::{AfterAttempt, Why};
 use super::context::Context;
 use super::matching::{EventFacts, matching_rules};
-use super::{Error, status};
+use super::{Error, seen, status};
 use crate::actions::EventContext;
 use crate::actions::http;
 use crate::resources::delivery::{ActionState, Phase, WebhookDeliveryStatus};
@@ -149,6 +150,10 @@ fn plan(route: &WebhookRoute, d: &WebhookDelivery, st: &WebhookDeliveryStatus) -
 }
 
 async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
+    let d = match start_replay(ctx, d).await? {
+        Some(d) => d,
+        None => return Ok(Pass::Stale),
+    };
     let previous = d.status.clone().unwrap_or_default();
     if previous.phase.is_terminal() {
         // A crash between the terminal status and the label leaves the label to set now.
@@ -180,6 +185,27 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
         );
         return conclude(ctx, &d, &mut w, st, now_ts).await;
     };
+    if st.matched_rules.is_empty() && st.actions.is_empty() && st.replay_count() == 0 {
+        let namespace = d.namespace().unwrap_or_default();
+        if ctx.was_pruned(&namespace, &d.name_any()) || seen::holds(&route, &d.name_any()) {
+            // An earlier delivery of this event ran and was pruned: this one runs nothing.
+            let why = format!(
+                "event {} already ran on route {} (its delivery was pruned; status.seenEvents of the route): nothing runs again; set {} to run it on purpose",
+                d.spec.event_id,
+                d.spec.route,
+                crate::resources::delivery::ANNOTATION_REPLAY
+            );
+            ctx.metrics
+                .duplicate_events
+                .get_or_create(&crate::metrics::RouteLabels {
+                    route: format!("{namespace}/{}", d.spec.route).into(),
+                })
+                .inc();
+            ctx.event(&d, false, "DuplicateEvent", why.clone()).await;
+            state::finish(&mut st, Phase::Duplicate, Some(why), generation, &now);
+            return conclude(ctx, &d, &mut w, st, now_ts).await;
+        }
+    }
     if st.matched_rules.is_empty() {
         // Nothing started yet: a suspended route holds the delivery, and a resumed one starts its
         // deliveries in order of receipt.
@@ -397,7 +423,8 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             let after = state::finish_http_attempt(a, &outcome, max, &now);
             if let AfterAttempt::Retry { retry_after } = after {
                 let b = backoff(a.attempts);
-                want_retry(retry_after.map_or(b, |s| Duration::from_secs(s).max(b)));
+                let asked = retry_after.map(Duration::from_secs);
+                want_retry(crate::retry::honour(b, asked, ctx.settings.retry_max_delay));
             }
             // The outcome is written before anything else happens, so no later pass repeats the call.
             if !save_outcome(ctx, &mut w, &mut st, rule).await? {
@@ -479,10 +506,51 @@ async fn conclude(
     if !w.save(&st).await? {
         return Ok(Pass::Stale);
     }
+    if st.phase.is_terminal() && replay::requested(d).is_some() {
+        // Asked for while this run was going: it starts on the next pass, and the label stays off.
+        return Ok(Pass::Done(Action::requeue(Duration::from_millis(10))));
+    }
     if st.phase.is_terminal() {
         mark_finished(ctx, d).await?;
     }
     Ok(Pass::Done(next_action(&st, now_ts)))
+}
+
+/// Starts the replay the annotation asks for, if the current run is finished: one conditional write, so
+/// it starts once. `None`: the delivery changed underneath, read it again.
+async fn start_replay(ctx: &Context, d: WebhookDelivery) -> Result<Option<WebhookDelivery>, Error> {
+    let finished = d.status.as_ref().is_some_and(|s| s.phase.is_terminal());
+    let Some(value) = replay::requested(&d)
+        .filter(|_| finished)
+        .map(str::to_owned)
+    else {
+        return Ok(Some(d));
+    };
+    let mut st = d.status.clone().unwrap_or_default();
+    let now = crate::time::now_rfc3339();
+    replay::begin(&mut st, &value, d.metadata.generation, &now);
+    let api = deliveries(ctx, &d);
+    let Some(started) =
+        status::apply_if_unchanged(&api, &d.name_any(), d.resource_version().as_deref(), &st)
+            .await
+            .map_err(Error::Kube)?
+    else {
+        return Ok(None);
+    };
+    ctx.metrics.replays.inc();
+    ctx.event(
+        &d,
+        false,
+        "ReplayStarted",
+        format!(
+            "replay {} of event {} ({}={value}): the matching rules run again",
+            st.replay_count(),
+            d.spec.event_id,
+            crate::resources::delivery::ANNOTATION_REPLAY
+        ),
+    )
+    .await;
+    Ok(Some(started))
 }
 
 fn next_action(st: &WebhookDeliveryStatus, now: jiff::Timestamp) -> Action {

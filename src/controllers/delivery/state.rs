@@ -264,6 +264,15 @@ pub fn finish(
             "NoMatch",
             "no rule of the route matched this event",
         ),
+        Phase::Duplicate => Condition::new(
+            "Completed",
+            true,
+            "Duplicate",
+            status
+                .message
+                .clone()
+                .unwrap_or_else(|| "the event already ran".into()),
+        ),
         Phase::Failed => Condition::new(
             "Completed",
             true,

@@ -236,6 +236,8 @@ fn delivery(name: &str, at: &str, phase: Phase, event_type: &str) -> DeliverySum
         new_state: None,
         phase,
         received_at: at.into(),
+        replay_wanted: false,
+        replay_unseen: false,
     }
 }
 
@@ -278,7 +280,8 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
             succeeded: 1,
             failed: 1,
             no_match: 1,
-            in_progress: 1
+            in_progress: 1,
+            duplicate: 0,
         }
     );
     assert_eq!(s.last_delivery.as_ref().unwrap().name, "d");
@@ -290,10 +293,30 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
     let s2 = desired_status(&after, &remaining, &[], &[], None, "t");
     assert_eq!(s2.deliveries.received, 4, "pruned deliveries stay counted");
     assert_eq!(
+        s2.seen_events,
+        vec![
+            crate::naming::event_key_of("a"),
+            crate::naming::event_key_of("c")
+        ],
+        "the pruned events are recorded in the same write that counts them, and kept"
+    );
+    assert_eq!(
         s2.last_ping_time.as_deref(),
         Some("2026-01-01T00:00:03Z"),
         "the last ping survives pruning"
     );
+}
+
+#[test]
+fn a_delivery_waiting_for_its_replay_is_not_pruned() {
+    let old = DeliverySummary {
+        replay_wanted: true,
+        ..delivery("a", "2026-01-01T00:00:01Z", Phase::Succeeded, "x")
+    };
+    let newer = delivery("b", "2026-01-01T00:00:02Z", Phase::Succeeded, "x");
+    let all = vec![&old, &newer];
+    let names: Vec<_> = to_prune(&all, 1).iter().map(|d| d.name.clone()).collect();
+    assert_eq!(names, vec!["b"], "the newer one goes instead");
 }
 
 #[test]

@@ -208,6 +208,17 @@ async fn every_page_of_a_long_log_is_read_and_a_429_half_way_resumes_from_the_ch
     })
     .await;
     assert_eq!(recovered, 250);
+    let metrics = op.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"asc_webhook_catch_up_errors_total{route="ios/release",reason="unavailable"} 1"#
+        ),
+        "the 429 is counted: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"asc_webhook_catch_up_recovered_events_total{route="ios/release"} 250"#),
+        "{metrics}"
+    );
     op.stop().await;
 }
 
@@ -271,6 +282,180 @@ async fn an_event_recorded_then_pruned_is_not_recorded_again_by_the_next_pass() 
             .unwrap()
             .recovered,
         250
+    );
+    op.stop().await;
+}
+
+/// The leader's memory of pruned deliveries dies with the process; the route's `status.seenEvents` does
+/// not. An event recovered by catch-up runs its Job, is pruned past the history limit, and then comes
+/// back twice after a restart: in the next pass's overlap and live from Apple. Neither runs anything.
+#[tokio::test]
+async fn an_event_pruned_past_the_history_limit_runs_nothing_again_after_a_restart_from_the_log_or_live()
+ {
+    let (api, mock) = world().await;
+    let op = start_reachable(&api, &mock, &[]).await;
+    route_with(
+        &api,
+        "release",
+        JOB_RULES,
+        &format!(
+            "  deliveryHistoryLimit: 1\n  credentialRef: {{name: team}}\n  appStoreConnect: {{appId: \"{APP_ID}\"}}\n"
+        ),
+    )
+    .await;
+    let id = webhook_id(&registered_and_verified(&api, "release").await);
+    let url = op.url.clone();
+    op.stop().await;
+    let missed = build_event("seen-once");
+    mock.send_event(&id, &missed).await.unwrap();
+
+    let op = restart_reachable(&api, &mock, &url, &[]).await;
+    let first_job = eventually("catch-up records it and runs its Job", WAIT, || {
+        let j = jobs(&api).first().and_then(|j| j.metadata.name.clone());
+        async move { j }
+    })
+    .await;
+    complete_job(&api, &first_job, true).await;
+    let name = asc_webhook_operator::naming::delivery_name("release", "seen-once");
+    // Newer events push it past the limit of one.
+    for n in 0..2 {
+        let sent = mock
+            .send_event(&id, &build_event(&format!("newer-{n}")))
+            .await
+            .unwrap();
+        assert_eq!(sent.response_status, Some(202), "{sent:?}");
+    }
+    eventually(
+        "the first delivery is pruned and recorded as seen",
+        WAIT,
+        || {
+            let gone = get_delivery(&api, &name).is_none();
+            let seen = get_route(&api, "release")
+                .status
+                .is_some_and(|s| s.seen_events.iter().any(|k| name.ends_with(k.as_str())));
+            async move { (gone && seen).then_some(()) }
+        },
+    )
+    .await;
+    eventually("the newer events run their Jobs", WAIT, || {
+        let n = jobs(&api).len();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    op.stop().await;
+    api.clear_request_log();
+
+    // A new process: nothing in memory. The next pass re-reads the event in its overlap.
+    let reads = || {
+        webhook_calls(&mock)
+            .iter()
+            .filter(|r| r.path.contains("/deliveries"))
+            .count()
+    };
+    let reads_before = reads();
+    let op = restart_reachable(&api, &mock, &url, &[]).await;
+    eventually("the pass after the restart read the log", WAIT, || {
+        let n = reads();
+        async move { (n > reads_before).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        get_delivery(&api, &name).is_none(),
+        "catch-up did not record it again"
+    );
+
+    // Apple sends it again, live: recorded (nothing accepted is dropped), but it runs nothing. The
+    // delivery may be pruned again at once (limit 1), so the route's counts tell.
+    let again = mock.send_event(&id, &missed).await.unwrap();
+    assert_eq!(again.response_status, Some(202), "{again:?}");
+    let event = wait_event(&api, "DuplicateEvent").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already ran"),
+        "{event}"
+    );
+    eventually("the route counts one duplicate", WAIT, || {
+        let n = get_route(&api, "release")
+            .status
+            .map(|s| s.deliveries.duplicate);
+        async move { (n == Some(1)).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let job_creates = api.count_requests(|r| {
+        r.verb == testkit::apiserver::Verb::Create && r.resource == "jobs" && r.status == 201
+    });
+    assert_eq!(job_creates, 0, "no Job ran twice");
+    let metrics = op.metrics().await;
+    assert!(
+        metrics.contains("asc_webhook_duplicate_events_total{route=\"ios/release\"} 1"),
+        "{metrics}"
+    );
+    op.stop().await;
+}
+
+/// The receiver cannot record while the API server refuses it, and turns unready when it loses its
+/// route watch; once it is ready again, catch-up makes a pass at once rather than at the next interval
+/// (ten minutes), and the event Apple failed to deliver meanwhile is recorded.
+#[tokio::test]
+async fn catch_up_runs_when_the_receiver_is_ready_again() {
+    use testkit::apiserver::{Fault, FaultRule, Verb};
+    let (api, mock) = world().await;
+    let op = start_reachable(&api, &mock, &[]).await;
+    managed_route(&api, "release", "", JOB_RULES).await;
+    let id = webhook_id(&registered_and_verified(&api, "release").await);
+    // The start-up pass is done: nothing more is due for ten minutes.
+    eventually("the start-up pass ran", WAIT, || {
+        let r = get_route(&api, "release");
+        async move { r.status?.app_store_connect?.catch_up?.last_check_time }
+    })
+    .await;
+
+    api.add_fault(
+        FaultRule::new(Fault::Status(500))
+            .verb(Verb::Create)
+            .resource("webhookdeliveries")
+            .times(1),
+    );
+    let failed = mock
+        .send_event(&id, &build_event("while-unready"))
+        .await
+        .unwrap();
+    assert_eq!(failed.state, DeliveryState::Failed, "{failed:?}");
+    assert_eq!(by_source(&api, DeliverySource::CatchUp), 0);
+
+    // The route watch is refused (RBAC taken away, then given back): unready, then ready again.
+    api.add_fault(
+        FaultRule::new(Fault::Status(403))
+            .verb(Verb::Watch)
+            .resource("webhookroutes")
+            .times(8),
+    );
+    api.disconnect_all();
+    eventually("the receiver is unready", WAIT, || async {
+        op.readyz().await.filter(|(s, _)| *s == 503)
+    })
+    .await;
+    eventually("the receiver is ready again", WAIT, || async {
+        op.readyz().await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    eventually("the missed event is recovered", WAIT, || {
+        let n = by_source(&api, DeliverySource::CatchUp);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let metrics = op.metrics().await;
+    assert!(
+        metrics.contains(r#"asc_webhook_catch_up_recovered_events_total{route="ios/release"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("asc_webhook_catch_up_lag_seconds_count 1"),
+        "{metrics}"
     );
     op.stop().await;
 }

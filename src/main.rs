@@ -3,8 +3,17 @@ use asc_webhook_operator::{operator, replay, resources::crds, send, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime starts its threads, so none of them gets a heap of its own.
+    asc_webhook_operator::memory::limit_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+        .block_on(cli_main())
+}
+
+async fn cli_main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds(args) => report(crds::print_or_write(args.out_dir.as_deref())),

@@ -154,18 +154,23 @@ pub async fn run_with(
         let readiness = readiness.clone();
         let metrics = metrics.clone();
         let routes = routes.clone();
-        watcher(routes_api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .for_each(move |event| {
-                match event {
-                    Ok(event) => {
-                        routes.apply(event);
-                        readiness.clear_problem()
-                    }
-                    Err(e) => route_watch_failed(&e, &readiness, &metrics),
+        watcher(
+            routes_api,
+            watcher::Config::default()
+                .any_semantic()
+                .page_size(crate::controllers::LIST_PAGE_SIZE),
+        )
+        .default_backoff()
+        .for_each(move |event| {
+            match event {
+                Ok(event) => {
+                    routes.apply(event);
+                    readiness.clear_problem()
                 }
-                futures::future::ready(())
-            })
+                Err(e) => route_watch_failed(&e, &readiness, &metrics),
+            }
+            futures::future::ready(())
+        })
     };
     tokio::spawn(route_stream);
     tokio::spawn(probe_while_unready(
@@ -196,12 +201,11 @@ pub async fn run_with(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut trim = tokio::time::interval(crate::memory::RELEASE_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        receiver.forget_quiet_routes();
-                        crate::memory::release_free_memory();
-                    }
+                    _ = tick.tick() => receiver.forget_quiet_routes(),
+                    _ = trim.tick() => crate::memory::release_free_memory(),
                     _ = shutdown.cancelled() => break,
                 }
             }

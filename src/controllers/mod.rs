@@ -12,6 +12,7 @@ pub mod resource_kinds;
 pub mod route;
 pub mod route_status;
 pub mod seen;
+pub mod shared_watch;
 mod status;
 
 pub use context::{Context, Settings};
@@ -26,7 +27,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
@@ -112,6 +113,11 @@ fn controller_config(ctx: &Context) -> controller::Config {
     controller::Config::default().concurrency(ctx.settings.max_concurrent_reconciles)
 }
 
+/// Objects per page of a watch's initial list (kube's default is 500): every page arrives as one body and
+/// is parsed in full before the caches keep their slim copies, so a smaller page lowers the transient peak
+/// of start-up and of every re-list, for a few more requests then.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 /// A controller's own cache, without what reconciles never read: `managedFields` (trees as large as the
 /// object once server-side apply writes status) and kubectl's last-applied copy of the whole object.
 fn slim_cache<K>(
@@ -133,7 +139,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector(
         writer,
-        watcher(api, config).modify(|obj: &mut K| {
+        watcher(api, config.page_size(LIST_PAGE_SIZE)).modify(|obj: &mut K| {
             let meta = obj.meta_mut();
             meta.managed_fields = None;
             if let Some(a) = meta.annotations.as_mut() {
@@ -209,7 +215,9 @@ pub async fn run(
     let ns = namespace.as_deref();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
 
-    let jobs_cfg = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let jobs_cfg = watcher::Config::default()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+        .page_size(LIST_PAGE_SIZE);
     // Only unfinished deliveries: finished ones are labelled and leave the cache.
     let unfinished = watcher::Config::default()
         .any_semantic()
@@ -231,16 +239,23 @@ pub async fn run(
         })
         .touched_objects();
     ctx.set_unfinished_deliveries(delivery_store.clone());
+    // One watch and one cache of routes for the three controllers that follow them.
+    let (route_store, route_stream) = slim_cache(
+        api::<WebhookRoute>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let metrics = ctx.metrics.clone();
+    let (route_watch, [route_changes, routes_to_status, routes_to_register]) =
+        shared_watch::fan_out(route_stream, move |e: &watcher::Error| {
+            watch_failed("route", "webhookroutes", e, &metrics)
+        });
+    ctx.set_routes(route_store.clone());
+
     // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
     // writes do not bump the generation, so the route controller's own writes trigger nothing here.
     let held = delivery_store.clone();
-    let route_changes = watcher(
-        api::<WebhookRoute>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(predicates::generation, Default::default());
+    let mut spec_changed = shared_watch::generation_changed::<WebhookRoute>();
+    let route_changes = route_changes.filter(move |r| futures::future::ready(spec_changed(r)));
     // Objects of resource actions: one metadata watch per kind in use, started as routes name kinds.
     let (wakeups, woken) = futures::channel::mpsc::channel(1024);
     ctx.resource_kinds.start(
@@ -252,7 +267,7 @@ pub async fn run(
     let deliveries = Controller::for_stream(delivery_stream, delivery_store)
         .owns_stream(job_events)
         .reconcile_on(woken)
-        .watches_stream(route_changes, move |route| {
+        .watches_shared_stream(route_changes, move |route| {
             delivery::suspend::held_of_route(&route, held.state().iter().map(|d| d.as_ref()))
         })
         .with_config(controller_config(&ctx))
@@ -269,20 +284,17 @@ pub async fn run(
         ctx.metrics.clone(),
     );
 
-    let (route_store, route_stream) = slim_cache(
-        api::<WebhookRoute>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    );
-    let route_controller = Controller::for_stream(route_stream, route_store);
-    let route_store = route_controller.store();
-    ctx.set_routes(route_store.clone());
+    let route_controller = Controller::for_shared_stream(routes_to_status, route_store.clone());
+    let webhook_store = route_store.clone();
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
     let metrics = ctx.metrics.clone();
     let delivery_events = futures::TryStreamExt::inspect_err(
         watcher(
             api::<WebhookDelivery>(&client, ns),
-            watcher::Config::default().any_semantic(),
+            watcher::Config::default()
+                .any_semantic()
+                .page_size(LIST_PAGE_SIZE),
         )
         .default_backoff(),
         move |e| watch_failed("route", "webhookdeliveries", e, &metrics),
@@ -344,12 +356,8 @@ pub async fn run(
         ctx.metrics.clone(),
     );
 
-    // Its own watch of routes: it runs on a different schedule (slow App Store Connect re-reads) and must
-    // not wait behind the route controller's delivery-driven reconciles.
-    let (webhook_store, webhook_stream) = slim_cache(
-        api::<WebhookRoute>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    );
+    // Its own controller and queue over the shared routes: it runs on a different schedule (slow App Store
+    // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
     // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
     // every route makes a catch-up pass at once instead of at its next interval.
     let recovered = ctx.ready_again().map(|rx| {
@@ -364,7 +372,7 @@ pub async fn run(
         })
         .boxed()
     });
-    let webhooks = Controller::for_stream(webhook_stream, webhook_store)
+    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
         .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
         .with_config(controller_config(&ctx))
         .graceful_shutdown_on(shutdown.clone())
@@ -384,7 +392,15 @@ pub async fn run(
     // shutdown; a pod must still stop, so after a grace period the controllers are dropped, which
     // cancels whatever they still run.
     let stopped = async {
-        tokio::join!(deliveries, routes, credentials, webhooks);
+        let controllers = async {
+            tokio::join!(deliveries, routes, credentials, webhooks);
+        };
+        // The shared route watch runs as long as the controllers it feeds.
+        tokio::pin!(controllers);
+        tokio::select! {
+            () = &mut controllers => {}
+            () = route_watch => controllers.await,
+        }
     };
     let overdue = async {
         shutdown.clone().await;

@@ -15,6 +15,7 @@ mod examples;
 mod fuzz_corpus;
 mod harness;
 mod leader;
+mod lease_fencing;
 mod limits;
 mod logs;
 mod manifests;

@@ -43,6 +43,9 @@ pub enum Fault {
     Hang(Duration),
     /// Closes the connection at once without answering.
     Drop,
+    /// Holds the request this long, then serves it normally: one client's write arriving late, so a
+    /// race between clients can be staged (the request is not marked as injected).
+    Delay(Duration),
 }
 
 /// Which requests a fault applies to, and how many times. Requests are matched in the order

@@ -169,7 +169,14 @@ pub(crate) async fn serve(
         tokio::time::sleep(latency).await;
     }
 
-    let fault = shared.faults.lock().take(&rec);
+    let taken = shared.faults.lock().take(&rec);
+    let fault = match taken {
+        Some(Fault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        fault => fault,
+    };
     if let Some(fault) = fault {
         rec.injected = true;
         let outcome = match fault {
@@ -188,6 +195,7 @@ pub(crate) async fn serve(
                 Err(DropConnection)
             }
             Fault::Drop => Err(DropConnection),
+            Fault::Delay(_) => unreachable!("served above"),
         };
         rec.status = outcome.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
         shared.record(rec);

@@ -123,6 +123,7 @@ pub const LIST_PAGE_SIZE: u32 = 100;
 fn slim_cache<K>(
     api: Api<K>,
     config: watcher::Config,
+    mut slim: impl FnMut(&mut K) + Send + 'static,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -139,12 +140,13 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector(
         writer,
-        watcher(api, config.page_size(LIST_PAGE_SIZE)).modify(|obj: &mut K| {
+        watcher(api, config.page_size(LIST_PAGE_SIZE)).modify(move |obj: &mut K| {
             let meta = obj.meta_mut();
             meta.managed_fields = None;
             if let Some(a) = meta.annotations.as_mut() {
                 a.remove(ANNOTATION_LAST_APPLIED);
             }
+            slim(obj);
         }),
     )
     .applied_objects();
@@ -223,7 +225,9 @@ pub async fn run(
         .any_semantic()
         .labels(&format!("!{LABEL_FINISHED}"));
     let (delivery_store, delivery_stream) =
-        slim_cache(api::<WebhookDelivery>(&client, ns), unfinished);
+        slim_cache(api::<WebhookDelivery>(&client, ns), unfinished, |d| {
+            delivery::suspend::scheduling_copy(d)
+        });
     // Every Job event (deletions included) is remembered before it triggers its delivery, so the outcome
     // of a Job that finished and was then removed by its TTL is still known.
     let job_ctx = ctx.clone();
@@ -243,6 +247,7 @@ pub async fn run(
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
         watcher::Config::default().any_semantic(),
+        |_| {},
     );
     let metrics = ctx.metrics.clone();
     let (route_watch, [route_changes, routes_to_status, routes_to_register]) =
@@ -303,6 +308,7 @@ pub async fn run(
     let (credential_store, credential_events) = slim_cache(
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
+        |_| {},
     );
     ctx.set_credentials(credential_store);
     let routes = route_controller
@@ -340,6 +346,7 @@ pub async fn run(
     let (credential_store, credential_stream) = slim_cache(
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
+        |_| {},
     );
     let credentials = Controller::for_stream(credential_stream, credential_store)
         .with_config(controller_config(&ctx))

@@ -45,18 +45,20 @@ const ORDER_WAIT: Duration = Duration::from_millis(100);
 const MAX_STALE_RESTARTS: usize = 3;
 
 /// Reconciles one delivery.
+///
+/// `d` is the watch cache's slim copy (`suspend::scheduling_copy`: no payload, next to no status), so
+/// every pass starts from the full object read from the API server.
 pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let mut current = d.as_ref().clone();
+    let api = deliveries(&ctx, &d);
+    let name = d.name_any();
     for _ in 0..MAX_STALE_RESTARTS {
+        let Some(current) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+            return Ok(Action::await_change());
+        };
         match pass(&ctx, current).await? {
             Pass::Done(action) => return Ok(action),
             Pass::Stale => {
                 ctx.metrics.stale_writes.inc();
-                let api = deliveries(&ctx, &d);
-                match api.get_opt(&d.name_any()).await.map_err(Error::Kube)? {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(Action::await_change()),
-                }
             }
         }
     }

@@ -46,6 +46,28 @@ pub fn release(st: &mut WebhookDeliveryStatus) {
     }
 }
 
+/// Slims a delivery to what the watch cache is read for between passes: the scheduling below (route,
+/// receipt, whether it is held) and the controller's own keys (name, namespace, resourceVersion, labels).
+/// Every unfinished delivery stays cached until it finishes (all of a burst whose Jobs run), so its payload
+/// and status would be held twice over; a pass reads the full object from the API server instead.
+pub fn scheduling_copy(d: &mut WebhookDelivery) {
+    d.spec.payload = String::new();
+    d.spec.request_id = None;
+    d.spec.instance = None;
+    d.status = d.status.take().map(|st| WebhookDeliveryStatus {
+        phase: st.phase,
+        conditions: if is_held(&st) {
+            st.conditions
+                .into_iter()
+                .filter(|c| c.type_ == "Completed")
+                .collect()
+        } else {
+            Vec::new()
+        },
+        ..WebhookDeliveryStatus::default()
+    });
+}
+
 /// Order of receipt: `receivedAt` as a time (it carries milliseconds; older deliveries whole seconds),
 /// then the name.
 fn receipt(d: &WebhookDelivery) -> (Option<jiff::Timestamp>, String) {
@@ -183,5 +205,58 @@ mod tests {
             .map(|r| r.name)
             .collect();
         assert_eq!(names, vec!["early", "late"]);
+    }
+
+    #[test]
+    fn the_cached_copy_keeps_what_scheduling_reads_and_drops_the_payload() {
+        let mut running = delivery("a", "r", "2026-01-01T00:00:01Z", false);
+        running.spec.payload = "x".repeat(4096);
+        running.spec.request_id = Some("req".into());
+        if let Some(st) = running.status.as_mut() {
+            st.phase = Phase::Running;
+            st.matched_rules = vec!["build".into()];
+            st.message = Some("running".into());
+        }
+        let held = delivery("b", "r", "2026-01-01T00:00:02Z", true);
+        let mut slim = [running.clone(), held.clone()];
+        for d in &mut slim {
+            scheduling_copy(d);
+        }
+        assert!(
+            slim.iter()
+                .all(|d| d.spec.payload.is_empty() && d.spec.request_id.is_none())
+        );
+        let st = slim[0].status.clone().unwrap_or_default();
+        assert_eq!(st.phase, Phase::Running);
+        assert!(st.matched_rules.is_empty() && st.message.is_none());
+        assert!(slim[1].status.as_ref().is_some_and(is_held), "still held");
+        let full = [running.clone(), held.clone()];
+        for me in [&running, &held] {
+            assert_eq!(waits_behind(me, &slim), waits_behind(me, &full));
+        }
+        let route_names = |all: &[WebhookDelivery]| {
+            let mut r = WebhookRoute::new(
+                "r",
+                WebhookRouteSpec {
+                    secret_ref: SecretKeySelector {
+                        name: "s".into(),
+                        key: "k".into(),
+                        namespace: None,
+                    },
+                    credential_ref: None,
+                    service_account_name: None,
+                    rules: vec![],
+                    delivery_history_limit: None,
+                    suspend: false,
+                    app_store_connect: None,
+                },
+            );
+            r.metadata.namespace = Some("ios".into());
+            held_of_route(&r, all)
+                .into_iter()
+                .map(|o| o.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(route_names(&slim), route_names(&full));
     }
 }

@@ -155,6 +155,8 @@ pub struct Context {
     pruned: moka::sync::Cache<String, ()>,
     /// What the Job watch last showed of each managed Job, by `namespace/name`.
     job_facts: moka::sync::Cache<String, JobFact>,
+    /// When a pass first found a Job missing that the Job watch had not shown deleted.
+    jobs_missing: moka::sync::Cache<String, std::time::Instant>,
     route_facts: moka::sync::Cache<String, SecretFacts>,
     recorder: Recorder,
     actions: ActionClients,
@@ -204,6 +206,10 @@ impl Context {
             ready_again: OnceLock::new(),
             // Outlives a Job's TTL deletion long enough for its delivery to read the outcome.
             job_facts: moka::sync::Cache::builder()
+                .max_capacity(50_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            jobs_missing: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
@@ -307,11 +313,19 @@ impl Context {
         self.job_facts.get(&format!("{namespace}/{name}"))
     }
 
-    /// Remembers what the Job watch shows of `job`.
-    pub fn remember_job(&self, job: &k8s_openapi::api::batch::v1::Job) {
+    /// Remembers what the Job watch shows of `job`; `deleted`: its deletion event (the Job's last state).
+    pub fn remember_job(&self, job: &k8s_openapi::api::batch::v1::Job, deleted: bool) {
         let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
         self.job_facts
-            .insert(key, super::delivery::jobs::fact_of(job));
+            .insert(key, super::delivery::jobs::fact_of(job, deleted));
+    }
+
+    /// How long Job `namespace/name` has been found missing without the Job watch showing its deletion
+    /// (zero the first time).
+    pub fn job_missing_for(&self, namespace: &str, name: &str) -> Duration {
+        self.jobs_missing
+            .get_with(format!("{namespace}/{name}"), std::time::Instant::now)
+            .elapsed()
     }
 
     /// What was last read about `route`'s Secrets.

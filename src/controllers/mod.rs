@@ -233,13 +233,12 @@ pub async fn run(
     let job_ctx = ctx.clone();
     let job_events = watcher(api::<Job>(&client, ns), jobs_cfg)
         .default_backoff()
-        .inspect(move |e| {
-            if let Ok(
-                watcher::Event::Apply(j) | watcher::Event::InitApply(j) | watcher::Event::Delete(j),
-            ) = e
-            {
-                job_ctx.remember_job(j);
+        .inspect(move |e| match e {
+            Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+                job_ctx.remember_job(j, false)
             }
+            Ok(watcher::Event::Delete(j)) => job_ctx.remember_job(j, true),
+            _ => {}
         })
         .touched_objects();
     ctx.set_unfinished_deliveries(delivery_store.clone());

@@ -28,12 +28,38 @@ pub struct JobFact {
     pub state: ActionState,
     /// Why it failed.
     pub why: Option<Why>,
+    /// Seen in the watch's deletion event: this is the Job's last state.
+    pub deleted: bool,
 }
 
-/// The fact of `job`, for the memory the Job watch feeds.
-pub fn fact_of(job: &Job) -> JobFact {
+/// The fact of `job`, for the memory the Job watch feeds; `deleted`: from its deletion event.
+pub fn fact_of(job: &Job, deleted: bool) -> JobFact {
     let (state, why) = state::job_outcome(job);
-    JobFact { state, why }
+    JobFact {
+        state,
+        why,
+        deleted,
+    }
+}
+
+/// How long a Job missing from the API server may still have its deletion (and last state) on the way
+/// in the Job watch before it counts as deleted unfinished. The watch usually brings it within a second;
+/// without a watch event (the deletion fell into a watch restart) the Job recheck concludes it later.
+const DELETION_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a pass concludes about a Job the API server no longer has.
+fn missing(fact: Option<&JobFact>, missing_for: std::time::Duration) -> Option<JobFact> {
+    match fact {
+        Some(f) if f.state.is_done() => Some(f.clone()),
+        Some(f) if f.deleted => None,
+        // Removed by its TTL a moment ago, with its last state still in the lagging watch: wait for it.
+        _ if missing_for < DELETION_IN_FLIGHT => Some(JobFact {
+            state: ActionState::Running,
+            why: None,
+            deleted: false,
+        }),
+        _ => None,
+    }
 }
 
 /// Everything a Job action is made from.
@@ -193,15 +219,15 @@ async fn observe(
     now: &str,
 ) -> Result<(), Error> {
     let remembered = ctx.job_fact(namespace, name);
-    let fact = match remembered {
+    let fact = match remembered.clone() {
         Some(f) if f.state.is_done() => Some(f),
         _ => {
             let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
             // None: gone, finished and removed by its TTL (remembered above) or deleted while running.
-            jobs.get_opt(name)
-                .await
-                .map_err(Error::Kube)?
-                .map(|job| fact_of(&job))
+            match jobs.get_opt(name).await.map_err(Error::Kube)? {
+                Some(job) => Some(fact_of(&job, false)),
+                None => missing(remembered.as_ref(), ctx.job_missing_for(namespace, name)),
+            }
         }
     };
     let (s, why) = match fact {
@@ -287,4 +313,40 @@ async fn api_key_env(
             }),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn fact(state: ActionState, deleted: bool) -> JobFact {
+        JobFact {
+            state,
+            why: None,
+            deleted,
+        }
+    }
+
+    #[test]
+    fn a_missing_job_the_watch_saw_finish_keeps_its_outcome() {
+        let done = fact(ActionState::Succeeded, true);
+        assert_eq!(missing(Some(&done), Duration::ZERO), Some(done));
+    }
+
+    #[test]
+    fn a_missing_job_the_watch_saw_deleted_unfinished_is_gone_at_once() {
+        let deleted = fact(ActionState::Running, true);
+        assert_eq!(missing(Some(&deleted), Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_missing_job_whose_deletion_the_watch_has_not_shown_waits_for_it_then_counts_as_gone() {
+        let running = fact(ActionState::Running, false);
+        for seen in [None, Some(&running)] {
+            let waiting = missing(seen, Duration::from_secs(1));
+            assert_eq!(waiting.map(|f| f.state), Some(ActionState::Running));
+            assert_eq!(missing(seen, DELETION_IN_FLIGHT), None);
+        }
+    }
 }

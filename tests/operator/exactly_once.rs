@@ -43,7 +43,7 @@ where
 }
 
 /// The measurement that found the bug: a Job rule and an HTTP rule on one route, five events, with the
-/// delivery watch lagging. Every stale pass must lose its write instead of calling Slack again.
+/// delivery watch lagging. No pass triggered late may call Slack again.
 #[tokio::test]
 async fn a_lagging_watch_makes_one_http_call_and_one_job_per_event() {
     let hooks = Recorder::start().await;

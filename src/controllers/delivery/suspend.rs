@@ -172,28 +172,31 @@ mod tests {
         assert!(!waits_behind(&earlier, &all));
     }
 
+    /// Route `r` in namespace `ios`, without rules.
+    fn route_r() -> WebhookRoute {
+        let mut r = WebhookRoute::new(
+            "r",
+            WebhookRouteSpec {
+                secret_ref: SecretKeySelector {
+                    name: "s".into(),
+                    key: "k".into(),
+                    namespace: None,
+                },
+                credential_ref: None,
+                service_account_name: None,
+                rules: vec![],
+                delivery_history_limit: None,
+                suspend: false,
+                app_store_connect: None,
+            },
+        );
+        r.metadata.namespace = Some("ios".into());
+        r
+    }
+
     #[test]
     fn a_route_change_looks_at_its_held_deliveries_oldest_first() {
-        let route = {
-            let mut r = WebhookRoute::new(
-                "r",
-                WebhookRouteSpec {
-                    secret_ref: SecretKeySelector {
-                        name: "s".into(),
-                        key: "k".into(),
-                        namespace: None,
-                    },
-                    credential_ref: None,
-                    service_account_name: None,
-                    rules: vec![],
-                    delivery_history_limit: None,
-                    suspend: false,
-                    app_store_connect: None,
-                },
-            );
-            r.metadata.namespace = Some("ios".into());
-            r
-        };
+        let route = route_r();
         let all = [
             delivery("late", "r", "2026-01-01T00:00:03Z", true),
             delivery("early", "r", "2026-01-01T00:00:01Z", true),
@@ -235,24 +238,7 @@ mod tests {
             assert_eq!(waits_behind(me, &slim), waits_behind(me, &full));
         }
         let route_names = |all: &[WebhookDelivery]| {
-            let mut r = WebhookRoute::new(
-                "r",
-                WebhookRouteSpec {
-                    secret_ref: SecretKeySelector {
-                        name: "s".into(),
-                        key: "k".into(),
-                        namespace: None,
-                    },
-                    credential_ref: None,
-                    service_account_name: None,
-                    rules: vec![],
-                    delivery_history_limit: None,
-                    suspend: false,
-                    app_store_connect: None,
-                },
-            );
-            r.metadata.namespace = Some("ios".into());
-            held_of_route(&r, all)
+            held_of_route(&route_r(), all)
                 .into_iter()
                 .map(|o| o.name)
                 .collect::<Vec<_>>()

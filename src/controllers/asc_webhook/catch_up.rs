@@ -242,18 +242,11 @@ async fn recover(
             }
             match hooks.redeliver(&logged.id).await {
                 Ok(_) => {
-                    count_recovered(ctx, route, logged);
-                    ctx.event(
-                        route,
-                        false,
-                        "EventRedelivered",
-                        format!(
-                            "asked App Store Connect to redeliver {} event {} that failed to arrive",
-                            delivery.spec.event_type, delivery.spec.event_id
-                        ),
-                    )
-                    .await;
-                    Ok(1)
+                    let why = format!(
+                        "asked App Store Connect to redeliver {} event {} that failed to arrive",
+                        delivery.spec.event_type, delivery.spec.event_id
+                    );
+                    Ok(recovered(ctx, route, logged, "EventRedelivered", why).await)
                 }
                 Err(e) => {
                     tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "redelivery refused");
@@ -264,23 +257,29 @@ async fn recover(
         }
         CatchUpMode::Record => match deliveries.create(&PostParams::default(), &delivery).await {
             Ok(_) => {
-                count_recovered(ctx, route, logged);
-                ctx.event(
-                    route,
-                    false,
-                    "EventRecovered",
-                    format!(
-                        "recorded {} event {} from App Store Connect's delivery log (it had not arrived)",
-                        delivery.spec.event_type, delivery.spec.event_id
-                    ),
-                )
-                .await;
-                Ok(1)
+                let why = format!(
+                    "recorded {} event {} from App Store Connect's delivery log (it had not arrived)",
+                    delivery.spec.event_type, delivery.spec.event_id
+                );
+                Ok(recovered(ctx, route, logged, "EventRecovered", why).await)
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(0),
             Err(e) => Err(Error::Kube(e)),
         },
     }
+}
+
+/// Counts one recovered event and says so on the route; the number of events recovered (one).
+async fn recovered(
+    ctx: &Context,
+    route: &WebhookRoute,
+    logged: &LoggedDelivery,
+    reason: &'static str,
+    why: String,
+) -> i64 {
+    count_recovered(ctx, route, logged);
+    ctx.event(route, false, reason, why).await;
+    1
 }
 
 fn route_label(route: &WebhookRoute) -> RouteLabels {

@@ -123,7 +123,7 @@ pub fn backends(count: usize) -> (MemRoutes, MemSecrets) {
             (ns.clone(), "asc-webhook".to_owned()),
             BTreeMap::from([("secret".to_owned(), SECRET.to_vec())]),
         );
-        routes.insert(route(&ns, &name, uid));
+        routes.insert(&route(&ns, &name, uid));
     };
     add(NAMESPACE.into(), ROUTE.into(), 0);
     for i in 1..count.max(1) {

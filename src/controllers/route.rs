@@ -32,14 +32,34 @@ const INDEX_LOADING_RETRY: Duration = Duration::from_millis(500);
 /// How soon to look again after a status write lost to a newer version of the route.
 const STALE_RETRY: Duration = Duration::from_millis(200);
 
-/// What was read about a route's Secrets, and until when it is trusted.
+/// What was read about a route's Secrets, and until when it is trusted. Kept for every route between
+/// reconciles, so it holds only what readiness checks: per referenced Secret, whether it exists and
+/// which of the keys the route names it has (not every key of a Secret that may hold many).
 #[derive(Debug, Clone)]
 pub struct SecretFacts {
     generation: Option<i64>,
-    secrets: BTreeMap<String, Option<BTreeSet<String>>>,
+    secrets: Box<[ReadSecret]>,
     /// The ServiceAccount the route's actions act as, when it does not exist (read by name like Secrets).
     missing_service_account: Option<String>,
     fresh_until: Instant,
+}
+
+/// One referenced Secret as read: its name and, when it exists, the referenced keys it holds.
+type ReadSecret = (Box<str>, Option<Box<[Box<str>]>>);
+
+impl SecretFacts {
+    /// The facts in the form readiness reads them.
+    fn secrets(&self) -> BTreeMap<String, Option<BTreeSet<String>>> {
+        self.secrets
+            .iter()
+            .map(|(name, keys)| {
+                let keys = keys
+                    .as_ref()
+                    .map(|keys| keys.iter().map(|k| k.to_string()).collect());
+                (name.to_string(), keys)
+            })
+            .collect()
+    }
 }
 
 /// Reconciles one route.
@@ -51,7 +71,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     let name = route.name_any();
     let (secrets, fresh_until) = secret_facts(&ctx, &route, &namespace).await?;
     let facts = RouteFacts {
-        secrets: secrets.secrets.clone(),
+        secrets: secrets.secrets(),
         credential: credential_fact(&ctx, &route, &namespace).await?,
         missing_service_account: secrets.missing_service_account.clone(),
         kinds: kind_facts(&ctx, &route).await?,
@@ -160,15 +180,19 @@ async fn secret_facts(
         let until = cached.fresh_until;
         return Ok((cached, until));
     }
-    let mut secrets = BTreeMap::new();
+    let mut secrets = Vec::new();
+    let wanted = route_status::referenced_keys(route);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     for name in route_status::referenced_secrets(route) {
-        let keys = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::Kube)?
-            .map(|s| s.data.unwrap_or_default().into_keys().collect());
-        secrets.insert(name, keys);
+        let keys = api.get_opt(&name).await.map_err(Error::Kube)?.map(|s| {
+            s.data
+                .unwrap_or_default()
+                .into_keys()
+                .filter(|k| wanted.contains(k.as_str()))
+                .map(String::into_boxed_str)
+                .collect()
+        });
+        secrets.push((name.into_boxed_str(), keys));
     }
     let mut missing_service_account = None;
     if let Identity::ServiceAccount { name, .. } = ctx.action_identity(route) {
@@ -184,7 +208,7 @@ async fn secret_facts(
     }
     let facts = SecretFacts {
         generation,
-        secrets,
+        secrets: secrets.into_boxed_slice(),
         missing_service_account,
         fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
     };

@@ -55,6 +55,17 @@ pub fn referenced_secrets(route: &WebhookRoute) -> BTreeSet<String> {
     names
 }
 
+/// Every Secret key a route refers to, in whichever Secret: readiness asks only whether these exist.
+pub fn referenced_keys(route: &WebhookRoute) -> BTreeSet<&str> {
+    let mut keys = BTreeSet::from([route.spec.secret_ref.key.as_str()]);
+    for rule in &route.spec.rules {
+        if let Some(http) = &rule.http {
+            keys.insert(http.url_secret_ref.key.as_str());
+        }
+    }
+    keys
+}
+
 /// Every problem with the route, most fundamental first.
 pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
     let ns = route.namespace().unwrap_or_default();

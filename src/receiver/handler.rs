@@ -3,7 +3,7 @@
 use super::Receiver;
 use super::answer::Answer;
 use super::backend::{Recorded, SinkError};
-use super::record::{build_delivery, check_fits};
+use super::record::{build_delivery_for, check_fits};
 use super::routes::ReceiverRoute;
 use super::secret_cache::{SecretBytes, SecretLookupError};
 use crate::asc::event::WebhookEvent;
@@ -94,11 +94,7 @@ async fn handle(rx: &Receiver, route: &ReceiverRoute, headers: &HeaderMap, body:
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let secret = match rx
-        .secrets
-        .get(&route.secret, &route.route.spec.secret_ref.key)
-        .await
-    {
+    let secret = match rx.secrets.get(&route.secret, &route.secret_key).await {
         Ok(secret) => secret,
         Err(e) => return unavailable_secret(e),
     };
@@ -113,8 +109,8 @@ async fn handle(rx: &Receiver, route: &ReceiverRoute, headers: &HeaderMap, body:
     let request_id = headers
         .get("x-apple-request-uuid")
         .and_then(|v| v.to_str().ok());
-    let delivery = build_delivery(
-        &route.route,
+    let delivery = build_delivery_for(
+        &route.owner,
         &event,
         request_id,
         &crate::time::receipt_now(),
@@ -185,7 +181,7 @@ async fn verify_with_reread(
 ) -> Result<(), Answer> {
     let first = signature::verify(secret.expose(), body, header);
     let Err(why) = first else { return Ok(()) };
-    let (route, route_key) = (&prepared.route, &prepared.label);
+    let route_key = &prepared.label;
     rx.metrics
         .signature_failures
         .get_or_create(&RouteLabels {
@@ -196,10 +192,9 @@ async fn verify_with_reread(
         return Err(Answer::RateLimited);
     }
     if why == SignatureError::Mismatch {
-        let secret_ref = &route.spec.secret_ref;
         if let Ok(fresh) = rx
             .secrets
-            .refresh_if_older(&prepared.secret, &secret_ref.key, REREAD_AFTER)
+            .refresh_if_older(&prepared.secret, &prepared.secret_key, REREAD_AFTER)
             .await
             && signature::verify(fresh.expose(), body, header).is_ok()
         {
@@ -208,11 +203,11 @@ async fn verify_with_reread(
         // Only where the operator itself rotates the secret in App Store Connect: deliveries Apple
         // signed before the change are still arriving. Manual routes never accept an old secret.
         let grace = rx.config.secret_rotation_grace;
-        if route.spec.app_store_connect.is_some()
+        if prepared.managed_in_asc
             && !grace.is_zero()
             && let Some(old) = rx
                 .secrets
-                .previous(&prepared.secret, &secret_ref.key, grace)
+                .previous(&prepared.secret, &prepared.secret_key, grace)
                 .await
             && signature::verify(old.expose(), body, header).is_ok()
         {

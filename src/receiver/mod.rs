@@ -126,7 +126,7 @@ mod tests {
 
     fn one_route(route: WebhookRoute) -> Arc<routes::RouteTable> {
         let table = routes::RouteTable::default();
-        table.insert(route);
+        table.insert(&route);
         Arc::new(table)
     }
 

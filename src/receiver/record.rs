@@ -5,6 +5,7 @@ use crate::naming;
 use crate::resources::delivery::{DeliverySource, InstanceReference};
 use crate::resources::names::{LABEL_EVENT_TYPE, LABEL_ROUTE};
 use crate::resources::{WebhookDelivery, WebhookDeliverySpec, WebhookRoute};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
@@ -58,7 +59,56 @@ pub fn build_delivery(
     request_id: Option<&str>,
     received_at: &str,
 ) -> WebhookDelivery {
-    let route_name = route.name_any();
+    build_delivery_for(&RouteOwner::of(route), event, request_id, received_at)
+}
+
+/// What a delivery records of its route: the name it is filed under and the owner that deletes it with
+/// the route. The receiver keeps only this of each route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteOwner {
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub name: String,
+    /// The route's uid (an owner reference needs it).
+    pub uid: String,
+}
+
+impl RouteOwner {
+    /// `route`'s identity.
+    pub fn of(route: &WebhookRoute) -> Self {
+        RouteOwner {
+            namespace: route.namespace().unwrap_or_default(),
+            name: route.name_any(),
+            uid: route.uid().unwrap_or_default(),
+        }
+    }
+
+    /// The controlling owner reference to the route, as `Resource::controller_owner_ref` makes it; none
+    /// without a uid (a route not read from the API server).
+    fn owner_reference(&self) -> Option<OwnerReference> {
+        if self.uid.is_empty() {
+            return None;
+        }
+        Some(OwnerReference {
+            api_version: WebhookRoute::api_version(&()).into_owned(),
+            kind: WebhookRoute::kind(&()).into_owned(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        })
+    }
+}
+
+/// [`build_delivery`] from the route's identity alone.
+pub fn build_delivery_for(
+    route: &RouteOwner,
+    event: &WebhookEvent,
+    request_id: Option<&str>,
+    received_at: &str,
+) -> WebhookDelivery {
+    let route_name = route.name.clone();
     let labels = BTreeMap::from([
         (LABEL_ROUTE.to_owned(), naming::label_value(&route_name)),
         (
@@ -87,9 +137,9 @@ pub fn build_delivery(
     );
     delivery.metadata = ObjectMeta {
         name: delivery.metadata.name.take(),
-        namespace: route.namespace(),
+        namespace: Some(route.namespace.clone()),
         labels: Some(labels),
-        owner_references: route.controller_owner_ref(&()).map(|o| vec![o]),
+        owner_references: route.owner_reference().map(|o| vec![o]),
         ..ObjectMeta::default()
     };
     delivery

@@ -8,47 +8,46 @@
 //! the leader and need the whole spec. Sharing one store would make every replica hold every rule.
 
 use super::backend::RouteLookup;
+use super::record::RouteOwner;
 use super::secret_cache::SecretId;
 use crate::resources::WebhookRoute;
-use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
-/// One route as the receiver keeps it.
+/// One route as the receiver keeps it: the few strings a request reads, made once. Nothing of the parsed
+/// object is kept (its rules, status and metadata would be most of the receiver's memory with many
+/// routes).
 #[derive(Debug)]
 pub struct ReceiverRoute {
-    /// The route, without what the receiver never reads (see [`slim`]).
-    pub route: WebhookRoute,
+    /// What a delivery records of the route: name, namespace and the uid of its owner reference.
+    pub owner: RouteOwner,
     /// `namespace/name`: the route's metrics label and rate-limit key.
     pub label: Arc<str>,
     /// The route's webhook Secret, in the route's namespace.
     pub secret: SecretId,
+    /// The key of the webhook secret in that Secret.
+    pub secret_key: Box<str>,
+    /// Whether the operator registers the route's webhook in App Store Connect (and so rotates its secret,
+    /// which opens a grace period for the previous one).
+    pub managed_in_asc: bool,
 }
 
 impl ReceiverRoute {
-    /// Prepares `route` for the receiver (and slims it).
-    pub fn new(mut route: WebhookRoute) -> Self {
-        slim(&mut route);
-        let namespace = route.namespace().unwrap_or_default();
-        let label = Arc::from(format!("{namespace}/{}", route.name_any()));
-        let secret = SecretId::new(&namespace, &route.spec.secret_ref.name);
+    /// Prepares `route` for the receiver.
+    pub fn new(route: &WebhookRoute) -> Self {
+        let owner = RouteOwner::of(route);
+        let label = Arc::from(format!("{}/{}", owner.namespace, owner.name));
+        let secret = SecretId::new(&owner.namespace, &route.spec.secret_ref.name);
         ReceiverRoute {
-            route,
             label,
             secret,
+            secret_key: route.spec.secret_ref.key.as_str().into(),
+            managed_in_asc: route.spec.app_store_connect.is_some(),
+            owner,
         }
     }
-}
-
-/// Drops what the receiver never reads: rules (Job templates are the bulk), status, managed fields and
-/// annotations (kubectl's last-applied copy of the spec). Keeps 1,000 routes small.
-pub fn slim(route: &mut WebhookRoute) {
-    route.spec.rules.clear();
-    route.status = None;
-    route.metadata.managed_fields = None;
-    route.metadata.annotations = None;
 }
 
 type ByName = HashMap<String, Arc<ReceiverRoute>>;
@@ -57,7 +56,7 @@ type ByName = HashMap<String, Arc<ReceiverRoute>>;
 pub struct RouteTable {
     routes: RwLock<HashMap<String, ByName>>,
     /// Routes listed since the watch (re)started, swapped in whole once the list is complete.
-    relisting: std::sync::Mutex<Option<Vec<WebhookRoute>>>,
+    relisting: std::sync::Mutex<Option<Vec<ReceiverRoute>>>,
     ready: watch::Sender<bool>,
 }
 
@@ -73,44 +72,40 @@ impl Default for RouteTable {
 
 impl RouteTable {
     /// Adds or replaces a route.
-    pub fn insert(&self, route: WebhookRoute) {
-        let prepared = Arc::new(ReceiverRoute::new(route));
-        let namespace = prepared.route.namespace().unwrap_or_default();
-        let name = prepared.route.name_any();
-        self.write()
-            .entry(namespace)
-            .or_default()
-            .insert(name, prepared);
+    pub fn insert(&self, route: &WebhookRoute) {
+        let prepared = ReceiverRoute::new(route);
+        let mut routes = self.write();
+        let names = routes.entry(prepared.owner.namespace.clone()).or_default();
+        names.insert(prepared.owner.name.clone(), Arc::new(prepared));
     }
 
     /// Applies one watch event: the table follows the API server as a reflector store would.
     pub fn apply(&self, event: watcher::Event<WebhookRoute>) {
         match event {
-            watcher::Event::Apply(route) => self.insert(route),
+            watcher::Event::Apply(route) => self.insert(&route),
             watcher::Event::Delete(route) => {
-                let namespace = route.namespace().unwrap_or_default();
+                let gone = RouteOwner::of(&route);
                 let mut routes = self.write();
-                if let Some(names) = routes.get_mut(&namespace) {
-                    names.remove(&route.name_any());
+                if let Some(names) = routes.get_mut(&gone.namespace) {
+                    names.remove(&gone.name);
                     if names.is_empty() {
-                        routes.remove(&namespace);
+                        routes.remove(&gone.namespace);
                     }
                 }
             }
             watcher::Event::Init => *self.relisting() = Some(Vec::new()),
-            watcher::Event::InitApply(mut route) => {
-                slim(&mut route);
-                self.relisting().get_or_insert_with(Vec::new).push(route);
+            watcher::Event::InitApply(route) => {
+                let prepared = ReceiverRoute::new(&route);
+                self.relisting().get_or_insert_with(Vec::new).push(prepared);
             }
             watcher::Event::InitDone => {
                 let listed = self.relisting().take().unwrap_or_default();
                 let mut fresh: HashMap<String, ByName> = HashMap::new();
-                for route in listed {
-                    let prepared = Arc::new(ReceiverRoute::new(route));
+                for prepared in listed {
                     fresh
-                        .entry(prepared.route.namespace().unwrap_or_default())
+                        .entry(prepared.owner.namespace.clone())
                         .or_default()
-                        .insert(prepared.route.name_any(), prepared);
+                        .insert(prepared.owner.name.clone(), Arc::new(prepared));
                 }
                 *self.write() = fresh;
                 self.ready.send_replace(true);
@@ -143,7 +138,7 @@ impl RouteTable {
         self.routes.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn relisting(&self) -> std::sync::MutexGuard<'_, Option<Vec<WebhookRoute>>> {
+    fn relisting(&self) -> std::sync::MutexGuard<'_, Option<Vec<ReceiverRoute>>> {
         self.relisting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -15,32 +15,41 @@
 
 use crate::naming;
 use crate::resources::WebhookRoute;
+use crate::resources::seen_events::{EventKey, SeenEvents};
 
 /// Entries kept; the oldest are forgotten first.
 pub const LIMIT: usize = 1000;
 
 /// `previous` with the keys of `pruned` (delivery names) added at the end, each once, at most [`LIMIT`]
 /// entries (the oldest dropped). Pure.
-pub fn remember<'a>(previous: &[String], pruned: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut out = previous.to_vec();
-    for name in pruned {
-        let key = naming::event_key_of(name);
-        if !out.iter().any(|k| k == key) {
-            out.push(key.to_owned());
+pub fn remember<'a>(
+    previous: &SeenEvents,
+    pruned: impl IntoIterator<Item = &'a str>,
+) -> SeenEvents {
+    let mut out = previous.keys().to_vec();
+    for key in pruned.into_iter().filter_map(key_of) {
+        if !out.contains(&key) {
+            out.push(key);
         }
     }
     let excess = out.len().saturating_sub(LIMIT);
     out.drain(..excess);
-    out
+    SeenEvents::new(out)
 }
 
 /// Whether the route's record holds the event of delivery `name`. Pure.
 pub fn holds(route: &WebhookRoute, name: &str) -> bool {
-    let key = naming::event_key_of(name);
-    route
-        .status
-        .as_ref()
-        .is_some_and(|s| s.seen_events.iter().any(|k| k == key))
+    key_of(name).is_some_and(|key| {
+        route
+            .status
+            .as_ref()
+            .is_some_and(|s| s.seen_events.contains(&key))
+    })
+}
+
+/// The event key that ends delivery `name` (none for a name the operator did not make).
+fn key_of(name: &str) -> Option<EventKey> {
+    EventKey::parse(naming::event_key_of(name))
 }
 
 #[cfg(test)]
@@ -53,17 +62,23 @@ mod tests {
         let names: Vec<String> = (0..LIMIT + 5)
             .map(|n| naming::delivery_name("release", &format!("e-{n}")))
             .collect();
-        let once = remember(&[], names[..3].iter().map(String::as_str));
+        let once = remember(
+            &SeenEvents::default(),
+            names[..3].iter().map(String::as_str),
+        );
         let again = remember(&once, names[..3].iter().map(String::as_str));
         assert_eq!(once, again, "an event already held is not added twice");
         let all = remember(&again, names.iter().map(String::as_str));
         assert_eq!(all.len(), LIMIT);
         assert_eq!(
-            all[0],
+            all.keys()[0].as_str(),
             naming::event_key_of(&names[5]),
             "the oldest went first"
         );
-        assert_eq!(all[LIMIT - 1], naming::event_key_of(&names[LIMIT + 4]));
+        assert_eq!(
+            all.keys()[LIMIT - 1].as_str(),
+            naming::event_key_of(&names[LIMIT + 4])
+        );
 
         let mut route = crate::receiver::record::tests::route();
         route.status = Some(WebhookRouteStatus {
@@ -80,7 +95,7 @@ mod tests {
             .map(|n| naming::delivery_name(&"r".repeat(253), &format!("event-{n}")))
             .collect();
         let status = WebhookRouteStatus {
-            seen_events: remember(&[], names.iter().map(String::as_str)),
+            seen_events: remember(&SeenEvents::default(), names.iter().map(String::as_str)),
             ..Default::default()
         };
         let bytes = serde_json::to_vec(&status).unwrap().len();

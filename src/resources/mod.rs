@@ -13,6 +13,7 @@ pub mod delivery;
 #[allow(clippy::duplicated_attributes)]
 pub mod route;
 pub mod route_asc;
+pub mod seen_events;
 
 pub use common::{LocalObjectReference, SecretKeySelector};
 pub use conditions::Condition;

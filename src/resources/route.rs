@@ -1,6 +1,7 @@
 //! `WebhookRoute`: one App Store Connect webhook endpoint and what to do with each event it receives.
 
 use super::route_asc::{AppStoreConnectStatus, AppStoreConnectWebhook};
+use super::seen_events::SeenEvents;
 use super::{Condition, LocalObjectReference, SecretKeySelector, common::open_object};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -325,9 +326,8 @@ pub struct WebhookRouteStatus {
     /// Events whose deliveries history pruning deleted, newest last, at most 1,000: the 16 hex digits
     /// that end the delivery's name (a hash of route and event id). The same event brought back by
     /// catch-up or sent again by App Store Connect runs nothing again (its delivery ends `Duplicate`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
-    pub seen_events: Vec<String>,
+    #[serde(default, skip_serializing_if = "SeenEvents::is_empty")]
+    pub seen_events: SeenEvents,
 }
 
 /// Deliveries by outcome since the route was created (pruned deliveries stay counted).

@@ -244,26 +244,28 @@ fn delivery(name: &str, at: &str, phase: Phase, event_type: &str) -> DeliverySum
 #[test]
 fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
     let r = route(vec![], None);
+    // Names as the receiver makes them: the event key that pruning records ends each one.
+    let name = |event: &str| crate::naming::delivery_name("release", event);
     let a = delivery(
-        "a",
+        &name("a"),
         "2026-01-01T00:00:01Z",
         Phase::Succeeded,
         "buildUploadStateUpdated",
     );
     let b = delivery(
-        "b",
+        &name("b"),
         "2026-01-01T00:00:02Z",
         Phase::Running,
         "buildUploadStateUpdated",
     );
     let c = delivery(
-        "c",
+        &name("c"),
         "2026-01-01T00:00:03Z",
         Phase::Failed,
         "webhookPingCreated",
     );
     let d = delivery(
-        "d",
+        &name("d"),
         "2026-01-01T00:00:04Z",
         Phase::NoMatch,
         "buildUploadStateUpdated",
@@ -271,7 +273,11 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
     let all = vec![&a, &b, &c, &d];
     let prune = to_prune(&all, 2);
     let names: Vec<_> = prune.iter().map(|d| d.name.as_str()).collect();
-    assert_eq!(names, vec!["a", "c"], "running deliveries are never pruned");
+    assert_eq!(
+        names,
+        vec![name("a"), name("c")],
+        "running deliveries are never pruned"
+    );
     let s = desired_status(&r, &all, &prune, &[], None, "t");
     assert_eq!(
         s.deliveries,
@@ -284,7 +290,7 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
             duplicate: 0,
         }
     );
-    assert_eq!(s.last_delivery.as_ref().unwrap().name, "d");
+    assert_eq!(s.last_delivery.as_ref().unwrap().name, name("d"));
     assert_eq!(s.last_ping_time.as_deref(), Some("2026-01-01T00:00:03Z"));
 
     let mut after = r.clone();
@@ -293,10 +299,14 @@ fn pruning_deletes_the_oldest_finished_deliveries_and_keeps_counting_them() {
     let s2 = desired_status(&after, &remaining, &[], &[], None, "t");
     assert_eq!(s2.deliveries.received, 4, "pruned deliveries stay counted");
     assert_eq!(
-        s2.seen_events,
+        s2.seen_events
+            .keys()
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>(),
         vec![
-            crate::naming::event_key_of("a"),
-            crate::naming::event_key_of("c")
+            crate::naming::event_key_of(&name("a")),
+            crate::naming::event_key_of(&name("c"))
         ],
         "the pruned events are recorded in the same write that counts them, and kept"
     );
@@ -474,4 +484,59 @@ fn a_resource_rule_with_a_broken_template_or_expression_says_which() {
     let p = problems(&r, &facts);
     assert_eq!(p[0].reason, "InvalidResourceTemplate");
     assert!(p[0].message.contains("non-empty kind"), "{p:?}");
+}
+
+#[test]
+fn readiness_reads_only_the_referenced_keys_so_the_cache_keeps_no_others() {
+    let mut r = route(vec![], None);
+    r.spec.rules.push(Rule {
+        http: Some(HttpAction {
+            url_secret_ref: sel("slack", "url"),
+            method: None,
+            headers_secret_ref: Some(LocalObjectReference {
+                name: "headers".into(),
+                namespace: None,
+            }),
+            body: None,
+            content_type: None,
+            timeout_seconds: None,
+            max_attempts: None,
+        }),
+        job: None,
+        ..job_rule("notify", json!({}))
+    });
+    let wanted = referenced_keys(&r);
+    assert_eq!(wanted, BTreeSet::from(["secret", "url"]));
+    for stored in [
+        &[
+            ("hook", &["secret", "x"][..]),
+            ("slack", &["url", "y"]),
+            ("headers", &["Authorization"]),
+        ][..],
+        &[
+            ("hook", &["other"][..]),
+            ("slack", &["y"]),
+            ("headers", &[]),
+        ],
+        &[("hook", &["secret"][..])],
+    ] {
+        let full = facts_with(stored);
+        let kept = RouteFacts {
+            secrets: full
+                .secrets
+                .iter()
+                .map(|(name, keys)| {
+                    let keys = keys.as_ref().map(|k| {
+                        k.iter()
+                            .filter(|k| wanted.contains(k.as_str()))
+                            .cloned()
+                            .collect()
+                    });
+                    (name.clone(), keys)
+                })
+                .collect(),
+            ..full.clone()
+        };
+        assert_eq!(problems(&r, &full), problems(&r, &kept), "{stored:?}");
+    }
 }

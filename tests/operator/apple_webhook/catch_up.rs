@@ -330,9 +330,12 @@ async fn an_event_pruned_past_the_history_limit_runs_nothing_again_after_a_resta
         WAIT,
         || {
             let gone = get_delivery(&api, &name).is_none();
-            let seen = get_route(&api, "release")
-                .status
-                .is_some_and(|s| s.seen_events.iter().any(|k| name.ends_with(k.as_str())));
+            let seen = get_route(&api, "release").status.is_some_and(|s| {
+                s.seen_events
+                    .keys()
+                    .iter()
+                    .any(|k| name.ends_with(k.as_str()))
+            });
             async move { (gone && seen).then_some(()) }
         },
     )

@@ -201,11 +201,19 @@ pub async fn run_with(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
-            let mut trim = tokio::time::interval(crate::memory::RELEASE_INTERVAL);
+            let mut quiet_check = tokio::time::interval(crate::memory::QUIET_CHECK);
+            let mut trims = crate::memory::TrimSchedule::new(
+                crate::memory::work_done(),
+                std::time::Instant::now(),
+            );
             loop {
                 tokio::select! {
                     _ = tick.tick() => receiver.forget_quiet_routes(),
-                    _ = trim.tick() => crate::memory::release_free_memory(),
+                    _ = quiet_check.tick() => {
+                        if trims.due(crate::memory::work_done(), std::time::Instant::now()) {
+                            crate::memory::release_free_memory();
+                        }
+                    }
                     _ = shutdown.cancelled() => break,
                 }
             }

@@ -79,6 +79,7 @@ where
     let started = Instant::now();
     let k = key(obj.as_ref());
     let result = f(obj, ctx.clone()).await;
+    crate::memory::note_work();
     ctx.metrics
         .reconcile_duration
         .get_or_create(&ControllerLabels { controller })

@@ -41,6 +41,7 @@ pub(super) async fn hook(
         None => Answer::UnknownRoute,
         Some(route) => handle(&rx, route, &parts.headers, body).await,
     };
+    crate::memory::note_work();
     let label = match route {
         Some(route) => route.label.clone(),
         None => rx.unknown_route.clone(),

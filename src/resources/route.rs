@@ -321,8 +321,9 @@ pub struct WebhookRouteStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The App Store Connect webhook registered for this route (with `spec.appStoreConnect`).
+    // Boxed: most routes have none, and the leader caches every route's status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_store_connect: Option<AppStoreConnectStatus>,
+    pub app_store_connect: Option<Box<AppStoreConnectStatus>>,
     /// Events whose deliveries history pruning deleted, newest last, at most 1,000: the 16 hex digits
     /// that end the delivery's name (a hash of route and event id). The same event brought back by
     /// catch-up or sent again by App Store Connect runs nothing again (its delivery ends `Duplicate`).

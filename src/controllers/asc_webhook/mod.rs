@@ -183,7 +183,7 @@ fn known_asc(ctx: &Context, route: &WebhookRoute) -> Option<AppStoreConnectStatu
         None => route
             .status
             .as_ref()
-            .and_then(|s| s.app_store_connect.clone()),
+            .and_then(|s| s.app_store_connect.as_deref().cloned()),
     }
 }
 

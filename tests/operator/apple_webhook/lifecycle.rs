@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Secret;
 use testkit::asc_mock::DeliveryState;
 
 fn asc_status(route: &WebhookRoute) -> AppStoreConnectStatus {
-    route.status.clone().unwrap().app_store_connect.unwrap()
+    *route.status.clone().unwrap().app_store_connect.unwrap()
 }
 
 #[tokio::test]

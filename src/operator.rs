@@ -10,10 +10,9 @@ use crate::leader::{self, LeaseSettings};
 use crate::metrics::{Metrics, WatchLabels};
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
-use crate::receiver::routes::RouteTable;
+use crate::receiver::routes::{RouteForReceiver, RouteTable};
 use crate::receiver::serve::ServeLimits;
 use crate::receiver::{Receiver, ReceiverConfig};
-use crate::resources::WebhookRoute;
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -142,7 +141,8 @@ pub async fn run_with(
     let metrics = Metrics::new();
     let readiness = Readiness::default();
 
-    let routes_api: Api<WebhookRoute> = match &args.namespace {
+    // Only what the receiver reads of each route is parsed (`RouteForReceiver`).
+    let routes_api: Api<RouteForReceiver> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -300,7 +300,7 @@ const UNREADY_PROBE: Duration = Duration::from_secs(2);
 /// until some route changes. While a problem is recorded, a LIST of one route every
 /// [`UNREADY_PROBE`] tells when the rights are back. Nothing is requested while ready.
 async fn probe_while_unready(
-    routes: Api<WebhookRoute>,
+    routes: Api<RouteForReceiver>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {

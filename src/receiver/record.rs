@@ -6,8 +6,8 @@ use crate::resources::delivery::{DeliverySource, InstanceReference};
 use crate::resources::names::{LABEL_EVENT_TYPE, LABEL_ROUTE};
 use crate::resources::{WebhookDelivery, WebhookDeliverySpec, WebhookRoute};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
 use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
 /// Bytes kept free below the API server's object limit for what is written after the create: server
@@ -77,10 +77,15 @@ pub struct RouteOwner {
 impl RouteOwner {
     /// `route`'s identity.
     pub fn of(route: &WebhookRoute) -> Self {
+        Self::of_meta(&route.metadata)
+    }
+
+    /// The identity in a route's `metadata`.
+    pub fn of_meta(meta: &ObjectMeta) -> Self {
         RouteOwner {
-            namespace: route.namespace().unwrap_or_default(),
-            name: route.name_any(),
-            uid: route.uid().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
         }
     }
 
@@ -150,6 +155,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::resources::{SecretKeySelector, WebhookRouteSpec};
     use bytes::Bytes;
+    use kube::ResourceExt;
 
     /// Route `ios/release` with uid `uid-1` and no rules.
     pub(crate) fn route() -> WebhookRoute {

@@ -10,11 +10,80 @@
 use super::backend::RouteLookup;
 use super::record::RouteOwner;
 use super::secret_cache::SecretId;
-use crate::resources::WebhookRoute;
+use crate::resources::{SecretKeySelector, WebhookRoute};
+use kube::api::ObjectMeta;
 use kube::runtime::watcher;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
+
+/// The part of a `WebhookRoute` the receiver reads, and all its route watch parses: rules, status and
+/// managed fields are skipped unparsed, so a route update (the leader writes status after deliveries)
+/// costs every replica a few strings, and a rule the controllers refuse cannot stop the receiver's watch.
+#[derive(kube::Resource, Clone, Debug, Deserialize)]
+#[resource(inherit = "WebhookRoute")]
+pub struct RouteForReceiver {
+    /// Name, namespace, uid and resource version only (see [`slim_meta`]).
+    #[serde(deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    /// What the receiver reads of the spec.
+    pub spec: ReceiverSpec,
+}
+
+/// What the receiver reads of a route's spec.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiverSpec {
+    /// The webhook secret.
+    pub secret_ref: SecretKeySelector,
+    /// Present when the operator registers the webhook in App Store Connect; its content is not read.
+    #[serde(default)]
+    pub app_store_connect: Option<serde::de::IgnoredAny>,
+}
+
+impl From<&WebhookRoute> for RouteForReceiver {
+    fn from(route: &WebhookRoute) -> Self {
+        let m = &route.metadata;
+        RouteForReceiver {
+            metadata: ObjectMeta {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version.clone(),
+                ..ObjectMeta::default()
+            },
+            spec: ReceiverSpec {
+                secret_ref: route.spec.secret_ref.clone(),
+                app_store_connect: route
+                    .spec
+                    .app_store_connect
+                    .as_ref()
+                    .map(|_| serde::de::IgnoredAny),
+            },
+        }
+    }
+}
+
+/// Reads of `metadata` what the receiver and its watch use (the watch resumes from the resource version).
+fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Slim {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+    }
+    let m = Slim::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        ..ObjectMeta::default()
+    })
+}
 
 /// One route as the receiver keeps it: the few strings a request reads, made once. Nothing of the parsed
 /// object is kept (its rules, status and metadata would be most of the receiver's memory with many
@@ -36,8 +105,8 @@ pub struct ReceiverRoute {
 
 impl ReceiverRoute {
     /// Prepares `route` for the receiver.
-    pub fn new(route: &WebhookRoute) -> Self {
-        let owner = RouteOwner::of(route);
+    pub fn new(route: &RouteForReceiver) -> Self {
+        let owner = RouteOwner::of_meta(&route.metadata);
         let label = Arc::from(format!("{}/{}", owner.namespace, owner.name));
         let secret = SecretId::new(&owner.namespace, &route.spec.secret_ref.name);
         ReceiverRoute {
@@ -73,6 +142,10 @@ impl Default for RouteTable {
 impl RouteTable {
     /// Adds or replaces a route.
     pub fn insert(&self, route: &WebhookRoute) {
+        self.insert_slim(&RouteForReceiver::from(route));
+    }
+
+    fn insert_slim(&self, route: &RouteForReceiver) {
         let prepared = ReceiverRoute::new(route);
         let mut routes = self.write();
         let names = routes.entry(prepared.owner.namespace.clone()).or_default();
@@ -80,11 +153,11 @@ impl RouteTable {
     }
 
     /// Applies one watch event: the table follows the API server as a reflector store would.
-    pub fn apply(&self, event: watcher::Event<WebhookRoute>) {
+    pub fn apply(&self, event: watcher::Event<RouteForReceiver>) {
         match event {
-            watcher::Event::Apply(route) => self.insert(&route),
+            watcher::Event::Apply(route) => self.insert_slim(&route),
             watcher::Event::Delete(route) => {
-                let gone = RouteOwner::of(&route);
+                let gone = RouteOwner::of_meta(&route.metadata);
                 let mut routes = self.write();
                 if let Some(names) = routes.get_mut(&gone.namespace) {
                     names.remove(&gone.name);
@@ -153,11 +226,48 @@ impl RouteLookup for RouteTable {
 mod tests {
     use super::*;
 
-    fn route(ns: &str, name: &str) -> WebhookRoute {
+    fn route(ns: &str, name: &str) -> RouteForReceiver {
         let mut r = crate::receiver::record::tests::route();
         r.metadata.namespace = Some(ns.into());
         r.metadata.name = Some(name.into());
-        r
+        RouteForReceiver::from(&r)
+    }
+
+    #[test]
+    fn the_receiver_parses_only_identity_and_secret_and_a_rule_the_controllers_refuse_does_not_stop_it()
+     {
+        let stored = serde_json::json!({
+            "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute",
+            "metadata": {
+                "name": "release", "namespace": "ios", "uid": "u-1", "resourceVersion": "42",
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}
+            },
+            "spec": {
+                "secretRef": {"name": "hook", "key": "secret"},
+                "appStoreConnect": {"enabled": true},
+                "rules": [{"name": 7, "true": {"eventTypes": "not a list"}}]
+            },
+            "status": {"conditions": "not a list either"}
+        });
+        let r: RouteForReceiver = serde_json::from_value(stored).unwrap();
+        assert_eq!(r.metadata.resource_version.as_deref(), Some("42"));
+        assert!(r.metadata.managed_fields.is_none() && r.metadata.annotations.is_none());
+        let prepared = ReceiverRoute::new(&r);
+        assert_eq!(
+            prepared.owner,
+            RouteOwner {
+                namespace: "ios".into(),
+                name: "release".into(),
+                uid: "u-1".into()
+            }
+        );
+        assert_eq!(&*prepared.label, "ios/release");
+        assert_eq!(
+            (prepared.secret.name(), &*prepared.secret_key),
+            ("hook", "secret")
+        );
+        assert!(prepared.managed_in_asc);
     }
 
     #[test]

@@ -379,6 +379,8 @@ pub async fn run(
         })
         .boxed()
     });
+    let routes_to_register =
+        routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
     let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
         .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
         .with_config(controller_config(&ctx))

@@ -4,6 +4,7 @@
 use crate::resources::WebhookRoute;
 use crate::resources::conditions::{self, Condition, UNKNOWN};
 use crate::resources::route_asc::{AppStoreConnectStatus, WEBHOOK_REGISTERED, WEBHOOK_VERIFIED};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -131,9 +132,54 @@ pub fn status_patch(asc: Option<&AppStoreConnectStatus>, conditions: &[Condition
     patch
 }
 
+/// Whether `route` needs this controller: its webhook is managed, or traces of earlier management (the
+/// finalizer, the status part) remain to be removed. Other routes never enter its queue, so a thousand
+/// manual routes cost it no reconcile and no room in its scheduler.
+pub fn concerns(route: &WebhookRoute) -> bool {
+    route.spec.app_store_connect.is_some()
+        || route
+            .finalizers()
+            .iter()
+            .any(|f| f == crate::resources::names::FINALIZER_ASC_WEBHOOK)
+        || route.status.as_ref().is_some_and(|s| {
+            s.app_store_connect.is_some()
+                || s.conditions
+                    .iter()
+                    .any(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_managed_routes_and_routes_with_traces_of_management_concern_the_webhook_controller() {
+        let manual = crate::receiver::record::tests::route();
+        assert!(!concerns(&manual));
+        let mut managed = manual.clone();
+        managed.spec.app_store_connect = Some(Default::default());
+        assert!(concerns(&managed));
+        let mut finalized = manual.clone();
+        finalized.metadata.finalizers =
+            Some(vec![crate::resources::names::FINALIZER_ASC_WEBHOOK.into()]);
+        assert!(concerns(&finalized));
+        let mut with_status = manual.clone();
+        with_status.status = Some(crate::resources::WebhookRouteStatus {
+            app_store_connect: Some(Box::default()),
+            ..Default::default()
+        });
+        assert!(concerns(&with_status));
+        let mut with_condition = manual.clone();
+        with_condition.status = Some(crate::resources::WebhookRouteStatus {
+            conditions: vec![Condition {
+                type_: WEBHOOK_VERIFIED.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert!(concerns(&with_condition));
+    }
 
     fn at(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()

@@ -6,6 +6,11 @@
 //!
 //! Each route refers to two Secrets (its webhook secret and a Slack URL), as a typical route does, and the
 //! operator runs with leader election, as the chart installs it. Watches count when they are (re)opened.
+//!
+//! To see what the memory is, `ASC_BENCH_WRAPPER=heaptrack` runs the operator under that command (given
+//! the binary and its arguments) and ends it with SIGKILL after the window, so the profile's "leaked"
+//! bytes are the heap live at idle (`heaptrack_print -l`). The RSS line then reads the wrapper's process
+//! unless the wrapper `exec`s the operator.
 
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -91,7 +96,17 @@ async fn main() {
     }
 
     let (public, admin) = (free_port(), free_port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_asc-webhook-operator"))
+    let wrapper = std::env::var("ASC_BENCH_WRAPPER").ok();
+    let bin = env!("CARGO_BIN_EXE_asc-webhook-operator");
+    let mut command = match &wrapper {
+        Some(w) => {
+            let mut c = std::process::Command::new(w);
+            c.arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
+    let mut child = command
         .args([
             "run",
             "--listen-addr",
@@ -133,6 +148,17 @@ async fn main() {
     }
     let elapsed = window.elapsed().as_secs_f64();
     let log = api.request_log();
+    if wrapper.is_some() {
+        // The operator is the wrapper's descendant; its listen port names it alone.
+        let _ = std::process::Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                &format!("run --listen-addr 127.0.0.1:{public} "),
+            ])
+            .status();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
 

@@ -18,7 +18,7 @@ use crate::resources::WebhookRoute;
 use crate::resources::seen_events::{EventKey, SeenEvents};
 
 /// Entries kept; the oldest are forgotten first.
-pub const LIMIT: usize = 1000;
+pub use crate::resources::seen_events::LIMIT;
 
 /// `previous` with the keys of `pruned` (delivery names) added at the end, each once, at most [`LIMIT`]
 /// entries (the oldest dropped). Pure.

@@ -222,6 +222,11 @@ pub(crate) mod tests {
             (owner.kind.as_str(), owner.uid.as_str()),
             ("WebhookRoute", "uid-1")
         );
+        assert_eq!(
+            Some(owner),
+            route().controller_owner_ref(&()).as_ref(),
+            "the same reference kube makes from the whole route"
+        );
         assert_eq!(d.spec.payload.as_bytes(), raw);
         assert_eq!(d.spec.new_state.as_deref(), Some("COMPLETE"));
         assert_eq!(d.spec.instance.as_ref().unwrap().type_, "buildUploads");

@@ -9,7 +9,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Length of an event key: the 16 hex digits that end a delivery's name.
-pub const KEY_LEN: usize = 16;
+pub const KEY_LEN: usize = crate::naming::EVENT_KEY_LEN;
+
+/// Keys a route keeps (the schema's `maxItems`); pruning forgets the oldest first.
+pub const LIMIT: usize = 1000;
 
 /// One event key, as its 16 ASCII hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,7 +120,7 @@ impl JsonSchema for SeenEvents {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "array",
-            "maxItems": crate::controllers::seen::LIMIT,
+            "maxItems": LIMIT,
             "items": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         })
     }

@@ -17,7 +17,8 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A cached secret younger than this is not re-read after a signature failure.
+/// A signature failure re-reads the secret at most this often (a younger read is re-read once it is this
+/// old).
 const REREAD_AFTER: Duration = Duration::from_secs(1);
 
 /// The hook endpoint. The path segments are borrowed and the headers read in place (axum's `Path<String>`
@@ -195,7 +196,7 @@ async fn verify_with_reread(
     if why == SignatureError::Mismatch {
         if let Ok(fresh) = rx
             .secrets
-            .refresh_if_older(&prepared.secret, &prepared.secret_key, REREAD_AFTER)
+            .reread_after_mismatch(&prepared.secret, &prepared.secret_key, REREAD_AFTER)
             .await
             && signature::verify(fresh.expose(), body, header).is_ok()
         {

@@ -2,9 +2,10 @@
 //! secret must apply within seconds:
 //! - a secret is read at most once per `ttl` per Secret, by one caller while the others wait for its result;
 //! - a missing Secret or a failed read is remembered for one second, so an outage is not hammered;
-//! - when a signature fails against a secret read more than a second ago, the receiver asks for a re-read
-//!   ([`SecretCache::refresh_if_older`]) and verifies once more: a rotation applies on the first request
-//!   signed with the new secret, and a flood of bad signatures costs at most one read per second;
+//! - when a signature fails, the receiver asks for a re-read ([`SecretCache::reread_after_mismatch`]; of
+//!   a value read less than a second ago, once it is a second old) and verifies once more: a rotation
+//!   applies on the first request signed with the new secret, and a flood of bad signatures costs at most
+//!   one read per second;
 //! - when a re-read finds a different value, the one it replaces is kept in memory (never written anywhere)
 //!   so the receiver can accept deliveries already in flight for a grace period
 //!   ([`SecretCache::previous`]). Each replica knows only what it read itself: a replica started after a
@@ -159,6 +160,24 @@ impl SecretCache {
         key: &str,
         min_age: Duration,
     ) -> Result<SecretBytes, SecretLookupError> {
+        self.lookup(secret, key, Some(min_age)).await
+    }
+
+    /// Re-reads the Secret after a signature failed against the cached value: at once when that value was
+    /// read at least `min_age` ago, else as soon as it is that old, unless another caller re-read it in
+    /// the meantime. A rotation that lands just after a read is then not refused for up to `min_age`
+    /// (the first request signed with the new secret, often the operator's own verifying ping, would be
+    /// lost), and a flood of bad signatures still costs at most one read per `min_age`.
+    pub async fn reread_after_mismatch(
+        &self,
+        secret: &SecretId,
+        key: &str,
+        min_age: Duration,
+    ) -> Result<SecretBytes, SecretLookupError> {
+        let read_at = self.slot(secret).lock().await.as_ref().map(|e| e.at);
+        if let Some(at) = read_at {
+            tokio::time::sleep_until((at + min_age).into()).await;
+        }
         self.lookup(secret, key, Some(min_age)).await
     }
 
@@ -362,6 +381,26 @@ mod tests {
             .unwrap();
         assert_eq!(fresh.expose(), b"new");
         assert_eq!(source.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_value_read_just_before_a_rotation_is_read_again_once_old_enough_and_only_once() {
+        let source = Arc::new(Counting::default());
+        *source.value.lock().unwrap() = Some(b"old".to_vec());
+        let cache = cache(source.clone(), Duration::from_secs(30));
+        cache.get(&hook(), "secret").await.unwrap();
+        *source.value.lock().unwrap() = Some(b"new".to_vec());
+        let min_age = Duration::from_millis(200);
+        let id = hook();
+        let rereads = (0..3).map(|_| cache.reread_after_mismatch(&id, "secret", min_age));
+        for r in futures::future::join_all(rereads).await {
+            assert_eq!(r.unwrap().expose(), b"new");
+        }
+        assert_eq!(
+            source.reads.load(Ordering::SeqCst),
+            2,
+            "one re-read for all three"
+        );
     }
 
     #[tokio::test]

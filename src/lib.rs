@@ -20,5 +20,6 @@ pub mod replay;
 pub mod resources;
 pub mod retry;
 pub mod send;
+pub mod state_metrics;
 pub mod telemetry;
 pub mod time;

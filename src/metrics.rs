@@ -103,8 +103,11 @@ pub struct Metrics {
     pub refused_connections: Counter,
     /// Errors of watch streams (routes, deliveries, Jobs, credentials), by resource.
     pub watch_errors: Family<WatchLabels, Counter>,
-    /// 1 while this replica holds the leader Lease and runs the controllers (always 1 without election).
-    pub leader: Gauge,
+    /// 1 while this replica holds the leader Lease and runs the controllers (always 1 without election),
+    /// by replica: a follower says 0, so "no leader" is a sum of 0, not a missing series.
+    pub leader: Family<crate::state_metrics::ReplicaLabels, Gauge>,
+    /// Route and credential conditions, last event times and build information.
+    pub state: crate::state_metrics::StateMetrics,
     /// Delivery status writes refused because the copy they were decided on was stale (a lagging cache).
     pub stale_writes: Counter,
     /// Events catch-up recorded (or had App Store Connect redeliver), by route.
@@ -196,7 +199,7 @@ impl Metrics {
         );
         let refused_connections = Counter::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
-        let leader = Gauge::default();
+        let leader = Family::<crate::state_metrics::ReplicaLabels, Gauge>::default();
         registry.register(
             "receiver_refused_connections",
             "Connections closed at once because the connection limit was reached",
@@ -243,8 +246,10 @@ impl Metrics {
             "Replays started on request",
             replays.clone(),
         );
+        let state = crate::state_metrics::StateMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
+            state,
             catch_up_recovered,
             catch_up_errors,
             catch_up_lag,
@@ -267,6 +272,7 @@ impl Metrics {
 
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
+        self.state.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

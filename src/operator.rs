@@ -258,7 +258,11 @@ pub async fn run_with(
     );
     ctx.set_ready_again(readiness.recoveries());
     let namespace = args.namespace.clone();
-    let leader_gauge = metrics.leader.clone();
+    let leader_gauge = metrics
+        .leader
+        .get_or_create_owned(&crate::state_metrics::ReplicaLabels {
+            replica: identity.clone(),
+        });
     let controllers = {
         let shutdown = shutdown.clone();
         async move {

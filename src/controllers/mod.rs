@@ -310,7 +310,12 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
         |_| {},
     );
-    ctx.set_credentials(credential_store);
+    ctx.set_credentials(credential_store.clone());
+    // Route and credential conditions are exported from these caches while the controllers run.
+    let _state_metrics = ctx
+        .metrics
+        .state
+        .export_from(route_store.clone(), credential_store);
     let routes = route_controller
         .reconcile_on(route_triggers)
         .watches_stream(credential_events, move |cred| {

@@ -1,0 +1,378 @@
+//! State as metrics: what `status` says about each route and credential, as gauges Prometheus can alert
+//! on (the kube-state-metrics convention: one series per condition status, 1 for the current one, 0 for
+//! the others, so a flip never leaves a stale series behind).
+//!
+//! The series are refreshed at each scrape from the leader's watched caches of routes and credentials:
+//! those hold exactly what the three status writers (route, App Store Connect webhook and credential
+//! reconcilers) last wrote, so no writer needs a hook, and an object gone from the cache (deleted) loses
+//! its series at the next scrape. Only the leader has the caches: a follower exports none of these, so
+//! two replicas never disagree about a route. Cardinality is bounded by the objects: a few series per
+//! route and credential, never per event or delivery.
+
+use crate::resources::conditions::{self, Condition};
+use crate::resources::{AscCredential, WebhookRoute};
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// The condition statuses every exported condition has one series for.
+const STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+/// Route conditions exported: `Ready` always, the App Store Connect ones with `spec.appStoreConnect`.
+const ROUTE_READY: &str = "Ready";
+const WEBHOOK_CONDITIONS: [&str; 2] = [
+    crate::resources::route_asc::WEBHOOK_REGISTERED,
+    crate::resources::route_asc::WEBHOOK_VERIFIED,
+];
+
+/// Labels of a route condition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteConditionLabels {
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub route: String,
+    /// `Ready`, `WebhookRegistered` or `WebhookVerified`.
+    pub r#type: &'static str,
+    /// `True`, `False` or `Unknown`.
+    pub status: &'static str,
+}
+
+/// Labels of a credential condition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialConditionLabels {
+    /// The credential's namespace.
+    pub namespace: String,
+    /// The credential's name.
+    pub credential: String,
+    /// `Ready` or `Verified`.
+    pub r#type: &'static str,
+    /// `True`, `False` or `Unknown`.
+    pub status: &'static str,
+}
+
+/// Labels naming a route by namespace and name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteObjectLabels {
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub route: String,
+}
+
+/// Labels of the leader gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// The replica's identity (`--identity`, the pod name in the chart).
+    pub replica: String,
+}
+
+/// Labels of `build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+/// What one object contributes: `(condition type, current status)` pairs and, for routes, the time of
+/// the last event in seconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectState {
+    /// Each exported condition type with its current status word.
+    pub conditions: Vec<(&'static str, &'static str)>,
+    /// `status.lastDelivery.receivedAt` as Unix seconds.
+    pub last_event: Option<f64>,
+}
+
+fn status_word(c: Option<&Condition>) -> &'static str {
+    match c.map(|c| c.status.as_str()) {
+        Some("True") => "True",
+        Some("False") => "False",
+        _ => "Unknown",
+    }
+}
+
+/// The series of a route (pure). A condition that applies but was not written yet is `Unknown`.
+pub fn route_state(route: &WebhookRoute) -> ObjectState {
+    let written = route
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let mut types = vec![ROUTE_READY];
+    if route.spec.app_store_connect.is_some() {
+        types.extend(WEBHOOK_CONDITIONS);
+    }
+    let last_event = route
+        .status
+        .as_ref()
+        .and_then(|s| s.last_delivery.as_ref())
+        .and_then(|d| crate::time::parse_ts(&d.received_at))
+        .map(|t| t.as_millisecond() as f64 / 1000.0);
+    ObjectState {
+        conditions: types
+            .into_iter()
+            .map(|t| (t, status_word(conditions::find(written, t))))
+            .collect(),
+        last_event,
+    }
+}
+
+/// The series of a credential (pure): `Ready` always, `Verified` when verification is asked for.
+pub fn credential_state(cred: &AscCredential) -> ObjectState {
+    let written = cred
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let mut types = vec!["Ready"];
+    if cred.spec.verify_interval_minutes.is_some() {
+        types.push("Verified");
+    }
+    ObjectState {
+        conditions: types
+            .into_iter()
+            .map(|t| (t, status_word(conditions::find(written, t))))
+            .collect(),
+        last_event: None,
+    }
+}
+
+/// The caches the series come from while this replica leads.
+struct Sources {
+    routes: Store<WebhookRoute>,
+    credentials: Store<AscCredential>,
+}
+
+/// `(namespace, name)` → condition types exported for it, per kind: what to remove when it goes.
+#[derive(Default)]
+struct Exported {
+    routes: BTreeMap<(String, String), Vec<&'static str>>,
+    credentials: BTreeMap<(String, String), Vec<&'static str>>,
+}
+
+/// The state gauges, registered once; cheap to clone.
+#[derive(Clone)]
+pub struct StateMetrics {
+    route_condition: Family<RouteConditionLabels, Gauge>,
+    credential_condition: Family<CredentialConditionLabels, Gauge>,
+    route_last_event: Family<RouteObjectLabels, Gauge<f64, AtomicU64>>,
+    sources: Arc<Mutex<Option<Sources>>>,
+    exported: Arc<Mutex<Exported>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl StateMetrics {
+    /// Registers the state gauges and `build_info` (set to 1 once) in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let state = StateMetrics {
+            route_condition: Family::default(),
+            credential_condition: Family::default(),
+            route_last_event: Family::default(),
+            sources: Arc::default(),
+            exported: Arc::default(),
+        };
+        registry.register(
+            "route_condition",
+            "Conditions of each WebhookRoute: 1 for the current status, 0 for the others",
+            state.route_condition.clone(),
+        );
+        registry.register(
+            "credential_condition",
+            "Conditions of each AscCredential: 1 for the current status, 0 for the others",
+            state.credential_condition.clone(),
+        );
+        registry.register(
+            "route_last_event_timestamp_seconds",
+            "When the route's last event was received (status.lastDelivery.receivedAt), Unix seconds",
+            state.route_last_event.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                // Set by the image build (`--build-arg REVISION`); a local build says `unknown`.
+                revision: option_env!("ASC_BUILD_REVISION").unwrap_or("unknown"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The operator's version and source revision (always 1)",
+            build,
+        );
+        state
+    }
+
+    /// Exports the state of what these caches hold until the returned guard is dropped (when the
+    /// controllers stop: leadership lost, shutdown), which removes every series again.
+    pub fn export_from(
+        &self,
+        routes: Store<WebhookRoute>,
+        credentials: Store<AscCredential>,
+    ) -> Exporting {
+        *locked(&self.sources) = Some(Sources {
+            routes,
+            credentials,
+        });
+        Exporting(self.clone())
+    }
+
+    /// Brings the series in line with the caches: called before each scrape is encoded.
+    pub fn refresh(&self) {
+        let (routes, credentials) = match &*locked(&self.sources) {
+            Some(s) => (s.routes.state(), s.credentials.state()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut exported = locked(&self.exported);
+        let mut now = BTreeMap::new();
+        for r in routes {
+            let key = (r.namespace().unwrap_or_default(), r.name_any());
+            let state = route_state(&r);
+            self.set_route(&key, &state, exported.routes.get(&key));
+            now.insert(key, state.conditions.iter().map(|c| c.0).collect());
+        }
+        for (key, types) in std::mem::replace(&mut exported.routes, now.clone()) {
+            if !now.contains_key(&key) {
+                self.remove_route(&key, &types);
+            }
+        }
+        let mut now = BTreeMap::new();
+        for c in credentials {
+            let key = (c.namespace().unwrap_or_default(), c.name_any());
+            let state = credential_state(&c);
+            self.set_credential(&key, &state, exported.credentials.get(&key));
+            now.insert(key, state.conditions.iter().map(|c| c.0).collect());
+        }
+        for (key, types) in std::mem::replace(&mut exported.credentials, now.clone()) {
+            if !now.contains_key(&key) {
+                self.remove_credential(&key, &types);
+            }
+        }
+    }
+
+    fn route_labels(
+        key: &(String, String),
+        t: &'static str,
+        s: &'static str,
+    ) -> RouteConditionLabels {
+        RouteConditionLabels {
+            namespace: key.0.clone(),
+            route: key.1.clone(),
+            r#type: t,
+            status: s,
+        }
+    }
+
+    fn set_route(
+        &self,
+        key: &(String, String),
+        state: &ObjectState,
+        before: Option<&Vec<&'static str>>,
+    ) {
+        // A condition that no longer applies (appStoreConnect removed from the spec) goes.
+        let dropped = before
+            .into_iter()
+            .flatten()
+            .filter(|t| !state.conditions.iter().any(|c| c.0 == **t));
+        self.remove_route(key, &dropped.copied().collect::<Vec<_>>());
+        for (t, current) in &state.conditions {
+            for s in STATUSES {
+                self.route_condition
+                    .get_or_create(&Self::route_labels(key, t, s))
+                    .set(i64::from(s == *current));
+            }
+        }
+        let object = RouteObjectLabels {
+            namespace: key.0.clone(),
+            route: key.1.clone(),
+        };
+        match state.last_event {
+            Some(t) => {
+                self.route_last_event.get_or_create(&object).set(t);
+            }
+            None => {
+                self.route_last_event.remove(&object);
+            }
+        }
+    }
+
+    fn remove_route(&self, key: &(String, String), types: &[&'static str]) {
+        for t in types {
+            for s in STATUSES {
+                self.route_condition.remove(&Self::route_labels(key, t, s));
+            }
+        }
+        if types.contains(&ROUTE_READY) {
+            self.route_last_event.remove(&RouteObjectLabels {
+                namespace: key.0.clone(),
+                route: key.1.clone(),
+            });
+        }
+    }
+
+    fn credential_labels(
+        key: &(String, String),
+        t: &'static str,
+        s: &'static str,
+    ) -> CredentialConditionLabels {
+        CredentialConditionLabels {
+            namespace: key.0.clone(),
+            credential: key.1.clone(),
+            r#type: t,
+            status: s,
+        }
+    }
+
+    fn set_credential(
+        &self,
+        key: &(String, String),
+        state: &ObjectState,
+        before: Option<&Vec<&'static str>>,
+    ) {
+        let dropped: Vec<&'static str> = before
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|t| !state.conditions.iter().any(|c| c.0 == *t))
+            .collect();
+        self.remove_credential(key, &dropped);
+        for (t, current) in &state.conditions {
+            for s in STATUSES {
+                self.credential_condition
+                    .get_or_create(&Self::credential_labels(key, t, s))
+                    .set(i64::from(s == *current));
+            }
+        }
+    }
+
+    fn remove_credential(&self, key: &(String, String), types: &[&'static str]) {
+        for t in types {
+            for s in STATUSES {
+                self.credential_condition
+                    .remove(&Self::credential_labels(key, t, s));
+            }
+        }
+    }
+}
+
+/// While alive, the state gauges follow the caches handed to [`StateMetrics::export_from`].
+pub struct Exporting(StateMetrics);
+
+impl Drop for Exporting {
+    fn drop(&mut self) {
+        *locked(&self.0.sources) = None;
+        // The caches stop being updated with the controllers: their state is no longer the truth.
+        self.0.refresh();
+    }
+}
+
+#[cfg(test)]
+mod tests;

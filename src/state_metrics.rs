@@ -16,6 +16,7 @@ use kube::runtime::reflector::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -143,6 +144,11 @@ pub fn credential_state(cred: &AscCredential) -> ObjectState {
     }
 }
 
+/// 10 ms … ~25 min: an action starting at once and one held behind a retried API server both land inside.
+fn start_lag_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.5, 12))
+}
+
 /// The caches the series come from while this replica leads.
 struct Sources {
     routes: Store<WebhookRoute>,
@@ -162,6 +168,7 @@ pub struct StateMetrics {
     route_condition: Family<RouteConditionLabels, Gauge>,
     credential_condition: Family<CredentialConditionLabels, Gauge>,
     route_last_event: Family<RouteObjectLabels, Gauge<f64, AtomicU64>>,
+    start_lag: Family<RouteObjectLabels, Histogram>,
     sources: Arc<Mutex<Option<Sources>>>,
     exported: Arc<Mutex<Exported>>,
 }
@@ -177,6 +184,7 @@ impl StateMetrics {
             route_condition: Family::default(),
             credential_condition: Family::default(),
             route_last_event: Family::default(),
+            start_lag: Family::new_with_constructor(start_lag_histogram as fn() -> Histogram),
             sources: Arc::default(),
             exported: Arc::default(),
         };
@@ -194,6 +202,11 @@ impl StateMetrics {
             "route_last_event_timestamp_seconds",
             "When the route's last event was received (status.lastDelivery.receivedAt), Unix seconds",
             state.route_last_event.clone(),
+        );
+        registry.register(
+            "delivery_start_lag_seconds",
+            "Time from the receiver accepting a signed event to its delivery's first action starting, by route",
+            state.start_lag.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -223,6 +236,27 @@ impl StateMetrics {
             credentials,
         });
         Exporting(self.clone())
+    }
+
+    /// Records that a delivery of route `namespace/route`, received at `received_at` (RFC 3339), started
+    /// its first action at `now`. A replay is not a new event: callers record first runs only.
+    pub fn observe_start_lag(
+        &self,
+        namespace: &str,
+        route: &str,
+        received_at: &str,
+        now: jiff::Timestamp,
+    ) {
+        let Some(received) = crate::time::parse_ts(received_at) else {
+            return;
+        };
+        let lag = now.duration_since(received).as_secs_f64().max(0.0);
+        self.start_lag
+            .get_or_create(&RouteObjectLabels {
+                namespace: namespace.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(lag);
     }
 
     /// Brings the series in line with the caches: called before each scrape is encoded.
@@ -311,10 +345,12 @@ impl StateMetrics {
             }
         }
         if types.contains(&ROUTE_READY) {
-            self.route_last_event.remove(&RouteObjectLabels {
+            let object = RouteObjectLabels {
                 namespace: key.0.clone(),
                 route: key.1.clone(),
-            });
+            };
+            self.route_last_event.remove(&object);
+            self.start_lag.remove(&object);
         }
     }
 

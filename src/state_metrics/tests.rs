@@ -118,6 +118,18 @@ fn a_deleted_route_or_credential_loses_every_series() {
     let text = c.metrics.encode();
     assert_eq!(lines_with(&text, r#"route="release""#).len(), 3 * 3 + 1);
     assert_eq!(lines_with(&text, "credential_condition{").len(), 3);
+    let received = "2026-12-01T10:00:00.000Z";
+    let started = crate::time::parse_ts("2026-12-01T10:00:00.250Z").unwrap();
+    c.metrics
+        .state
+        .observe_start_lag("ios", "release", received, started);
+    let text = c.metrics.encode();
+    assert!(
+        text.contains(
+            r#"asc_webhook_delivery_start_lag_seconds_sum{namespace="ios",route="release"} 0.25"#
+        ),
+        "{text}"
+    );
     c.routes.apply_watcher_event(&watcher::Event::Delete(route(
         "release",
         Some("True"),

@@ -445,6 +445,10 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
         }
     }
     if did_work {
+        if st.attempts == 0 && st.replay_count() == 0 {
+            let ns = d.namespace().unwrap_or_default();
+            (ctx.metrics.state).observe_start_lag(&ns, &d.spec.route, &d.spec.received_at, now_ts);
+        }
         st.attempts += 1;
     }
 

@@ -66,6 +66,26 @@ pub struct RouteObjectLabels {
     pub route: String,
 }
 
+/// Labels of a route's delivery count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoutePhaseLabels {
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub route: String,
+    /// `succeeded`, `failed`, `no_match`, `duplicate` or `in_progress`.
+    pub phase: &'static str,
+}
+
+/// The phases of `status.deliveries` exported.
+const PHASES: [&str; 5] = [
+    "succeeded",
+    "failed",
+    "no_match",
+    "duplicate",
+    "in_progress",
+];
+
 /// Labels of the leader gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReplicaLabels {
@@ -88,6 +108,8 @@ pub struct ObjectState {
     pub conditions: Vec<(&'static str, &'static str)>,
     /// `status.lastDelivery.receivedAt` as Unix seconds.
     pub last_event: Option<f64>,
+    /// `status.deliveries` by phase (in [`PHASES`] order), for routes.
+    pub deliveries: Option<[i64; 5]>,
 }
 
 fn status_word(c: Option<&Condition>) -> &'static str {
@@ -115,12 +137,23 @@ pub fn route_state(route: &WebhookRoute) -> ObjectState {
         .and_then(|s| s.last_delivery.as_ref())
         .and_then(|d| crate::time::parse_ts(&d.received_at))
         .map(|t| t.as_millisecond() as f64 / 1000.0);
+    let deliveries = route.status.as_ref().map(|s| {
+        let d = &s.deliveries;
+        [
+            d.succeeded,
+            d.failed,
+            d.no_match,
+            d.duplicate,
+            d.in_progress,
+        ]
+    });
     ObjectState {
         conditions: types
             .into_iter()
             .map(|t| (t, status_word(conditions::find(written, t))))
             .collect(),
         last_event,
+        deliveries,
     }
 }
 
@@ -141,6 +174,7 @@ pub fn credential_state(cred: &AscCredential) -> ObjectState {
             .map(|t| (t, status_word(conditions::find(written, t))))
             .collect(),
         last_event: None,
+        deliveries: None,
     }
 }
 
@@ -169,6 +203,7 @@ pub struct StateMetrics {
     credential_condition: Family<CredentialConditionLabels, Gauge>,
     route_last_event: Family<RouteObjectLabels, Gauge<f64, AtomicU64>>,
     start_lag: Family<RouteObjectLabels, Histogram>,
+    route_deliveries: Family<RoutePhaseLabels, Gauge>,
     sources: Arc<Mutex<Option<Sources>>>,
     exported: Arc<Mutex<Exported>>,
 }
@@ -185,6 +220,7 @@ impl StateMetrics {
             credential_condition: Family::default(),
             route_last_event: Family::default(),
             start_lag: Family::new_with_constructor(start_lag_histogram as fn() -> Histogram),
+            route_deliveries: Family::default(),
             sources: Arc::default(),
             exported: Arc::default(),
         };
@@ -202,6 +238,11 @@ impl StateMetrics {
             "route_last_event_timestamp_seconds",
             "When the route's last event was received (status.lastDelivery.receivedAt), Unix seconds",
             state.route_last_event.clone(),
+        );
+        registry.register(
+            "route_deliveries",
+            "The route's deliveries by phase as status.deliveries counts them (pruned ones included)",
+            state.route_deliveries.clone(),
         );
         registry.register(
             "delivery_start_lag_seconds",
@@ -328,12 +369,31 @@ impl StateMetrics {
             namespace: key.0.clone(),
             route: key.1.clone(),
         };
+        self.set_deliveries(key, state.deliveries);
         match state.last_event {
             Some(t) => {
                 self.route_last_event.get_or_create(&object).set(t);
             }
             None => {
                 self.route_last_event.remove(&object);
+            }
+        }
+    }
+
+    fn set_deliveries(&self, key: &(String, String), counts: Option<[i64; 5]>) {
+        for (i, phase) in PHASES.into_iter().enumerate() {
+            let labels = RoutePhaseLabels {
+                namespace: key.0.clone(),
+                route: key.1.clone(),
+                phase,
+            };
+            match counts {
+                Some(c) => {
+                    self.route_deliveries.get_or_create(&labels).set(c[i]);
+                }
+                None => {
+                    self.route_deliveries.remove(&labels);
+                }
             }
         }
     }
@@ -351,6 +411,7 @@ impl StateMetrics {
             };
             self.route_last_event.remove(&object);
             self.start_lag.remove(&object);
+            self.set_deliveries(key, None);
         }
     }
 

@@ -116,7 +116,8 @@ fn a_deleted_route_or_credential_loses_every_series() {
     c.credentials
         .apply_watcher_event(&watcher::Event::Apply(credential("team-key", "True")));
     let text = c.metrics.encode();
-    assert_eq!(lines_with(&text, r#"route="release""#).len(), 3 * 3 + 1);
+    // 3 conditions × 3 statuses, the last event time, 5 delivery phases.
+    assert_eq!(lines_with(&text, r#"route="release""#).len(), 3 * 3 + 1 + 5);
     assert_eq!(lines_with(&text, "credential_condition{").len(), 3);
     let received = "2026-12-01T10:00:00.000Z";
     let started = crate::time::parse_ts("2026-12-01T10:00:00.250Z").unwrap();
@@ -146,7 +147,7 @@ fn a_deleted_route_or_credential_loses_every_series() {
         lines_with(&text, "credential_condition{"),
         Vec::<String>::new()
     );
-    assert_eq!(lines_with(&text, r#"route="beta""#).len(), 3 + 1);
+    assert_eq!(lines_with(&text, r#"route="beta""#).len(), 3 + 1 + 5);
 }
 
 #[test]

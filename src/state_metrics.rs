@@ -86,6 +86,16 @@ const PHASES: [&str; 5] = [
     "in_progress",
 ];
 
+/// Labels of accepted events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `namespace/route`, as the receiver's other series name it.
+    pub route: Arc<str>,
+    /// The payload's event type, or `other` for types this version does not know (bounded: the body
+    /// chooses it).
+    pub event_type: String,
+}
+
 /// Labels of the leader gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReplicaLabels {
@@ -204,6 +214,7 @@ pub struct StateMetrics {
     route_last_event: Family<RouteObjectLabels, Gauge<f64, AtomicU64>>,
     start_lag: Family<RouteObjectLabels, Histogram>,
     route_deliveries: Family<RoutePhaseLabels, Gauge>,
+    events: Family<EventLabels, prometheus_client::metrics::counter::Counter>,
     sources: Arc<Mutex<Option<Sources>>>,
     exported: Arc<Mutex<Exported>>,
 }
@@ -221,6 +232,7 @@ impl StateMetrics {
             route_last_event: Family::default(),
             start_lag: Family::new_with_constructor(start_lag_histogram as fn() -> Histogram),
             route_deliveries: Family::default(),
+            events: Family::default(),
             sources: Arc::default(),
             exported: Arc::default(),
         };
@@ -238,6 +250,11 @@ impl StateMetrics {
             "route_last_event_timestamp_seconds",
             "When the route's last event was received (status.lastDelivery.receivedAt), Unix seconds",
             state.route_last_event.clone(),
+        );
+        registry.register(
+            "receiver_events",
+            "Events accepted and recorded (first deliveries, not duplicates), by route and event type",
+            state.events.clone(),
         );
         registry.register(
             "route_deliveries",
@@ -277,6 +294,20 @@ impl StateMetrics {
             credentials,
         });
         Exporting(self.clone())
+    }
+
+    /// Counts an event the receiver recorded for route `route` (`namespace/name`).
+    pub fn count_event(&self, route: &Arc<str>, event_type: &crate::asc::event::EventType) {
+        let event_type = match event_type {
+            crate::asc::event::EventType::Other(_) => "other".to_owned(),
+            known => known.as_str().to_owned(),
+        };
+        self.events
+            .get_or_create(&EventLabels {
+                route: route.clone(),
+                event_type,
+            })
+            .inc();
     }
 
     /// Records that a delivery of route `namespace/route`, received at `received_at` (RFC 3339), started

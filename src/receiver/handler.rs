@@ -122,7 +122,12 @@ async fn handle(rx: &Receiver, route: &ReceiverRoute, headers: &HeaderMap, body:
     }
     let name = delivery.metadata.name.clone().unwrap_or_default();
     match rx.sink.record(delivery).await {
-        Ok(Recorded::Created) => Answer::Accepted(name),
+        Ok(Recorded::Created) => {
+            rx.metrics
+                .state
+                .count_event(&route.label, &event.event_type);
+            Answer::Accepted(name)
+        }
         Ok(Recorded::Duplicate) => Answer::Duplicate(name),
         Err(SinkError::Unavailable(e)) => {
             Answer::Unavailable(format!("cannot store the delivery: {e}"))

@@ -96,6 +96,42 @@ pub struct EventLabels {
     pub event_type: String,
 }
 
+/// Labels of App Store Connect API answers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AscCallLabels {
+    /// `GET`, `POST`, `PATCH`, `DELETE` (or `other`).
+    pub method: &'static str,
+    /// The HTTP status code Apple answered with.
+    pub status: u16,
+}
+
+type AscCalls = Family<AscCallLabels, prometheus_client::metrics::counter::Counter>;
+
+/// App Store Connect API answers of this process. One family for the process: API clients are made
+/// deep inside the App Store Connect code, which knows nothing of the operator's registry, and a
+/// counter shared by every registry that exports it stays correct.
+fn asc_calls() -> &'static AscCalls {
+    static CALLS: std::sync::OnceLock<AscCalls> = std::sync::OnceLock::new();
+    CALLS.get_or_init(AscCalls::default)
+}
+
+/// Counts one answer of the App Store Connect API.
+pub fn count_asc_call(method: &http::Method, status: http::StatusCode) {
+    let method = match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "other",
+    };
+    asc_calls()
+        .get_or_create(&AscCallLabels {
+            method,
+            status: status.as_u16(),
+        })
+        .inc();
+}
+
 /// Labels of the leader gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReplicaLabels {
@@ -255,6 +291,11 @@ impl StateMetrics {
             "receiver_events",
             "Events accepted and recorded (first deliveries, not duplicates), by route and event type",
             state.events.clone(),
+        );
+        registry.register(
+            "asc_api_requests",
+            "App Store Connect API answers, by method and HTTP status",
+            asc_calls().clone(),
         );
         registry.register(
             "route_deliveries",

@@ -142,9 +142,10 @@ async fn is_leading(client: &reqwest::Client, admin_url: &str) -> bool {
     let Ok(resp) = client.get(format!("{admin_url}/metrics")).send().await else {
         return false;
     };
-    resp.text()
-        .await
-        .is_ok_and(|text| text.lines().any(|l| l == "asc_webhook_leader 1"))
+    resp.text().await.is_ok_and(|text| {
+        text.lines()
+            .any(|l| l.starts_with("asc_webhook_leader{replica=") && l.ends_with("} 1"))
+    })
 }
 
 /// Polls every replica twice in the same order. Replica `i` leading on both passes, with replica `j`

@@ -19,6 +19,7 @@ mod lease_fencing;
 mod limits;
 mod logs;
 mod manifests;
+mod monitoring;
 mod receiver;
 mod recorder;
 mod reliability;

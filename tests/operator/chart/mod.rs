@@ -369,5 +369,6 @@ fn assert_bindings_name_the_service_account(docs: &[Value], sa: &str) {
 }
 
 mod deployment;
+mod monitoring;
 mod rbac;
 mod values;

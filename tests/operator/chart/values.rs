@@ -91,6 +91,8 @@ fn all_options_render_every_optional_object() {
         "ServiceMonitor",
         "NetworkPolicy",
         "PodDisruptionBudget",
+        "PrometheusRule",
+        "ConfigMap",
     ] {
         assert!(kinds.contains(k), "{k} missing from {kinds:?}");
     }
@@ -112,6 +114,8 @@ fn all_options_render_every_optional_object() {
         "ServiceMonitor",
         "NetworkPolicy",
         "PodDisruptionBudget",
+        "PrometheusRule",
+        "ConfigMap",
     ] {
         assert!(!defaults.contains(k), "{k} is opt-in");
     }

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The operator image: one static binary on distroless (CA certificates, no shell, uid 65532).
 #
-#   docker build -t asc-webhook-operator:dev .
+#   docker build -t asc-webhook-operator:dev --build-arg REVISION="$(git rev-parse HEAD)" .
 #   docker run --rm asc-webhook-operator:dev --help
 
 FROM rust:1-bookworm AS build
@@ -11,6 +11,9 @@ RUN apt-get update \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
+# The source revision `asc_webhook_build_info{revision}` reports (compiled in; `unknown` when not given).
+ARG REVISION=unknown
+ENV ASC_BUILD_REVISION=${REVISION}
 # The cache mounts keep the registry and the dependency build between image builds; the binary is copied
 # out of the cached target directory in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -380,7 +380,7 @@ impl AscClient {
         }
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status();
-        crate::state_metrics::count_asc_call(&method, status);
+        crate::state_metrics::count_asc_call(method, status);
         tracing::debug!(%method, url = %url, status = status.as_u16(), "ASC API answered");
         let retry_after = retry_after(&response);
 

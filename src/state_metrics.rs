@@ -379,70 +379,32 @@ impl StateMetrics {
             None => (Vec::new(), Vec::new()),
         };
         let mut exported = locked(&self.exported);
-        let mut now = BTreeMap::new();
-        for r in routes {
-            let key = (r.namespace().unwrap_or_default(), r.name_any());
-            let state = route_state(&r);
-            self.set_route(&key, &state, exported.routes.get(&key));
-            now.insert(key, state.conditions.iter().map(|c| c.0).collect());
-        }
-        for (key, types) in std::mem::replace(&mut exported.routes, now.clone()) {
-            if !now.contains_key(&key) {
-                self.remove_route(&key, &types);
-            }
-        }
-        let mut now = BTreeMap::new();
-        for c in credentials {
-            let key = (c.namespace().unwrap_or_default(), c.name_any());
-            let state = credential_state(&c);
-            self.set_credential(&key, &state, exported.credentials.get(&key));
-            now.insert(key, state.conditions.iter().map(|c| c.0).collect());
-        }
-        for (key, types) in std::mem::replace(&mut exported.credentials, now.clone()) {
-            if !now.contains_key(&key) {
-                self.remove_credential(&key, &types);
-            }
-        }
+        let routes = routes.iter().map(|r| (key_of(r.as_ref()), route_state(r)));
+        let before = std::mem::take(&mut exported.routes);
+        exported.routes = sync(before, routes, |key, state, before| {
+            self.set_route(key, state, before)
+        });
+        let credentials = credentials
+            .iter()
+            .map(|c| (key_of(c.as_ref()), credential_state(c)));
+        let before = std::mem::take(&mut exported.credentials);
+        exported.credentials = sync(before, credentials, |key, state, before| {
+            let labels = |t, s| credential_labels(key, t, s);
+            let now = state.map(|s| s.conditions.as_slice()).unwrap_or_default();
+            set_conditions(&self.credential_condition, labels, now, before);
+        });
     }
 
-    fn route_labels(
-        key: &(String, String),
-        t: &'static str,
-        s: &'static str,
-    ) -> RouteConditionLabels {
-        RouteConditionLabels {
-            namespace: key.0.clone(),
-            route: key.1.clone(),
-            r#type: t,
-            status: s,
-        }
-    }
-
-    fn set_route(
-        &self,
-        key: &(String, String),
-        state: &ObjectState,
-        before: Option<&Vec<&'static str>>,
-    ) {
-        // A condition that no longer applies (appStoreConnect removed from the spec) goes.
-        let dropped = before
-            .into_iter()
-            .flatten()
-            .filter(|t| !state.conditions.iter().any(|c| c.0 == **t));
-        self.remove_route(key, &dropped.copied().collect::<Vec<_>>());
-        for (t, current) in &state.conditions {
-            for s in STATUSES {
-                self.route_condition
-                    .get_or_create(&Self::route_labels(key, t, s))
-                    .set(i64::from(s == *current));
-            }
-        }
+    /// The route's series as `state` says (`None`: the route is gone).
+    fn set_route(&self, key: &Key, state: Option<&ObjectState>, before: &[&'static str]) {
+        let labels = |t, s| route_labels(key, t, s);
+        let now = state.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        set_conditions(&self.route_condition, labels, now, before);
         let object = RouteObjectLabels {
             namespace: key.0.clone(),
             route: key.1.clone(),
         };
-        self.set_deliveries(key, state.deliveries);
-        match state.last_event {
+        match state.and_then(|s| s.last_event) {
             Some(t) => {
                 self.route_last_event.get_or_create(&object).set(t);
             }
@@ -450,9 +412,10 @@ impl StateMetrics {
                 self.route_last_event.remove(&object);
             }
         }
-    }
-
-    fn set_deliveries(&self, key: &(String, String), counts: Option<[i64; 5]>) {
+        if state.is_none() {
+            self.start_lag.remove(&object);
+        }
+        let counts = state.and_then(|s| s.deliveries);
         for (i, phase) in PHASES.into_iter().enumerate() {
             let labels = RoutePhaseLabels {
                 namespace: key.0.clone(),
@@ -469,66 +432,70 @@ impl StateMetrics {
             }
         }
     }
+}
 
-    fn remove_route(&self, key: &(String, String), types: &[&'static str]) {
-        for t in types {
-            for s in STATUSES {
-                self.route_condition.remove(&Self::route_labels(key, t, s));
-            }
-        }
-        if types.contains(&ROUTE_READY) {
-            let object = RouteObjectLabels {
-                namespace: key.0.clone(),
-                route: key.1.clone(),
-            };
-            self.route_last_event.remove(&object);
-            self.start_lag.remove(&object);
-            self.set_deliveries(key, None);
+type Key = (String, String);
+
+fn key_of<K: ResourceExt>(obj: &K) -> Key {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Calls `set` for every object now present (with the condition types it had before) and, with `None`,
+/// for every object gone since; returns the condition types exported now.
+fn sync(
+    mut before: BTreeMap<Key, Vec<&'static str>>,
+    now: impl Iterator<Item = (Key, ObjectState)>,
+    set: impl Fn(&Key, Option<&ObjectState>, &[&'static str]),
+) -> BTreeMap<Key, Vec<&'static str>> {
+    let mut exported = BTreeMap::new();
+    for (key, state) in now {
+        let had = before.remove(&key).unwrap_or_default();
+        set(&key, Some(&state), &had);
+        exported.insert(key, state.conditions.iter().map(|c| c.0).collect());
+    }
+    for (key, had) in before {
+        set(&key, None, &had);
+    }
+    exported
+}
+
+/// One series per status of each condition in `now` (1 for the current status); the series of types
+/// exported `before` that no longer apply (appStoreConnect removed from the spec, object gone) go.
+fn set_conditions<L: Clone + std::hash::Hash + Eq>(
+    family: &Family<L, Gauge>,
+    labels: impl Fn(&'static str, &'static str) -> L,
+    now: &[(&'static str, &'static str)],
+    before: &[&'static str],
+) {
+    for t in before.iter().filter(|t| !now.iter().any(|c| c.0 == **t)) {
+        for s in STATUSES {
+            family.remove(&labels(t, s));
         }
     }
-
-    fn credential_labels(
-        key: &(String, String),
-        t: &'static str,
-        s: &'static str,
-    ) -> CredentialConditionLabels {
-        CredentialConditionLabels {
-            namespace: key.0.clone(),
-            credential: key.1.clone(),
-            r#type: t,
-            status: s,
+    for (t, current) in now {
+        for s in STATUSES {
+            family
+                .get_or_create(&labels(t, s))
+                .set(i64::from(s == *current));
         }
     }
+}
 
-    fn set_credential(
-        &self,
-        key: &(String, String),
-        state: &ObjectState,
-        before: Option<&Vec<&'static str>>,
-    ) {
-        let dropped: Vec<&'static str> = before
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|t| !state.conditions.iter().any(|c| c.0 == *t))
-            .collect();
-        self.remove_credential(key, &dropped);
-        for (t, current) in &state.conditions {
-            for s in STATUSES {
-                self.credential_condition
-                    .get_or_create(&Self::credential_labels(key, t, s))
-                    .set(i64::from(s == *current));
-            }
-        }
+fn route_labels(key: &Key, t: &'static str, s: &'static str) -> RouteConditionLabels {
+    RouteConditionLabels {
+        namespace: key.0.clone(),
+        route: key.1.clone(),
+        r#type: t,
+        status: s,
     }
+}
 
-    fn remove_credential(&self, key: &(String, String), types: &[&'static str]) {
-        for t in types {
-            for s in STATUSES {
-                self.credential_condition
-                    .remove(&Self::credential_labels(key, t, s));
-            }
-        }
+fn credential_labels(key: &Key, t: &'static str, s: &'static str) -> CredentialConditionLabels {
+    CredentialConditionLabels {
+        namespace: key.0.clone(),
+        credential: key.1.clone(),
+        r#type: t,
+        status: s,
     }
 }
 

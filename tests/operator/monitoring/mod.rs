@@ -124,21 +124,8 @@ pub fn unknown_names<'a>(scrape: &str, sample_names: &'a BTreeSet<String>) -> Ve
         .collect()
 }
 
-const KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "inf",
-    "nan",
-];
+/// Keywords that are neither metrics nor functions (besides [`LABEL_LISTS`]).
+const KEYWORDS: &[&str] = &["bool", "and", "or", "unless", "offset", "inf", "nan"];
 /// Keywords followed by a parenthesised list of label names, not an expression.
 const LABEL_LISTS: &[&str] = &[
     "by",

@@ -445,12 +445,19 @@ impl AscClient {
     }
 }
 
-/// The token scope for a GET of `url`: Apple's `scope` entries are the method and the path with its query,
-/// e.g. `GET /v1/apps?filter[platform]=IOS`.
+/// The token scope for a GET of `url`, in the form Apple documents (`GET /v1/apps?filter[platform]=IOS`):
+/// the path and the query with nothing percent-encoded, and without the paging parameters `limit` and
+/// `cursor`, so every page of a list is covered by the first page's scope.
 pub fn scope_of(url: &Url) -> String {
-    match url.query() {
-        Some(q) => format!("GET {}?{q}", url.path()),
-        None => format!("GET {}", url.path()),
+    let pairs: Vec<String> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "limit" && k != "cursor")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if pairs.is_empty() {
+        format!("GET {}", url.path())
+    } else {
+        format!("GET {}?{}", url.path(), pairs.join("&"))
     }
 }
 

@@ -222,10 +222,7 @@ async fn each_call_gets_a_token_of_minutes_scoped_to_its_one_get() {
         log[0].token.scope,
         Some(vec![format!("GET {COMPLETE_UPLOAD}")])
     );
-    assert_eq!(
-        log[1].token.scope,
-        Some(vec!["GET /v1/apps?limit=1".to_owned()])
-    );
+    assert_eq!(log[1].token.scope, Some(vec!["GET /v1/apps".to_owned()]));
     for r in &log {
         let lifetime = r.token.lifetime_secs.unwrap();
         assert!(
@@ -234,4 +231,67 @@ async fn each_call_gets_a_token_of_minutes_scoped_to_its_one_get() {
         );
     }
     assert_eq!(client.tokens().minted(), 2, "one token per call");
+}
+
+#[test]
+fn a_scope_is_written_raw_without_paging_parameters() {
+    let url = Url::parse(
+        "https://api.appstoreconnect.apple.com/v1/webhooks/w/deliveries?filter%5BcreatedDateGreaterThanOrEqualTo%5D=2026-12-01T10%3A00%3A00Z&include=event&limit=200&cursor=abc",
+    )
+    .unwrap();
+    assert_eq!(
+        scope_of(&url),
+        "GET /v1/webhooks/w/deliveries?filter[createdDateGreaterThanOrEqualTo]=2026-12-01T10:00:00Z&include=event"
+    );
+    let apps = Url::parse("https://x.example/v1/apps?filter%5Bplatform%5D=IOS%2CMAC_OS").unwrap();
+    assert_eq!(scope_of(&apps), "GET /v1/apps?filter[platform]=IOS,MAC_OS");
+}
+
+/// Every GET the operator makes (a delivery-log page and the next one, a webhook list, a credential
+/// check, an instance) carries a scope in Apple's documented form: nothing percent-encoded, no paging.
+#[tokio::test]
+async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
+    use crate::asc::webhook_deliveries::DeliveryFilter;
+    use crate::asc::webhooks::Webhooks;
+    let (mock, client) = setup().await;
+    let hooks = Webhooks::new(&client);
+    let id = mock.add_webhook(testkit::asc_mock::MockWebhook {
+        id: String::new(),
+        app_id: "1234567890".into(),
+        name: "n".into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "s".into(),
+        event_types: vec!["BUILD_UPLOAD_STATE_UPDATED".into()],
+        enabled: true,
+    });
+    let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
+    for n in 0..3 {
+        let at = format!("2026-12-01T10:00:0{n}Z");
+        mock.log_delivery(&id, payload, testkit::asc_mock::DeliveryState::Failed, &at);
+    }
+    let since =
+        crate::time::format_ts(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24));
+    let filter = DeliveryFilter {
+        created_since: Some(since),
+        limit: 2,
+        ..Default::default()
+    };
+    let first = hooks.deliveries_page(&id, &filter, None).await.unwrap();
+    let next = first.next.expect("a second page");
+    hooks
+        .deliveries_page(&id, &filter, Some(&next))
+        .await
+        .unwrap();
+    hooks.list_for_app("1234567890").await.unwrap();
+    client.verify().await.unwrap();
+    let log = mock.requests();
+    assert!(log.iter().all(|r| r.auth.is_accepted()), "{log:?}");
+    assert!(log.len() >= 4, "{log:?}");
+    for r in &log {
+        for scope in r.token.scope.as_deref().unwrap_or_default() {
+            for bad in ["%5B", "%5D", "%2C", "limit=", "cursor="] {
+                assert!(!scope.contains(bad), "{scope} contains {bad}");
+            }
+        }
+    }
 }

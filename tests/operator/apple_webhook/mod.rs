@@ -2,6 +2,7 @@
 //! Connect, which delivers signed pings and events to the operator's receiver as Apple would.
 
 mod catch_up;
+mod catch_up_live;
 mod deletion;
 mod examples;
 mod faults;

@@ -43,6 +43,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// A setting that is on or off (`on`/`off` on the command line and in the environment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl Switch {
+    /// Whether it is on.
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
+}
+
 /// Settings of `run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -118,6 +134,12 @@ pub struct RunArgs {
     /// First delay between App Store Connect API retries (doubles each time; `Retry-After` wins).
     #[arg(long, env = "ASC_API_RETRY_BASE_DELAY", default_value = "500ms", value_parser = parse_duration)]
     pub asc_api_retry_base_delay: Duration,
+    /// Whether each App Store Connect GET carries a token scoped to that one request (Apple's optional
+    /// `scope` claim, written as Apple documents it: `GET /v1/apps?filter[platform]=IOS`). `off` sends
+    /// unscoped tokens (still five minutes long), for an account where Apple refuses the scope: routes
+    /// then say `TokenScopeRefused`.
+    #[arg(long, env = "ASC_TOKEN_SCOPE", value_enum, default_value = "on")]
+    pub asc_token_scope: Switch,
     /// How often a registered App Store Connect webhook is read back to repair changes made in App Store
     /// Connect (per route up to 20 % sooner, so reads spread out). Between reads an unchanged route makes
     /// no App Store Connect call.

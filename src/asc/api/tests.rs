@@ -145,7 +145,8 @@ async fn unavailable_then_ok_is_retried() {
 #[tokio::test]
 async fn unauthorized_is_not_retried_and_says_what_to_check() {
     let (mock, client) = setup().await;
-    mock.inject(Fault::Unauthorized, 1);
+    // The call, and the unscoped check that tells a refused key from a refused scope.
+    mock.inject(Fault::Unauthorized, 2);
     let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
     assert!(matches!(err, ApiError::Unauthorized { .. }), "{err:?}");
     let text = err.to_string();
@@ -153,9 +154,10 @@ async fn unauthorized_is_not_retried_and_says_what_to_check() {
         text.contains("keyId/issuerId") && text.contains("NOT_AUTH"),
         "{text}"
     );
-    assert_eq!(mock.requests().len(), 1);
+    let paths: Vec<String> = mock.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, [COMPLETE_UPLOAD, "/v1/apps?limit=1"], "not retried");
     client.get_json(COMPLETE_UPLOAD).await.unwrap();
-    assert_eq!(client.tokens().minted(), 2, "a refused token is not reused");
+    assert_eq!(client.tokens().minted(), 3, "a refused token is not reused");
 }
 
 #[tokio::test]
@@ -294,4 +296,44 @@ async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_refused_scope_is_told_apart_from_a_refused_key_and_names_the_switch() {
+    let (mock, client) = setup().await;
+    mock.refuse_scoped_tokens(true);
+    let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+    let ApiError::TokenScopeRefused { scope, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(scope, &format!("GET {COMPLETE_UPLOAD}"));
+    let text = err.to_string();
+    assert!(text.contains("--asc-token-scope=off"), "{text}");
+    assert!(text.contains("ASC_TOKEN_SCOPE"), "{text}");
+    let wrong_issuer = client_for(&mock.url(), Some("00000000-0000-0000-0000-000000000000"));
+    let err = wrong_issuer.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+    assert!(
+        matches!(err, ApiError::Unauthorized { .. }),
+        "a key refused unscoped too is a key problem: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_scoped_tokens_off_every_call_carries_an_unscoped_token() {
+    let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+    mock.refuse_scoped_tokens(true);
+    let key = ApiKey::from_pem("TEST2K9Q7X", Some(ISSUER.to_owned()), PEM).unwrap();
+    let options = AscClientOptions {
+        scoped_tokens: false,
+        ..fast_options()
+    };
+    let client = AscClient::with_options(&mock.url(), TokenSource::new(key), options).unwrap();
+    client.get_json(COMPLETE_UPLOAD).await.unwrap();
+    client.verify().await.unwrap();
+    assert!(mock.requests().iter().all(|r| r.token.scope.is_none()));
+    assert_eq!(
+        client.tokens().minted(),
+        1,
+        "one unscoped token serves both"
+    );
 }

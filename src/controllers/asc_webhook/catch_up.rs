@@ -491,6 +491,7 @@ pub fn error_reason(e: &WebhookError) -> &'static str {
     match e {
         WebhookError::Unavailable(_) => "unavailable",
         WebhookError::Forbidden(_) => "forbidden",
+        WebhookError::TokenScopeRefused(_) => "token_scope_refused",
         WebhookError::AppNotFound { .. } | WebhookError::WebhookNotFound { .. } => "not_found",
         WebhookError::Rejected { .. } | WebhookError::LimitReached { .. } => "rejected",
         WebhookError::Malformed(_) => "malformed",

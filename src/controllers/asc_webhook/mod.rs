@@ -589,6 +589,7 @@ fn failure(e: &WebhookError) -> (&'static str, String) {
     let chain = crate::controllers::credential::error_chain(e);
     let reason = match e {
         WebhookError::Forbidden(_) => "Forbidden",
+        WebhookError::TokenScopeRefused(_) => "TokenScopeRefused",
         WebhookError::AppNotFound { .. } => "AppNotFound",
         WebhookError::LimitReached { .. } => "LimitReached",
         WebhookError::Rejected { .. } => "Rejected",

@@ -8,6 +8,7 @@ mod examples;
 mod faults;
 mod lifecycle;
 mod rotation;
+mod token_scope;
 
 use crate::harness::*;
 use crate::world::test_key_pem;

@@ -337,3 +337,51 @@ async fn with_scoped_tokens_off_every_call_carries_an_unscoped_token() {
         "one unscoped token serves both"
     );
 }
+
+#[test]
+fn an_instance_url_is_built_when_missing_joined_when_relative_and_moved_off_apples_other_host() {
+    let client = client_for("https://api.appstoreconnect.apple.com", Some(ISSUER));
+    let url = |kind: &str, id: &str, link: Option<&str>| {
+        client.instance_url(kind, id, link).unwrap().to_string()
+    };
+    assert_eq!(
+        url("appStoreVersions", "v-1", None),
+        "https://api.appstoreconnect.apple.com/v1/appStoreVersions/v-1"
+    );
+    assert_eq!(
+        url("builds", "a/b", Some("")),
+        "https://api.appstoreconnect.apple.com/v1/builds/a%2Fb",
+        "an id cannot add path segments"
+    );
+    assert_eq!(
+        url("x", "y", Some("/v1/backgroundAssetVersions/7")),
+        "https://api.appstoreconnect.apple.com/v1/backgroundAssetVersions/7"
+    );
+    assert_eq!(
+        url(
+            "x",
+            "y",
+            Some(
+                "https://api-appstoreconnect.itunes.apple.com/v1/alternativeDistributionPackages/p"
+            )
+        ),
+        "https://api.appstoreconnect.apple.com/v1/alternativeDistributionPackages/p"
+    );
+    assert_eq!(
+        url("x", "y", Some("https://evil.example/v1/x")),
+        "https://evil.example/v1/x",
+        "left as is: the origin check refuses it when fetched"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_instance_link_is_still_refused_before_any_token_is_minted() {
+    let (mock, client) = setup().await;
+    let err = client
+        .fetch_instance_of("x", "y", Some("https://evil.example/v1/x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::ForeignOrigin { .. }), "{err:?}");
+    assert!(mock.requests().is_empty());
+    assert_eq!(client.tokens().minted(), 0);
+}

@@ -1,4 +1,4 @@
-//! The command line: `run`, `crds`, `send` and `replay`. Every setting is a flag with an `ASC_*` environment fallback;
+//! The command line: `run`, `crds`, `send`, `replay` and `doctor`. Every setting is a flag with an `ASC_*` environment fallback;
 //! nothing else in the crate reads the environment.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -32,6 +32,33 @@ pub enum Command {
     /// Run a delivery's matching rules once more (sets its `asc.webhooks.dev/replay` annotation with
     /// your kubeconfig's identity; needs get and patch on webhookdeliveries).
     Replay(ReplayArgs),
+    /// Check a route's App Store Connect setup with your kubeconfig: mints its token and makes each call
+    /// the operator makes for it (read-only), one line per call; exits non-zero on any refusal.
+    Doctor(DoctorArgs),
+}
+
+/// Settings of `doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Namespace of the route.
+    #[arg(
+        short = 'n',
+        long,
+        env = "ASC_DOCTOR_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// Name of the `WebhookRoute`.
+    pub route: String,
+    /// Scoped tokens, as the operator runs with (`run --asc-token-scope`).
+    #[arg(long, env = "ASC_TOKEN_SCOPE", value_enum, default_value = "on")]
+    pub asc_token_scope: Switch,
+    /// Origins a credential may name as `apiUrl`, as the operator runs with (`run --asc-api-origins`).
+    #[arg(long, env = "ASC_API_ORIGINS", value_delimiter = ',', default_value = crate::resources::names::DEFAULT_API_URL, value_parser = crate::asc::origins::parse_origin)]
+    pub asc_api_origins: Vec<String>,
+    /// The first catch-up pass's lookback, as the operator runs with (`run --catch-up-lookback`).
+    #[arg(long, env = "ASC_CATCH_UP_LOOKBACK", default_value = "24h", value_parser = parse_duration)]
+    pub catch_up_lookback: Duration,
 }
 
 /// Log output format.

@@ -276,51 +276,6 @@ impl AscClient {
         self.get_url(url).await
     }
 
-    /// Where the API serves an event's object: its `links.self` (a relative one joined to the API URL,
-    /// one on Apple's alternative-distribution host moved onto the API origin), or `/v1/{type}/{id}` when
-    /// the event carries none, as several of Apple's documented examples do. The result is still
-    /// origin-checked when fetched.
-    pub fn instance_url(
-        &self,
-        kind: &str,
-        id: &str,
-        links_self: Option<&str>,
-    ) -> Result<Url, ApiError> {
-        let invalid = |url: &str| {
-            let url = url.to_owned();
-            move |source| ApiError::InvalidUrl { url, source }
-        };
-        let Some(link) = links_self.filter(|l| !l.trim().is_empty()) else {
-            let mut url = self.api_url.clone();
-            url.set_query(None);
-            url.path_segments_mut()
-                .map_err(|()| ApiError::UnsupportedScheme {
-                    url: self.api_url.to_string(),
-                })?
-                .clear()
-                .extend(["v1", kind, id]);
-            return Ok(url);
-        };
-        let mut url = self.api_url.join(link).map_err(invalid(link))?;
-        if url.scheme() == "https" && url.host_str() == Some(ALTERNATIVE_DISTRIBUTION_HOST) {
-            let mut moved = self.api_url.join(url.path()).map_err(invalid(link))?;
-            moved.set_query(url.query());
-            url = moved;
-        }
-        Ok(url)
-    }
-
-    /// Fetches an event's object at [`instance_url`](Self::instance_url).
-    pub async fn fetch_instance_of(
-        &self,
-        kind: &str,
-        id: &str,
-        links_self: Option<&str>,
-    ) -> Result<Value, ApiError> {
-        let url = self.instance_url(kind, id, links_self)?;
-        self.get_url(url).await
-    }
-
     /// GETs `path_and_query` (e.g. `/v1/webhooks/{id}/deliveries?limit=50`) on the API origin.
     pub async fn get_json(&self, path_and_query: &str) -> Result<Value, ApiError> {
         self.send_json(Method::GET, path_and_query, None).await
@@ -631,6 +586,8 @@ fn asc_error_message(body: &[u8]) -> Option<String> {
         None => message,
     })
 }
+
+mod instance;
 
 #[cfg(test)]
 mod tests;

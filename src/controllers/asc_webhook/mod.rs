@@ -13,7 +13,7 @@
 //! (`--webhook-resync-interval`) that repairs edits made in App Store Connect. In between, a reconcile
 //! reads the Secret from the API server and nothing else.
 
-mod catch_up;
+pub mod catch_up;
 mod cleanup;
 pub mod plan;
 mod secret;

@@ -7,7 +7,8 @@
 //! so tests can assert what reached "Apple" (including that nothing did).
 //!
 //! Fixture files are named `<type>-<id>.json` and served at `/v1/<type>/<id>`; a file without a `-` is
-//! served at `/v1/<name>`. `GET /v1/apps` answers a one-app list for cheap credential checks.
+//! served at `/v1/<name>`. `GET /v1/apps` answers a one-app list for cheap credential checks, and
+//! `GET /v1/apps/{id}` each app the mock knows.
 
 mod apple;
 mod auth;
@@ -456,6 +457,16 @@ impl Shared {
         }
         if path == "/v1/apps" {
             return json_response(StatusCode::OK, Bytes::from(apps_document().to_string()));
+        }
+        if let Some(id) = path
+            .strip_prefix("/v1/apps/")
+            .filter(|id| !id.contains('/'))
+            && lock(&self.webhooks).apps.contains(id)
+        {
+            let mut app = apps_document()["data"][0].clone();
+            app["id"] = json!(id);
+            let doc = json!({"data": app, "links": {"self": format!("https://api.appstoreconnect.apple.com{path}")}});
+            return json_response(StatusCode::OK, Bytes::from(doc.to_string()));
         }
         let document = lock(&self.documents).get(path).cloned();
         match document {

@@ -4,6 +4,7 @@
 mod catch_up;
 mod catch_up_live;
 mod deletion;
+mod doctor;
 mod documented_events;
 mod examples;
 mod faults;

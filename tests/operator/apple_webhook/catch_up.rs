@@ -23,7 +23,17 @@ fn by_source(api: &FakeApiServer, source: DeliverySource) -> usize {
 
 #[tokio::test]
 async fn events_missed_while_the_operator_was_down_are_recorded_once_each_after_a_restart() {
+    missed_events_are_recorded_once_each(testkit::asc_mock::LogOrder::OldestFirst).await;
+}
+
+#[tokio::test]
+async fn events_missed_are_recorded_once_each_from_a_log_served_newest_first() {
+    missed_events_are_recorded_once_each(testkit::asc_mock::LogOrder::NewestFirst).await;
+}
+
+async fn missed_events_are_recorded_once_each(order: testkit::asc_mock::LogOrder) {
     let (api, mock) = world().await;
+    mock.set_log_order(order);
     let op = start_reachable(&api, &mock, &[]).await;
     managed_route(&api, "release", "", JOB_RULES).await;
     let id = webhook_id(&registered_and_verified(&api, "release").await);

@@ -257,15 +257,9 @@ async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
     use crate::asc::webhooks::Webhooks;
     let (mock, client) = setup().await;
     let hooks = Webhooks::new(&client);
-    let id = mock.add_webhook(testkit::asc_mock::MockWebhook {
-        id: String::new(),
-        app_id: "1234567890".into(),
-        name: "n".into(),
-        url: "http://127.0.0.1:9/hook".into(),
-        secret: "s".into(),
-        event_types: vec!["BUILD_UPLOAD_STATE_UPDATED".into()],
-        enabled: true,
-    });
+    let id = mock.add_webhook(testkit::asc_mock::MockWebhook::build_uploads_at(
+        "http://127.0.0.1:9/hook",
+    ));
     let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
     for n in 0..3 {
         let at = format!("2026-12-01T10:00:0{n}Z");

@@ -5,9 +5,9 @@ use super::*;
 use asc_webhook_operator::resources::delivery::DeliverySource;
 use testkit::asc_mock::DeliveryState;
 
-const JOB_RULES: &str = "    - name: submit\n      match: {eventTypes: [buildUploadStateUpdated]}\n      job: {template: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}}}}}\n";
+pub(super) const JOB_RULES: &str = "    - name: submit\n      match: {eventTypes: [buildUploadStateUpdated]}\n      job: {template: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}}}}}\n";
 
-fn build_event(id: &str) -> Vec<u8> {
+pub(super) fn build_event(id: &str) -> Vec<u8> {
     String::from_utf8(fixture("build-upload-complete"))
         .unwrap()
         .replace("0b7d3c1e-4a2f-4e6b-9d8c-5f1a2b3c4d5e", id)
@@ -426,15 +426,8 @@ async fn an_event_pruned_past_the_history_limit_runs_nothing_again_after_a_resta
 async fn catch_up_runs_when_the_receiver_is_ready_again() {
     use testkit::apiserver::{Fault, FaultRule, Verb};
     let (api, mock) = world().await;
-    let op = start_reachable(&api, &mock, &[]).await;
-    managed_route(&api, "release", "", JOB_RULES).await;
-    let id = webhook_id(&registered_and_verified(&api, "release").await);
     // The start-up pass is done: nothing more is due for ten minutes.
-    eventually("the start-up pass ran", WAIT, || {
-        let r = get_route(&api, "release");
-        async move { r.status?.app_store_connect?.catch_up?.last_check_time }
-    })
-    .await;
+    let (op, id) = registered_after_the_start_up_pass(&api, &mock).await;
 
     api.add_fault(
         FaultRule::new(Fault::Status(500))
@@ -480,4 +473,21 @@ async fn catch_up_runs_when_the_receiver_is_ready_again() {
         "{metrics}"
     );
     op.stop().await;
+}
+
+/// An operator and the route `release` (Job rules) whose webhook is registered and whose start-up
+/// catch-up pass ran; answers the operator and the webhook id.
+pub(super) async fn registered_after_the_start_up_pass(
+    api: &FakeApiServer,
+    mock: &AscMock,
+) -> (Operator, String) {
+    let op = start_reachable(api, mock, &[]).await;
+    managed_route(api, "release", "", JOB_RULES).await;
+    let id = webhook_id(&registered_and_verified(api, "release").await);
+    eventually("the start-up pass ran", WAIT, || {
+        let r = get_route(api, "release");
+        async move { r.status?.app_store_connect?.catch_up?.last_check_time }
+    })
+    .await;
+    (op, id)
 }

@@ -2,18 +2,10 @@
 //! and windows older than ten days (with Apple's 400), lists healthy deliveries too, and documents no
 //! order — so every scenario runs with the log served oldest-first and newest-first.
 
+use super::catch_up::{build_event, registered_after_the_start_up_pass};
 use super::*;
 use asc_webhook_operator::resources::delivery::DeliverySource;
 use testkit::asc_mock::{DeliveryState, LogOrder};
-
-const JOB_RULES: &str = "    - name: submit\n      match: {eventTypes: [buildUploadStateUpdated]}\n      job: {template: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}}}}}\n";
-
-fn build_event(id: &str) -> Vec<u8> {
-    String::from_utf8(fixture("build-upload-complete"))
-        .unwrap()
-        .replace("0b7d3c1e-4a2f-4e6b-9d8c-5f1a2b3c4d5e", id)
-        .into_bytes()
-}
 
 fn hours_ago(h: i64) -> jiff::Timestamp {
     jiff::Timestamp::now() - jiff::SignedDuration::from_hours(h)
@@ -31,14 +23,7 @@ fn recovered_here(api: &FakeApiServer) -> usize {
 async fn missed_events_are_recovered_from_the_live_shaped_log(order: LogOrder) {
     let (api, mock) = world().await;
     mock.set_log_order(order);
-    let op = start_reachable(&api, &mock, &[]).await;
-    managed_route(&api, "release", "", JOB_RULES).await;
-    let id = webhook_id(&registered_and_verified(&api, "release").await);
-    eventually("the start-up pass ran", WAIT, || {
-        let r = get_route(&api, "release");
-        async move { r.status?.app_store_connect?.catch_up?.last_check_time }
-    })
-    .await;
+    let (op, id) = registered_after_the_start_up_pass(&api, &mock).await;
     let url = op.url.clone();
     op.stop().await;
 

@@ -231,15 +231,9 @@ async fn a_ping_is_signed_with_the_current_secret_and_logged_by_outcome() {
 async fn the_delivery_log_refuses_what_apple_refuses_and_serves_either_order() {
     let mock = mock().await;
     mock.add_app("1234567890");
-    let id = mock.add_webhook(crate::asc_mock::MockWebhook {
-        id: String::new(),
-        app_id: "1234567890".into(),
-        name: "n".into(),
-        url: "http://127.0.0.1:9/x".into(),
-        secret: "s".into(),
-        event_types: vec!["BUILD_UPLOAD_STATE_UPDATED".into()],
-        enabled: true,
-    });
+    let id = mock.add_webhook(crate::asc_mock::MockWebhook::build_uploads_at(
+        "http://127.0.0.1:9/x",
+    ));
     let body = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
     let old = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(30);
     let new = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);

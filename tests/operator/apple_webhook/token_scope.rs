@@ -33,3 +33,36 @@ async fn a_refused_scope_says_token_scope_refused_and_scope_off_registers_the_we
     assert_eq!(scoped, 0, "no accepted call carried a scope");
     op.stop().await;
 }
+
+#[tokio::test]
+async fn a_credential_whose_scoped_check_is_refused_says_token_scope_refused() {
+    let (api, mock) = world().await;
+    mock.refuse_scoped_tokens(true);
+    let op = start_reachable(&api, &mock, &[]).await;
+    api.patch_object(
+        "asccredentials",
+        NS,
+        "team",
+        serde_json::json!({"spec": {"verifyIntervalMinutes": 60}}),
+    )
+    .unwrap();
+    let verified = eventually("the credential's Verified condition", WAIT, || {
+        let c = api.get_object("asccredentials", NS, "team");
+        async move {
+            let c: AscCredential = serde_json::from_value(c?).ok()?;
+            let v = c
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Verified")?;
+            (v.status == "False").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(verified.reason, "TokenScopeRefused", "{verified:?}");
+    assert!(
+        verified.message.contains("--asc-token-scope=off"),
+        "{verified:?}"
+    );
+    op.stop().await;
+}

@@ -1,4 +1,4 @@
-//! The command line: `run`, `crds`, `send` and `replay`. Every setting is a flag with an `ASC_*` environment fallback;
+//! The command line: `run`, `crds`, `send`, `replay` and `doctor`. Every setting is a flag with an `ASC_*` environment fallback;
 //! nothing else in the crate reads the environment.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -32,6 +32,33 @@ pub enum Command {
     /// Run a delivery's matching rules once more (sets its `asc.webhooks.dev/replay` annotation with
     /// your kubeconfig's identity; needs get and patch on webhookdeliveries).
     Replay(ReplayArgs),
+    /// Check a route's App Store Connect setup with your kubeconfig: mints its token and makes each call
+    /// the operator makes for it (read-only), one line per call; exits non-zero on any refusal.
+    Doctor(DoctorArgs),
+}
+
+/// Settings of `doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Namespace of the route.
+    #[arg(
+        short = 'n',
+        long,
+        env = "ASC_DOCTOR_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// Name of the `WebhookRoute`.
+    pub route: String,
+    /// Scoped tokens, as the operator runs with (`run --asc-token-scope`).
+    #[arg(long, env = "ASC_TOKEN_SCOPE", value_enum, default_value = "on")]
+    pub asc_token_scope: Switch,
+    /// Origins a credential may name as `apiUrl`, as the operator runs with (`run --asc-api-origins`).
+    #[arg(long, env = "ASC_API_ORIGINS", value_delimiter = ',', default_value = crate::resources::names::DEFAULT_API_URL, value_parser = crate::asc::origins::parse_origin)]
+    pub asc_api_origins: Vec<String>,
+    /// The first catch-up pass's lookback, as the operator runs with (`run --catch-up-lookback`).
+    #[arg(long, env = "ASC_CATCH_UP_LOOKBACK", default_value = "24h", value_parser = parse_duration)]
+    pub catch_up_lookback: Duration,
 }
 
 /// Log output format.
@@ -41,6 +68,22 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log pipelines.
     Json,
+}
+
+/// A setting that is on or off (`on`/`off` on the command line and in the environment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl Switch {
+    /// Whether it is on.
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
 }
 
 /// Settings of `run`.
@@ -118,6 +161,12 @@ pub struct RunArgs {
     /// First delay between App Store Connect API retries (doubles each time; `Retry-After` wins).
     #[arg(long, env = "ASC_API_RETRY_BASE_DELAY", default_value = "500ms", value_parser = parse_duration)]
     pub asc_api_retry_base_delay: Duration,
+    /// Whether each App Store Connect GET carries a token scoped to that one request (Apple's optional
+    /// `scope` claim, written as Apple documents it: `GET /v1/apps?filter[platform]=IOS`). `off` sends
+    /// unscoped tokens (still five minutes long), for an account where Apple refuses the scope: routes
+    /// then say `TokenScopeRefused`.
+    #[arg(long, env = "ASC_TOKEN_SCOPE", value_enum, default_value = "on")]
+    pub asc_token_scope: Switch,
     /// How often a registered App Store Connect webhook is read back to repair changes made in App Store
     /// Connect (per route up to 20 % sooner, so reads spread out). Between reads an unchanged route makes
     /// no App Store Connect call.

@@ -9,6 +9,7 @@ pub mod asc;
 pub mod cli;
 pub mod controllers;
 pub mod diagnose;
+pub mod doctor;
 pub mod examples;
 pub mod leader;
 pub mod memory;

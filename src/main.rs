@@ -1,5 +1,5 @@
 use asc_webhook_operator::cli::{Cli, Command};
-use asc_webhook_operator::{operator, replay, resources::crds, send, telemetry};
+use asc_webhook_operator::{doctor, operator, replay, resources::crds, send, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -32,6 +32,17 @@ async fn cli_main() -> ExitCode {
             Ok(outcome) => {
                 println!("{outcome}");
                 ExitCode::SUCCESS
+            }
+            Err(e) => report(Err(e)),
+        },
+        Command::Doctor(args) => match doctor::run(&args).await {
+            Ok(report) => {
+                print!("{report}");
+                if report.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             }
             Err(e) => report(Err(e)),
         },

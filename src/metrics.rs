@@ -74,8 +74,8 @@ pub struct CatchUpErrorLabels {
     /// `namespace/route`.
     pub route: String,
     /// `unavailable` (429, 5xx, timeouts), `forbidden`, `not_found`, `rejected`, `malformed`, `other`
-    /// (a pass was interrupted), `invalid_entry` (a log entry without a usable payload was skipped),
-    /// `redelivery_refused`.
+    /// (a pass was interrupted), `page_budget` (a pass read its page budget), `redelivery_refused`;
+    /// for skipped log entries: `unknown_state`, `malformed`, `missing_event`, `invalid_payload`.
     pub reason: &'static str,
 }
 
@@ -114,6 +114,9 @@ pub struct Metrics {
     pub catch_up_recovered: Family<RouteLabels, Counter>,
     /// Catch-up errors by route and reason.
     pub catch_up_errors: Family<CatchUpErrorLabels, Counter>,
+    /// Delivery-log entries catch-up could not use and skipped (the rest of the page was read), by
+    /// route and reason.
+    pub catch_up_entries_skipped: Family<CatchUpErrorLabels, Counter>,
     /// Seconds from App Store Connect's `createdDate` of a missed delivery to its recording by catch-up.
     pub catch_up_lag: Histogram,
     /// Deliveries that ran nothing because their event already ran and was pruned, by route.
@@ -227,6 +230,12 @@ impl Metrics {
             "Catch-up errors (interrupted passes, unusable log entries, refused redeliveries), by route and reason",
             catch_up_errors.clone(),
         );
+        let catch_up_entries_skipped = Family::<CatchUpErrorLabels, Counter>::default();
+        registry.register(
+            "catch_up_entries_skipped",
+            "Delivery-log entries catch-up skipped (unknown state, wrong field types, no event, no usable payload), by route and reason",
+            catch_up_entries_skipped.clone(),
+        );
         // 1 s … 3^11 s (about two days): a restart's gap of minutes and a weekend's both land inside.
         let catch_up_lag = Histogram::new(exponential_buckets(1.0, 3.0, 12));
         registry.register(
@@ -252,6 +261,7 @@ impl Metrics {
             state,
             catch_up_recovered,
             catch_up_errors,
+            catch_up_entries_skipped,
             catch_up_lag,
             duplicate_events,
             replays,

@@ -82,6 +82,7 @@ impl From<&RunArgs> for Settings {
                 request_timeout: a.asc_api_timeout,
                 max_attempts: a.asc_api_max_attempts.max(1),
                 base_delay: a.asc_api_retry_base_delay,
+                scoped_tokens: a.asc_token_scope.is_on(),
                 ..AscClientOptions::default()
             },
             asc_origins: AllowedOrigins::new(a.asc_api_origins.iter().cloned()),

@@ -82,6 +82,9 @@ impl EventContext<'_> {
                 "state": e.state,
                 "errors": e.errors.iter().map(|i| i.render()).collect::<Vec<_>>(),
                 "errorsText": e.errors_text(),
+                "warnings": e.warnings.iter().map(|i| i.render()).collect::<Vec<_>>(),
+                "infos": e.infos.iter().map(|i| i.render()).collect::<Vec<_>>(),
+                "bundleId": e.bundle_id,
                 "attributes": e.instance.get("attributes").cloned().unwrap_or(Value::Null),
             });
         }

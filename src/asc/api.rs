@@ -4,8 +4,8 @@
 //! Webhook payloads carry a `links.self` URL. Following it blindly would let anyone who can get a payload
 //! signed (or a future Apple bug) point our token at another host, so every URL is checked against the
 //! configured `api_url` origin before a token is even minted, and redirects are never followed. Each token
-//! is scoped to the one GET it is minted for and lives five minutes; the webhook writes (POST, PATCH,
-//! DELETE) carry an unscoped token, as Apple documents scopes for GET only.
+//! is scoped to the one GET it is minted for (unless `scoped_tokens` is off) and lives five minutes; the
+//! webhook writes (POST, PATCH, DELETE) carry an unscoped token, as Apple documents scopes for GET only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,6 +18,10 @@ use serde_json::Value;
 use url::Url;
 
 use super::token::{TokenError, TokenSource};
+
+/// The host Apple's alternative-distribution events link to; the same API is served on the credential's
+/// API origin, where the token may go.
+pub const ALTERNATIVE_DISTRIBUTION_HOST: &str = "api-appstoreconnect.itunes.apple.com";
 
 /// Timeouts, retry bounds and size limits for an [`AscClient`].
 #[derive(Debug, Clone)]
@@ -37,6 +41,8 @@ pub struct AscClientOptions {
     pub max_retry_after: Duration,
     /// Responses larger than this are refused rather than buffered.
     pub max_body_bytes: usize,
+    /// Whether each GET carries a token scoped to that one request (`--asc-token-scope`).
+    pub scoped_tokens: bool,
 }
 
 impl Default for AscClientOptions {
@@ -49,6 +55,7 @@ impl Default for AscClientOptions {
             max_delay: Duration::from_secs(10),
             max_retry_after: Duration::from_secs(60),
             max_body_bytes: 8 * 1024 * 1024,
+            scoped_tokens: true,
         }
     }
 }
@@ -93,6 +100,20 @@ pub enum ApiError {
         asc_says(.asc_message)
     )]
     Unauthorized {
+        /// Apple's error code and detail, if any.
+        asc_message: Option<String>,
+    },
+    /// 401 for a token scoped to one GET, while an unscoped token from the same key is accepted: Apple
+    /// did not accept the scope as written.
+    #[error(
+        "ASC API refused the token scoped to {scope:?} (401) although the same key works unscoped: turn \
+         scoped tokens off with --asc-token-scope=off (env ASC_TOKEN_SCOPE=off, chart value \
+         ascApi.tokenScope: false){}",
+        asc_says(.asc_message)
+    )]
+    TokenScopeRefused {
+        /// The scope refused.
+        scope: String,
         /// Apple's error code and detail, if any.
         asc_message: Option<String>,
     },
@@ -312,6 +333,40 @@ impl AscClient {
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
         self.check_origin(&url)?;
+        // Apple documents scopes for GET requests only; writes carry an unscoped (still short) token.
+        let scope = (method == Method::GET && self.options.scoped_tokens).then(|| scope_of(&url));
+        let result = self.retried(&method, &url, body, scope.as_deref()).await;
+        match (result, scope) {
+            (Err(ApiError::Unauthorized { asc_message }), Some(scope)) => {
+                // A 401 says "check the key", which is wrong advice when only the scope was refused.
+                if self.works_unscoped().await {
+                    Err(ApiError::TokenScopeRefused { scope, asc_message })
+                } else {
+                    Err(ApiError::Unauthorized { asc_message })
+                }
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Whether the key is accepted for the credential check without a scope (one attempt).
+    async fn works_unscoped(&self) -> bool {
+        let Ok(url) = self.api_url.join("/v1/apps?limit=1") else {
+            return false;
+        };
+        self.attempt(&Method::GET, &url, None, true, None)
+            .await
+            .is_ok()
+    }
+
+    async fn retried(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&Value>,
+        scope: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let (method, url) = (method.clone(), url.clone());
         let idempotent = method != Method::POST;
         let attempts = AtomicUsize::new(0);
         let backoff = retry::Backoff {
@@ -322,7 +377,7 @@ impl AscClient {
         let cap = self.options.max_retry_after;
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(&method, &url, body, idempotent).await
+            self.attempt(&method, &url, body, idempotent, scope).await
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
@@ -354,11 +409,11 @@ impl AscClient {
         url: &Url,
         json: Option<&Value>,
         idempotent: bool,
+        scope: Option<&str>,
     ) -> Result<Value, Failure> {
         let token = self
             .tokens
-            // Apple documents scopes for GET requests only; writes carry an unscoped (still short) token.
-            .token_for((*method == Method::GET).then(|| scope_of(url)).as_deref())
+            .token_for(scope)
             .await
             .map_err(|e| Failure::fatal(e.into()))?;
         let transport = |source: reqwest::Error| Failure {
@@ -446,12 +501,19 @@ impl AscClient {
     }
 }
 
-/// The token scope for a GET of `url`: Apple's `scope` entries are the method and the path with its query,
-/// e.g. `GET /v1/apps?filter[platform]=IOS`.
+/// The token scope for a GET of `url`, in the form Apple documents (`GET /v1/apps?filter[platform]=IOS`):
+/// the path and the query with nothing percent-encoded, and without the paging parameters `limit` and
+/// `cursor`, so every page of a list is covered by the first page's scope.
 pub fn scope_of(url: &Url) -> String {
-    match url.query() {
-        Some(q) => format!("GET {}?{q}", url.path()),
-        None => format!("GET {}", url.path()),
+    let pairs: Vec<String> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "limit" && k != "cursor")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if pairs.is_empty() {
+        format!("GET {}", url.path())
+    } else {
+        format!("GET {}?{}", url.path(), pairs.join("&"))
     }
 }
 
@@ -525,6 +587,8 @@ fn asc_error_message(body: &[u8]) -> Option<String> {
         None => message,
     })
 }
+
+mod instance;
 
 #[cfg(test)]
 mod tests;

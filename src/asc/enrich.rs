@@ -76,9 +76,18 @@ pub struct Enrichment {
     /// The object's current state as Apple reports it (may be newer than the event's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Bundle id (`buildBundleId` of beta feedback, `bundleId` of apps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_id: Option<String>,
     /// Errors Apple attached to the object, at most [`MAX_ISSUES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<AscIssue>,
+    /// Warnings Apple attached (build uploads' `state.warnings`), at most [`MAX_ISSUES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<AscIssue>,
+    /// Notes Apple attached (build uploads' `state.infos`), at most [`MAX_ISSUES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub infos: Vec<AscIssue>,
     /// How many further errors were dropped to respect [`MAX_ISSUES`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted_errors: usize,
@@ -114,14 +123,14 @@ impl Enrichment {
             .unwrap_or(&empty);
         let text = |name: &str| scalar_text(attributes.get(name));
 
-        let version = text("versionString").or_else(|| text("cfBundleShortVersionString"));
-        // On `builds`, `version` is the build number; the marketing version lives on preReleaseVersions.
-        let build_number = text("cfBundleVersion").or_else(|| {
-            (instance_type == "builds")
-                .then(|| text("version"))
-                .flatten()
-        });
-        let platform = text("platform");
+        // On `builds`, `version` is the build number; background-asset versions call their own version
+        // `version`; the marketing version of a build lives on preReleaseVersions.
+        let is_build = instance_type == "builds";
+        let version = text("versionString")
+            .or_else(|| text("cfBundleShortVersionString"))
+            .or_else(|| (!is_build).then(|| text("version")).flatten());
+        let build_number =
+            text("cfBundleVersion").or_else(|| is_build.then(|| text("version")).flatten());
         let state_object = attributes.get("state").and_then(Value::as_object);
         let state = state_object
             .and_then(|s| scalar_text(s.get("state")))
@@ -130,23 +139,22 @@ impl Enrichment {
             .or_else(|| text("appStoreState"))
             .or_else(|| text("externalBuildState"))
             .or_else(|| text("processingState"));
-
-        let reported: Vec<&Value> = state_object
-            .and_then(|s| s.get("errors"))
-            .and_then(Value::as_array)
-            .map(|errors| errors.iter().collect())
-            .unwrap_or_default();
-        let errors: Vec<AscIssue> = reported.iter().take(MAX_ISSUES).map(|e| issue(e)).collect();
-
+        // Build uploads report issues under `state`, background-asset versions under `stateDetails`.
+        let details =
+            state_object.or_else(|| attributes.get("stateDetails").and_then(Value::as_object));
+        let (errors, omitted_errors) = issues(details, "errors");
         Ok(Enrichment {
             instance_type,
             instance_id,
             version,
             build_number,
-            platform,
+            platform: platform(attributes),
+            bundle_id: text("buildBundleId").or_else(|| text("bundleId")),
             state,
-            omitted_errors: reported.len() - errors.len(),
+            omitted_errors,
             errors,
+            warnings: issues(details, "warnings").0,
+            infos: issues(details, "infos").0,
             instance: Value::Object(data.clone()),
         })
     }
@@ -160,6 +168,31 @@ impl Enrichment {
         }
         lines.join("\n")
     }
+}
+
+/// `platform`, the first of `platforms[]` (background-asset versions), or the `appPlatform` /
+/// `devicePlatform` of beta feedback.
+fn platform(attributes: &Map<String, Value>) -> Option<String> {
+    let first = attributes
+        .get("platforms")
+        .and_then(Value::as_array)
+        .and_then(|p| scalar_text(p.first()));
+    scalar_text(attributes.get("platform"))
+        .or(first)
+        .or_else(|| scalar_text(attributes.get("appPlatform")))
+        .or_else(|| scalar_text(attributes.get("devicePlatform")))
+}
+
+/// The issues listed under `key` of `details`, at most [`MAX_ISSUES`], and how many more there were.
+fn issues(details: Option<&Map<String, Value>>, key: &str) -> (Vec<AscIssue>, usize) {
+    let reported: Vec<&Value> = details
+        .and_then(|s| s.get(key))
+        .and_then(Value::as_array)
+        .map(|list| list.iter().collect())
+        .unwrap_or_default();
+    let kept: Vec<AscIssue> = reported.iter().take(MAX_ISSUES).map(|e| issue(e)).collect();
+    let omitted = reported.len() - kept.len();
+    (kept, omitted)
 }
 
 /// A string attribute, or a number rendered as text (Apple is not consistent about build numbers).
@@ -398,5 +431,40 @@ mod tests {
         assert_eq!(mock.requests().len(), 9);
         assert!(mock.requests().iter().all(|r| r.auth.is_accepted()));
         mock.shutdown().await;
+    }
+
+    #[test]
+    fn background_asset_versions_and_beta_feedback_yield_their_own_fields() {
+        let asset = Enrichment::from_document(&fixture(
+            "api/backgroundAssetVersions-5a0c7e21-93b4-4f6d-8e12-6b3f0d9a4c71.json",
+        ))
+        .unwrap();
+        assert_eq!(asset.version.as_deref(), Some("3"));
+        assert_eq!(
+            asset.platform.as_deref(),
+            Some("IOS"),
+            "first of platforms[]"
+        );
+        assert_eq!(asset.state.as_deref(), Some("FAILED"));
+        assert_eq!(asset.errors.len(), 1, "stateDetails.errors");
+        assert!(asset.errors_text().starts_with("ASSET_PACK_INVALID: "));
+        let crash = Enrichment::from_document(&fixture(
+            "api/betaFeedbackCrashSubmissions-AQ3fZr-kT9wLm2pXv7bNcA.json",
+        ))
+        .unwrap();
+        assert_eq!(crash.platform.as_deref(), Some("IOS"));
+        assert_eq!(crash.bundle_id.as_deref(), Some("com.example.app"));
+    }
+
+    #[test]
+    fn a_build_upload_keeps_warnings_and_infos_apart_from_errors() {
+        let doc = json!({"data": {"type": "buildUploads", "id": "u", "attributes": {"state": {
+            "state": "COMPLETE", "errors": [],
+            "warnings": [{"code": "90725", "description": "SDK version issue"}],
+            "infos": [{"code": "I1", "description": "note"}]}}}});
+        let e = Enrichment::from_document(&doc).unwrap();
+        assert!(e.errors.is_empty());
+        assert_eq!(e.warnings[0].render(), "ITMS-90725: SDK version issue");
+        assert_eq!(e.infos[0].code, "I1");
     }
 }

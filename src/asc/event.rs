@@ -183,7 +183,13 @@ impl WebhookEvent {
             event_type: EventType::parse(&kind),
             version: data.version.as_ref().and_then(wire::Loose::as_i64),
             old_state: attributes.old_state.map(Cow::into_owned),
-            new_state: attributes.new_state.map(Cow::into_owned),
+            // Alternative-distribution events carry no state but whether the package is available:
+            // that is what a rule wants to match.
+            new_state: attributes.new_state.map(Cow::into_owned).or_else(|| {
+                attributes
+                    .available
+                    .map(|a| if a { "AVAILABLE" } else { "UNAVAILABLE" }.to_owned())
+            }),
             timestamp: attributes.timestamp.map(Cow::into_owned),
             instance,
             raw: Bytes::new(),
@@ -208,8 +214,10 @@ fn non_empty(v: Option<wire::Loose<'_>>) -> Option<Cow<'_, str>> {
     }
 }
 
+/// `relationships.instance`: `{data: {type, id}, links}` for most events, `{type, id, links}` without the
+/// `data` wrapper for background-asset events.
 fn instance_ref(instance: &wire::Loose<'_>) -> Option<InstanceRef> {
-    let data = instance.get("data")?;
+    let data = instance.get("data").unwrap_or(instance);
     Some(InstanceRef {
         kind: data.get("type")?.as_str()?.to_owned(),
         id: data.get("id")?.as_str()?.to_owned(),
@@ -360,6 +368,66 @@ mod tests {
         assert!(
             err(b"{\"data\":{\"id\":\"x\",\"type\":\"y\",\"skipped\":\"\xff\"}}")
                 .contains("not UTF-8")
+        );
+    }
+
+    /// The payloads of Apple's "Understanding webhook events" page, restated with our own ids: each of
+    /// the twelve event types and the ping parses, with the instance (flat or under `data`) and the state
+    /// a rule can match.
+    #[test]
+    fn every_documented_event_shape_parses_with_its_instance_and_state() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/asc/documented");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            let e = WebhookEvent::parse(Bytes::from(std::fs::read(&path).unwrap())).unwrap();
+            seen += 1;
+            let kind = e
+                .raw_str()
+                .split("\"type\" : \"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            assert!(same_type_name(kind, &name), "{name}: {kind}");
+            let has_instance = !matches!(
+                name.as_str(),
+                "WEBHOOK_PING_CREATED" | "ALTERNATIVE_DISTRIBUTION_TERRITORY_AVAILABILITY_UPDATED"
+            );
+            assert_eq!(
+                e.instance.is_some(),
+                has_instance,
+                "{name}: {:?}",
+                e.instance
+            );
+            if let Some(i) = &e.instance {
+                assert!(!i.kind.is_empty() && !i.id.is_empty(), "{name}: {i:?}");
+            }
+            if name.ends_with("_STATE_UPDATED") || name.ends_with("AVAILABLE_UPDATED") {
+                assert!(e.new_state.is_some(), "{name} has no state to match");
+            }
+        }
+        assert_eq!(seen, 13, "twelve event types and the ping");
+        let e = WebhookEvent::parse(Bytes::from(
+            std::fs::read(format!("{dir}/BACKGROUND_ASSET_VERSION_STATE_UPDATED.json")).unwrap(),
+        ))
+        .unwrap();
+        let i = e.instance.unwrap();
+        assert_eq!(i.kind, "backgroundAssetVersions", "no `data` wrapper");
+        assert!(i.url.unwrap().ends_with(&i.id));
+        let available = |name: &str| {
+            let raw = std::fs::read(format!("{dir}/{name}.json")).unwrap();
+            WebhookEvent::parse(Bytes::from(raw)).unwrap().new_state
+        };
+        assert_eq!(
+            available("ALTERNATIVE_DISTRIBUTION_PACKAGE_AVAILABLE_UPDATED").as_deref(),
+            Some("AVAILABLE")
+        );
+        assert_eq!(
+            available("ALTERNATIVE_DISTRIBUTION_TERRITORY_AVAILABILITY_UPDATED").as_deref(),
+            Some("UNAVAILABLE")
         );
     }
 }

@@ -107,6 +107,26 @@ mod tests {
         }
     }
 
+    /// The example in Apple's webhook documentation ("Set up notification authentication"): this exact
+    /// secret and body, and the header App Store Connect would send with them.
+    #[test]
+    fn apples_documented_example_verifies_and_one_byte_more_does_not() {
+        let header = "hmacsha256=7f062172b01cb00b53ca068614674a3d982a34062a0f5d37687d5e3377e54657";
+        assert_eq!(
+            verify(b"This is my secret", b"Hello, World!", Some(header)),
+            Ok(())
+        );
+        assert_eq!(sign(b"This is my secret", b"Hello, World!"), header);
+        assert_eq!(
+            verify(b"This is my secret", b"Hello, World!\n", Some(header)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"This is my secret.", b"Hello, World!", Some(header)),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
     #[test]
     fn signing_reproduces_apples_lowercase_header() {
         let body = std::fs::read(format!("{FIXTURES}/events/build-upload-complete.json")).unwrap();

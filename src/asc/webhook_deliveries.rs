@@ -1,6 +1,12 @@
 //! App Store Connect's delivery log of a webhook (`GET /v1/webhooks/{id}/deliveries?include=event`) and
-//! redelivery (`POST /v1/webhookDeliveries`), read one page at a time so a caller can checkpoint after each
-//! page and resume where a failure stopped it.
+//! redelivery (`POST /v1/webhookDeliveries`), read one page at a time.
+//!
+//! What the live log accepts is narrower than Apple's OpenAPI description: `filter[deliveryState]` is
+//! refused, a `createdDate` window must start within about ten days, and no order is documented. So the
+//! query carries only a `createdDate` window, the caller selects states itself, and one entry Apple sends
+//! that this client does not understand is skipped on its own instead of failing the whole page.
+
+use std::collections::HashMap;
 
 use super::webhooks::{WebhookError, Webhooks};
 use reqwest::Method;
@@ -11,8 +17,7 @@ use serde_json::{Value, json};
 pub const MAX_PAGE: u32 = 200;
 
 /// A delivery's outcome as Apple reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
     /// The receiver answered 2xx.
     Succeeded,
@@ -23,20 +28,25 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeliveryState::Succeeded => "SUCCEEDED",
-            DeliveryState::Failed => "FAILED",
-            DeliveryState::Pending => "PENDING",
+    /// Apple's spelling, or `None` for a state this client does not know.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "SUCCEEDED" => Some(DeliveryState::Succeeded),
+            "FAILED" => Some(DeliveryState::Failed),
+            "PENDING" => Some(DeliveryState::Pending),
+            _ => None,
         }
+    }
+
+    /// Whether the event may not have reached the receiver, so catch-up has to look at it.
+    pub fn undelivered(self) -> bool {
+        matches!(self, DeliveryState::Failed | DeliveryState::Pending)
     }
 }
 
-/// Which deliveries to list.
+/// Which deliveries to list: a `createdDate` window (Apple refuses a state filter on the live API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryFilter {
-    /// Only these states (empty: all).
-    pub states: Vec<DeliveryState>,
     /// Only deliveries created at or after this time (RFC 3339).
     pub created_since: Option<String>,
     /// Only deliveries created before this time (RFC 3339).
@@ -48,7 +58,6 @@ pub struct DeliveryFilter {
 impl Default for DeliveryFilter {
     fn default() -> Self {
         DeliveryFilter {
-            states: Vec::new(),
             created_since: None,
             created_before: None,
             limit: MAX_PAGE,
@@ -60,10 +69,6 @@ impl DeliveryFilter {
     /// The first page's path and query, with the event of each delivery included.
     pub fn first_page(&self, webhook_id: &str) -> String {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
-        if !self.states.is_empty() {
-            let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
-            q.append_pair("filter[deliveryState]", &states.join(","));
-        }
         if let Some(t) = &self.created_since {
             q.append_pair("filter[createdDateGreaterThanOrEqualTo]", t);
         }
@@ -82,7 +87,7 @@ impl DeliveryFilter {
 pub struct LoggedEvent {
     /// Id of the `webhookEvents` resource.
     pub id: String,
-    /// Apple's event type.
+    /// Apple's event type (the subscription spelling, e.g. `BUILD_UPLOAD_STATE_UPDATED`).
     pub event_type: String,
     /// The body Apple sent, byte for byte.
     pub payload: String,
@@ -100,22 +105,57 @@ pub struct LoggedDelivery {
     /// When Apple created it.
     pub created_date: Option<String>,
     /// Its outcome.
-    pub state: Option<DeliveryState>,
+    pub state: DeliveryState,
     /// Apple's reason for a failure.
     pub error_message: Option<String>,
     /// Whether it was itself a redelivery.
     pub redelivery: bool,
     /// The receiver's status code, if it answered.
     pub response_status: Option<u16>,
-    /// The event, when included.
-    pub event: Option<LoggedEvent>,
+    /// The event it carried.
+    pub event: LoggedEvent,
+}
+
+/// Why one entry of a page was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// A `deliveryState` this client does not know (or none).
+    UnknownState,
+    /// A field of the wrong type (e.g. `null` where a string or bool belongs).
+    Malformed,
+    /// The delivery's event was not included.
+    MissingEvent,
+}
+
+impl SkipReason {
+    /// The metric's reason word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::UnknownState => "unknown_state",
+            SkipReason::Malformed => "malformed",
+            SkipReason::MissingEvent => "missing_event",
+        }
+    }
+}
+
+/// An entry left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEntry {
+    /// The delivery's id, as far as it could be read.
+    pub id: String,
+    /// The kind of problem.
+    pub reason: SkipReason,
+    /// What exactly was wrong, for the log.
+    pub detail: String,
 }
 
 /// One page of the log and the next page's URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryPage {
-    /// The deliveries, as Apple ordered them.
+    /// The entries understood, as Apple ordered them.
     pub deliveries: Vec<LoggedDelivery>,
+    /// The entries left out.
+    pub skipped: Vec<SkippedEntry>,
     /// `links.next`, if there is more.
     pub next: Option<String>,
 }
@@ -124,7 +164,7 @@ pub struct DeliveryPage {
 #[serde(rename_all = "camelCase")]
 struct DeliveryAttributes {
     created_date: Option<String>,
-    delivery_state: Option<DeliveryState>,
+    delivery_state: Option<String>,
     error_message: Option<String>,
     #[serde(default)]
     redelivery: bool,
@@ -142,64 +182,100 @@ struct ResponseAttributes {
 struct EventAttributes {
     #[serde(default)]
     event_type: String,
-    #[serde(default)]
     payload: String,
     #[serde(default)]
     ping: bool,
     created_date: Option<String>,
 }
 
-/// Parses a delivery-log page (pure).
-pub fn parse_page(doc: &Value) -> Result<DeliveryPage, WebhookError> {
-    let malformed = |e: serde_json::Error| WebhookError::Malformed(e.to_string());
-    let events: Vec<LoggedEvent> = doc
-        .get("included")
-        .and_then(Value::as_array)
+/// The included events by id; an event that does not parse keeps why, for the delivery that names it.
+fn included_events(doc: &Value) -> HashMap<String, Result<LoggedEvent, String>> {
+    let resources = doc.get("included").and_then(Value::as_array);
+    resources
         .into_iter()
         .flatten()
         .filter(|r| r["type"] == "webhookEvents")
         .map(|r| {
-            let a: EventAttributes =
-                serde_json::from_value(r["attributes"].clone()).map_err(malformed)?;
-            Ok(LoggedEvent {
-                id: r["id"].as_str().unwrap_or_default().to_owned(),
-                event_type: a.event_type,
-                payload: a.payload,
-                ping: a.ping,
-                created_date: a.created_date,
-            })
+            let id = r["id"].as_str().unwrap_or_default().to_owned();
+            let event = serde_json::from_value::<EventAttributes>(r["attributes"].clone())
+                .map(|a| LoggedEvent {
+                    id: id.clone(),
+                    event_type: a.event_type,
+                    payload: a.payload,
+                    ping: a.ping,
+                    created_date: a.created_date,
+                })
+                .map_err(|e| format!("event {id}: {e}"));
+            (id, event)
         })
-        .collect::<Result<_, WebhookError>>()?;
+        .collect()
+}
+
+/// One `webhookDeliveries` resource joined to its event, or why it is left out. Pure.
+fn parse_entry(
+    r: &Value,
+    events: &HashMap<String, Result<LoggedEvent, String>>,
+) -> Result<LoggedDelivery, SkippedEntry> {
+    let id = r["id"].as_str().unwrap_or_default().to_owned();
+    let skip = |reason, detail: String| SkippedEntry {
+        id: id.clone(),
+        reason,
+        detail,
+    };
+    let a: DeliveryAttributes = serde_json::from_value(r["attributes"].clone())
+        .map_err(|e| skip(SkipReason::Malformed, e.to_string()))?;
+    let raw_state = a.delivery_state.unwrap_or_default();
+    let state = DeliveryState::parse(&raw_state).ok_or_else(|| {
+        skip(
+            SkipReason::UnknownState,
+            format!("deliveryState {raw_state:?}"),
+        )
+    })?;
+    let event_id = r
+        .pointer("/relationships/event/data/id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| skip(SkipReason::MissingEvent, "no event relationship".into()))?;
+    let event = match events.get(event_id) {
+        Some(Ok(e)) => e.clone(),
+        Some(Err(why)) => return Err(skip(SkipReason::Malformed, why.clone())),
+        None => {
+            let why = format!("event {event_id} was not included");
+            return Err(skip(SkipReason::MissingEvent, why));
+        }
+    };
+    Ok(LoggedDelivery {
+        id: id.clone(),
+        created_date: a.created_date,
+        state,
+        error_message: a.error_message,
+        redelivery: a.redelivery,
+        response_status: a.response.and_then(|r| r.http_status_code),
+        event,
+    })
+}
+
+/// Parses a delivery-log page (pure). Only a page that is not a list at all is `Malformed`.
+pub fn parse_page(doc: &Value) -> Result<DeliveryPage, WebhookError> {
     let data = doc
         .get("data")
         .and_then(Value::as_array)
         .ok_or_else(|| WebhookError::Malformed("no data list".into()))?;
-    let deliveries = data
-        .iter()
-        .map(|r| {
-            let a: DeliveryAttributes =
-                serde_json::from_value(r["attributes"].clone()).map_err(malformed)?;
-            let event_id = r
-                .pointer("/relationships/event/data/id")
-                .and_then(Value::as_str);
-            Ok(LoggedDelivery {
-                id: r["id"].as_str().unwrap_or_default().to_owned(),
-                created_date: a.created_date,
-                state: a.delivery_state,
-                error_message: a.error_message,
-                redelivery: a.redelivery,
-                response_status: a.response.and_then(|r| r.http_status_code),
-                event: event_id.and_then(|id| events.iter().find(|e| e.id == id).cloned()),
-            })
-        })
-        .collect::<Result<_, WebhookError>>()?;
-    Ok(DeliveryPage {
-        deliveries,
+    let events = included_events(doc);
+    let mut page = DeliveryPage {
+        deliveries: Vec::new(),
+        skipped: Vec::new(),
         next: doc
             .pointer("/links/next")
             .and_then(Value::as_str)
             .map(str::to_owned),
-    })
+    };
+    for r in data {
+        match parse_entry(r, &events) {
+            Ok(d) => page.deliveries.push(d),
+            Err(s) => page.skipped.push(s),
+        }
+    }
+    Ok(page)
 }
 
 impl Webhooks<'_> {
@@ -244,10 +320,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_page_asks_for_the_filter_with_events_included() {
+    fn the_first_page_asks_for_a_created_date_window_with_events_and_no_state_filter() {
         let f = DeliveryFilter {
-            states: vec![DeliveryState::Failed, DeliveryState::Pending],
             created_since: Some("2026-12-01T10:00:00Z".into()),
+            created_before: Some("2026-12-02T10:00:00Z".into()),
             ..Default::default()
         };
         let path = f.first_page("wh-1");
@@ -256,30 +332,88 @@ mod tests {
             url::form_urlencoded::parse(path.split_once('?').unwrap().1.as_bytes())
                 .into_owned()
                 .collect();
-        assert!(query.contains(&("filter[deliveryState]".into(), "FAILED,PENDING".into())));
+        assert!(
+            query.iter().all(|(k, _)| k != "filter[deliveryState]"),
+            "{query:?}"
+        );
         assert!(query.contains(&(
             "filter[createdDateGreaterThanOrEqualTo]".into(),
             "2026-12-01T10:00:00Z".into()
+        )));
+        assert!(query.contains(&(
+            "filter[createdDateLessThan]".into(),
+            "2026-12-02T10:00:00Z".into()
         )));
         assert!(query.contains(&("include".into(), "event".into())));
         assert!(query.contains(&("limit".into(), "200".into())));
     }
 
+    fn entry(id: &str, state: Value, event: &str) -> Value {
+        json!({"type": "webhookDeliveries", "id": id,
+            "attributes": {"createdDate": "2026-12-01T10:00:00.000Z", "deliveryState": state,
+                "errorMessage": "timeout", "redelivery": false, "response": {"httpStatusCode": null}},
+            "relationships": {"event": {"data": {"type": "webhookEvents", "id": event}}}})
+    }
+
+    fn event(id: &str) -> Value {
+        json!({"type": "webhookEvents", "id": id, "attributes": {
+            "eventType": "BUILD_UPLOAD_STATE_UPDATED", "payload": "{\"data\":{}}", "ping": false}})
+    }
+
     #[test]
     fn a_page_joins_each_delivery_to_its_included_event() {
         let doc = json!({
-            "data": [{"type": "webhookDeliveries", "id": "d1",
-                "attributes": {"createdDate": "2026-12-01T10:00:00.000Z", "deliveryState": "FAILED",
-                    "errorMessage": "timeout", "redelivery": false, "response": {"httpStatusCode": null}},
-                "relationships": {"event": {"data": {"type": "webhookEvents", "id": "e1"}}}}],
-            "included": [{"type": "webhookEvents", "id": "e1",
-                "attributes": {"eventType": "buildUploadStateUpdated", "payload": "{\"data\":{}}", "ping": false}}],
+            "data": [entry("d1", json!("FAILED"), "e1")],
+            "included": [event("e1")],
             "links": {"next": "https://api.appstoreconnect.apple.com/v1/webhooks/w/deliveries?cursor=x"}
         });
         let page = parse_page(&doc).unwrap();
         let d = &page.deliveries[0];
-        assert_eq!(d.state, Some(DeliveryState::Failed));
-        assert_eq!(d.event.as_ref().unwrap().payload, "{\"data\":{}}");
+        assert_eq!(d.state, DeliveryState::Failed);
+        assert_eq!(d.event.payload, "{\"data\":{}}");
+        assert_eq!(d.event.event_type, "BUILD_UPLOAD_STATE_UPDATED");
+        assert!(page.skipped.is_empty());
         assert!(page.next.unwrap().contains("cursor=x"));
+    }
+
+    #[test]
+    fn an_entry_the_client_does_not_understand_is_skipped_alone_with_its_reason() {
+        let mut null_bool = entry("d4", json!("FAILED"), "e4");
+        null_bool["attributes"]["redelivery"] = Value::Null;
+        let mut null_ping = event("e5");
+        null_ping["attributes"]["ping"] = Value::Null;
+        let doc = json!({
+            "data": [
+                entry("d1", json!("FAILED"), "e1"),
+                entry("d2", json!("RETRYING"), "e1"),
+                entry("d3", json!("PENDING"), "gone"),
+                null_bool,
+                entry("d5", json!("FAILED"), "e5"),
+                entry("d6", Value::Null, "e1"),
+            ],
+            "included": [event("e1"), event("e4"), null_ping],
+        });
+        let page = parse_page(&doc).unwrap();
+        assert_eq!(page.deliveries.len(), 1, "{page:?}");
+        assert_eq!(page.deliveries[0].id, "d1");
+        let reasons: Vec<(&str, &str)> = page
+            .skipped
+            .iter()
+            .map(|s| (s.id.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("d2", "unknown_state"),
+                ("d3", "missing_event"),
+                ("d4", "malformed"),
+                ("d5", "malformed"),
+                ("d6", "unknown_state"),
+            ]
+        );
+        assert!(
+            parse_page(&json!({"data": null})).is_err(),
+            "not a page at all"
+        );
     }
 }

@@ -145,6 +145,9 @@ pub enum WebhookError {
          App Manager role and access to the app"
     )]
     Forbidden(#[source] ApiError),
+    /// Apple refused the token's scope while the key works unscoped.
+    #[error("App Store Connect refused the scoped token")]
+    TokenScopeRefused(#[source] ApiError),
     /// The app does not exist (or the key's team cannot see it).
     #[error(
         "App Store Connect has no app with Apple ID {app_id}, or the key's team cannot see it; check \
@@ -217,6 +220,7 @@ fn limit_reached(e: &ApiError) -> bool {
 
 fn classify(e: ApiError, app_id: Option<&str>, webhook_id: Option<&str>) -> WebhookError {
     match &e {
+        ApiError::TokenScopeRefused { .. } => WebhookError::TokenScopeRefused(e),
         ApiError::Unauthorized { .. } | ApiError::Forbidden { .. } => WebhookError::Forbidden(e),
         ApiError::NotFound { .. } => match (webhook_id, app_id) {
             (Some(id), _) => WebhookError::WebhookNotFound { id: id.to_owned() },

@@ -31,12 +31,13 @@ pub enum KeyCheck {
     },
 }
 
-/// The status for a key check and an optional verification result. Pure.
+/// The status for a key check and an optional verification result (a refusal as its `Verified`
+/// reason and message). Pure.
 pub fn desired_status(
     previous: Option<&AscCredentialStatus>,
     generation: Option<i64>,
     check: &KeyCheck,
-    verification: Option<Result<(), String>>,
+    verification: Option<Result<(), (&'static str, String)>>,
     now: &str,
 ) -> AscCredentialStatus {
     let prev = previous.cloned().unwrap_or_default();
@@ -63,7 +64,9 @@ pub fn desired_status(
             ));
             last_verified_time = Some(now.to_owned());
         }
-        Some(Err(message)) => fresh.push(Condition::new("Verified", false, "ApiRefused", message)),
+        Some(Err((reason, message))) => {
+            fresh.push(Condition::new("Verified", false, reason, message))
+        }
         None => {}
     }
     let mut conditions = conditions::merge(&prev.conditions, fresh, generation, now);
@@ -85,6 +88,15 @@ fn kind_name(kind: KeyKind) -> &'static str {
     match kind {
         KeyKind::Team => "Team",
         KeyKind::Individual => "Individual",
+    }
+}
+
+/// The `Verified` reason for a refused verification call: a refused token scope is told apart, as its
+/// fix is a flag of the operator, not the key.
+fn refusal_reason(e: &crate::asc::api::ApiError) -> &'static str {
+    match e {
+        crate::asc::api::ApiError::TokenScopeRefused { .. } => "TokenScopeRefused",
+        _ => "ApiRefused",
     }
 }
 
@@ -167,8 +179,12 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
             ) =>
         {
             Some(match ctx.asc_client(&namespace, &name).await {
-                Ok(resolved) => resolved.client.verify().await.map_err(|e| error_chain(&e)),
-                Err(e) => Err(e.to_string()),
+                Ok(resolved) => resolved
+                    .client
+                    .verify()
+                    .await
+                    .map_err(|e| (refusal_reason(&e), error_chain(&e))),
+                Err(e) => Err(("ApiRefused", e.to_string())),
             })
         }
         _ => None,
@@ -295,7 +311,7 @@ mod tests {
             Some(&ok),
             Some(2),
             &KeyCheck::Usable(KeyKind::Individual),
-            Some(Err("401".into())),
+            Some(Err(("ApiRefused", "401".into()))),
             "t2",
         );
         let v = conditions::find(&revoked.conditions, "Verified").unwrap();
@@ -307,6 +323,15 @@ mod tests {
             conditions::find(&revoked.conditions, "Ready")
                 .unwrap()
                 .is_true()
+        );
+        let scope = crate::asc::api::ApiError::TokenScopeRefused {
+            scope: "GET /v1/apps".into(),
+            asc_message: None,
+        };
+        assert_eq!(refusal_reason(&scope), "TokenScopeRefused");
+        assert_eq!(
+            refusal_reason(&crate::asc::api::ApiError::Unauthorized { asc_message: None }),
+            "ApiRefused"
         );
     }
 

@@ -133,10 +133,20 @@ pub struct CatchUpStatus {
     /// When the last pass finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<String>,
-    /// `createdDate` of the newest delivery-log entry read so far; the next pass reads from a little
-    /// before it (clock skew), so a restart or leader change neither re-reads the whole log nor skips a page.
+    /// Every delivery-log entry created before this time has been read; the next pass reads from here.
+    /// It moves a whole `createdDate` window at a time, and after a complete pass to the pass start less
+    /// two minutes (clock skew), so a restart or leader change neither re-reads the whole log nor skips
+    /// an entry, whatever order App Store Connect lists it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// Set when a pass wanted to read from further back than App Store Connect keeps its delivery log
+    /// (about ten days): the time it wanted (the checkpoint, or the lookback on a first pass). Events
+    /// created between this and `clampedTo` could not be recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamped_from: Option<String>,
+    /// Where that pass read from instead (nine days before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamped_to: Option<String>,
     /// Events recovered by catch-up since the webhook was registered.
     #[serde(default)]
     pub recovered: i64,

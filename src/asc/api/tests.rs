@@ -145,7 +145,8 @@ async fn unavailable_then_ok_is_retried() {
 #[tokio::test]
 async fn unauthorized_is_not_retried_and_says_what_to_check() {
     let (mock, client) = setup().await;
-    mock.inject(Fault::Unauthorized, 1);
+    // The call, and the unscoped check that tells a refused key from a refused scope.
+    mock.inject(Fault::Unauthorized, 2);
     let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
     assert!(matches!(err, ApiError::Unauthorized { .. }), "{err:?}");
     let text = err.to_string();
@@ -153,9 +154,10 @@ async fn unauthorized_is_not_retried_and_says_what_to_check() {
         text.contains("keyId/issuerId") && text.contains("NOT_AUTH"),
         "{text}"
     );
-    assert_eq!(mock.requests().len(), 1);
+    let paths: Vec<String> = mock.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, [COMPLETE_UPLOAD, "/v1/apps?limit=1"], "not retried");
     client.get_json(COMPLETE_UPLOAD).await.unwrap();
-    assert_eq!(client.tokens().minted(), 2, "a refused token is not reused");
+    assert_eq!(client.tokens().minted(), 3, "a refused token is not reused");
 }
 
 #[tokio::test]
@@ -222,10 +224,7 @@ async fn each_call_gets_a_token_of_minutes_scoped_to_its_one_get() {
         log[0].token.scope,
         Some(vec![format!("GET {COMPLETE_UPLOAD}")])
     );
-    assert_eq!(
-        log[1].token.scope,
-        Some(vec!["GET /v1/apps?limit=1".to_owned()])
-    );
+    assert_eq!(log[1].token.scope, Some(vec!["GET /v1/apps".to_owned()]));
     for r in &log {
         let lifetime = r.token.lifetime_secs.unwrap();
         assert!(
@@ -234,4 +233,149 @@ async fn each_call_gets_a_token_of_minutes_scoped_to_its_one_get() {
         );
     }
     assert_eq!(client.tokens().minted(), 2, "one token per call");
+}
+
+#[test]
+fn a_scope_is_written_raw_without_paging_parameters() {
+    let url = Url::parse(
+        "https://api.appstoreconnect.apple.com/v1/webhooks/w/deliveries?filter%5BcreatedDateGreaterThanOrEqualTo%5D=2026-12-01T10%3A00%3A00Z&include=event&limit=200&cursor=abc",
+    )
+    .unwrap();
+    assert_eq!(
+        scope_of(&url),
+        "GET /v1/webhooks/w/deliveries?filter[createdDateGreaterThanOrEqualTo]=2026-12-01T10:00:00Z&include=event"
+    );
+    let apps = Url::parse("https://x.example/v1/apps?filter%5Bplatform%5D=IOS%2CMAC_OS").unwrap();
+    assert_eq!(scope_of(&apps), "GET /v1/apps?filter[platform]=IOS,MAC_OS");
+}
+
+/// Every GET the operator makes (a delivery-log page and the next one, a webhook list, a credential
+/// check, an instance) carries a scope in Apple's documented form: nothing percent-encoded, no paging.
+#[tokio::test]
+async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
+    use crate::asc::webhook_deliveries::DeliveryFilter;
+    use crate::asc::webhooks::Webhooks;
+    let (mock, client) = setup().await;
+    let hooks = Webhooks::new(&client);
+    let id = mock.add_webhook(testkit::asc_mock::MockWebhook::build_uploads_at(
+        "http://127.0.0.1:9/hook",
+    ));
+    let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
+    for n in 0..3 {
+        let at = format!("2026-12-01T10:00:0{n}Z");
+        mock.log_delivery(&id, payload, testkit::asc_mock::DeliveryState::Failed, &at);
+    }
+    let since =
+        crate::time::format_ts(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24));
+    let filter = DeliveryFilter {
+        created_since: Some(since),
+        limit: 2,
+        ..Default::default()
+    };
+    let first = hooks.deliveries_page(&id, &filter, None).await.unwrap();
+    let next = first.next.expect("a second page");
+    hooks
+        .deliveries_page(&id, &filter, Some(&next))
+        .await
+        .unwrap();
+    hooks.list_for_app("1234567890").await.unwrap();
+    client.verify().await.unwrap();
+    let log = mock.requests();
+    assert!(log.iter().all(|r| r.auth.is_accepted()), "{log:?}");
+    assert!(log.len() >= 4, "{log:?}");
+    for r in &log {
+        for scope in r.token.scope.as_deref().unwrap_or_default() {
+            for bad in ["%5B", "%5D", "%2C", "limit=", "cursor="] {
+                assert!(!scope.contains(bad), "{scope} contains {bad}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_scope_is_told_apart_from_a_refused_key_and_names_the_switch() {
+    let (mock, client) = setup().await;
+    mock.refuse_scoped_tokens(true);
+    let err = client.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+    let ApiError::TokenScopeRefused { scope, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(scope, &format!("GET {COMPLETE_UPLOAD}"));
+    let text = err.to_string();
+    assert!(text.contains("--asc-token-scope=off"), "{text}");
+    assert!(text.contains("ASC_TOKEN_SCOPE"), "{text}");
+    let wrong_issuer = client_for(&mock.url(), Some("00000000-0000-0000-0000-000000000000"));
+    let err = wrong_issuer.get_json(COMPLETE_UPLOAD).await.unwrap_err();
+    assert!(
+        matches!(err, ApiError::Unauthorized { .. }),
+        "a key refused unscoped too is a key problem: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_scoped_tokens_off_every_call_carries_an_unscoped_token() {
+    let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+    mock.refuse_scoped_tokens(true);
+    let key = ApiKey::from_pem("TEST2K9Q7X", Some(ISSUER.to_owned()), PEM).unwrap();
+    let options = AscClientOptions {
+        scoped_tokens: false,
+        ..fast_options()
+    };
+    let client = AscClient::with_options(&mock.url(), TokenSource::new(key), options).unwrap();
+    client.get_json(COMPLETE_UPLOAD).await.unwrap();
+    client.verify().await.unwrap();
+    assert!(mock.requests().iter().all(|r| r.token.scope.is_none()));
+    assert_eq!(
+        client.tokens().minted(),
+        1,
+        "one unscoped token serves both"
+    );
+}
+
+#[test]
+fn an_instance_url_is_built_when_missing_joined_when_relative_and_moved_off_apples_other_host() {
+    let client = client_for("https://api.appstoreconnect.apple.com", Some(ISSUER));
+    let url = |kind: &str, id: &str, link: Option<&str>| {
+        client.instance_url(kind, id, link).unwrap().to_string()
+    };
+    assert_eq!(
+        url("appStoreVersions", "v-1", None),
+        "https://api.appstoreconnect.apple.com/v1/appStoreVersions/v-1"
+    );
+    assert_eq!(
+        url("builds", "a/b", Some("")),
+        "https://api.appstoreconnect.apple.com/v1/builds/a%2Fb",
+        "an id cannot add path segments"
+    );
+    assert_eq!(
+        url("x", "y", Some("/v1/backgroundAssetVersions/7")),
+        "https://api.appstoreconnect.apple.com/v1/backgroundAssetVersions/7"
+    );
+    assert_eq!(
+        url(
+            "x",
+            "y",
+            Some(
+                "https://api-appstoreconnect.itunes.apple.com/v1/alternativeDistributionPackages/p"
+            )
+        ),
+        "https://api.appstoreconnect.apple.com/v1/alternativeDistributionPackages/p"
+    );
+    assert_eq!(
+        url("x", "y", Some("https://evil.example/v1/x")),
+        "https://evil.example/v1/x",
+        "left as is: the origin check refuses it when fetched"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_instance_link_is_still_refused_before_any_token_is_minted() {
+    let (mock, client) = setup().await;
+    let err = client
+        .fetch_instance_of("x", "y", Some("https://evil.example/v1/x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::ForeignOrigin { .. }), "{err:?}");
+    assert!(mock.requests().is_empty());
+    assert_eq!(client.tokens().minted(), 0);
 }

@@ -38,6 +38,7 @@ pub(super) struct Data<'a> {
 pub(super) enum Loose<'a> {
     Str(Cow<'a, str>),
     Int(i64),
+    Bool(bool),
     /// An object's members in order; a repeated name counts with its last value, as in `serde_json::Map`.
     Obj(Vec<(Cow<'a, str>, Loose<'a>)>),
     Other,
@@ -97,8 +98,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
                 Ok(Loose::Other)
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(Loose::Bool(b))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Loose::Other)
@@ -137,6 +138,8 @@ pub(super) struct Attributes<'a> {
     pub new_state: Option<Cow<'a, str>>,
     pub old_state: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
+    /// `available` of alternative-distribution events.
+    pub available: Option<bool>,
 }
 
 /// One side's (new or old) state attributes seen so far.
@@ -209,8 +212,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
                 let mut new = States::new(NEW_STATE_KEYS, "new");
                 let mut old = States::new(OLD_STATE_KEYS, "old");
                 let mut timestamp = None;
+                let mut available = None;
                 while let Some(Key(key)) = map.next_key()? {
-                    if key == "timestamp" {
+                    if key == "available" {
+                        available = match map.next_value()? {
+                            Loose::Bool(b) => Some(b),
+                            _ => None,
+                        };
+                    } else if key == "timestamp" {
                         timestamp = match map.next_value()? {
                             Loose::Str(s) => Some(s),
                             _ => None,
@@ -227,6 +236,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
                     new_state: new.state(),
                     old_state: old.state(),
                     timestamp,
+                    available,
                 })
             }
         }

@@ -2,14 +2,20 @@
 //! back from its delivery log and recorded exactly as the receiver would have — same deterministic name,
 //! so an event arriving both live and through catch-up is one delivery and one Job.
 //!
-//! Progress is a checkpoint in status (the newest `createdDate` read), saved after every page, so a 429
-//! half-way, a restart or a leader change resumes there instead of re-reading the whole log; each pass
-//! reads from a little before it, for clock skew between Apple's servers.
+//! The live log refuses a state filter, keeps about ten days and documents no order. So a pass reads
+//! every entry in `createdDate` windows (one day wide, the last one open-ended) and picks FAILED and
+//! PENDING itself; it never asks for more than [`MAX_AGE`] back (saying so in status when it had to cut);
+//! and the checkpoint in status moves only when a whole window has been read, whatever order Apple
+//! served it in. After a complete pass the checkpoint is the pass start less [`OVERLAP`] (for clock skew
+//! between Apple's servers), so it moves even when nothing failed, and a 429 half-way, a restart or a
+//! leader change resumes at the last complete window.
 
 use super::Context;
 use crate::asc::api::AscClient;
 use crate::asc::event::WebhookEvent;
-use crate::asc::webhook_deliveries::{DeliveryFilter, DeliveryState, LoggedDelivery};
+use crate::asc::webhook_deliveries::{
+    DeliveryFilter, DeliveryPage, DeliveryState, LoggedDelivery, SkippedEntry,
+};
 use crate::asc::webhooks::{WebhookError, Webhooks};
 use crate::controllers::{Error, seen};
 use crate::metrics::{CatchUpErrorLabels, RouteLabels};
@@ -17,12 +23,17 @@ use crate::receiver::record::build_delivery;
 use crate::resources::delivery::DeliverySource;
 use crate::resources::route_asc::{AppStoreConnectStatus, CatchUpMode, CatchUpStatus};
 use crate::resources::{WebhookDelivery, WebhookRoute};
+use jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use std::time::Duration;
 
-/// How far before the checkpoint each pass starts reading.
+/// How far before the pass start the checkpoint of a complete pass is set.
 pub const OVERLAP: Duration = Duration::from_secs(120);
+/// The oldest window start asked for: Apple refuses windows starting more than about ten days back.
+pub const MAX_AGE: Duration = Duration::from_secs(9 * 86_400);
+/// Width of one window; the checkpoint moves a window at a time.
+pub const WINDOW: Duration = Duration::from_secs(86_400);
 /// Payloads longer than this are refused, as the receiver refuses such bodies by default.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// Pages read per pass; the checkpoint carries the rest to the next pass.
@@ -34,7 +45,7 @@ pub fn due_in(
     status: Option<&CatchUpStatus>,
     interval: Duration,
     ran_here: bool,
-    now: jiff::Timestamp,
+    now: Timestamp,
 ) -> Duration {
     if !ran_here {
         return Duration::ZERO;
@@ -49,33 +60,69 @@ pub fn due_in(
     interval.saturating_sub(since)
 }
 
-/// Where a pass starts reading: a little before the checkpoint, or `lookback` ago on the first pass.
-/// Pure.
-pub fn read_from(
-    status: Option<&CatchUpStatus>,
-    now: jiff::Timestamp,
-    lookback: Duration,
-) -> String {
-    let back = |from: jiff::Timestamp, d: Duration| {
-        let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::ZERO);
-        from.checked_sub(d).unwrap_or(from)
-    };
-    let start = match status
-        .and_then(|s| s.checkpoint.as_deref())
-        .and_then(crate::time::parse_ts)
-    {
-        Some(checkpoint) => back(checkpoint, OVERLAP),
-        None => back(now, lookback),
-    };
-    crate::time::format_ts(start)
+fn back(from: Timestamp, d: Duration) -> Timestamp {
+    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO);
+    from.checked_sub(d).unwrap_or(from)
 }
 
-/// The later of the checkpoint and the deliveries' `createdDate`s. Pure.
-pub fn advance(checkpoint: Option<String>, page: &[LoggedDelivery]) -> Option<String> {
-    page.iter()
-        .filter_map(|d| d.created_date.clone())
-        .chain(checkpoint)
-        .max_by_key(|t| crate::time::parse_ts(t))
+fn ahead(from: Timestamp, d: Duration) -> Timestamp {
+    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO);
+    from.checked_add(d).unwrap_or(from)
+}
+
+/// Where a pass starts reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadFrom {
+    /// The first window's start.
+    pub start: Timestamp,
+    /// What the pass wanted instead, when that was further back than [`MAX_AGE`].
+    pub clamped_from: Option<Timestamp>,
+}
+
+/// Where a pass starts reading: the checkpoint, or `lookback` ago on the first pass, but never more than
+/// [`MAX_AGE`] ago. Pure.
+pub fn read_from(status: Option<&CatchUpStatus>, now: Timestamp, lookback: Duration) -> ReadFrom {
+    let wanted = status
+        .and_then(|s| s.checkpoint.as_deref())
+        .and_then(crate::time::parse_ts)
+        .unwrap_or_else(|| back(now, lookback));
+    let floor = back(now, MAX_AGE);
+    if wanted < floor {
+        ReadFrom {
+            start: floor,
+            clamped_from: Some(wanted),
+        }
+    } else {
+        ReadFrom {
+            start: wanted,
+            clamped_from: None,
+        }
+    }
+}
+
+/// The `[since, before)` windows from `start` to `now`, one [`WINDOW`] wide; the last has no end. Pure.
+pub fn windows(start: Timestamp, now: Timestamp) -> Vec<(Timestamp, Option<Timestamp>)> {
+    let mut out = Vec::new();
+    let mut since = start;
+    loop {
+        let end = ahead(since, WINDOW);
+        if end >= now || end <= since {
+            out.push((since, None));
+            return out;
+        }
+        out.push((since, Some(end)));
+        since = end;
+    }
+}
+
+/// The checkpoint once the window ending at `end` (`None`: the open last one) of a pass started at
+/// `pass_start` is read whole: its end, but no later than the pass start less [`OVERLAP`], and never
+/// behind `old`. Pure.
+pub fn committed(old: Option<&str>, end: Option<Timestamp>, pass_start: Timestamp) -> String {
+    let latest = back(pass_start, OVERLAP);
+    let new = end.map_or(latest, |e| e.min(latest));
+    let kept = old.and_then(crate::time::parse_ts).filter(|o| *o > new);
+    crate::time::format_ts(kept.unwrap_or(new))
 }
 
 /// The `WebhookDelivery` the receiver would have made for a logged delivery's payload. The payload comes
@@ -85,10 +132,7 @@ pub fn recorded(
     logged: &LoggedDelivery,
     now: &str,
 ) -> Result<WebhookDelivery, String> {
-    let event = logged
-        .event
-        .as_ref()
-        .ok_or("the delivery log did not include the event")?;
+    let event = &logged.event;
     if event.payload.len() > MAX_PAYLOAD_BYTES {
         return Err(format!(
             "payload of {} bytes is over the limit",
@@ -113,7 +157,25 @@ pub(super) fn next_pass_in(
     if let Some(left) = ctx.held(&format!("catch-up/{key}"), 0) {
         return left;
     }
-    due_in(status, interval, ctx.caught_up(key), jiff::Timestamp::now())
+    due_in(status, interval, ctx.caught_up(key), Timestamp::now())
+}
+
+/// Why a pass stopped before reading every window.
+enum Interrupted {
+    /// Apple refused or failed a page.
+    Api(WebhookError),
+    /// [`MAX_PAGES`] were read; the rest is for the next pass.
+    PageBudget,
+}
+
+/// What one pass needs besides its progress.
+struct Pass<'a> {
+    ctx: &'a Context,
+    route: &'a WebhookRoute,
+    hooks: Webhooks<'a>,
+    deliveries: Api<WebhookDelivery>,
+    mode: CatchUpMode,
+    webhook_id: String,
 }
 
 /// Runs a pass when one is due and updates `asc.catchUp`; answers when the next one is due (`None`: off).
@@ -138,64 +200,163 @@ pub(super) async fn pass_if_due(
     if !left.is_zero() {
         return Ok(Some(left));
     }
-    let mode = spec.catch_up.as_ref().map(|c| c.mode).unwrap_or_default();
-    let mut state = asc.catch_up.clone().unwrap_or_default();
-    let filter = DeliveryFilter {
-        states: vec![DeliveryState::Failed, DeliveryState::Pending],
-        created_since: Some(read_from(
-            Some(&state),
-            jiff::Timestamp::now(),
-            ctx.settings.catch_up_lookback,
-        )),
-        ..DeliveryFilter::default()
+    let pass = Pass {
+        ctx,
+        route,
+        hooks: Webhooks::new(client),
+        deliveries: Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default()),
+        mode: spec.catch_up.as_ref().map(|c| c.mode).unwrap_or_default(),
+        webhook_id,
     };
-    let hooks = Webhooks::new(client);
-    let deliveries: Api<WebhookDelivery> =
-        Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
-    let mut page_url: Option<String> = None;
-    let mut outcome: Result<(), WebhookError> = Ok(());
-    for _ in 0..MAX_PAGES {
-        let page = match hooks
-            .deliveries_page(&webhook_id, &filter, page_url.as_deref())
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        };
-        for logged in &page.deliveries {
-            state.recovered += recover(ctx, route, &hooks, &deliveries, logged, mode).await?;
-        }
-        state.checkpoint = advance(state.checkpoint.take(), &page.deliveries);
-        match page.next {
-            Some(next) => page_url = Some(next),
-            None => break,
-        }
+    let started = Timestamp::now();
+    let mut state = asc.catch_up.clone().unwrap_or_default();
+    let from = read_from(Some(&state), started, ctx.settings.catch_up_lookback);
+    if let Some(wanted) = from.clamped_from {
+        note_clamp(&pass, &mut state, wanted, from.start).await;
     }
+    let outcome = pass.walk(&mut state, from.start, started).await?;
+    asc.catch_up = Some(state);
+    Ok(Some(finish(ctx, route, &key, interval, outcome, asc)))
+}
+
+/// Says on the route (status and a Warning) that the pass could not read as far back as it wanted.
+async fn note_clamp(
+    pass: &Pass<'_>,
+    state: &mut CatchUpStatus,
+    wanted: Timestamp,
+    start: Timestamp,
+) {
+    let (wanted, start) = (
+        crate::time::format_ts(wanted),
+        crate::time::format_ts(start),
+    );
+    if state.clamped_from.as_deref() == Some(wanted.as_str()) {
+        return;
+    }
+    let why = format!(
+        "catch-up wanted App Store Connect's delivery log from {wanted}, but Apple keeps about ten days: \
+         reading from {start}; events created before that cannot be recovered"
+    );
+    pass.ctx
+        .event(pass.route, true, "CatchUpWindowClamped", why)
+        .await;
+    state.clamped_from = Some(wanted);
+    state.clamped_to = Some(start);
+}
+
+/// Books a pass's outcome; answers when the next pass is due.
+fn finish(
+    ctx: &Context,
+    route: &WebhookRoute,
+    key: &str,
+    interval: Duration,
+    outcome: Result<(), Interrupted>,
+    asc: &mut AppStoreConnectStatus,
+) -> Duration {
     let retry_key = format!("catch-up/{key}");
-    match outcome {
+    let reason = match outcome {
         Ok(()) => {
-            ctx.mark_caught_up(&key);
+            ctx.mark_caught_up(key);
             ctx.record_success(&retry_key);
             ctx.release_hold(&retry_key);
-            state.last_check_time = Some(crate::time::now_rfc3339());
-            asc.catch_up = Some(state);
-            Ok(Some(interval))
+            if let Some(state) = asc.catch_up.as_mut() {
+                state.last_check_time = Some(crate::time::now_rfc3339());
+            }
+            return interval;
         }
-        Err(e) => {
-            // The checkpoint keeps what was read; the next pass resumes there, after a backoff.
+        Err(Interrupted::Api(e)) => {
             tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "catch-up pass interrupted");
-            count_error(ctx, route, error_reason(&e));
-            // Not marked done: the pass is owed, after a backoff (held, so the status write this
-            // causes does not start it again at once).
-            asc.catch_up = Some(state);
-            let delay = ctx.record_failure(&retry_key);
-            ctx.hold(&retry_key, 0, std::time::Instant::now() + delay);
-            Ok(Some(delay))
+            error_reason(&e)
         }
+        Err(Interrupted::PageBudget) => {
+            tracing::info!(route = %route.name_any(), pages = MAX_PAGES, "catch-up read its page budget; the next pass continues");
+            "page_budget"
+        }
+    };
+    count_error(ctx, route, reason);
+    // Not marked done: the pass is owed, after a backoff (held, so the status write this causes does
+    // not start it again at once). The checkpoint keeps the windows read whole.
+    let delay = ctx.record_failure(&retry_key);
+    ctx.hold(&retry_key, 0, std::time::Instant::now() + delay);
+    delay
+}
+
+impl Pass<'_> {
+    /// Reads every window from `start`, recovering what was not delivered, and moves the checkpoint past
+    /// each window read whole.
+    async fn walk(
+        &self,
+        state: &mut CatchUpStatus,
+        start: Timestamp,
+        started: Timestamp,
+    ) -> Result<Result<(), Interrupted>, Error> {
+        let mut budget = MAX_PAGES;
+        for (since, before) in windows(start, started) {
+            let filter = DeliveryFilter {
+                created_since: Some(crate::time::format_ts(since)),
+                created_before: before.map(crate::time::format_ts),
+                ..DeliveryFilter::default()
+            };
+            let mut page_url: Option<String> = None;
+            loop {
+                let Some(left) = budget.checked_sub(1) else {
+                    return Ok(Err(Interrupted::PageBudget));
+                };
+                budget = left;
+                let page = match self
+                    .hooks
+                    .deliveries_page(&self.webhook_id, &filter, page_url.as_deref())
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(Interrupted::Api(e))),
+                };
+                state.recovered += self.page(&page).await?;
+                match page.next {
+                    Some(next) => page_url = Some(next),
+                    None => break,
+                }
+            }
+            state.checkpoint = Some(committed(state.checkpoint.as_deref(), before, started));
+        }
+        Ok(Ok(()))
     }
+
+    /// Counts the page's skipped entries and recovers its undelivered ones; answers how many it recovered.
+    async fn page(&self, page: &DeliveryPage) -> Result<i64, Error> {
+        for skipped in &page.skipped {
+            count_skipped(self.ctx, self.route, skipped);
+        }
+        let mut n = 0;
+        for logged in page.deliveries.iter().filter(|d| d.state.undelivered()) {
+            n += recover(
+                self.ctx,
+                self.route,
+                &self.hooks,
+                &self.deliveries,
+                logged,
+                self.mode,
+            )
+            .await?;
+        }
+        Ok(n)
+    }
+}
+
+fn count_skipped(ctx: &Context, route: &WebhookRoute, s: &SkippedEntry) {
+    tracing::warn!(route = %route.name_any(), delivery = %s.id, reason = s.reason.as_str(), detail = %s.detail, "delivery-log entry skipped");
+    count_skip(ctx, route, s.reason.as_str());
+}
+
+fn count_skip(ctx: &Context, route: &WebhookRoute, reason: &'static str) {
+    let RouteLabels { route } = route_label(route);
+    ctx.metrics
+        .catch_up_entries_skipped
+        .get_or_create(&CatchUpErrorLabels {
+            route: route.to_string(),
+            reason,
+        })
+        .inc();
 }
 
 /// Records (or has Apple redeliver) one logged delivery unless its event is already recorded; answers
@@ -212,13 +373,13 @@ async fn recover(
         Ok(d) => d,
         Err(why) => {
             tracing::warn!(route = %route.name_any(), delivery = %logged.id, %why, "delivery-log entry skipped");
-            count_error(ctx, route, "invalid_entry");
+            count_skip(ctx, route, "invalid_payload");
             return Ok(0);
         }
     };
     // A ping recovered from the log would prove nothing about reachability, and would turn
     // `WebhookVerified` True for a receiver Apple cannot reach: pings only count when they arrive.
-    if logged.event.as_ref().is_some_and(|e| e.ping) {
+    if logged.event.ping {
         return Ok(0);
     }
     // Recorded, finished and pruned since: the overlap of the next pass (or Apple's log) brings it back,
@@ -237,7 +398,7 @@ async fn recover(
                 .await
                 .map_err(Error::Kube)?
                 .is_some();
-            if recorded || logged.state != Some(DeliveryState::Failed) {
+            if recorded || logged.state != DeliveryState::Failed {
                 return Ok(0);
             }
             match hooks.redeliver(&logged.id).await {
@@ -320,10 +481,7 @@ pub fn lag_seconds(logged: &LoggedDelivery, now: jiff::Timestamp) -> Option<f64>
     let created = logged
         .created_date
         .as_deref()
-        .or(logged
-            .event
-            .as_ref()
-            .and_then(|e| e.created_date.as_deref()))
+        .or(logged.event.created_date.as_deref())
         .and_then(crate::time::parse_ts)?;
     Some(now.duration_since(created).as_secs_f64().max(0.0))
 }
@@ -333,6 +491,7 @@ pub fn error_reason(e: &WebhookError) -> &'static str {
     match e {
         WebhookError::Unavailable(_) => "unavailable",
         WebhookError::Forbidden(_) => "forbidden",
+        WebhookError::TokenScopeRefused(_) => "token_scope_refused",
         WebhookError::AppNotFound { .. } | WebhookError::WebhookNotFound { .. } => "not_found",
         WebhookError::Rejected { .. } | WebhookError::LimitReached { .. } => "rejected",
         WebhookError::Malformed(_) => "malformed",
@@ -341,131 +500,5 @@ pub fn error_reason(e: &WebhookError) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::asc::webhook_deliveries::LoggedEvent;
-
-    fn at(s: &str) -> jiff::Timestamp {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn a_pass_runs_at_start_up_then_every_interval() {
-        let ten = Duration::from_secs(600);
-        let s = CatchUpStatus {
-            last_check_time: Some("2026-12-01T10:00:00Z".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            due_in(Some(&s), ten, false, at("2026-12-01T10:00:01Z")),
-            Duration::ZERO
-        );
-        assert_eq!(
-            due_in(Some(&s), ten, true, at("2026-12-01T10:04:00Z")),
-            Duration::from_secs(360)
-        );
-        assert_eq!(
-            due_in(Some(&s), ten, true, at("2026-12-01T10:11:00Z")),
-            Duration::ZERO
-        );
-        assert_eq!(
-            due_in(None, ten, true, at("2026-12-01T10:11:00Z")),
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn reading_starts_before_the_checkpoint_or_a_lookback_ago() {
-        let now = at("2026-12-02T10:00:00Z");
-        let day = Duration::from_secs(86_400);
-        assert_eq!(read_from(None, now, day), "2026-12-01T10:00:00Z");
-        let s = CatchUpStatus {
-            checkpoint: Some("2026-12-02T09:30:00.250Z".into()),
-            ..Default::default()
-        };
-        assert_eq!(read_from(Some(&s), now, day), "2026-12-02T09:28:00Z");
-    }
-
-    fn logged(id: &str, created: &str, payload: &str) -> LoggedDelivery {
-        LoggedDelivery {
-            id: id.into(),
-            created_date: Some(created.into()),
-            state: Some(DeliveryState::Failed),
-            error_message: None,
-            redelivery: false,
-            response_status: None,
-            event: Some(LoggedEvent {
-                id: format!("e-{id}"),
-                event_type: "buildUploadStateUpdated".into(),
-                payload: payload.into(),
-                ping: false,
-                created_date: None,
-            }),
-        }
-    }
-
-    #[test]
-    fn the_lag_runs_from_apples_created_date_to_the_recording() {
-        let now = at("2026-12-01T10:10:00Z");
-        let l = logged("a", "2026-12-01T10:00:00.000Z", "{}");
-        assert_eq!(lag_seconds(&l, now), Some(600.0));
-        let mut undated = logged("b", "not a date", "{}");
-        assert_eq!(lag_seconds(&undated, now), None);
-        undated.created_date = None;
-        undated.event.as_mut().unwrap().created_date = Some("2026-12-01T10:09:00Z".into());
-        assert_eq!(lag_seconds(&undated, now), Some(60.0));
-        let future = logged("c", "2026-12-01T10:20:00Z", "{}");
-        assert_eq!(
-            lag_seconds(&future, now),
-            Some(0.0),
-            "clock skew never counts negative"
-        );
-    }
-
-    #[test]
-    fn the_checkpoint_only_moves_forward() {
-        let page = [
-            logged("a", "2026-12-01T10:00:00.000Z", "{}"),
-            logged("b", "2026-12-01T10:05:00.000Z", "{}"),
-        ];
-        assert_eq!(
-            advance(None, &page).as_deref(),
-            Some("2026-12-01T10:05:00.000Z")
-        );
-        assert_eq!(
-            advance(Some("2026-12-01T11:00:00Z".into()), &page).as_deref(),
-            Some("2026-12-01T11:00:00Z")
-        );
-        assert_eq!(advance(Some("x".into()), &[]).as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn a_logged_payload_becomes_the_delivery_the_receiver_would_have_made() {
-        let route = crate::receiver::record::tests::route();
-        let payload = r#"{"data":{"type":"buildUploadStateUpdated","id":"evt-1","attributes":{"newState":"COMPLETE"}}}"#;
-        let d = recorded(
-            &route,
-            &logged("d1", "2026-12-01T10:00:00Z", payload),
-            "now",
-        )
-        .unwrap();
-        let live = build_delivery(
-            &route,
-            &WebhookEvent::parse(payload.as_bytes().to_vec().into()).unwrap(),
-            None,
-            "now",
-        );
-        assert_eq!(
-            d.metadata.name, live.metadata.name,
-            "one name whichever way it arrives"
-        );
-        assert_eq!(d.spec.source, DeliverySource::CatchUp);
-        assert_eq!(d.spec.payload, payload);
-        assert!(recorded(&route, &logged("d2", "t", "not json"), "now").is_err());
-        let huge = format!(
-            r#"{{"data":{{"type":"x","id":"y","pad":"{}"}}}}"#,
-            "a".repeat(MAX_PAYLOAD_BYTES)
-        );
-        assert!(recorded(&route, &logged("d3", "t", &huge), "now").is_err());
-    }
-}
+#[path = "catch_up_tests.rs"]
+mod tests;

@@ -13,7 +13,7 @@
 //! (`--webhook-resync-interval`) that repairs edits made in App Store Connect. In between, a reconcile
 //! reads the Secret from the API server and nothing else.
 
-mod catch_up;
+pub mod catch_up;
 mod cleanup;
 pub mod plan;
 mod secret;
@@ -589,6 +589,7 @@ fn failure(e: &WebhookError) -> (&'static str, String) {
     let chain = crate::controllers::credential::error_chain(e);
     let reason = match e {
         WebhookError::Forbidden(_) => "Forbidden",
+        WebhookError::TokenScopeRefused(_) => "TokenScopeRefused",
         WebhookError::AppNotFound { .. } => "AppNotFound",
         WebhookError::LimitReached { .. } => "LimitReached",
         WebhookError::Rejected { .. } => "Rejected",

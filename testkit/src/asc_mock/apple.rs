@@ -27,7 +27,8 @@ impl Shared {
                 .and_then(|p| p.strip_suffix("/deliveries"))
         {
             let exists = lock(&self.webhooks).webhooks.contains_key(id);
-            return deliveries::list(&lock(&self.deliveries), exists, id, query, &base);
+            let order = *lock(&self.log_order);
+            return deliveries::list(&lock(&self.deliveries), exists, id, query, &base, order);
         }
         if method == Method::POST && path == "/v1/webhookDeliveries" {
             return self.redeliver(body);
@@ -148,13 +149,7 @@ fn subscribed(w: &MockWebhook, body: &[u8]) -> bool {
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    let mut snake = String::new();
-    for (i, c) in t.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            snake.push('_');
-        }
-        snake.push(c.to_ascii_uppercase());
-    }
+    let snake = deliveries::screaming(&t);
     EVENT_TYPES.contains(&snake.as_str()) && w.event_types.contains(&snake)
 }
 
@@ -225,5 +220,26 @@ impl AscMock {
     /// The delivery log, oldest first.
     pub fn deliveries(&self) -> Vec<MockDelivery> {
         lock(&self.shared.deliveries).clone()
+    }
+
+    /// Serves the delivery log in `order` from now on (oldest-first until set).
+    pub fn set_log_order(&self, order: deliveries::LogOrder) {
+        *lock(&self.shared.log_order) = order;
+    }
+
+    /// Adds an entry to the delivery log without sending anything, as if Apple had delivered `payload`
+    /// to the webhook at `created_date` with outcome `state`: a test can fill the log with days of
+    /// history cheaply.
+    pub fn log_delivery(
+        &self,
+        webhook_id: &str,
+        payload: &[u8],
+        state: deliveries::DeliveryState,
+        created_date: &str,
+    ) -> MockDelivery {
+        let n = self.shared.next_delivery.fetch_add(1, Ordering::Relaxed);
+        let delivery = deliveries::logged(webhook_id, payload, state, created_date, n);
+        lock(&self.shared.deliveries).push(delivery.clone());
+        delivery
     }
 }

@@ -113,10 +113,11 @@ impl Verifier {
         if iat > jiff::Timestamp::now().as_second() + FUTURE_IAT_TOLERANCE_SECS {
             return Err("iat is in the future".into());
         }
-        // Apple limits a scoped token to the listed operations: method, path and query, exactly.
+        // Apple limits a scoped token to the listed operations, written as Apple documents them: the
+        // method, the path and the query raw (`GET /v1/apps?filter[platform]=IOS`), paging left out.
         if let Some(scope) = &claims.scope {
-            let wanted = format!("{method} {}", decoded(path_and_query));
-            if !scope.iter().any(|s| decoded(s) == wanted) {
+            let wanted = raw_scope(method, path_and_query);
+            if !scope.contains(&wanted) {
                 return Err(format!("token scope {scope:?} does not allow {wanted}"));
             }
         }
@@ -137,16 +138,19 @@ impl Verifier {
     }
 }
 
-/// Percent-decoded, so `filter%5Bplatform%5D` and `filter[platform]` compare equal.
-fn decoded(s: &str) -> String {
-    form_urlencoded::parse(s.as_bytes())
-        .map(|(k, v)| {
-            if v.is_empty() {
-                k.into_owned()
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+/// The scope entry Apple documents for a request: `METHOD /path?query` with the query percent-decoded
+/// (brackets and commas as they are) and without the paging parameters `limit` and `cursor`.
+pub fn raw_scope(method: &str, path_and_query: &str) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let pairs: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "limit" && k != "cursor")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if pairs.is_empty() {
+        format!("{method} {path}")
+    } else {
+        format!("{method} {path}?{}", pairs.join("&"))
+    }
 }

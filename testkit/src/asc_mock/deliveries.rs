@@ -1,6 +1,10 @@
 //! Apple's side of a delivery: the mock signs an event with the webhook's current secret, POSTs it to the
 //! webhook's URL and records the outcome in its delivery log, served like Apple's
-//! `GET /v1/webhooks/{id}/deliveries` (filters, `include=event`, cursor paging).
+//! `GET /v1/webhooks/{id}/deliveries` (`createdDate` filters, `include=event`, cursor paging).
+//!
+//! The log refuses what the live API refuses, with Apple's 400 error body: `filter[deliveryState]`
+//! (published in the OpenAPI description, rejected live) and a window starting more than ten days back.
+//! Apple documents no order, so the mock serves oldest-first or newest-first, as a test chooses.
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -34,12 +38,38 @@ impl DeliveryState {
     }
 }
 
+/// The order the delivery log is served in (Apple documents none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogOrder {
+    /// Oldest `createdDate` first.
+    #[default]
+    OldestFirst,
+    /// Newest first.
+    NewestFirst,
+}
+
+/// How far back a window may start before Apple refuses it.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(10 * 86_400);
+
+/// A payload's `data.type` (`buildUploadStateUpdated`) in Apple's subscription spelling
+/// (`BUILD_UPLOAD_STATE_UPDATED`), the spelling of `eventType` in the log's `webhookEvents`.
+pub fn screaming(data_type: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in data_type.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 /// The event of a delivery (`webhookEvents`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockEvent {
     /// Id of the `webhookEvents` resource.
     pub id: String,
-    /// `data.type` of the payload.
+    /// `data.type` of the payload (served as `eventType` in the subscription spelling).
     pub event_type: String,
     /// The original body, byte for byte.
     pub payload: String,
@@ -186,6 +216,40 @@ pub(super) async fn post(
     }
 }
 
+/// A log entry for `payload`, as [`post`] would record it, without sending anything.
+pub(super) fn logged(
+    webhook_id: &str,
+    payload: &[u8],
+    state: DeliveryState,
+    created_date: &str,
+    n: u64,
+) -> MockDelivery {
+    let text = String::from_utf8_lossy(payload).into_owned();
+    let event_type = serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v.pointer("/data/type")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let answered = state == DeliveryState::Succeeded;
+    MockDelivery {
+        id: format!("delivery-{n:06}"),
+        webhook_id: webhook_id.to_owned(),
+        created_date: created_date.to_owned(),
+        state,
+        error_message: (!answered).then(|| "The endpoint could not be reached".to_owned()),
+        redelivery: false,
+        request_url: String::new(),
+        response_status: answered.then_some(200),
+        response_body: None,
+        event: MockEvent {
+            id: format!("event-{n:06}"),
+            ping: event_type == "webhookPingCreated",
+            event_type,
+            payload: text,
+            created_date: created_date.to_owned(),
+        },
+    }
+}
+
 fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
@@ -214,7 +278,7 @@ fn event_resource(e: &MockEvent) -> Value {
         "type": "webhookEvents",
         "id": e.id,
         "attributes": {
-            "eventType": e.event_type,
+            "eventType": screaming(&e.event_type),
             "payload": e.payload,
             "ping": e.ping,
             "createdDate": e.created_date,
@@ -222,13 +286,54 @@ fn event_resource(e: &MockEvent) -> Value {
     })
 }
 
-/// `GET /v1/webhooks/{id}/deliveries` over `log` (oldest first).
+/// Apple's 400 for a query parameter it does not accept.
+fn bad_parameter(parameter: &str, detail: &str) -> Response {
+    let body = json!({"errors": [{
+        "id": "mock-400",
+        "status": "400",
+        "code": "PARAMETER_ERROR.INVALID",
+        "title": "A parameter has an invalid value",
+        "detail": detail,
+        "source": {"parameter": parameter},
+    }]});
+    json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()))
+}
+
+/// What Apple refuses in a delivery-log query, as its 400 answer.
+fn refused(query: &str) -> Option<Response> {
+    let state = "filter[deliveryState]";
+    if query_param(query, state).is_some() {
+        return Some(bad_parameter(
+            state,
+            &format!("'{state}' is not a valid filter type"),
+        ));
+    }
+    let from = "filter[createdDateGreaterThanOrEqualTo]";
+    let oldest = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(RETENTION).ok()?)
+        .ok()?;
+    let start = query_param(query, from)?;
+    match start.parse::<jiff::Timestamp>() {
+        Ok(t) if t >= oldest => None,
+        Ok(_) => Some(bad_parameter(
+            from,
+            &format!("'{start}' is more than 10 days ago; deliveries are kept for 10 days"),
+        )),
+        Err(_) => Some(bad_parameter(
+            from,
+            &format!("'{start}' is not a valid date"),
+        )),
+    }
+}
+
+/// `GET /v1/webhooks/{id}/deliveries` over `log` (kept oldest first), served in `order`.
 pub(super) fn list(
     log: &[MockDelivery],
     webhook_exists: bool,
     webhook_id: &str,
     query: &str,
     base_url: &str,
+    order: LogOrder,
 ) -> Response {
     if !webhook_exists {
         return error(
@@ -238,8 +343,9 @@ pub(super) fn list(
             &format!("There is no resource of type 'webhooks' with id '{webhook_id}'"),
         );
     }
-    let states: Option<Vec<String>> = query_param(query, "filter[deliveryState]")
-        .map(|s| s.split(',').map(str::to_owned).collect());
+    if let Some(response) = refused(query) {
+        return response;
+    }
     let from = query_param(query, "filter[createdDateGreaterThanOrEqualTo]");
     let before = query_param(query, "filter[createdDateLessThan]");
     let parse = |s: &str| s.parse::<jiff::Timestamp>().ok();
@@ -252,14 +358,9 @@ pub(super) fn list(
     let start = query_param(query, "cursor")
         .and_then(|c| c.parse::<usize>().ok())
         .unwrap_or(0);
-    let matching: Vec<&MockDelivery> = log
+    let mut matching: Vec<&MockDelivery> = log
         .iter()
         .filter(|d| d.webhook_id == webhook_id)
-        .filter(|d| {
-            states
-                .as_ref()
-                .is_none_or(|s| s.iter().any(|x| x == d.state.as_str()))
-        })
         .filter(|d| {
             let at = parse(&d.created_date);
             from.as_deref()
@@ -271,6 +372,10 @@ pub(super) fn list(
                     .is_none_or(|b| at.is_some_and(|a| a < b))
         })
         .collect();
+    matching.sort_by_key(|d| parse(&d.created_date));
+    if order == LogOrder::NewestFirst {
+        matching.reverse();
+    }
     let page: Vec<&MockDelivery> = matching.iter().skip(start).take(limit).copied().collect();
     let mut doc = json!({
         "data": page.iter().map(|d| delivery_resource(d)).collect::<Vec<_>>(),

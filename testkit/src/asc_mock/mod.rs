@@ -7,7 +7,8 @@
 //! so tests can assert what reached "Apple" (including that nothing did).
 //!
 //! Fixture files are named `<type>-<id>.json` and served at `/v1/<type>/<id>`; a file without a `-` is
-//! served at `/v1/<name>`. `GET /v1/apps` answers a one-app list for cheap credential checks.
+//! served at `/v1/<name>`. `GET /v1/apps` answers a one-app list for cheap credential checks, and
+//! `GET /v1/apps/{id}` each app the mock knows.
 
 mod apple;
 mod auth;
@@ -17,7 +18,7 @@ mod faults;
 mod tests;
 pub mod webhooks;
 
-pub use deliveries::{DeliveryState, MockDelivery, MockEvent, SignedEvent};
+pub use deliveries::{DeliveryState, LogOrder, MockDelivery, MockEvent, SignedEvent};
 pub use faults::Fault;
 use faults::{fault_response, unauthorized};
 pub use webhooks::MockWebhook;
@@ -38,8 +39,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use auth::TokenFacts;
 use auth::Verifier;
+pub use auth::{TokenFacts, raw_scope};
 
 /// Key id of the test key in `tests/fixtures/asc/keys`.
 pub const TEST_KEY_ID: &str = "TEST2K9Q7X";
@@ -193,6 +194,8 @@ struct Shared {
     log: Mutex<Vec<RecordedRequest>>,
     webhooks: Mutex<webhooks::State>,
     deliveries: Mutex<Vec<MockDelivery>>,
+    log_order: Mutex<deliveries::LogOrder>,
+    refuse_scopes: std::sync::atomic::AtomicBool,
     base_url: std::sync::OnceLock<String>,
     sender: reqwest::Client,
     next_delivery: std::sync::atomic::AtomicU64,
@@ -244,6 +247,8 @@ impl AscMock {
             log: Mutex::new(Vec::new()),
             webhooks: Mutex::new(webhooks::State::default()),
             deliveries: Mutex::new(Vec::new()),
+            log_order: Mutex::new(deliveries::LogOrder::default()),
+            refuse_scopes: std::sync::atomic::AtomicBool::new(false),
             base_url: std::sync::OnceLock::new(),
             sender: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -322,6 +327,14 @@ impl AscMock {
     /// Every later request with a valid token gets `fault`, once the faults queued before it are used up.
     pub fn inject_always(&self, fault: Fault) {
         lock(&self.shared.faults).push_back((fault, Remaining::Always, Matcher::any()));
+    }
+
+    /// From now on, answers 401 to every token that carries a `scope` claim (unscoped ones still work),
+    /// as an account would that does not accept the scope the operator writes.
+    pub fn refuse_scoped_tokens(&self, refuse: bool) {
+        self.shared
+            .refuse_scopes
+            .store(refuse, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops all pending faults.
@@ -445,6 +458,16 @@ impl Shared {
         if path == "/v1/apps" {
             return json_response(StatusCode::OK, Bytes::from(apps_document().to_string()));
         }
+        if let Some(id) = path
+            .strip_prefix("/v1/apps/")
+            .filter(|id| !id.contains('/'))
+            && lock(&self.webhooks).apps.contains(id)
+        {
+            let mut app = apps_document()["data"][0].clone();
+            app["id"] = json!(id);
+            let doc = json!({"data": app, "links": {"self": format!("https://api.appstoreconnect.apple.com{path}")}});
+            return json_response(StatusCode::OK, Bytes::from(doc.to_string()));
+        }
         let document = lock(&self.documents).get(path).cloned();
         match document {
             Some(body) => json_response(StatusCode::OK, body),
@@ -468,9 +491,16 @@ async fn handle(
     let path_and_query = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    let (auth, token) = shared
+    let (mut auth, token) = shared
         .verifier
         .check(method.as_str(), &path_and_query, &headers);
+    if token.scope.is_some()
+        && shared
+            .refuse_scopes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        auth = AuthOutcome::Rejected("this account refuses scoped tokens".into());
+    }
     // Logged on arrival so requests the client abandons (timeouts) still count.
     let index = {
         let mut log = lock(&shared.log);

@@ -385,9 +385,53 @@ async fn a_scoped_token_opens_only_the_request_it_names() {
                 "scope": ["GET /v1/apps?filter[platform]=IOS"]}),
     );
     assert_eq!(
-        get(&mock, "/v1/apps?filter%5Bplatform%5D=IOS", Some(&apps))
-            .await
-            .status,
+        get(
+            &mock,
+            "/v1/apps?filter%5Bplatform%5D=IOS&limit=5",
+            Some(&apps)
+        )
+        .await
+        .status,
+        200,
+        "paging parameters are not part of the scope"
+    );
+    // The encoded form, or a scope naming the page size, is not the documented form: refused.
+    for scope in [
+        "GET /v1/apps?filter%5Bplatform%5D=IOS",
+        "GET /v1/apps?filter[platform]=IOS&limit=5",
+    ] {
+        let token = sign(
+            TEST_KEY_ID,
+            &json!({"iss": TEST_ISSUER_ID, "iat": now - 60, "exp": now + 240, "aud": "appstoreconnect-v1",
+                    "scope": [scope]}),
+        );
+        let answer = get(
+            &mock,
+            "/v1/apps?filter%5Bplatform%5D=IOS&limit=5",
+            Some(&token),
+        )
+        .await;
+        assert_eq!(answer.status, 401, "{scope}");
+    }
+    assert_eq!(
+        raw_scope("GET", "/v1/apps?filter%5Bplatform%5D=IOS%2CMAC_OS&cursor=x"),
+        "GET /v1/apps?filter[platform]=IOS,MAC_OS"
+    );
+}
+
+#[tokio::test]
+async fn refused_scoped_tokens_leave_unscoped_ones_working() {
+    let mock = AscMock::start(AscMockOptions::default()).await.unwrap();
+    mock.refuse_scoped_tokens(true);
+    let now = now();
+    let scoped = sign(
+        TEST_KEY_ID,
+        &json!({"iss": TEST_ISSUER_ID, "iat": now - 60, "exp": now + 240, "aud": "appstoreconnect-v1",
+                "scope": ["GET /v1/apps"]}),
+    );
+    assert_eq!(get(&mock, "/v1/apps", Some(&scoped)).await.status, 401);
+    assert_eq!(
+        get(&mock, "/v1/apps", Some(&team_token())).await.status,
         200
     );
 }

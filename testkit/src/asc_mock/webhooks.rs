@@ -50,6 +50,20 @@ pub struct MockWebhook {
 }
 
 impl MockWebhook {
+    /// An enabled webhook of app `1234567890` (the fixture app) at `url`, subscribed to build uploads,
+    /// with secret `s`; its id is given by [`AscMock::add_webhook`](super::AscMock::add_webhook).
+    pub fn build_uploads_at(url: &str) -> Self {
+        MockWebhook {
+            id: String::new(),
+            app_id: "1234567890".into(),
+            name: "n".into(),
+            url: url.into(),
+            secret: "s".into(),
+            event_types: vec!["BUILD_UPLOAD_STATE_UPDATED".into()],
+            enabled: true,
+        }
+    }
+
     fn resource(&self) -> Value {
         json!({
             "type": "webhooks",

@@ -2,11 +2,15 @@
 //! Connect, which delivers signed pings and events to the operator's receiver as Apple would.
 
 mod catch_up;
+mod catch_up_live;
 mod deletion;
+mod doctor;
+mod documented_events;
 mod examples;
 mod faults;
 mod lifecycle;
 mod rotation;
+mod token_scope;
 
 use crate::harness::*;
 use crate::world::test_key_pem;

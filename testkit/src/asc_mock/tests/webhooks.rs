@@ -206,14 +206,86 @@ async fn a_ping_is_signed_with_the_current_secret_and_logged_by_outcome() {
     let (_, log) = call(
         &mock,
         reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}/deliveries?filter[deliveryState]=FAILED&include=event"),
+        &format!("/v1/webhooks/{id}/deliveries?include=event"),
         None,
     )
     .await;
-    assert_eq!(log["data"].as_array().unwrap().len(), 1, "{log}");
-    assert_eq!(log["data"][0]["attributes"]["deliveryState"], "FAILED");
+    let states: Vec<&Value> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["attributes"]["deliveryState"])
+        .collect();
     assert_eq!(
-        log["included"][0]["attributes"]["eventType"],
-        "buildUploadStateUpdated"
+        states,
+        [&json!("SUCCEEDED"), &json!("SUCCEEDED"), &json!("FAILED")],
+        "{log}"
     );
+    assert_eq!(
+        log["included"][1]["attributes"]["eventType"], "BUILD_UPLOAD_STATE_UPDATED",
+        "the log spells event types as subscriptions do"
+    );
+}
+
+#[tokio::test]
+async fn the_delivery_log_refuses_what_apple_refuses_and_serves_either_order() {
+    let mock = mock().await;
+    mock.add_app("1234567890");
+    let id = mock.add_webhook(crate::asc_mock::MockWebhook::build_uploads_at(
+        "http://127.0.0.1:9/x",
+    ));
+    let body = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
+    let old = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(30);
+    let new = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    mock.log_delivery(&id, body, DeliveryState::Succeeded, &new.to_string());
+    mock.log_delivery(&id, body, DeliveryState::Failed, &old.to_string());
+    let path = |q: &str| format!("/v1/webhooks/{id}/deliveries?include=event{q}");
+
+    let (status, refused) = call(
+        &mock,
+        reqwest::Method::GET,
+        &path("&filter[deliveryState]=FAILED"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["errors"][0]["code"], "PARAMETER_ERROR.INVALID");
+    assert_eq!(
+        refused["errors"][0]["source"]["parameter"],
+        "filter[deliveryState]"
+    );
+    let too_old = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(11 * 24);
+    let (status, refused) = call(
+        &mock,
+        reqwest::Method::GET,
+        &path(&format!(
+            "&filter[createdDateGreaterThanOrEqualTo]={too_old}"
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        refused["errors"][0]["source"]["parameter"],
+        "filter[createdDateGreaterThanOrEqualTo]"
+    );
+
+    let order = |log: &Value| -> Vec<String> {
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                d["attributes"]["deliveryState"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let (_, oldest_first) = call(&mock, reqwest::Method::GET, &path(""), None).await;
+    assert_eq!(order(&oldest_first), ["FAILED", "SUCCEEDED"]);
+    mock.set_log_order(crate::asc_mock::LogOrder::NewestFirst);
+    let (_, newest_first) = call(&mock, reqwest::Method::GET, &path(""), None).await;
+    assert_eq!(order(&newest_first), ["SUCCEEDED", "FAILED"]);
 }

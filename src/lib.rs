@@ -21,4 +21,5 @@ pub mod resources;
 pub mod retry;
 pub mod send;
 pub mod telemetry;
+pub mod text;
 pub mod time;

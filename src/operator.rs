@@ -256,7 +256,7 @@ pub async fn run_with(
         .map_err(RunError::HttpClient)?
         .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
     );
-    ctx.set_ready_again(readiness.recoveries());
+    ctx.stores.set_ready_again(readiness.recoveries());
     let namespace = args.namespace.clone();
     let leader_gauge = metrics.leader.clone();
     let controllers = {

@@ -166,7 +166,7 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
                 jiff::Timestamp::now(),
             ) =>
         {
-            Some(match ctx.asc_client(&namespace, &name).await {
+            Some(match ctx.asc_clients.resolve(&namespace, &name).await {
                 Ok(resolved) => resolved.client.verify().await.map_err(|e| error_chain(&e)),
                 Err(e) => Err(e.to_string()),
             })

@@ -6,6 +6,7 @@ pub mod context;
 pub mod credential;
 pub mod delivery;
 pub mod delivery_index;
+pub mod error;
 pub mod impersonation;
 pub mod matching;
 pub mod resource_kinds;
@@ -16,6 +17,7 @@ pub mod shared_watch;
 mod status;
 
 pub use context::{Context, Settings};
+pub use error::Error;
 
 use crate::metrics::{ControllerLabels, Metrics, ReconcileLabels, WatchLabels};
 use crate::resources::names::{
@@ -32,18 +34,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Why a reconcile did not finish. Both kinds are retried with backoff; invalid specs are not errors but
-/// conditions, so they never land here.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API server failed or refused a call.
-    #[error("Kubernetes API call failed: {0}")]
-    Kube(#[source] kube::Error),
-    /// Something outside the operator is temporarily unavailable.
-    #[error("temporarily unavailable: {0}")]
-    Transient(String),
-}
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
@@ -93,7 +83,7 @@ where
         })
         .inc();
     if result.is_ok() {
-        ctx.record_success(&k);
+        ctx.backoffs.succeeded(&k);
     }
     result
 }
@@ -103,7 +93,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let delay = ctx.record_failure(&key(obj.as_ref()));
+    let delay = ctx.backoffs.failed(&key(obj.as_ref()));
     tracing::warn!(object = %key(obj.as_ref()), error = %crate::controllers::credential::error_chain(error), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -236,13 +226,13 @@ pub async fn run(
         .default_backoff()
         .inspect(move |e| match e {
             Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
-                job_ctx.remember_job(j, false)
+                job_ctx.job_facts.remember(j, false)
             }
-            Ok(watcher::Event::Delete(j)) => job_ctx.remember_job(j, true),
+            Ok(watcher::Event::Delete(j)) => job_ctx.job_facts.remember(j, true),
             _ => {}
         })
         .touched_objects();
-    ctx.set_unfinished_deliveries(delivery_store.clone());
+    ctx.stores.set_unfinished_deliveries(delivery_store.clone());
     // One watch and one cache of routes for the three controllers that follow them.
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
@@ -254,7 +244,7 @@ pub async fn run(
         shared_watch::fan_out(route_stream, move |e: &watcher::Error| {
             watch_failed("route", "webhookroutes", e, &metrics)
         });
-    ctx.set_routes(route_store.clone());
+    ctx.stores.set_routes(route_store.clone());
 
     // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
     // writes do not bump the generation, so the route controller's own writes trigger nothing here.
@@ -310,7 +300,7 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
         |_| {},
     );
-    ctx.set_credentials(credential_store);
+    ctx.stores.set_credentials(credential_store);
     let routes = route_controller
         .reconcile_on(route_triggers)
         .watches_stream(credential_events, move |cred| {
@@ -367,7 +357,7 @@ pub async fn run(
     // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
     // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
     // every route makes a catch-up pass at once instead of at its next interval.
-    let recovered = ctx.ready_again().map(|rx| {
+    let recovered = ctx.stores.ready_again().map(|rx| {
         let ctx = ctx.clone();
         futures::stream::unfold(rx, |mut rx| async move {
             rx.changed().await.ok()?;
@@ -375,7 +365,7 @@ pub async fn run(
         })
         .map(move |()| {
             tracing::info!("receiver ready again: catching up every route");
-            ctx.forget_caught_up();
+            ctx.caught_up.forget_all();
         })
         .boxed()
     });

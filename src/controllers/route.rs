@@ -9,7 +9,7 @@
 //! (jittered) passes, or every `--recheck-interval` while the route is not Ready. An idle Ready route
 //! costs one GET per referenced Secret per `--secret-recheck-interval`, nothing else.
 
-use super::context::Context;
+use super::context::{Context, SecretFacts};
 use super::delivery_index::DeliverySummary;
 use super::impersonation::Identity;
 use super::resource_kinds::KindFact;
@@ -23,7 +23,7 @@ use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,36 +31,6 @@ use std::time::{Duration, Instant};
 const INDEX_LOADING_RETRY: Duration = Duration::from_millis(500);
 /// How soon to look again after a status write lost to a newer version of the route.
 const STALE_RETRY: Duration = Duration::from_millis(200);
-
-/// What was read about a route's Secrets, and until when it is trusted. Kept for every route between
-/// reconciles, so it holds only what readiness checks: per referenced Secret, whether it exists and
-/// which of the keys the route names it has (not every key of a Secret that may hold many).
-#[derive(Debug, Clone)]
-pub struct SecretFacts {
-    generation: Option<i64>,
-    secrets: Box<[ReadSecret]>,
-    /// The ServiceAccount the route's actions act as, when it does not exist (read by name like Secrets).
-    missing_service_account: Option<String>,
-    fresh_until: Instant,
-}
-
-/// One referenced Secret as read: its name and, when it exists, the referenced keys it holds.
-type ReadSecret = (Box<str>, Option<Box<[Box<str>]>>);
-
-impl SecretFacts {
-    /// The facts in the form readiness reads them.
-    fn secrets(&self) -> BTreeMap<String, Option<BTreeSet<String>>> {
-        self.secrets
-            .iter()
-            .map(|(name, keys)| {
-                let keys = keys
-                    .as_ref()
-                    .map(|keys| keys.iter().map(|k| k.to_string()).collect());
-                (name.to_string(), keys)
-            })
-            .collect()
-    }
-}
 
 /// Reconciles one route.
 pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -80,7 +50,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     let soon = Instant::now() + ctx.settings.recheck_interval;
     let fresh_until = if !problems.is_empty() && fresh_until > soon {
         // Trusted for long only while Ready: a route waiting for a Secret looks again soon.
-        ctx.remember_route_facts(
+        ctx.route_secrets.remember(
             &route,
             SecretFacts {
                 fresh_until: soon,
@@ -144,7 +114,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     // the two steps can only double-count, never lose a delivery.
     let pruned_now: Vec<String> = prune.iter().map(|d| d.name.clone()).collect();
     for d in &pruned_now {
-        ctx.remember_pruned(&namespace, d);
+        ctx.pruned.remember(&namespace, d);
     }
     ctx.deliveries.mark_pruned(&namespace, pruned_now);
     let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -173,7 +143,7 @@ async fn secret_facts(
     namespace: &str,
 ) -> Result<(SecretFacts, Instant), Error> {
     let generation = route.metadata.generation;
-    if let Some(cached) = ctx.route_facts(route)
+    if let Some(cached) = ctx.route_secrets.get(route)
         && cached.generation == generation
         && cached.fresh_until > Instant::now()
     {
@@ -212,7 +182,7 @@ async fn secret_facts(
         missing_service_account,
         fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
     };
-    ctx.remember_route_facts(route, facts.clone());
+    ctx.route_secrets.remember(route, facts.clone());
     let until = facts.fresh_until;
     Ok((facts, until))
 }
@@ -252,7 +222,7 @@ async fn credential_fact(
     let Some(c) = &route.spec.credential_ref else {
         return Ok(None);
     };
-    if let Some(store) = ctx.credentials()
+    if let Some(store) = ctx.stores.credentials()
         && let Some(found) = store.get(&ObjectRef::new(&c.name).within(namespace))
     {
         return Ok(Some(Some(found.as_ref().clone())));

@@ -110,10 +110,15 @@ pub(super) fn next_pass_in(
     status: Option<&CatchUpStatus>,
     interval: Duration,
 ) -> Duration {
-    if let Some(left) = ctx.held(&format!("catch-up/{key}"), 0) {
+    if let Some(left) = ctx.holds.held(&format!("catch-up/{key}"), 0) {
         return left;
     }
-    due_in(status, interval, ctx.caught_up(key), jiff::Timestamp::now())
+    due_in(
+        status,
+        interval,
+        ctx.caught_up.contains(key),
+        jiff::Timestamp::now(),
+    )
 }
 
 /// Runs a pass when one is due and updates `asc.catchUp`; answers when the next one is due (`None`: off).
@@ -177,9 +182,9 @@ pub(super) async fn pass_if_due(
     let retry_key = format!("catch-up/{key}");
     match outcome {
         Ok(()) => {
-            ctx.mark_caught_up(&key);
-            ctx.record_success(&retry_key);
-            ctx.release_hold(&retry_key);
+            ctx.caught_up.mark(&key);
+            ctx.backoffs.succeeded(&retry_key);
+            ctx.holds.release(&retry_key);
             state.last_check_time = Some(crate::time::now_rfc3339());
             asc.catch_up = Some(state);
             Ok(Some(interval))
@@ -191,8 +196,9 @@ pub(super) async fn pass_if_due(
             // Not marked done: the pass is owed, after a backoff (held, so the status write this
             // causes does not start it again at once).
             asc.catch_up = Some(state);
-            let delay = ctx.record_failure(&retry_key);
-            ctx.hold(&retry_key, 0, std::time::Instant::now() + delay);
+            let delay = ctx.backoffs.failed(&retry_key);
+            ctx.holds
+                .hold(&retry_key, 0, std::time::Instant::now() + delay);
             Ok(Some(delay))
         }
     }
@@ -225,7 +231,8 @@ async fn recover(
     // and it must not run again. This leader's memory covers the moment between pruning and the route
     // copy here showing the record; the route's `status.seenEvents` covers restarts and leader changes.
     let namespace = route.namespace().unwrap_or_default();
-    if ctx.was_pruned(&namespace, &delivery.name_any()) || seen::holds(route, &delivery.name_any())
+    if ctx.pruned.contains(&namespace, &delivery.name_any())
+        || seen::holds(route, &delivery.name_any())
     {
         return Ok(0);
     }

@@ -10,7 +10,7 @@ use super::state::{self, Why};
 use crate::actions::EventContext;
 use crate::actions::job::{self, ApiKeyEnv};
 use crate::controllers::Error;
-use crate::controllers::context::Context;
+use crate::controllers::context::{Context, JobFact, job_facts::fact_of};
 use crate::controllers::impersonation::{self, Identity};
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus};
@@ -20,27 +20,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use std::time::Instant;
-
-/// What the Job watch last showed of one Job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobFact {
-    /// Running, Succeeded or Failed, from its conditions.
-    pub state: ActionState,
-    /// Why it failed.
-    pub why: Option<Why>,
-    /// Seen in the watch's deletion event: this is the Job's last state.
-    pub deleted: bool,
-}
-
-/// The fact of `job`, for the memory the Job watch feeds; `deleted`: from its deletion event.
-pub fn fact_of(job: &Job, deleted: bool) -> JobFact {
-    let (state, why) = state::job_outcome(job);
-    JobFact {
-        state,
-        why,
-        deleted,
-    }
-}
 
 /// How long a Job missing from the API server may still have its deletion (and last state) on the way
 /// in the Job watch before it counts as deleted unfinished. The watch usually brings it within a second;
@@ -218,7 +197,7 @@ async fn observe(
     a: &mut ActionStatus,
     now: &str,
 ) -> Result<(), Error> {
-    let remembered = ctx.job_fact(namespace, name);
+    let remembered = ctx.job_facts.get(namespace, name);
     let fact = match remembered.clone() {
         Some(f) if f.state.is_done() => Some(f),
         _ => {
@@ -226,7 +205,10 @@ async fn observe(
             // None: gone, finished and removed by its TTL (remembered above) or deleted while running.
             match jobs.get_opt(name).await.map_err(Error::Kube)? {
                 Some(job) => Some(fact_of(&job, false)),
-                None => missing(remembered.as_ref(), ctx.job_missing_for(namespace, name)),
+                None => missing(
+                    remembered.as_ref(),
+                    ctx.job_facts.missing_for(namespace, name),
+                ),
             }
         }
     };

@@ -119,7 +119,7 @@ impl Writer<'_> {
 /// moment ago may not be cached yet).
 async fn route_of(ctx: &Context, d: &WebhookDelivery) -> Result<Option<WebhookRoute>, Error> {
     let namespace = d.namespace().unwrap_or_default();
-    if let Some(store) = ctx.routes()
+    if let Some(store) = ctx.stores.routes()
         && let Some(r) = store.get(&ObjectRef::new(&d.spec.route).within(&namespace))
     {
         return Ok(Some(r.as_ref().clone()));
@@ -190,7 +190,7 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
     };
     if st.matched_rules.is_empty() && st.actions.is_empty() && st.replay_count() == 0 {
         let namespace = d.namespace().unwrap_or_default();
-        if ctx.was_pruned(&namespace, &d.name_any()) || seen::holds(&route, &d.name_any()) {
+        if ctx.pruned.contains(&namespace, &d.name_any()) || seen::holds(&route, &d.name_any()) {
             // An earlier delivery of this event ran and was pruned: this one runs nothing.
             let why = format!(
                 "event {} already ran on route {} (its delivery was pruned; status.seenEvents of the route): nothing runs again; set {} to run it on purpose",
@@ -216,7 +216,7 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
             suspend::hold(&mut st, &d.spec.route, generation, &now);
             return conclude(ctx, &d, &mut w, st, now_ts).await;
         }
-        if let Some(store) = ctx.unfinished_deliveries()
+        if let Some(store) = ctx.stores.unfinished_deliveries()
             && suspend::waits_behind(&d, store.state().iter().map(|o| o.as_ref()))
         {
             return Ok(Pass::Done(Action::requeue(ORDER_WAIT)));

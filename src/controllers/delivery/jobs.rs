@@ -67,48 +67,24 @@ pub async fn step(
         route,
         rule,
         action,
-        event: event_ctx,
+        ..
     } = *input;
     let namespace = d.namespace().unwrap_or_default();
     if let Some(name) = a.job_name.clone() {
         observe(ctx, &namespace, &name, a, now).await?;
         return Ok(JobStep::Observed);
     }
-    let api_key = if action.inject_api_key {
-        match api_key_env(ctx, &namespace, route).await? {
-            Ok(k) => match may_mount_key(ctx, &namespace, route, &k).await? {
-                Ok(()) => Some(k),
-                Err(why) => {
-                    state::transition(a, ActionState::Failed, Some(why), now);
-                    return Ok(JobStep::Observed);
-                }
-            },
-            Err(why) => {
-                state::transition(a, ActionState::Failed, Some(why), now);
-                return Ok(JobStep::Observed);
-            }
-        }
-    } else {
-        None
+    let job = match api_key_for(ctx, &namespace, route, action).await? {
+        Ok(api_key) => build(input, api_key.as_ref(), a),
+        Err(why) => Err(why),
     };
-    let job =
-        match job::build_job_reporting(&rule.name, &action.template, event_ctx, api_key.as_ref()) {
-            Ok(built) => {
-                // Linux refuses a single environment string over 128 KiB: such values are replaced by a marker,
-                // and the status says which.
-                a.omitted_env = built.omitted_env.iter().map(|v| (*v).to_owned()).collect();
-                built.job
-            }
-            Err(e) => {
-                state::transition(
-                    a,
-                    ActionState::Failed,
-                    Some(Why::new("InvalidJobTemplate", e.to_string())),
-                    now,
-                );
-                return Ok(JobStep::Observed);
-            }
-        };
+    let job = match job {
+        Ok(job) => job,
+        Err(why) => {
+            state::transition(a, ActionState::Failed, Some(why), now);
+            return Ok(JobStep::Observed);
+        }
+    };
     let name = job.metadata.name.clone().unwrap_or_default();
     a.attempts += 1;
     let started = Instant::now();
@@ -146,6 +122,47 @@ pub async fn step(
             Ok(JobStep::Observed)
         }
         Created::Later(why) => Ok(JobStep::RetryLater(why)),
+    }
+}
+
+/// The API key the Job's environment gets, if the action asks for one and the route may mount it.
+async fn api_key_for(
+    ctx: &Context,
+    namespace: &str,
+    route: &WebhookRoute,
+    action: &JobAction,
+) -> Result<Result<Option<ApiKeyEnv>, Why>, Error> {
+    if !action.inject_api_key {
+        return Ok(Ok(None));
+    }
+    Ok(match api_key_env(ctx, namespace, route).await? {
+        Ok(k) => may_mount_key(ctx, namespace, route, &k)
+            .await?
+            .map(|()| Some(k)),
+        Err(why) => Err(why),
+    })
+}
+
+/// The Job of the action, or why its template does not make one.
+fn build(
+    input: &JobInput<'_>,
+    api_key: Option<&ApiKeyEnv>,
+    a: &mut ActionStatus,
+) -> Result<Job, Why> {
+    let JobInput {
+        rule,
+        action,
+        event,
+        ..
+    } = *input;
+    match job::build_job_reporting(&rule.name, &action.template, event, api_key) {
+        Ok(built) => {
+            // Linux refuses a single environment string over 128 KiB: such values are replaced by a marker,
+            // and the status says which.
+            a.omitted_env = built.omitted_env.iter().map(|v| (*v).to_owned()).collect();
+            Ok(built.job)
+        }
+        Err(e) => Err(Why::new("InvalidJobTemplate", e.to_string())),
     }
 }
 

@@ -17,7 +17,7 @@ use super::route_status::{self, RouteFacts};
 use super::{Error, status};
 use crate::actions::resource::TypeRef;
 use crate::resources::conditions::{self, Condition};
-use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
+use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute, WebhookRouteStatus};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
@@ -75,50 +75,75 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
         ctx.settings.public_url.as_deref(),
         &crate::time::now_rfc3339(),
     );
+    if !write_status(&ctx, &route, &new_status).await? {
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+    delete_pruned(&ctx, &namespace, &name, &prune, &owned).await?;
+    let next = fresh_until.saturating_duration_since(Instant::now());
+    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+/// Writes the route controller's part of the status if it changed, and an Event when the route stops
+/// being Ready. `false`: the write lost to a newer version of the route.
+async fn write_status(
+    ctx: &Context,
+    route: &WebhookRoute,
+    new_status: &WebhookRouteStatus,
+) -> Result<bool, Error> {
     if route
         .status
         .as_ref()
         .map(route_status::route_controller_part)
         .as_ref()
-        != Some(&new_status)
+        == Some(new_status)
     {
-        let api: Api<WebhookRoute> = Api::namespaced(ctx.client.clone(), &namespace);
-        // Counts build on the previous status (pruned deliveries live only there): a reconcile of a stale
-        // copy must not write over a newer count.
-        let applied = status::apply_if_unchanged(
-            &api,
-            &name,
-            route.resource_version().as_deref(),
-            &new_status,
-        )
-        .await
-        .map_err(Error::Kube)?;
-        if applied.is_none() {
-            return Ok(Action::requeue(STALE_RETRY));
-        }
-        let was_ready = route
-            .status
-            .as_ref()
-            .and_then(|s| conditions::find(&s.conditions, "Ready"))
-            .map(Condition::is_true);
-        let ready = conditions::find(&new_status.conditions, "Ready");
-        if let Some(r) = ready
-            && !r.is_true()
-            && was_ready != Some(false)
-        {
-            ctx.event(route.as_ref(), true, &r.reason, r.message.clone())
-                .await;
-        }
+        return Ok(true);
     }
+    let namespace = route.namespace().unwrap_or_default();
+    let name = route.name_any();
+    let api: Api<WebhookRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Counts build on the previous status (pruned deliveries live only there): a reconcile of a stale
+    // copy must not write over a newer count.
+    let applied =
+        status::apply_if_unchanged(&api, &name, route.resource_version().as_deref(), new_status)
+            .await
+            .map_err(Error::Kube)?;
+    if applied.is_none() {
+        return Ok(false);
+    }
+    let was_ready = route
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, "Ready"))
+        .map(Condition::is_true);
+    let ready = conditions::find(&new_status.conditions, "Ready");
+    if let Some(r) = ready
+        && !r.is_true()
+        && was_ready != Some(false)
+    {
+        ctx.event(route, true, &r.reason, r.message.clone()).await;
+    }
+    Ok(true)
+}
+
+/// Deletes the deliveries pruned from the counts, and takes a replay asked for on a finished delivery
+/// back into the delivery controller's watch.
+async fn delete_pruned(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    prune: &[&DeliverySummary],
+    owned: &[DeliverySummary],
+) -> Result<(), Error> {
     // Counted in status first, then left out of counts until the watch shows them gone: a crash between
     // the two steps can only double-count, never lose a delivery.
     let pruned_now: Vec<String> = prune.iter().map(|d| d.name.clone()).collect();
     for d in &pruned_now {
-        ctx.pruned.remember(&namespace, d);
+        ctx.pruned.remember(namespace, d);
     }
-    ctx.deliveries.mark_pruned(&namespace, pruned_now);
-    let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), &namespace);
-    for d in ctx.deliveries.pending_prunes(&namespace, &name) {
+    ctx.deliveries.mark_pruned(namespace, pruned_now);
+    let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), namespace);
+    for d in ctx.deliveries.pending_prunes(namespace, name) {
         match deliveries_api.delete(&d, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
@@ -132,8 +157,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
             .await
             .map_err(Error::Kube)?;
     }
-    let next = fresh_until.saturating_duration_since(Instant::now());
-    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+    Ok(())
 }
 
 /// The route's Secrets as last read, or read now when the route changed or the reading is too old.

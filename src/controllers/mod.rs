@@ -225,7 +225,7 @@ fn route_controller<S>(
     routes_to_status: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     route_store: Store<WebhookRoute>,
     shutdown: S,
-) -> impl Future<Output = ()> + use<S>
+) -> futures::future::BoxFuture<'static, ()>
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
@@ -276,12 +276,12 @@ where
             error_policy,
             ctx.clone(),
         );
-    report(
+    Box::pin(report(
         routes,
         "route",
         "webhookroutes (or webhookdeliveries, asccredentials)",
         ctx.metrics.clone(),
-    )
+    ))
 }
 
 /// The credential controller: each credential's key and its verification against App Store Connect.
@@ -289,7 +289,7 @@ fn credential_controller<S>(
     ctx: &Arc<Context>,
     ns: Option<&str>,
     shutdown: S,
-) -> impl Future<Output = ()> + use<S>
+) -> futures::future::BoxFuture<'static, ()>
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
@@ -307,12 +307,12 @@ where
             error_policy,
             ctx.clone(),
         );
-    report(
+    Box::pin(report(
         credentials,
         "credential",
         "asccredentials",
         ctx.metrics.clone(),
-    )
+    ))
 }
 
 /// The App Store Connect webhook controller over the shared routes.
@@ -321,7 +321,7 @@ fn webhook_controller<S>(
     routes_to_register: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     webhook_store: Store<WebhookRoute>,
     shutdown: S,
-) -> impl Future<Output = ()> + use<S>
+) -> futures::future::BoxFuture<'static, ()>
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
@@ -352,12 +352,12 @@ where
             error_policy,
             ctx.clone(),
         );
-    report(
+    Box::pin(report(
         webhooks,
         "app-store-connect-webhook",
         "webhookroutes",
         ctx.metrics.clone(),
-    )
+    ))
 }
 
 /// Waits for the controllers to stop, or drops them a grace period after shutdown.

@@ -2,6 +2,7 @@
 //! and then followed; an HTTP request is sent once per attempt. Every kind reports what it did and
 //! wants into the pass's [`Bookkeeping`].
 
+use super::create::ActionInput;
 use super::schedule::Bookkeeping;
 use super::state::{self, AfterAttempt};
 use super::writer::{Writer, save_outcome};
@@ -54,6 +55,19 @@ pub struct StepInput<'a> {
     pub now: &'a str,
 }
 
+impl<'a> StepInput<'a> {
+    /// The input of `rule`'s `action` that creates an object.
+    fn of<A>(&self, rule: &'a Rule, action: &'a A) -> ActionInput<'a, A> {
+        ActionInput {
+            delivery: self.delivery,
+            route: self.route,
+            rule,
+            action,
+            event: self.event,
+        }
+    }
+}
+
 /// Whether the pass goes on after an action's step.
 #[must_use]
 pub enum Stepped {
@@ -81,24 +95,10 @@ impl RuleAction<'_> {
                 return http_step(ctx, input, rule, action, st, w, book).await;
             }
             RuleAction::Job(action) => {
-                let job = jobs::JobInput {
-                    delivery: input.delivery,
-                    route: input.route,
-                    rule,
-                    action,
-                    event: input.event,
-                };
-                jobs::step(ctx, &job, a, input.now).await?
+                jobs::step(ctx, &input.of(rule, action), a, input.now).await?
             }
             RuleAction::Resource(action) => {
-                let resource = resources::ResourceInput {
-                    delivery: input.delivery,
-                    route: input.route,
-                    rule,
-                    action,
-                    event: input.event,
-                };
-                resources::step(ctx, &resource, a, input.now).await?
+                resources::step(ctx, &input.of(rule, action), a, input.now).await?
             }
         };
         match step {

@@ -5,16 +5,15 @@
 //! report on). What the Job watch last showed of each managed Job is kept in memory, so a Job that
 //! finished and was then removed by `ttlSecondsAfterFinished` still counts as finished, not as lost.
 
-use super::create::{Created, Reasons, create_once};
+use super::create::{ActionInput, Created, Reasons, create_once};
 use super::state::{self, Why};
-use crate::actions::EventContext;
 use crate::actions::job::{self, ApiKeyEnv};
 use crate::controllers::Error;
 use crate::controllers::context::{Context, JobFact, job_facts::fact_of};
 use crate::controllers::impersonation::{self, Identity};
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus};
-use crate::resources::route::{JobAction, Rule};
+use crate::resources::route::JobAction;
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -42,18 +41,7 @@ fn missing(fact: Option<&JobFact>, missing_for: std::time::Duration) -> Option<J
 }
 
 /// Everything a Job action is made from.
-pub struct JobInput<'a> {
-    /// The delivery (owner of the Job).
-    pub delivery: &'a WebhookDelivery,
-    /// Its route.
-    pub route: &'a WebhookRoute,
-    /// The rule.
-    pub rule: &'a Rule,
-    /// The rule's Job action.
-    pub action: &'a JobAction,
-    /// Event data for the Job's environment.
-    pub event: &'a EventContext<'a>,
-}
+pub type JobInput<'a> = ActionInput<'a, JobAction>;
 
 /// Advances a Job action one step.
 pub async fn step(

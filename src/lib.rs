@@ -23,4 +23,5 @@ pub mod retry;
 pub mod send;
 pub mod state_metrics;
 pub mod telemetry;
+pub mod text;
 pub mod time;

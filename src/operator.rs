@@ -16,6 +16,7 @@ use crate::receiver::{Receiver, ReceiverConfig};
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -142,6 +143,76 @@ pub async fn run_with(
     let metrics = Metrics::new();
     let readiness = Readiness::default();
 
+    let routes = start_route_table(&client, &args, &readiness, &metrics, &shutdown);
+
+    let receiver = Receiver::new(
+        routes.clone(),
+        Arc::new(KubeSecrets::new(receiver_client.clone())),
+        Arc::new(KubeDeliveries::new(receiver_client)),
+        ReceiverConfig::from(&args),
+        metrics.clone(),
+    );
+    tokio::spawn(housekeeping(receiver.clone(), shutdown.clone()));
+
+    let Listeners { public, admin } = listeners;
+    tracing::info!(public = ?public.local_addr().ok(), admin = ?admin.local_addr().ok(), "listening");
+
+    let public_server = crate::receiver::serve::serve(
+        public,
+        receiver.router(),
+        ServeLimits {
+            max_connections: args.max_connections,
+            header_read_timeout: args.header_read_timeout,
+        },
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            crate::resources::names::OPERATOR,
+            hex::encode(rand::random::<[u8; 6]>())
+        )
+    });
+    let reporter = kube::runtime::events::Reporter {
+        controller: crate::resources::names::OPERATOR.into(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            Settings::from(&args),
+            reporter,
+        )
+        .map_err(RunError::HttpClient)?
+        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
+    );
+    ctx.stores.set_ready_again(readiness.recoveries());
+    let leader_gauge = metrics
+        .leader
+        .get_or_create_owned(&crate::state_metrics::ReplicaLabels {
+            replica: identity.clone(),
+        });
+    let controllers = run_controllers(ctx, client, args, identity, leader_gauge, shutdown);
+    let ((), a, c) = tokio::join!(public_server, admin_server.into_future(), controllers);
+    a.map_err(RunError::Serve)?;
+    c?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the receiver's route table, fed by its own watch, and what makes the replica ready once it
+/// synced.
+fn start_route_table(
+    client: &Client,
+    args: &RunArgs,
+    readiness: &Readiness,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Arc<RouteTable> {
     // Only what the receiver reads of each route is parsed (`RouteForReceiver`).
     let routes_api: Api<RouteForReceiver> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -189,111 +260,58 @@ pub async fn run_with(
             crate::memory::release_free_memory();
         });
     }
+    routes
+}
 
-    let receiver = Receiver::new(
-        routes.clone(),
-        Arc::new(KubeSecrets::new(receiver_client.clone())),
-        Arc::new(KubeDeliveries::new(receiver_client)),
-        ReceiverConfig::from(&args),
-        metrics.clone(),
-    );
-    {
-        let receiver = receiver.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            let mut quiet_check = tokio::time::interval(crate::memory::QUIET_CHECK);
-            let mut trims = crate::memory::TrimSchedule::new(
-                crate::memory::work_done(),
-                std::time::Instant::now(),
-            );
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => receiver.forget_quiet_routes(),
-                    _ = quiet_check.tick() => {
-                        if trims.due(crate::memory::work_done(), std::time::Instant::now()) {
-                            crate::memory::release_free_memory();
-                        }
-                    }
-                    _ = shutdown.cancelled() => break,
+/// Every minute, forgets the receiver's quiet routes; when work has stopped, hands freed memory back.
+async fn housekeeping(receiver: Arc<Receiver>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut quiet_check = tokio::time::interval(crate::memory::QUIET_CHECK);
+    let mut trims =
+        crate::memory::TrimSchedule::new(crate::memory::work_done(), std::time::Instant::now());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => receiver.forget_quiet_routes(),
+            _ = quiet_check.tick() => {
+                if trims.due(crate::memory::work_done(), std::time::Instant::now()) {
+                    crate::memory::release_free_memory();
                 }
             }
-        });
-    }
-
-    let Listeners { public, admin } = listeners;
-    tracing::info!(public = ?public.local_addr().ok(), admin = ?admin.local_addr().ok(), "listening");
-
-    let public_server = crate::receiver::serve::serve(
-        public,
-        receiver.router(),
-        ServeLimits {
-            max_connections: args.max_connections,
-            header_read_timeout: args.header_read_timeout,
-        },
-        metrics.clone(),
-        shutdown.clone(),
-    );
-    let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            crate::resources::names::OPERATOR,
-            hex::encode(rand::random::<[u8; 6]>())
-        )
-    });
-    let reporter = kube::runtime::events::Reporter {
-        controller: crate::resources::names::OPERATOR.into(),
-        instance: Some(identity.clone()),
-    };
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            metrics.clone(),
-            Settings::from(&args),
-            reporter,
-        )
-        .map_err(RunError::HttpClient)?
-        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
-    );
-    ctx.set_ready_again(readiness.recoveries());
-    let namespace = args.namespace.clone();
-    let leader_gauge = metrics
-        .leader
-        .get_or_create_owned(&crate::state_metrics::ReplicaLabels {
-            replica: identity.clone(),
-        });
-    let controllers = {
-        let shutdown = shutdown.clone();
-        async move {
-            if args.leader_election {
-                let settings = LeaseSettings {
-                    name: args.lease_name.clone(),
-                    namespace: args.lease_namespace.clone(),
-                    identity,
-                    duration_seconds: args.lease_duration_seconds.max(2),
-                };
-                leader::run_while_leader(client, settings, shutdown, leader_gauge, move |stop| {
-                    Box::pin(controllers::run(
-                        ctx.clone(),
-                        namespace.clone(),
-                        stop.cancelled_owned(),
-                    ))
-                })
-                .await?;
-            } else {
-                leader_gauge.set(1);
-                controllers::run(ctx, namespace, shutdown.cancelled_owned()).await;
-                leader_gauge.set(0);
-            }
-            Ok::<(), RunError>(())
+            _ = shutdown.cancelled() => break,
         }
-    };
-    let ((), a, c) = tokio::join!(public_server, admin_server.into_future(), controllers);
-    a.map_err(RunError::Serve)?;
-    c?;
-    tracing::info!("stopped");
+    }
+}
+
+/// The controllers: while this replica holds the Lease (with leader election), else until shutdown.
+async fn run_controllers(
+    ctx: Arc<Context>,
+    client: Client,
+    args: RunArgs,
+    identity: String,
+    leader_gauge: Gauge,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let namespace = args.namespace.clone();
+    if args.leader_election {
+        let settings = LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity,
+            duration_seconds: args.lease_duration_seconds.max(2),
+        };
+        leader::run_while_leader(client, settings, shutdown, leader_gauge, move |stop| {
+            Box::pin(controllers::run(
+                ctx.clone(),
+                namespace.clone(),
+                stop.cancelled_owned(),
+            ))
+        })
+        .await?;
+    } else {
+        leader_gauge.set(1);
+        controllers::run(ctx, namespace, shutdown.cancelled_owned()).await;
+        leader_gauge.set(0);
+    }
     Ok(())
 }
 

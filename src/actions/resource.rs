@@ -319,7 +319,7 @@ fn phase(obj: &Value) -> Option<&str> {
 pub fn summary(obj: &Value) -> Option<String> {
     let conds = conditions(obj);
     if let Some(c) = conds.iter().find(|c| text(c, "type") == "Succeeded") {
-        return Some(crate::controllers::context::truncate(&describe(c), 512));
+        return Some(crate::text::truncate(&describe(c), 512));
     }
     if let Some(p) = phase(obj) {
         let message = obj
@@ -330,15 +330,12 @@ pub fn summary(obj: &Value) -> Option<String> {
             Some(m) => format!("phase {p}: {m}"),
             None => format!("phase {p}"),
         };
-        return Some(crate::controllers::context::truncate(&s, 512));
+        return Some(crate::text::truncate(&s, 512));
     }
     let latest = conds
         .iter()
         .max_by_key(|c| text(c, "lastTransitionTime").to_owned())?;
-    Some(crate::controllers::context::truncate(
-        &describe(latest),
-        512,
-    ))
+    Some(crate::text::truncate(&describe(latest), 512))
 }
 
 /// The conventions most kinds follow: a `Succeeded` condition (Tekton, Knative), `Complete`/`Failed`

@@ -122,13 +122,13 @@ pub fn verification_due(
     last.is_none_or(|t| now.duration_since(t).as_secs() >= interval.as_secs() as i64)
 }
 
-/// Reconciles one credential.
-pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = cred.namespace().unwrap_or_default();
-    let name = cred.name_any();
-    let generation = cred.metadata.generation;
-    let now = crate::time::now_rfc3339();
-
+/// Whether the credential's key is usable: its origin allowed, its Secret readable, a token minted
+/// with it. Trouble reading the Secret that may pass is an error (retried with backoff).
+async fn check_key(
+    ctx: &Context,
+    cred: &AscCredential,
+    namespace: &str,
+) -> Result<KeyCheck, Error> {
     let origin_check = ctx.settings.asc_origins.check(cred.spec.api_url());
     let key = match origin_check {
         // The key is not even read for a refused origin: no token is minted for it.
@@ -137,9 +137,9 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
             message,
             transient: false,
         }),
-        Ok(()) => read_key(&ctx.client, &namespace, &cred.spec.private_key_secret_ref).await,
+        Ok(()) => read_key(&ctx.client, namespace, &cred.spec.private_key_secret_ref).await,
     };
-    let check = match key {
+    Ok(match key {
         Err(CredentialProblem::Unusable {
             transient: true,
             message,
@@ -162,7 +162,17 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
                 },
             }
         }
-    };
+    })
+}
+
+/// Reconciles one credential.
+pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = cred.namespace().unwrap_or_default();
+    let name = cred.name_any();
+    let generation = cred.metadata.generation;
+    let now = crate::time::now_rfc3339();
+
+    let check = check_key(&ctx, &cred, &namespace).await?;
 
     let interval = cred
         .spec
@@ -178,7 +188,7 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
                 jiff::Timestamp::now(),
             ) =>
         {
-            Some(match ctx.asc_client(&namespace, &name).await {
+            Some(match ctx.asc_clients.resolve(&namespace, &name).await {
                 Ok(resolved) => resolved
                     .client
                     .verify()

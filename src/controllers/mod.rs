@@ -6,6 +6,7 @@ pub mod context;
 pub mod credential;
 pub mod delivery;
 pub mod delivery_index;
+pub mod error;
 pub mod impersonation;
 pub mod matching;
 pub mod resource_kinds;
@@ -16,6 +17,7 @@ pub mod shared_watch;
 mod status;
 
 pub use context::{Context, Settings};
+pub use error::Error;
 
 use crate::metrics::{ControllerLabels, Metrics, ReconcileLabels, WatchLabels};
 use crate::resources::names::{
@@ -32,18 +34,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Why a reconcile did not finish. Both kinds are retried with backoff; invalid specs are not errors but
-/// conditions, so they never land here.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API server failed or refused a call.
-    #[error("Kubernetes API call failed: {0}")]
-    Kube(#[source] kube::Error),
-    /// Something outside the operator is temporarily unavailable.
-    #[error("temporarily unavailable: {0}")]
-    Transient(String),
-}
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
@@ -93,7 +83,7 @@ where
         })
         .inc();
     if result.is_ok() {
-        ctx.record_success(&k);
+        ctx.backoffs.succeeded(&k);
     }
     result
 }
@@ -103,7 +93,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let delay = ctx.record_failure(&key(obj.as_ref()));
+    let delay = ctx.backoffs.failed(&key(obj.as_ref()));
     tracing::warn!(object = %key(obj.as_ref()), error = %crate::controllers::credential::error_chain(error), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -205,6 +195,207 @@ fn watch_failed(controller: &'static str, watched: &str, e: &watcher::Error, met
     }
 }
 
+/// The watch of managed Jobs. Every Job event (deletions included) is remembered before it triggers
+/// its delivery, so the outcome of a Job that finished and was then removed by its TTL is still known.
+fn job_events(
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + use<> {
+    let jobs_cfg = watcher::Config::default()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+        .page_size(LIST_PAGE_SIZE);
+    let job_ctx = ctx.clone();
+    watcher(api::<Job>(&ctx.client, ns), jobs_cfg)
+        .default_backoff()
+        .inspect(move |e| match e {
+            Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+                job_ctx.job_facts.remember(j, false)
+            }
+            Ok(watcher::Event::Delete(j)) => job_ctx.job_facts.remember(j, true),
+            _ => {}
+        })
+        .touched_objects()
+}
+
+/// The route controller: each route's readiness, counts and pruning, woken by its deliveries (one watch
+/// of every delivery feeds the index it counts from) and by the credentials it names.
+fn route_controller<S>(
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+    routes_to_status: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
+    route_store: Store<WebhookRoute>,
+    shutdown: S,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    S: Future<Output = ()> + Send + Sync + Clone + 'static,
+{
+    let client = ctx.client.clone();
+    let route_controller = Controller::for_shared_stream(routes_to_status, route_store.clone());
+    // One watch of every delivery feeds the index the route controller counts from, and says which
+    // route to look at again: no LIST per reconcile.
+    let metrics = ctx.metrics.clone();
+    let delivery_events = futures::TryStreamExt::inspect_err(
+        watcher(
+            api::<WebhookDelivery>(&client, ns),
+            watcher::Config::default()
+                .any_semantic()
+                .page_size(LIST_PAGE_SIZE),
+        )
+        .default_backoff(),
+        move |e| watch_failed("route", "webhookdeliveries", e, &metrics),
+    );
+    let route_triggers = ctx.deliveries.clone().follow(delivery_events);
+    let (credential_store, credential_events) = slim_cache(
+        api::<AscCredential>(&client, ns),
+        watcher::Config::default().any_semantic(),
+        |_| {},
+    );
+    ctx.stores.set_credentials(credential_store.clone());
+    // Route and credential conditions are exported from these caches while the controllers run.
+    let state_metrics = ctx
+        .metrics
+        .state
+        .export_from(route_store.clone(), credential_store);
+    let routes = route_controller
+        .reconcile_on(route_triggers)
+        .watches_stream(credential_events, move |cred| {
+            let cred_ns = cred.namespace();
+            let cred_name = cred.name_any();
+            route_store
+                .state()
+                .into_iter()
+                .filter(|r| {
+                    r.namespace() == cred_ns
+                        && r.spec
+                            .credential_ref
+                            .as_ref()
+                            .is_some_and(|c| c.name == cred_name)
+                })
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |r, c| instrumented(r, c, "route", route::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
+    let routes = report(
+        routes,
+        "route",
+        "webhookroutes (or webhookdeliveries, asccredentials)",
+        ctx.metrics.clone(),
+    );
+    Box::pin(async move {
+        routes.await;
+        drop(state_metrics);
+    })
+}
+
+/// The credential controller: each credential's key and its verification against App Store Connect.
+fn credential_controller<S>(
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+    shutdown: S,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    S: Future<Output = ()> + Send + Sync + Clone + 'static,
+{
+    let client = ctx.client.clone();
+    let (credential_store, credential_stream) = slim_cache(
+        api::<AscCredential>(&client, ns),
+        watcher::Config::default().any_semantic(),
+        |_| {},
+    );
+    let credentials = Controller::for_stream(credential_stream, credential_store)
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |c, x| instrumented(c, x, "credential", credential::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
+    Box::pin(report(
+        credentials,
+        "credential",
+        "asccredentials",
+        ctx.metrics.clone(),
+    ))
+}
+
+/// The App Store Connect webhook controller over the shared routes.
+fn webhook_controller<S>(
+    ctx: &Arc<Context>,
+    routes_to_register: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
+    webhook_store: Store<WebhookRoute>,
+    shutdown: S,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    S: Future<Output = ()> + Send + Sync + Clone + 'static,
+{
+    // Its own controller and queue over the shared routes: it runs on a different schedule (slow App Store
+    // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
+    // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
+    // every route makes a catch-up pass at once instead of at its next interval.
+    let recovered = ctx.stores.ready_again().map(|rx| {
+        let ctx = ctx.clone();
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+        .map(move |()| {
+            tracing::info!("receiver ready again: catching up every route");
+            ctx.caught_up.forget_all();
+        })
+        .boxed()
+    });
+    let routes_to_register =
+        routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
+    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+        .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
+    Box::pin(report(
+        webhooks,
+        "app-store-connect-webhook",
+        "webhookroutes",
+        ctx.metrics.clone(),
+    ))
+}
+
+/// Waits for the controllers to stop, or drops them a grace period after shutdown.
+async fn stop_with(
+    controllers: impl Future<Output = ()>,
+    route_watch: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
+) {
+    // A controller whose store never synced (its CRD is missing) waits for that store even after
+    // shutdown; a pod must still stop, so after a grace period the controllers are dropped, which
+    // cancels whatever they still run.
+    let stopped = async {
+        // The shared route watch runs as long as the controllers it feeds.
+        tokio::pin!(controllers);
+        tokio::select! {
+            () = &mut controllers => {}
+            () = route_watch => controllers.await,
+        }
+    };
+    let overdue = async {
+        shutdown.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = stopped => {}
+        () = overdue => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time after shutdown; dropping them"),
+    }
+}
+
 /// Time the controllers get to finish running reconciles once shutdown is requested.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -218,9 +409,6 @@ pub async fn run(
     let ns = namespace.as_deref();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
 
-    let jobs_cfg = watcher::Config::default()
-        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
-        .page_size(LIST_PAGE_SIZE);
     // Only unfinished deliveries: finished ones are labelled and leave the cache.
     let unfinished = watcher::Config::default()
         .any_semantic()
@@ -229,20 +417,8 @@ pub async fn run(
         slim_cache(api::<WebhookDelivery>(&client, ns), unfinished, |d| {
             delivery::suspend::scheduling_copy(d)
         });
-    // Every Job event (deletions included) is remembered before it triggers its delivery, so the outcome
-    // of a Job that finished and was then removed by its TTL is still known.
-    let job_ctx = ctx.clone();
-    let job_events = watcher(api::<Job>(&client, ns), jobs_cfg)
-        .default_backoff()
-        .inspect(move |e| match e {
-            Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
-                job_ctx.remember_job(j, false)
-            }
-            Ok(watcher::Event::Delete(j)) => job_ctx.remember_job(j, true),
-            _ => {}
-        })
-        .touched_objects();
-    ctx.set_unfinished_deliveries(delivery_store.clone());
+    let job_events = job_events(&ctx, ns);
+    ctx.stores.set_unfinished_deliveries(delivery_store.clone());
     // One watch and one cache of routes for the three controllers that follow them.
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
@@ -254,7 +430,7 @@ pub async fn run(
         shared_watch::fan_out(route_stream, move |e: &watcher::Error| {
             watch_failed("route", "webhookroutes", e, &metrics)
         });
-    ctx.set_routes(route_store.clone());
+    ctx.stores.set_routes(route_store.clone());
 
     // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
     // writes do not bump the generation, so the route controller's own writes trigger nothing here.
@@ -289,140 +465,16 @@ pub async fn run(
         ctx.metrics.clone(),
     );
 
-    let route_controller = Controller::for_shared_stream(routes_to_status, route_store.clone());
     let webhook_store = route_store.clone();
-    // One watch of every delivery feeds the index the route controller counts from, and says which
-    // route to look at again: no LIST per reconcile.
-    let metrics = ctx.metrics.clone();
-    let delivery_events = futures::TryStreamExt::inspect_err(
-        watcher(
-            api::<WebhookDelivery>(&client, ns),
-            watcher::Config::default()
-                .any_semantic()
-                .page_size(LIST_PAGE_SIZE),
-        )
-        .default_backoff(),
-        move |e| watch_failed("route", "webhookdeliveries", e, &metrics),
-    );
-    let route_triggers = ctx.deliveries.clone().follow(delivery_events);
-    let (credential_store, credential_events) = slim_cache(
-        api::<AscCredential>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-    );
-    ctx.set_credentials(credential_store.clone());
-    // Route and credential conditions are exported from these caches while the controllers run.
-    let _state_metrics = ctx
-        .metrics
-        .state
-        .export_from(route_store.clone(), credential_store);
-    let routes = route_controller
-        .reconcile_on(route_triggers)
-        .watches_stream(credential_events, move |cred| {
-            let cred_ns = cred.namespace();
-            let cred_name = cred.name_any();
-            route_store
-                .state()
-                .into_iter()
-                .filter(|r| {
-                    r.namespace() == cred_ns
-                        && r.spec
-                            .credential_ref
-                            .as_ref()
-                            .is_some_and(|c| c.name == cred_name)
-                })
-                .map(|r| ObjectRef::from_obj(r.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .with_config(controller_config(&ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |r, c| instrumented(r, c, "route", route::reconcile),
-            error_policy,
-            ctx.clone(),
-        );
-    let routes = report(
-        routes,
-        "route",
-        "webhookroutes (or webhookdeliveries, asccredentials)",
-        ctx.metrics.clone(),
-    );
+    let routes = route_controller(&ctx, ns, routes_to_status, route_store, shutdown.clone());
 
-    let (credential_store, credential_stream) = slim_cache(
-        api::<AscCredential>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-    );
-    let credentials = Controller::for_stream(credential_stream, credential_store)
-        .with_config(controller_config(&ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |c, x| instrumented(c, x, "credential", credential::reconcile),
-            error_policy,
-            ctx.clone(),
-        );
-    let credentials = report(
-        credentials,
-        "credential",
-        "asccredentials",
-        ctx.metrics.clone(),
-    );
+    let credentials = credential_controller(&ctx, ns, shutdown.clone());
 
-    // Its own controller and queue over the shared routes: it runs on a different schedule (slow App Store
-    // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
-    // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
-    // every route makes a catch-up pass at once instead of at its next interval.
-    let recovered = ctx.ready_again().map(|rx| {
-        let ctx = ctx.clone();
-        futures::stream::unfold(rx, |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
-        })
-        .map(move |()| {
-            tracing::info!("receiver ready again: catching up every route");
-            ctx.forget_caught_up();
-        })
-        .boxed()
-    });
-    let routes_to_register =
-        routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
-    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
-        .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
-        .with_config(controller_config(&ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
-            error_policy,
-            ctx.clone(),
-        );
-    let webhooks = report(
-        webhooks,
-        "app-store-connect-webhook",
-        "webhookroutes",
-        ctx.metrics.clone(),
-    );
+    let webhooks = webhook_controller(&ctx, routes_to_register, webhook_store, shutdown.clone());
 
-    // A controller whose store never synced (its CRD is missing) waits for that store even after
-    // shutdown; a pod must still stop, so after a grace period the controllers are dropped, which
-    // cancels whatever they still run.
-    let stopped = async {
-        let controllers = async {
-            tokio::join!(deliveries, routes, credentials, webhooks);
-        };
-        // The shared route watch runs as long as the controllers it feeds.
-        tokio::pin!(controllers);
-        tokio::select! {
-            () = &mut controllers => {}
-            () = route_watch => controllers.await,
-        }
+    let controllers = async {
+        tokio::join!(deliveries, routes, credentials, webhooks);
     };
-    let overdue = async {
-        shutdown.clone().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        () = stopped => {}
-        () = overdue => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time after shutdown; dropping them"),
-    }
+    stop_with(controllers, route_watch, shutdown).await;
     ctx.resource_kinds.stop();
 }

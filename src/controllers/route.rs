@@ -9,7 +9,7 @@
 //! (jittered) passes, or every `--recheck-interval` while the route is not Ready. An idle Ready route
 //! costs one GET per referenced Secret per `--secret-recheck-interval`, nothing else.
 
-use super::context::Context;
+use super::context::{Context, SecretFacts};
 use super::delivery_index::DeliverySummary;
 use super::impersonation::Identity;
 use super::resource_kinds::KindFact;
@@ -17,13 +17,13 @@ use super::route_status::{self, RouteFacts};
 use super::{Error, status};
 use crate::actions::resource::TypeRef;
 use crate::resources::conditions::{self, Condition};
-use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
+use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute, WebhookRouteStatus};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,36 +31,6 @@ use std::time::{Duration, Instant};
 const INDEX_LOADING_RETRY: Duration = Duration::from_millis(500);
 /// How soon to look again after a status write lost to a newer version of the route.
 const STALE_RETRY: Duration = Duration::from_millis(200);
-
-/// What was read about a route's Secrets, and until when it is trusted. Kept for every route between
-/// reconciles, so it holds only what readiness checks: per referenced Secret, whether it exists and
-/// which of the keys the route names it has (not every key of a Secret that may hold many).
-#[derive(Debug, Clone)]
-pub struct SecretFacts {
-    generation: Option<i64>,
-    secrets: Box<[ReadSecret]>,
-    /// The ServiceAccount the route's actions act as, when it does not exist (read by name like Secrets).
-    missing_service_account: Option<String>,
-    fresh_until: Instant,
-}
-
-/// One referenced Secret as read: its name and, when it exists, the referenced keys it holds.
-type ReadSecret = (Box<str>, Option<Box<[Box<str>]>>);
-
-impl SecretFacts {
-    /// The facts in the form readiness reads them.
-    fn secrets(&self) -> BTreeMap<String, Option<BTreeSet<String>>> {
-        self.secrets
-            .iter()
-            .map(|(name, keys)| {
-                let keys = keys
-                    .as_ref()
-                    .map(|keys| keys.iter().map(|k| k.to_string()).collect());
-                (name.to_string(), keys)
-            })
-            .collect()
-    }
-}
 
 /// Reconciles one route.
 pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -80,7 +50,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     let soon = Instant::now() + ctx.settings.recheck_interval;
     let fresh_until = if !problems.is_empty() && fresh_until > soon {
         // Trusted for long only while Ready: a route waiting for a Secret looks again soon.
-        ctx.remember_route_facts(
+        ctx.route_secrets.remember(
             &route,
             SecretFacts {
                 fresh_until: soon,
@@ -105,50 +75,75 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
         ctx.settings.public_url.as_deref(),
         &crate::time::now_rfc3339(),
     );
+    if !write_status(&ctx, &route, &new_status).await? {
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+    delete_pruned(&ctx, &namespace, &name, &prune, &owned).await?;
+    let next = fresh_until.saturating_duration_since(Instant::now());
+    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+/// Writes the route controller's part of the status if it changed, and an Event when the route stops
+/// being Ready. `false`: the write lost to a newer version of the route.
+async fn write_status(
+    ctx: &Context,
+    route: &WebhookRoute,
+    new_status: &WebhookRouteStatus,
+) -> Result<bool, Error> {
     if route
         .status
         .as_ref()
         .map(route_status::route_controller_part)
         .as_ref()
-        != Some(&new_status)
+        == Some(new_status)
     {
-        let api: Api<WebhookRoute> = Api::namespaced(ctx.client.clone(), &namespace);
-        // Counts build on the previous status (pruned deliveries live only there): a reconcile of a stale
-        // copy must not write over a newer count.
-        let applied = status::apply_if_unchanged(
-            &api,
-            &name,
-            route.resource_version().as_deref(),
-            &new_status,
-        )
-        .await
-        .map_err(Error::Kube)?;
-        if applied.is_none() {
-            return Ok(Action::requeue(STALE_RETRY));
-        }
-        let was_ready = route
-            .status
-            .as_ref()
-            .and_then(|s| conditions::find(&s.conditions, "Ready"))
-            .map(Condition::is_true);
-        let ready = conditions::find(&new_status.conditions, "Ready");
-        if let Some(r) = ready
-            && !r.is_true()
-            && was_ready != Some(false)
-        {
-            ctx.event(route.as_ref(), true, &r.reason, r.message.clone())
-                .await;
-        }
+        return Ok(true);
     }
+    let namespace = route.namespace().unwrap_or_default();
+    let name = route.name_any();
+    let api: Api<WebhookRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Counts build on the previous status (pruned deliveries live only there): a reconcile of a stale
+    // copy must not write over a newer count.
+    let applied =
+        status::apply_if_unchanged(&api, &name, route.resource_version().as_deref(), new_status)
+            .await
+            .map_err(Error::Kube)?;
+    if applied.is_none() {
+        return Ok(false);
+    }
+    let was_ready = route
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, "Ready"))
+        .map(Condition::is_true);
+    let ready = conditions::find(&new_status.conditions, "Ready");
+    if let Some(r) = ready
+        && !r.is_true()
+        && was_ready != Some(false)
+    {
+        ctx.event(route, true, &r.reason, r.message.clone()).await;
+    }
+    Ok(true)
+}
+
+/// Deletes the deliveries pruned from the counts, and takes a replay asked for on a finished delivery
+/// back into the delivery controller's watch.
+async fn delete_pruned(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    prune: &[&DeliverySummary],
+    owned: &[DeliverySummary],
+) -> Result<(), Error> {
     // Counted in status first, then left out of counts until the watch shows them gone: a crash between
     // the two steps can only double-count, never lose a delivery.
     let pruned_now: Vec<String> = prune.iter().map(|d| d.name.clone()).collect();
     for d in &pruned_now {
-        ctx.remember_pruned(&namespace, d);
+        ctx.pruned.remember(namespace, d);
     }
-    ctx.deliveries.mark_pruned(&namespace, pruned_now);
-    let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), &namespace);
-    for d in ctx.deliveries.pending_prunes(&namespace, &name) {
+    ctx.deliveries.mark_pruned(namespace, pruned_now);
+    let deliveries_api: Api<WebhookDelivery> = Api::namespaced(ctx.client.clone(), namespace);
+    for d in ctx.deliveries.pending_prunes(namespace, name) {
         match deliveries_api.delete(&d, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
@@ -162,8 +157,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
             .await
             .map_err(Error::Kube)?;
     }
-    let next = fresh_until.saturating_duration_since(Instant::now());
-    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+    Ok(())
 }
 
 /// The route's Secrets as last read, or read now when the route changed or the reading is too old.
@@ -173,7 +167,7 @@ async fn secret_facts(
     namespace: &str,
 ) -> Result<(SecretFacts, Instant), Error> {
     let generation = route.metadata.generation;
-    if let Some(cached) = ctx.route_facts(route)
+    if let Some(cached) = ctx.route_secrets.get(route)
         && cached.generation == generation
         && cached.fresh_until > Instant::now()
     {
@@ -212,7 +206,7 @@ async fn secret_facts(
         missing_service_account,
         fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
     };
-    ctx.remember_route_facts(route, facts.clone());
+    ctx.route_secrets.remember(route, facts.clone());
     let until = facts.fresh_until;
     Ok((facts, until))
 }
@@ -252,7 +246,7 @@ async fn credential_fact(
     let Some(c) = &route.spec.credential_ref else {
         return Ok(None);
     };
-    if let Some(store) = ctx.credentials()
+    if let Some(store) = ctx.stores.credentials()
         && let Some(found) = store.get(&ObjectRef::new(&c.name).within(namespace))
     {
         return Ok(Some(Some(found.as_ref().clone())));

@@ -70,6 +70,40 @@ pub fn referenced_keys(route: &WebhookRoute) -> BTreeSet<&str> {
 pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
     let ns = route.namespace().unwrap_or_default();
     let spec = &route.spec;
+    let mut out = cross_namespace_problems(route, &ns);
+    if !out.is_empty() {
+        return out;
+    }
+    out.extend(secret_key_problem(
+        facts,
+        &ns,
+        (&spec.secret_ref.name, &spec.secret_ref.key),
+        "webhook secret",
+        "SecretNotFound",
+        "SecretKeyNotFound",
+    ));
+    out.extend(credential_problem(route, facts, &ns));
+    if let Some(sa) = &facts.missing_service_account {
+        // Deliveries still run (RBAC may name an account before it exists), but every action will most
+        // likely be refused: say so before the first event does.
+        out.push(problem(
+            "ServiceAccountNotFound",
+            format!(
+                "ServiceAccount {ns}/{sa} does not exist; the route's actions act as it and will be refused \
+                 (Forbidden) unless RBAC grants it what they do"
+            ),
+        ));
+    }
+    for rule in &spec.rules {
+        out.extend(rule_problems(route, rule, facts, &ns));
+    }
+    out.extend(webhook_problem(route));
+    out
+}
+
+/// References that leave the route's namespace.
+fn cross_namespace_problems(route: &WebhookRoute, ns: &str) -> Vec<Problem> {
+    let spec = &route.spec;
     let mut out = Vec::new();
     let mut refs: Vec<(&str, Option<&str>)> =
         vec![("secretRef", spec.secret_ref.namespace.as_deref())];
@@ -88,7 +122,7 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
         }
     }
     for (field, other) in refs {
-        if crosses_namespace(other, &ns) {
+        if crosses_namespace(other, ns) {
             out.push(problem(
                 "CrossNamespaceReference",
                 format!(
@@ -98,34 +132,35 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
             ));
         }
     }
-    if !out.is_empty() {
-        return out;
+    out
+}
+
+/// Whether Secret `name` exists with `key` (`what` it is for the message).
+fn secret_key_problem(
+    facts: &RouteFacts,
+    ns: &str,
+    (name, key): (&str, &str),
+    what: &str,
+    missing: &'static str,
+    missing_key: &'static str,
+) -> Option<Problem> {
+    match facts.secrets.get(name) {
+        Some(Some(keys)) if keys.contains(key) => None,
+        Some(Some(_)) => Some(problem(
+            missing_key,
+            format!("Secret {ns}/{name} has no key {key:?} ({what})"),
+        )),
+        _ => Some(problem(
+            missing,
+            format!("Secret {ns}/{name} ({what}) does not exist"),
+        )),
     }
+}
 
-    let secret_key =
-        |name: &str, key: &str, what: &str, missing: &'static str, missing_key: &'static str| {
-            match facts.secrets.get(name) {
-                Some(Some(keys)) if keys.contains(key) => None,
-                Some(Some(_)) => Some(problem(
-                    missing_key,
-                    format!("Secret {ns}/{name} has no key {key:?} ({what})"),
-                )),
-                _ => Some(problem(
-                    missing,
-                    format!("Secret {ns}/{name} ({what}) does not exist"),
-                )),
-            }
-        };
-    out.extend(secret_key(
-        &spec.secret_ref.name,
-        &spec.secret_ref.key,
-        "webhook secret",
-        "SecretNotFound",
-        "SecretKeyNotFound",
-    ));
-
-    match (&spec.credential_ref, &facts.credential) {
-        (Some(c), Some(None)) | (Some(c), None) => out.push(problem(
+/// The referenced credential: missing, or not Ready.
+fn credential_problem(route: &WebhookRoute, facts: &RouteFacts, ns: &str) -> Option<Problem> {
+    match (&route.spec.credential_ref, &facts.credential) {
+        (Some(c), Some(None)) | (Some(c), None) => Some(problem(
             "CredentialNotFound",
             format!("AscCredential {ns}/{} does not exist", c.name),
         )),
@@ -134,120 +169,131 @@ pub fn problems(route: &WebhookRoute, facts: &RouteFacts) -> Vec<Problem> {
                 .status
                 .as_ref()
                 .and_then(|s| conditions::find(&s.conditions, "Ready"));
-            if !ready.is_some_and(Condition::is_true) {
-                let why = ready
-                    .map(|r| format!("{}: {}", r.reason, r.message))
-                    .unwrap_or_else(|| "not checked yet".into());
-                out.push(problem(
-                    "CredentialNotReady",
-                    format!("AscCredential {ns}/{} is not ready ({why})", c.name),
-                ));
+            if ready.is_some_and(Condition::is_true) {
+                return None;
             }
+            let why = ready
+                .map(|r| format!("{}: {}", r.reason, r.message))
+                .unwrap_or_else(|| "not checked yet".into());
+            Some(problem(
+                "CredentialNotReady",
+                format!("AscCredential {ns}/{} is not ready ({why})", c.name),
+            ))
         }
-        (None, _) => {}
+        (None, _) => None,
     }
+}
 
-    if let Some(sa) = &facts.missing_service_account {
-        // Deliveries still run (RBAC may name an account before it exists), but every action will most
-        // likely be refused: say so before the first event does.
+/// What is wrong with one rule: its filter, its `when`, its action, what it needs of the route.
+fn rule_problems(
+    route: &WebhookRoute,
+    rule: &crate::resources::route::Rule,
+    facts: &RouteFacts,
+    ns: &str,
+) -> Vec<Problem> {
+    let spec = &route.spec;
+    let mut out = Vec::new();
+    if rule.filter.is_none() {
         out.push(problem(
-            "ServiceAccountNotFound",
+            "InvalidRule",
             format!(
-                "ServiceAccount {ns}/{sa} does not exist; the route's actions act as it and will be refused \
-                 (Forbidden) unless RBAC grants it what they do"
+                "rule {} has no readable `match` filter; it acts on nothing until one is set \
+                 (a route written with the old `on:` key arrives as a property named \"true\": rename it to `match:`)",
+                rule.name
             ),
         ));
     }
-
-    for rule in &spec.rules {
-        if rule.filter.is_none() {
-            out.push(problem(
-                "InvalidRule",
-                format!(
-                    "rule {} has no readable `match` filter; it acts on nothing until one is set \
-                     (a route written with the old `on:` key arrives as a property named \"true\": rename it to `match:`)",
-                    rule.name
-                ),
-            ));
-        }
-        if let Some(when) = &rule.when
-            && let Err(e) = crate::actions::when::compile(when)
-        {
-            out.push(problem(
-                "InvalidRuleExpression",
-                format!("rule {}: when: {e}", rule.name),
-            ));
-        }
-        if let Some(j) = &rule.job {
-            if let Err(e) = job::parse_template(&j.template) {
-                out.push(problem(
-                    "InvalidJobTemplate",
-                    format!("rule {}: {e}", rule.name),
-                ));
-            }
-            if let Some(e) = job::parse_template(&j.template)
-                .ok()
-                .and_then(|t| job::check_expansions(&t).err())
-            {
-                out.push(problem(
-                    "UnsafeJobTemplate",
-                    format!("rule {}: {e}", rule.name),
-                ));
-            }
-            if j.inject_api_key && spec.credential_ref.is_none() {
-                out.push(problem(
-                    "CredentialRequired",
-                    format!(
-                        "rule {} sets job.injectApiKey but the route has no credentialRef",
-                        rule.name
-                    ),
-                ));
-            }
-        }
-        if let Some(r) = &rule.resource {
-            out.extend(resource_problems(&rule.name, r, facts));
-        }
-        if let Some(http) = &rule.http {
-            if let Some(body) = &http.body
-                && let Err(e) = template::validate(body)
-            {
-                out.push(problem(
-                    "InvalidHttpTemplate",
-                    format!("rule {}: body template: {e}", rule.name),
-                ));
-            }
-            out.extend(secret_key(
-                &http.url_secret_ref.name,
-                &http.url_secret_ref.key,
-                &format!("URL of rule {}", rule.name),
-                "HttpSecretNotFound",
-                "HttpSecretNotFound",
-            ));
-            if let Some(h) = &http.headers_secret_ref
-                && !matches!(facts.secrets.get(&h.name), Some(Some(_)))
-            {
-                out.push(problem(
-                    "HttpSecretNotFound",
-                    format!(
-                        "Secret {ns}/{} (headers of rule {}) does not exist",
-                        h.name, rule.name
-                    ),
-                ));
-            }
-        }
-        if rule.enrich == crate::resources::route::EnrichPolicy::Required
-            && spec.credential_ref.is_none()
-        {
-            out.push(problem(
-                "CredentialRequired",
-                format!(
-                    "rule {} requires enrichment but the route has no credentialRef",
-                    rule.name
-                ),
-            ));
-        }
+    if let Some(when) = &rule.when
+        && let Err(e) = crate::actions::when::compile(when)
+    {
+        out.push(problem(
+            "InvalidRuleExpression",
+            format!("rule {}: when: {e}", rule.name),
+        ));
     }
-    out.extend(webhook_problem(route));
+    if let Some(j) = &rule.job {
+        out.extend(job_problems(&rule.name, j, spec.credential_ref.is_some()));
+    }
+    if let Some(r) = &rule.resource {
+        out.extend(resource_problems(&rule.name, r, facts));
+    }
+    if let Some(http) = &rule.http {
+        out.extend(http_problems(&rule.name, http, facts, ns));
+    }
+    if rule.enrich == crate::resources::route::EnrichPolicy::Required
+        && spec.credential_ref.is_none()
+    {
+        out.push(problem(
+            "CredentialRequired",
+            format!(
+                "rule {} requires enrichment but the route has no credentialRef",
+                rule.name
+            ),
+        ));
+    }
+    out
+}
+
+/// What is wrong with a Job rule: its template, and an API key it cannot have.
+fn job_problems(
+    rule: &str,
+    j: &crate::resources::route::JobAction,
+    has_credential: bool,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Err(e) = job::parse_template(&j.template) {
+        out.push(problem("InvalidJobTemplate", format!("rule {rule}: {e}")));
+    }
+    if let Some(e) = job::parse_template(&j.template)
+        .ok()
+        .and_then(|t| job::check_expansions(&t).err())
+    {
+        out.push(problem("UnsafeJobTemplate", format!("rule {rule}: {e}")));
+    }
+    if j.inject_api_key && !has_credential {
+        out.push(problem(
+            "CredentialRequired",
+            format!("rule {rule} sets job.injectApiKey but the route has no credentialRef"),
+        ));
+    }
+    out
+}
+
+/// What is wrong with an HTTP rule: its body template, and the Secrets it reads.
+fn http_problems(
+    rule: &str,
+    http: &crate::resources::route::HttpAction,
+    facts: &RouteFacts,
+    ns: &str,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(body) = &http.body
+        && let Err(e) = template::validate(body)
+    {
+        out.push(problem(
+            "InvalidHttpTemplate",
+            format!("rule {rule}: body template: {e}"),
+        ));
+    }
+    out.extend(secret_key_problem(
+        facts,
+        ns,
+        (&http.url_secret_ref.name, &http.url_secret_ref.key),
+        &format!("URL of rule {rule}"),
+        "HttpSecretNotFound",
+        "HttpSecretNotFound",
+    ));
+    if let Some(h) = &http.headers_secret_ref
+        && !matches!(facts.secrets.get(&h.name), Some(Some(_)))
+    {
+        out.push(problem(
+            "HttpSecretNotFound",
+            format!(
+                "Secret {ns}/{} (headers of rule {rule}) does not exist",
+                h.name
+            ),
+        ));
+    }
     out
 }
 

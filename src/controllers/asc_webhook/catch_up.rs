@@ -154,10 +154,15 @@ pub(super) fn next_pass_in(
     status: Option<&CatchUpStatus>,
     interval: Duration,
 ) -> Duration {
-    if let Some(left) = ctx.held(&format!("catch-up/{key}"), 0) {
+    if let Some(left) = ctx.holds.held(&format!("catch-up/{key}"), 0) {
         return left;
     }
-    due_in(status, interval, ctx.caught_up(key), Timestamp::now())
+    due_in(
+        status,
+        interval,
+        ctx.caught_up.contains(key),
+        Timestamp::now(),
+    )
 }
 
 /// Why a pass stopped before reading every window.
@@ -256,9 +261,9 @@ fn finish(
     let retry_key = format!("catch-up/{key}");
     let reason = match outcome {
         Ok(()) => {
-            ctx.mark_caught_up(key);
-            ctx.record_success(&retry_key);
-            ctx.release_hold(&retry_key);
+            ctx.caught_up.mark(key);
+            ctx.backoffs.succeeded(&retry_key);
+            ctx.holds.release(&retry_key);
             if let Some(state) = asc.catch_up.as_mut() {
                 state.last_check_time = Some(crate::time::now_rfc3339());
             }
@@ -276,8 +281,9 @@ fn finish(
     count_error(ctx, route, reason);
     // Not marked done: the pass is owed, after a backoff (held, so the status write this causes does
     // not start it again at once). The checkpoint keeps the windows read whole.
-    let delay = ctx.record_failure(&retry_key);
-    ctx.hold(&retry_key, 0, std::time::Instant::now() + delay);
+    let delay = ctx.backoffs.failed(&retry_key);
+    ctx.holds
+        .hold(&retry_key, 0, std::time::Instant::now() + delay);
     delay
 }
 
@@ -386,7 +392,8 @@ async fn recover(
     // and it must not run again. This leader's memory covers the moment between pruning and the route
     // copy here showing the record; the route's `status.seenEvents` covers restarts and leader changes.
     let namespace = route.namespace().unwrap_or_default();
-    if ctx.was_pruned(&namespace, &delivery.name_any()) || seen::holds(route, &delivery.name_any())
+    if ctx.pruned.contains(&namespace, &delivery.name_any())
+        || seen::holds(route, &delivery.name_any())
     {
         return Ok(0);
     }

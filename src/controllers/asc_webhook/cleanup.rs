@@ -101,7 +101,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
 /// A reconcile queued before the finalizer went may still see the route: it must not delete again.
 fn forget_webhook(ctx: &Context, route: &WebhookRoute) {
     if let Some(uid) = route.metadata.uid.as_deref() {
-        ctx.remember_asc(uid, Some((None, Vec::new())));
+        ctx.written_asc.remember(uid, Some((None, Vec::new())));
     }
 }
 

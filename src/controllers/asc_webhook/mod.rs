@@ -90,7 +90,7 @@ async fn release_unmanaged(
         apply_status(api, &name, None, &[]).await?;
     }
     if let Some(uid) = route.uid() {
-        ctx.remember_asc(&uid, None);
+        ctx.written_asc.remember(&uid, None);
     }
     Ok(())
 }
@@ -131,7 +131,8 @@ async fn write(
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     apply_status(&api, &route.name_any(), asc, &conditions).await?;
     if let Some(uid) = route.uid() {
-        ctx.remember_asc(&uid, Some((asc.cloned(), conditions.clone())));
+        ctx.written_asc
+            .remember(&uid, Some((asc.cloned(), conditions.clone())));
     }
     let was = before.iter().find(|c| c.type_ == WEBHOOK_REGISTERED);
     if let Some(now) = conditions.iter().find(|c| c.type_ == WEBHOOK_REGISTERED)
@@ -178,7 +179,7 @@ async fn blocked(ctx: &Context, route: &WebhookRoute, b: Blocked) -> Result<(), 
 /// What this reconciler last recorded for the route: its own last write when it made one (the cached
 /// route may predate it), else the route's status.
 fn known_asc(ctx: &Context, route: &WebhookRoute) -> Option<AppStoreConnectStatus> {
-    match route.uid().and_then(|uid| ctx.written_asc(&uid)) {
+    match route.uid().and_then(|uid| ctx.written_asc.get(&uid)) {
         Some((asc, _)) => asc,
         None => route
             .status
@@ -189,7 +190,7 @@ fn known_asc(ctx: &Context, route: &WebhookRoute) -> Option<AppStoreConnectStatu
 
 /// This reconciler's conditions as it last wrote them, else as the route shows them.
 fn known_conditions(ctx: &Context, route: &WebhookRoute) -> Vec<Condition> {
-    match route.uid().and_then(|uid| ctx.written_asc(&uid)) {
+    match route.uid().and_then(|uid| ctx.written_asc.get(&uid)) {
         Some((_, conditions)) => conditions,
         None => state::owned_conditions(route),
     }
@@ -303,7 +304,7 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
 
     let key = failure_key(&route);
     let fingerprint = inputs_fingerprint(&desired, previous.as_ref(), &secret);
-    if let Some(left) = ctx.held(&key, fingerprint) {
+    if let Some(left) = ctx.holds.held(&key, fingerprint) {
         // The last call failed for these very inputs; this pass was caused by writing that failure.
         return Ok(Action::requeue(left));
     }
@@ -334,18 +335,19 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
             .await?;
             tracing::warn!(route = %route.name_any(), namespace = ?route.namespace(), %message, "App Store Connect webhook not in sync");
             let delay = if e.is_transient() {
-                ctx.record_failure(&key)
+                ctx.backoffs.failed(&key)
             } else {
                 // Needs a person (a role, an app id, a limit); a slow retry notices a fix made in App
                 // Store Connect, where no watch can see it.
                 recheck.saturating_mul(10)
             };
-            ctx.hold(&key, fingerprint, std::time::Instant::now() + delay);
+            ctx.holds
+                .hold(&key, fingerprint, std::time::Instant::now() + delay);
             return Ok(Action::requeue(delay));
         }
     };
-    ctx.record_success(&key);
-    ctx.release_hold(&key);
+    ctx.backoffs.succeeded(&key);
+    ctx.holds.release(&key);
     if let Some(event) = &synced.event {
         ctx.event(route.as_ref(), false, event.0, event.1.clone())
             .await;
@@ -382,7 +384,7 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
         .status
         .ping_requested_time
         .is_none()
-        .then(|| ctx.record_failure(&key));
+        .then(|| ctx.backoffs.failed(&key));
     let next = [
         Some(read_every),
         Some(recheck),
@@ -407,7 +409,7 @@ async fn credential(
             message: "spec.appStoreConnect needs spec.credentialRef".into(),
         }));
     };
-    match ctx.asc_client(&namespace, &cred.name).await {
+    match ctx.asc_clients.resolve(&namespace, &cred.name).await {
         Ok(resolved) => Ok(Ok(resolved.client)),
         Err(CredentialProblem::Unusable {
             transient: true,
@@ -601,5 +603,5 @@ fn failure(e: &WebhookError) -> (&'static str, String) {
         WebhookError::Unavailable(_) => format!("{chain}; retrying with backoff"),
         _ => chain,
     };
-    (reason, crate::controllers::context::truncate(&message, 900))
+    (reason, crate::text::truncate(&message, 900))
 }

@@ -95,7 +95,7 @@ pub async fn read_or_generate(
             {
                 Ok(created) => {
                     // The route controller checks Secrets rarely; this one it must see at once.
-                    ctx.forget_route_facts(route);
+                    ctx.route_secrets.forget(route);
                     ctx.event(
                         route,
                         false,

@@ -5,12 +5,29 @@
 //! good" and "try again later" the same way for every kind.
 
 use super::state::Why;
+use crate::actions::EventContext;
 use crate::resources::names::FIELD_MANAGER;
+use crate::resources::route::Rule;
+use crate::resources::{WebhookDelivery, WebhookRoute};
 use kube::api::PostParams;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+
+/// Everything an action that creates an object (a Job, or any kind) is made from.
+pub struct ActionInput<'a, A> {
+    /// The delivery (owner of the object).
+    pub delivery: &'a WebhookDelivery,
+    /// Its route.
+    pub route: &'a WebhookRoute,
+    /// The rule.
+    pub rule: &'a Rule,
+    /// The rule's action.
+    pub action: &'a A,
+    /// Event data for the template.
+    pub event: &'a EventContext<'a>,
+}
 
 /// What creating the object came to.
 pub(super) enum Created {

@@ -94,11 +94,11 @@ pub async fn enrich_if_needed(
     if !wanted(rules, st) || !retry_due {
         return Enriched::NotNeeded;
     }
-    if let Some(e) = ctx.cached_enrichment(d) {
+    if let Some(e) = ctx.enrichments.get(d) {
         return Enriched::Yes(e);
     }
     let namespace = d.namespace().unwrap_or_default();
-    let resolved = match ctx.asc_client(&namespace, &cred.name).await {
+    let resolved = match ctx.asc_clients.resolve(&namespace, &cred.name).await {
         Ok(r) => r,
         Err(CredentialProblem::Unusable {
             reason,
@@ -130,7 +130,7 @@ pub async fn enrich_if_needed(
     match result {
         Ok(doc) => match Enrichment::from_document(&doc) {
             Ok(e) => {
-                ctx.cache_enrichment(d, &e);
+                ctx.enrichments.remember(d, &e);
                 Enriched::Yes(e)
             }
             Err(e) => Enriched::No {

@@ -5,42 +5,20 @@
 //! report on). What the Job watch last showed of each managed Job is kept in memory, so a Job that
 //! finished and was then removed by `ttlSecondsAfterFinished` still counts as finished, not as lost.
 
-use super::create::{Created, Reasons, create_once};
+use super::create::{ActionInput, Created, Reasons, create_once};
 use super::state::{self, Why};
-use crate::actions::EventContext;
 use crate::actions::job::{self, ApiKeyEnv};
 use crate::controllers::Error;
-use crate::controllers::context::Context;
+use crate::controllers::context::{Context, JobFact, job_facts::fact_of};
 use crate::controllers::impersonation::{self, Identity};
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus};
-use crate::resources::route::{JobAction, Rule};
+use crate::resources::route::JobAction;
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use std::time::Instant;
-
-/// What the Job watch last showed of one Job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobFact {
-    /// Running, Succeeded or Failed, from its conditions.
-    pub state: ActionState,
-    /// Why it failed.
-    pub why: Option<Why>,
-    /// Seen in the watch's deletion event: this is the Job's last state.
-    pub deleted: bool,
-}
-
-/// The fact of `job`, for the memory the Job watch feeds; `deleted`: from its deletion event.
-pub fn fact_of(job: &Job, deleted: bool) -> JobFact {
-    let (state, why) = state::job_outcome(job);
-    JobFact {
-        state,
-        why,
-        deleted,
-    }
-}
 
 /// How long a Job missing from the API server may still have its deletion (and last state) on the way
 /// in the Job watch before it counts as deleted unfinished. The watch usually brings it within a second;
@@ -63,18 +41,7 @@ fn missing(fact: Option<&JobFact>, missing_for: std::time::Duration) -> Option<J
 }
 
 /// Everything a Job action is made from.
-pub struct JobInput<'a> {
-    /// The delivery (owner of the Job).
-    pub delivery: &'a WebhookDelivery,
-    /// Its route.
-    pub route: &'a WebhookRoute,
-    /// The rule.
-    pub rule: &'a Rule,
-    /// The rule's Job action.
-    pub action: &'a JobAction,
-    /// Event data for the Job's environment.
-    pub event: &'a EventContext<'a>,
-}
+pub type JobInput<'a> = ActionInput<'a, JobAction>;
 
 /// Advances a Job action one step.
 pub async fn step(
@@ -88,48 +55,24 @@ pub async fn step(
         route,
         rule,
         action,
-        event: event_ctx,
+        ..
     } = *input;
     let namespace = d.namespace().unwrap_or_default();
     if let Some(name) = a.job_name.clone() {
         observe(ctx, &namespace, &name, a, now).await?;
         return Ok(JobStep::Observed);
     }
-    let api_key = if action.inject_api_key {
-        match api_key_env(ctx, &namespace, route).await? {
-            Ok(k) => match may_mount_key(ctx, &namespace, route, &k).await? {
-                Ok(()) => Some(k),
-                Err(why) => {
-                    state::transition(a, ActionState::Failed, Some(why), now);
-                    return Ok(JobStep::Observed);
-                }
-            },
-            Err(why) => {
-                state::transition(a, ActionState::Failed, Some(why), now);
-                return Ok(JobStep::Observed);
-            }
-        }
-    } else {
-        None
+    let job = match api_key_for(ctx, &namespace, route, action).await? {
+        Ok(api_key) => build(input, api_key.as_ref(), a),
+        Err(why) => Err(why),
     };
-    let job =
-        match job::build_job_reporting(&rule.name, &action.template, event_ctx, api_key.as_ref()) {
-            Ok(built) => {
-                // Linux refuses a single environment string over 128 KiB: such values are replaced by a marker,
-                // and the status says which.
-                a.omitted_env = built.omitted_env.iter().map(|v| (*v).to_owned()).collect();
-                built.job
-            }
-            Err(e) => {
-                state::transition(
-                    a,
-                    ActionState::Failed,
-                    Some(Why::new("InvalidJobTemplate", e.to_string())),
-                    now,
-                );
-                return Ok(JobStep::Observed);
-            }
-        };
+    let job = match job {
+        Ok(job) => job,
+        Err(why) => {
+            state::transition(a, ActionState::Failed, Some(why), now);
+            return Ok(JobStep::Observed);
+        }
+    };
     let name = job.metadata.name.clone().unwrap_or_default();
     a.attempts += 1;
     let started = Instant::now();
@@ -167,6 +110,47 @@ pub async fn step(
             Ok(JobStep::Observed)
         }
         Created::Later(why) => Ok(JobStep::RetryLater(why)),
+    }
+}
+
+/// The API key the Job's environment gets, if the action asks for one and the route may mount it.
+async fn api_key_for(
+    ctx: &Context,
+    namespace: &str,
+    route: &WebhookRoute,
+    action: &JobAction,
+) -> Result<Result<Option<ApiKeyEnv>, Why>, Error> {
+    if !action.inject_api_key {
+        return Ok(Ok(None));
+    }
+    Ok(match api_key_env(ctx, namespace, route).await? {
+        Ok(k) => may_mount_key(ctx, namespace, route, &k)
+            .await?
+            .map(|()| Some(k)),
+        Err(why) => Err(why),
+    })
+}
+
+/// The Job of the action, or why its template does not make one.
+fn build(
+    input: &JobInput<'_>,
+    api_key: Option<&ApiKeyEnv>,
+    a: &mut ActionStatus,
+) -> Result<Job, Why> {
+    let JobInput {
+        rule,
+        action,
+        event,
+        ..
+    } = *input;
+    match job::build_job_reporting(&rule.name, &action.template, event, api_key) {
+        Ok(built) => {
+            // Linux refuses a single environment string over 128 KiB: such values are replaced by a marker,
+            // and the status says which.
+            a.omitted_env = built.omitted_env.iter().map(|v| (*v).to_owned()).collect();
+            Ok(built.job)
+        }
+        Err(e) => Err(Why::new("InvalidJobTemplate", e.to_string())),
     }
 }
 
@@ -218,7 +202,7 @@ async fn observe(
     a: &mut ActionStatus,
     now: &str,
 ) -> Result<(), Error> {
-    let remembered = ctx.job_fact(namespace, name);
+    let remembered = ctx.job_facts.get(namespace, name);
     let fact = match remembered.clone() {
         Some(f) if f.state.is_done() => Some(f),
         _ => {
@@ -226,7 +210,10 @@ async fn observe(
             // None: gone, finished and removed by its TTL (remembered above) or deleted while running.
             match jobs.get_opt(name).await.map_err(Error::Kube)? {
                 Some(job) => Some(fact_of(&job, false)),
-                None => missing(remembered.as_ref(), ctx.job_missing_for(namespace, name)),
+                None => missing(
+                    remembered.as_ref(),
+                    ctx.job_facts.missing_for(namespace, name),
+                ),
             }
         }
     };

@@ -9,26 +9,32 @@
 //! so no pass repeats what an earlier one did. Only a crash between an HTTP request and the write of its
 //! outcome can repeat that request; the repeat is recorded as such (`AttemptInterrupted`).
 
+mod action;
+mod admit;
 mod create;
 mod enrich;
+pub mod gate;
 mod http_call;
 pub mod jobs;
 pub mod replay;
 pub mod resources;
+pub mod schedule;
 pub mod state;
 pub mod suspend;
+mod writer;
 
-use self::enrich::{Enriched, RequiredMissing, enrich_if_needed, required_missing};
-use self::jobs::JobStep;
-use self::state::{AfterAttempt, Why};
+use self::action::{RuleAction, StepInput, Stepped};
+use self::admit::{Admission, When, admit, decide_when};
+use self::enrich::{Enriched, enrich_if_needed};
+use self::gate::{Gate, GateInput, gate, plan};
+use self::schedule::{Bookkeeping, drop_declined, next_action, schedule};
+use self::writer::{Writer, deliveries};
 use super::context::Context;
-use super::matching::{EventFacts, matching_rules};
-use super::{Error, seen, status};
+use super::{Error, status};
 use crate::actions::EventContext;
-use crate::actions::http;
 use crate::resources::delivery::{ActionState, Phase, WebhookDeliveryStatus};
 use crate::resources::names::{API_VERSION, FIELD_MANAGER, LABEL_FINISHED};
-use crate::resources::route::{EnrichPolicy, Rule};
+use crate::resources::route::Rule;
 use crate::resources::{WebhookDelivery, WebhookRoute};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -37,8 +43,6 @@ use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A running Job is looked at this often even without a watch event, as a safety net.
-const JOB_RECHECK: Duration = Duration::from_secs(300);
 /// How soon a delivery waiting behind an older one of a resumed route looks again.
 const ORDER_WAIT: Duration = Duration::from_millis(100);
 /// Passes started over from a fresh read before giving the delivery back to the queue.
@@ -65,10 +69,6 @@ pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(Duration::from_millis(100)))
 }
 
-fn deliveries(ctx: &Context, d: &WebhookDelivery) -> Api<WebhookDelivery> {
-    Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default())
-}
-
 /// How one pass ended.
 enum Pass {
     /// Finished; look again per the action.
@@ -77,49 +77,11 @@ enum Pass {
     Stale,
 }
 
-/// Status writes of one pass, each conditional on the version the pass last read or wrote.
-struct Writer<'a> {
-    api: Api<WebhookDelivery>,
-    name: String,
-    resource_version: Option<String>,
-    written: WebhookDeliveryStatus,
-    ctx: &'a Context,
-    delivery: &'a WebhookDelivery,
-}
-
-impl Writer<'_> {
-    /// Writes `st` if it differs from what is stored. `Ok(false)`: the object changed underneath.
-    async fn save(&mut self, st: &WebhookDeliveryStatus) -> Result<bool, Error> {
-        if *st == self.written {
-            return Ok(true);
-        }
-        let applied =
-            status::apply_if_unchanged(&self.api, &self.name, self.resource_version.as_deref(), st)
-                .await
-                .map_err(Error::Kube)?;
-        let Some(obj) = applied else {
-            return Ok(false);
-        };
-        self.resource_version = obj.resource_version();
-        if st.phase == Phase::Failed && self.written.phase != Phase::Failed {
-            let why = st
-                .message
-                .clone()
-                .unwrap_or_else(|| "an action failed".into());
-            self.ctx
-                .event(self.delivery, true, "DeliveryFailed", why)
-                .await;
-        }
-        self.written = st.clone();
-        Ok(true)
-    }
-}
-
 /// The route of `d`, from the route controller's cache, else from the API server (a route created a
 /// moment ago may not be cached yet).
 async fn route_of(ctx: &Context, d: &WebhookDelivery) -> Result<Option<WebhookRoute>, Error> {
     let namespace = d.namespace().unwrap_or_default();
-    if let Some(store) = ctx.routes()
+    if let Some(store) = ctx.stores.routes()
         && let Some(r) = store.get(&ObjectRef::new(&d.spec.route).within(&namespace))
     {
         return Ok(Some(r.as_ref().clone()));
@@ -128,34 +90,11 @@ async fn route_of(ctx: &Context, d: &WebhookDelivery) -> Result<Option<WebhookRo
     routes.get_opt(&d.spec.route).await.map_err(Error::Kube)
 }
 
-/// The rules the delivery runs: matched on the first pass, then kept, so editing a route never
-/// half-reruns an event.
-fn plan(route: &WebhookRoute, d: &WebhookDelivery, st: &WebhookDeliveryStatus) -> Vec<Rule> {
-    if st.matched_rules.is_empty() {
-        let facts = EventFacts {
-            event_type: &d.spec.event_type,
-            new_state: d.spec.new_state.as_deref(),
-            old_state: d.spec.old_state.as_deref(),
-        };
-        matching_rules(&route.spec.rules, facts)
-            .into_iter()
-            .cloned()
-            .collect()
-    } else {
-        route
-            .spec
-            .rules
-            .iter()
-            .filter(|r| st.matched_rules.contains(&r.name))
-            .cloned()
-            .collect()
-    }
-}
-
+/// One pass over a delivery read a moment ago: gate → plan → enrich → per rule, `when` and the action's
+/// step → schedule → conclude. Each status write is conditional on the version the pass decided on.
 async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
-    let d = match start_replay(ctx, d).await? {
-        Some(d) => d,
-        None => return Ok(Pass::Stale),
+    let Some(d) = start_replay(ctx, d).await? else {
+        return Ok(Pass::Stale);
     };
     let previous = d.status.clone().unwrap_or_default();
     if previous.phase.is_terminal() {
@@ -165,341 +104,183 @@ async fn pass(ctx: &Context, d: WebhookDelivery) -> Result<Pass, Error> {
         }
         return Ok(Pass::Done(Action::await_change()));
     }
-    let now_ts = jiff::Timestamp::now();
-    let now = crate::time::format_ts(now_ts);
-    let generation = d.metadata.generation;
-    let mut st = previous.clone();
-    let mut w = Writer {
-        api: deliveries(ctx, &d),
-        name: d.name_any(),
-        resource_version: d.resource_version(),
-        written: previous.clone(),
-        ctx,
-        delivery: &d,
+    let now = jiff::Timestamp::now();
+    let mut w = Writer::new(ctx, &d, previous.clone());
+    let mut st = previous;
+    let route = route_of(ctx, &d).await?;
+    let route = match pass_gate(ctx, &d, route.as_ref(), &mut st, now).await {
+        Ok(route) => route,
+        Err(Stopped::Requeue(after)) => return Ok(Pass::Done(Action::requeue(after))),
+        Err(Stopped::Conclude) => return conclude(ctx, &d, &mut w, st, now).await,
     };
-
-    let Some(route) = route_of(ctx, &d).await? else {
+    let now_text = crate::time::format_ts(now);
+    let Some(rules) = plan(route, &d, &mut st, &now_text) else {
         state::finish(
             &mut st,
-            Phase::Failed,
-            Some(format!("route {} no longer exists", d.spec.route)),
-            generation,
-            &now,
+            Phase::NoMatch,
+            None,
+            d.metadata.generation,
+            &now_text,
         );
-        return conclude(ctx, &d, &mut w, st, now_ts).await;
+        return conclude(ctx, &d, &mut w, st, now).await;
     };
-    if st.matched_rules.is_empty() && st.actions.is_empty() && st.replay_count() == 0 {
-        let namespace = d.namespace().unwrap_or_default();
-        if ctx.was_pruned(&namespace, &d.name_any()) || seen::holds(&route, &d.name_any()) {
-            // An earlier delivery of this event ran and was pruned: this one runs nothing.
-            let why = format!(
-                "event {} already ran on route {} (its delivery was pruned; status.seenEvents of the route): nothing runs again; set {} to run it on purpose",
-                d.spec.event_id,
-                d.spec.route,
-                crate::resources::delivery::ANNOTATION_REPLAY
-            );
+    let (enriched, retry_due) = enrich(ctx, &d, route, &rules, &mut st, now).await;
+    let event = EventContext {
+        delivery: &d,
+        enrichment: enriched.get(),
+    };
+    let input = StepInput {
+        delivery: &d,
+        route,
+        event: &event,
+        retry_due,
+        now: &now_text,
+    };
+    let mut book = Bookkeeping::new(
+        ctx.settings.retry_backoff(),
+        ctx.settings.max_attempts,
+        !matches!(enriched, Enriched::NotNeeded),
+    );
+    let declined =
+        match run_rules(ctx, &input, &enriched, &rules, &mut st, &mut w, &mut book).await? {
+            Some(declined) => declined,
+            None => return Ok(Pass::Stale),
+        };
+    if !drop_declined(&mut st, &declined, d.metadata.generation, &now_text) {
+        if book.did_work && st.attempts == 0 && st.replay_count() == 0 {
+            let ns = d.namespace().unwrap_or_default();
+            (ctx.metrics.state).observe_start_lag(&ns, &d.spec.route, &d.spec.received_at, now);
+        }
+        schedule(&mut st, &book, retry_due, d.metadata.generation, now);
+    }
+    conclude(ctx, &d, &mut w, st, now).await
+}
+
+/// Enrich: fetches (or recalls) the event's object when an action about to start may use it, and
+/// records the outcome; with whether a scheduled retry is due (or none is scheduled).
+async fn enrich(
+    ctx: &Context,
+    d: &WebhookDelivery,
+    route: &WebhookRoute,
+    rules: &[Rule],
+    st: &mut WebhookDeliveryStatus,
+    now: jiff::Timestamp,
+) -> (Enriched, bool) {
+    let retry_due = st
+        .next_retry_time
+        .as_deref()
+        .and_then(crate::time::parse_ts)
+        .is_none_or(|t| t <= now);
+    let enriched = enrich_if_needed(ctx, d, route, rules, st, retry_due).await;
+    if let Some(e) = enriched.status() {
+        st.enrichment = Some(e);
+    }
+    (enriched, retry_due)
+}
+
+/// How a pass the gate stopped ends: concluded with its status, or looked at again soon.
+enum Stopped {
+    /// Write the status and conclude.
+    Conclude,
+    /// Look again after this long, writing nothing.
+    Requeue(Duration),
+}
+
+/// The gate's I/O half: asks the gate and turns what it says into the delivery's status (and the
+/// duplicate's metric and Event). `Ok`: the delivery runs, on this route.
+async fn pass_gate<'r>(
+    ctx: &Context,
+    d: &WebhookDelivery,
+    route: Option<&'r WebhookRoute>,
+    st: &mut WebhookDeliveryStatus,
+    now: jiff::Timestamp,
+) -> Result<&'r WebhookRoute, Stopped> {
+    let namespace = d.namespace().unwrap_or_default();
+    let was_pruned = || ctx.pruned.contains(&namespace, &d.name_any());
+    let waits_behind = || {
+        ctx.stores
+            .unfinished_deliveries()
+            .is_some_and(|store| suspend::waits_behind(d, store.state().iter().map(|o| o.as_ref())))
+    };
+    let verdict = gate(&GateInput {
+        delivery: d,
+        route,
+        status: st,
+        was_pruned: &was_pruned,
+        waits_behind: &waits_behind,
+    });
+    let (generation, now) = (d.metadata.generation, crate::time::format_ts(now));
+    match verdict {
+        Gate::Open(route) => {
+            suspend::release(st);
+            return Ok(route);
+        }
+        Gate::WaitInOrder => return Err(Stopped::Requeue(ORDER_WAIT)),
+        Gate::RouteGone => {
+            let why = format!("route {} no longer exists", d.spec.route);
+            state::finish(st, Phase::Failed, Some(why), generation, &now);
+        }
+        Gate::Duplicate => {
+            let why = gate::duplicate_message(d);
             ctx.metrics
                 .duplicate_events
                 .get_or_create(&crate::metrics::RouteLabels {
                     route: format!("{namespace}/{}", d.spec.route).into(),
                 })
                 .inc();
-            ctx.event(&d, false, "DuplicateEvent", why.clone()).await;
-            state::finish(&mut st, Phase::Duplicate, Some(why), generation, &now);
-            return conclude(ctx, &d, &mut w, st, now_ts).await;
+            ctx.event(d, false, "DuplicateEvent", why.clone()).await;
+            state::finish(st, Phase::Duplicate, Some(why), generation, &now);
         }
+        Gate::Suspended => suspend::hold(st, &d.spec.route, generation, &now),
     }
-    if st.matched_rules.is_empty() {
-        // Nothing started yet: a suspended route holds the delivery, and a resumed one starts its
-        // deliveries in order of receipt.
-        if route.spec.suspend {
-            suspend::hold(&mut st, &d.spec.route, generation, &now);
-            return conclude(ctx, &d, &mut w, st, now_ts).await;
-        }
-        if let Some(store) = ctx.unfinished_deliveries()
-            && suspend::waits_behind(&d, store.state().iter().map(|o| o.as_ref()))
-        {
-            return Ok(Pass::Done(Action::requeue(ORDER_WAIT)));
-        }
-    }
-    suspend::release(&mut st);
-    let rules = plan(&route, &d, &st);
-    if rules.is_empty() && st.matched_rules.is_empty() {
-        state::finish(&mut st, Phase::NoMatch, None, generation, &now);
-        return conclude(ctx, &d, &mut w, st, now_ts).await;
-    }
-    for gone in st.matched_rules.clone() {
-        if rules.iter().any(|r| r.name == gone) {
-            continue;
-        }
-        if let Some(a) = st
-            .actions
-            .iter_mut()
-            .find(|a| a.rule == gone && !a.state.is_done())
-        {
-            state::transition(
-                a,
-                ActionState::Failed,
-                Some(Why::new(
-                    "RuleRemoved",
-                    "the rule was removed from the route",
-                )),
-                &now,
-            );
-        }
-    }
-    st.matched_rules = rules.iter().map(|r| r.name.clone()).collect();
+    Err(Stopped::Conclude)
+}
 
-    let retry_due = st
-        .next_retry_time
-        .as_deref()
-        .and_then(crate::time::parse_ts)
-        .is_none_or(|t| t <= now_ts);
-    let enriched = enrich_if_needed(ctx, &d, &route, &rules, &st, retry_due).await;
-    let mut did_work = !matches!(enriched, Enriched::NotNeeded);
-    if let Some(e) = enriched.status() {
-        st.enrichment = Some(e);
-    }
-    let event_ctx = EventContext {
-        delivery: &d,
-        enrichment: enriched.get(),
+/// Per rule: `when`, whether its action may take a step, and the step. The rules whose `when` said no,
+/// or `None` when a write found a newer version.
+async fn run_rules(
+    ctx: &Context,
+    input: &StepInput<'_>,
+    enriched: &Enriched,
+    rules: &[Rule],
+    st: &mut WebhookDeliveryStatus,
+    w: &mut Writer<'_>,
+    book: &mut Bookkeeping,
+) -> Result<Option<Vec<String>>, Error> {
+    let admission = Admission {
+        suspended: input.route.spec.suspend,
+        enriched,
+        retry_due: input.retry_due,
+        attempts_so_far: st.attempts,
+        max_attempts: ctx.settings.max_attempts,
+        has_credential: input.route.spec.credential_ref.is_some(),
     };
-
-    let mut retry_in: Option<Duration> = None;
-    let mut want_retry = |wanted: Duration| {
-        let wanted = wanted.min(ctx.settings.retry_max_delay);
-        retry_in = Some(retry_in.map_or(wanted, |r: Duration| r.min(wanted)));
-    };
-    let attempts_so_far = st.attempts;
-    let backoff = |n: i32| ctx.settings.backoff(u32::try_from(n).unwrap_or(1));
-    // Rules whose `when` said no: dropped from the plan after the loop.
-    let mut declined: Vec<String> = Vec::new();
-    for rule in &rules {
-        if let Some(when) = &rule.when
-            && state::not_started(&st.actions, rule)
-            && !(rule.enrich == EnrichPolicy::Required && enriched.get().is_none())
-        {
-            // Decided after enrichment, before the action starts; never again once it started.
-            match crate::actions::when::evaluate(when, &event_ctx, crate::actions::when::COST_LIMIT)
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    declined.push(rule.name.clone());
-                    continue;
-                }
-                Err(e) => {
-                    let a = state::entry(&mut st.actions, rule);
-                    let why = Why::new(e.reason(), format!("when: {e}"));
-                    state::transition(a, ActionState::Failed, Some(why), &now);
-                    continue;
-                }
+    let mut declined = Vec::new();
+    for rule in rules {
+        match decide_when(rule, &st.actions, input.event) {
+            When::Run => {}
+            When::Declined => {
+                declined.push(rule.name.clone());
+                continue;
+            }
+            When::Failed(why) => {
+                let a = state::entry(&mut st.actions, rule);
+                state::transition(a, ActionState::Failed, Some(why), input.now);
+                continue;
             }
         }
         let a = state::entry(&mut st.actions, rule);
-        if a.state.is_done() {
+        if !admit(rule, a, &admission, book, input.now) {
             continue;
         }
-        let starting = a.job_name.is_none() && rule.job.is_some()
-            || a.resource.is_none() && rule.resource.is_some()
-            || rule.http.is_some();
-        if starting && route.spec.suspend && a.state != ActionState::InFlight {
-            // Suspended mid-delivery: what runs is still followed, nothing new starts.
-            let why = Why::new(
-                suspend::REASON,
-                "the route is suspended (spec.suspend: true)",
-            );
-            state::transition(a, ActionState::Pending, Some(why), &now);
+        let Some(action) = RuleAction::of(rule) else {
             continue;
-        }
-        if starting && rule.enrich == EnrichPolicy::Required && enriched.get().is_none() {
-            match required_missing(
-                &enriched,
-                retry_due,
-                attempts_so_far,
-                ctx.settings.max_attempts,
-                route.spec.credential_ref.is_some(),
-            ) {
-                RequiredMissing::Retry(why) => {
-                    state::transition(a, ActionState::Pending, Some(why), &now);
-                    want_retry(backoff(attempts_so_far + 1));
-                }
-                RequiredMissing::Fail(why) => {
-                    state::transition(a, ActionState::Failed, Some(why), &now)
-                }
-                RequiredMissing::Wait => {}
-            }
-            continue;
-        }
-        if rule.job.is_some() || rule.resource.is_some() {
-            let step = if let Some(job_action) = &rule.job {
-                let input = jobs::JobInput {
-                    delivery: &d,
-                    route: &route,
-                    rule,
-                    action: job_action,
-                    event: &event_ctx,
-                };
-                jobs::step(ctx, &input, a, &now).await?
-            } else {
-                let Some(resource_action) = &rule.resource else {
-                    continue;
-                };
-                let input = resources::ResourceInput {
-                    delivery: &d,
-                    route: &route,
-                    rule,
-                    action: resource_action,
-                    event: &event_ctx,
-                };
-                resources::step(ctx, &input, a, &now).await?
-            };
-            match step {
-                JobStep::Created => {
-                    did_work = true;
-                    // Recorded before anything else can fail: the Job is never made twice.
-                    if !w.save(&st).await? {
-                        return Ok(Pass::Stale);
-                    }
-                }
-                JobStep::Observed => {}
-                JobStep::RetryLater(why) => {
-                    did_work = true;
-                    let attempts = a.attempts;
-                    if attempts >= ctx.settings.max_attempts {
-                        let msg = format!("{}; gave up after {attempts} attempts", why.message);
-                        state::transition(
-                            a,
-                            ActionState::Failed,
-                            Some(Why::new(why.reason, msg)),
-                            &now,
-                        );
-                    } else {
-                        state::transition(a, ActionState::Pending, Some(why), &now);
-                        want_retry(backoff(attempts));
-                    }
-                }
-            }
-        } else if let Some(http_action) = &rule.http {
-            let max = http::max_attempts(http_action);
-            if a.state == ActionState::InFlight {
-                // Seen on a copy that wins its write below: the attempt before was interrupted.
-                if let AfterAttempt::Retry { .. } = state::interrupted_attempt(a, max, &now) {
-                    want_retry(Duration::ZERO);
-                }
-                continue;
-            }
-            if !retry_due {
-                continue;
-            }
-            did_work = true;
-            let request = match http_call::prepare(
-                ctx,
-                &d.namespace().unwrap_or_default(),
-                &route,
-                http_action,
-                &event_ctx,
-            )
-            .await?
-            {
-                http_call::Prepared::Request(r) => r,
-                http_call::Prepared::Missing(error) => {
-                    a.attempts += 1;
-                    if let AfterAttempt::Retry { .. } =
-                        state::retry_or_fail(a, "HttpSecretNotFound", &error, max, &now, None)
-                    {
-                        want_retry(backoff(a.attempts));
-                    }
-                    continue;
-                }
-                http_call::Prepared::Invalid(why) => {
-                    a.attempts += 1;
-                    state::transition(a, ActionState::Failed, Some(why), &now);
-                    continue;
-                }
-            };
-            state::start_http_attempt(a, &now);
-            if !w.save(&st).await? {
-                return Ok(Pass::Stale);
-            }
-            let outcome = http_call::send(ctx, &request).await;
-            let a = state::entry(&mut st.actions, rule);
-            let after = state::finish_http_attempt(a, &outcome, max, &now);
-            if let AfterAttempt::Retry { retry_after } = after {
-                let b = backoff(a.attempts);
-                let asked = retry_after.map(Duration::from_secs);
-                want_retry(crate::retry::honour(b, asked, ctx.settings.retry_max_delay));
-            }
-            // The outcome is written before anything else happens, so no later pass repeats the call.
-            if !save_outcome(ctx, &mut w, &mut st, rule).await? {
-                return Ok(Pass::Stale);
-            }
+        };
+        if let Stepped::Stale = action.step(ctx, input, rule, st, w, book).await? {
+            return Ok(None);
         }
     }
-    if !declined.is_empty() {
-        st.actions.retain(|a| !declined.contains(&a.rule));
-        st.matched_rules.retain(|r| !declined.contains(r));
-        if st.matched_rules.is_empty() {
-            let why = "the rules whose match fits this event all have a `when` that is false";
-            state::finish(&mut st, Phase::NoMatch, Some(why.into()), generation, &now);
-            return conclude(ctx, &d, &mut w, st, now_ts).await;
-        }
-    }
-    if did_work {
-        if st.attempts == 0 && st.replay_count() == 0 {
-            let ns = d.namespace().unwrap_or_default();
-            (ctx.metrics.state).observe_start_lag(&ns, &d.spec.route, &d.spec.received_at, now_ts);
-        }
-        st.attempts += 1;
-    }
-
-    let mut phase = state::phase_of(&st.actions);
-    if !phase.is_terminal() && retry_in.is_none() && !retry_due {
-        // Nothing ran because a retry is not due yet: keep the schedule.
-    } else {
-        st.next_retry_time = retry_in.map(|r| crate::time::format_ts(now_ts + r));
-    }
-    if phase == Phase::Pending && st.attempts > 0 {
-        phase = Phase::Running;
-    }
-    let message = if phase == Phase::Failed {
-        state::failure_message(&st.actions)
-    } else {
-        None
-    };
-    state::finish(&mut st, phase, message, generation, &now);
-    conclude(ctx, &d, &mut w, st, now_ts).await
-}
-
-/// Writes an HTTP attempt's outcome. Should the write lose to a newer version (nothing but this pass
-/// should write while an attempt is in flight, but a status edit by a person can), the outcome is carried
-/// over to a fresh read of the delivery rather than dropped.
-async fn save_outcome(
-    ctx: &Context,
-    w: &mut Writer<'_>,
-    st: &mut WebhookDeliveryStatus,
-    rule: &Rule,
-) -> Result<bool, Error> {
-    if w.save(st).await? {
-        return Ok(true);
-    }
-    let Some(outcome) = st.actions.iter().find(|a| a.rule == rule.name).cloned() else {
-        return Ok(false);
-    };
-    let Some(fresh) = w.api.get_opt(&w.name).await.map_err(Error::Kube)? else {
-        return Ok(false);
-    };
-    let mut fresh_st = fresh.status.clone().unwrap_or_default();
-    match fresh_st.actions.iter_mut().find(|a| a.rule == rule.name) {
-        Some(a) if a.state == ActionState::InFlight && a.attempts == outcome.attempts => {
-            *a = outcome;
-        }
-        _ => return Ok(false),
-    }
-    ctx.metrics.stale_writes.inc();
-    w.resource_version = fresh.resource_version();
-    w.written = fresh.status.unwrap_or_default();
-    *st = fresh_st;
-    w.save(st).await
+    Ok(Some(declined))
 }
 
 /// Writes the pass's final status (and labels a finished delivery).
@@ -558,21 +339,6 @@ async fn start_replay(ctx: &Context, d: WebhookDelivery) -> Result<Option<Webhoo
     )
     .await;
     Ok(Some(started))
-}
-
-fn next_action(st: &WebhookDeliveryStatus, now: jiff::Timestamp) -> Action {
-    if st.phase.is_terminal() {
-        return Action::await_change();
-    }
-    if let Some(t) = st
-        .next_retry_time
-        .as_deref()
-        .and_then(crate::time::parse_ts)
-    {
-        let wait = t.duration_since(now).as_millis().max(0) as u64;
-        return Action::requeue(Duration::from_millis(wait.max(10)).min(JOB_RECHECK));
-    }
-    Action::requeue(JOB_RECHECK)
 }
 
 /// Labels a finished delivery, which drops it from this controller's watch (and memory).

@@ -6,10 +6,9 @@
 //! delivery whenever the object changes; each wake reads the object once and decides with
 //! `succeededWhen`/`failedWhen` or the common conventions (`actions::resource`).
 
-use super::create::{Created, Reasons, create_once};
+use super::create::{ActionInput, Created, Reasons, create_once};
 use super::jobs::JobStep;
 use super::state::{self, Why};
-use crate::actions::EventContext;
 use crate::actions::resource::{self, Outcome, TypeRef};
 use crate::actions::when::COST_LIMIT;
 use crate::controllers::Error;
@@ -17,25 +16,13 @@ use crate::controllers::context::Context;
 use crate::controllers::resource_kinds::KindFact;
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{ActionState, ActionStatus, ResourceStatus};
-use crate::resources::route::{ResourceAction, Rule};
-use crate::resources::{WebhookDelivery, WebhookRoute};
+use crate::resources::route::ResourceAction;
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, ResourceExt};
 use std::time::Instant;
 
 /// Everything a resource action is made from.
-pub struct ResourceInput<'a> {
-    /// The delivery (owner of the object).
-    pub delivery: &'a WebhookDelivery,
-    /// Its route.
-    pub route: &'a WebhookRoute,
-    /// The rule.
-    pub rule: &'a Rule,
-    /// The rule's resource action.
-    pub action: &'a ResourceAction,
-    /// Event data for the template.
-    pub event: &'a EventContext<'a>,
-}
+pub type ResourceInput<'a> = ActionInput<'a, ResourceAction>;
 
 /// What creating the object came to.
 fn count(ctx: &Context, outcome: &'static str) {

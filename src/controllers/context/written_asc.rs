@@ -1,0 +1,57 @@
+//! What the App Store Connect webhook reconciler last wrote for each route.
+
+use crate::resources::Condition;
+use crate::resources::route_asc::AppStoreConnectStatus;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// What the App Store Connect webhook reconciler last wrote for a route: `status.appStoreConnect` and
+/// its conditions.
+pub type WrittenAsc = (Option<AppStoreConnectStatus>, Vec<Condition>);
+
+/// The `status.appStoreConnect` this process last wrote, by route uid. Only the leader writes it, so
+/// this is the truth even when a reconcile starts from a cached route that predates the write.
+#[derive(Default)]
+pub struct WrittenAscStatus {
+    by_uid: Mutex<HashMap<String, WrittenAsc>>,
+}
+
+impl WrittenAscStatus {
+    /// What was last written for route `uid`.
+    pub fn get(&self, uid: &str) -> Option<WrittenAsc> {
+        self.by_uid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Remembers (or, with `None`, forgets) what was written for route `uid`.
+    pub fn remember(&self, uid: &str, status: Option<WrittenAsc>) {
+        let mut m = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        match status {
+            Some(s) => {
+                m.insert(uid.to_owned(), s);
+            }
+            None => {
+                m.remove(uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_write_per_route_is_kept_until_forgotten() {
+        let written = WrittenAscStatus::default();
+        assert_eq!(written.get("uid-1"), None);
+        written.remember("uid-1", Some((None, vec![])));
+        assert_eq!(written.get("uid-1"), Some((None, vec![])));
+        assert_eq!(written.get("uid-2"), None);
+        written.remember("uid-1", None);
+        assert_eq!(written.get("uid-1"), None);
+    }
+}

@@ -22,3 +22,4 @@ pub mod retry;
 pub mod send;
 pub mod telemetry;
 pub mod time;
+pub mod watch_retry;

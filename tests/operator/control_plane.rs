@@ -107,6 +107,9 @@ async fn a_control_plane_outage_is_quiet_and_every_controller_works_within_secon
     )
     .await;
     let counted = back.elapsed();
+    eprintln!(
+        "outage {OUTAGE:?}: {noise} watch-failure lines; back → Jobs {recovered:?}, route counted {counted:?}"
+    );
 
     assert!(
         noise <= 40,

@@ -41,18 +41,24 @@ async fn an_outage_refuses_connections_then_the_server_is_back_on_the_same_port_
     assert_eq!(back.metadata.name.as_deref(), Some("kept"));
 }
 
-#[tokio::test]
-async fn a_watch_from_before_an_outage_is_expired_with_the_real_status_body() {
+/// A server holding secrets `a` and `b`, and the resourceVersion after `a` (before `b`).
+async fn two_secrets_and_the_version_between() -> (FakeApiServer, Api<Secret>, u64) {
     let server = server().await;
     let secrets: Api<Secret> = Api::namespaced(no_retry_client(&server), "default");
     secrets
         .create(&PostParams::default(), &secret("a", &[]))
         .await
         .expect("create");
-    let before = server.resource_version();
+    let between = server.resource_version();
     server
         .put_object("secrets", json!({"metadata": {"name": "b"}}))
         .expect("seed");
+    (server, secrets, between)
+}
+
+#[tokio::test]
+async fn a_watch_from_before_an_outage_is_expired_with_the_real_status_body() {
+    let (server, secrets, before) = two_secrets_and_the_version_between().await;
     server.begin_outage().await;
     server.end_outage();
 
@@ -76,16 +82,7 @@ async fn a_watch_from_before_an_outage_is_expired_with_the_real_status_body() {
 
 #[tokio::test]
 async fn an_exact_list_of_a_compacted_version_is_410_and_a_current_one_is_served() {
-    let server = server().await;
-    let secrets: Api<Secret> = Api::namespaced(no_retry_client(&server), "default");
-    secrets
-        .create(&PostParams::default(), &secret("a", &[]))
-        .await
-        .expect("create");
-    let old = server.resource_version();
-    server
-        .put_object("secrets", json!({"metadata": {"name": "b"}}))
-        .expect("seed");
+    let (server, secrets, old) = two_secrets_and_the_version_between().await;
     server.compact();
 
     let err = secrets

@@ -82,6 +82,7 @@ async fn a_control_plane_outage_is_quiet_and_every_controller_works_within_secon
     );
     tokio::time::sleep(OUTAGE).await;
     let noise = watch_failure_lines() - lines_before;
+    eprintln!("outage {OUTAGE:?}: {noise} watch-failure lines");
 
     w.fake().end_outage();
     let back = Instant::now();
@@ -107,9 +108,7 @@ async fn a_control_plane_outage_is_quiet_and_every_controller_works_within_secon
     )
     .await;
     let counted = back.elapsed();
-    eprintln!(
-        "outage {OUTAGE:?}: {noise} watch-failure lines; back → Jobs {recovered:?}, route counted {counted:?}"
-    );
+    eprintln!("back after the outage → Jobs {recovered:?}, route counted {counted:?}");
 
     assert!(
         noise <= 40,

@@ -25,3 +25,4 @@ pub mod state_metrics;
 pub mod telemetry;
 pub mod text;
 pub mod time;
+pub mod watch_retry;

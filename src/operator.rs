@@ -14,7 +14,7 @@ use crate::receiver::routes::{RouteForReceiver, RouteTable};
 use crate::receiver::serve::ServeLimits;
 use crate::receiver::{Receiver, ReceiverConfig};
 use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
@@ -133,11 +133,19 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     check_settings(&args)?;
+    // Each client says who it is, so the API server's audit log and request counts tell the receiver's
+    // writes from the controllers'.
+    let mut config = config;
+    config.headers.push(user_agent("controllers"));
     let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
     // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
     // the API server is down, but say 503 and let Apple (or `send`) come back.
     let mut receiver_config = config.clone();
     receiver_config.default_retry = false;
+    receiver_config
+        .headers
+        .retain(|(name, _)| name != http::header::USER_AGENT);
+    receiver_config.headers.push(user_agent("receiver"));
     receiver_config.read_timeout = Some(Duration::from_secs(5));
     let receiver_client = Client::try_from(receiver_config).map_err(RunError::Client)?;
     let metrics = Metrics::new();
@@ -226,25 +234,31 @@ fn start_route_table(
         let readiness = readiness.clone();
         let metrics = metrics.clone();
         let routes = routes.clone();
-        watcher(
+        let failed = {
+            let readiness = readiness.clone();
+            let mut limit = crate::watch_retry::LogLimit::default();
+            move |e: &watcher::Error| route_watch_failed(e, &readiness, &metrics, &mut limit)
+        };
+        let events = watcher(
             routes_api,
             watcher::Config::default()
                 .any_semantic()
                 .page_size(crate::controllers::LIST_PAGE_SIZE),
-        )
-        .default_backoff()
-        .for_each(move |event| {
-            match event {
-                Ok(event) => {
-                    routes.apply(event);
-                    readiness.clear_problem()
-                }
-                Err(e) => route_watch_failed(&e, &readiness, &metrics),
+        );
+        crate::watch_retry::retrying(events, failed).for_each(move |event| {
+            // `retrying` reported the errors.
+            if let Ok(event) = event {
+                routes.apply(event);
+                readiness.clear_problem()
             }
             futures::future::ready(())
         })
     };
     tokio::spawn(route_stream);
+    tokio::spawn(crate::watch_retry::probe_while_waiting(
+        client.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(probe_while_unready(
         routes_probe,
         readiness.clone(),
@@ -315,6 +329,17 @@ async fn run_controllers(
     Ok(())
 }
 
+/// The `User-Agent` of the client of `part` (`asc-webhook-operator/<version> (receiver)`).
+fn user_agent(part: &str) -> (http::HeaderName, http::HeaderValue) {
+    let value = format!("{} ({part})", crate::resources::names::USER_AGENT);
+    (
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&value).unwrap_or(http::HeaderValue::from_static(
+            crate::resources::names::USER_AGENT,
+        )),
+    )
+}
+
 /// How often an unready replica checks whether it may read routes again.
 const UNREADY_PROBE: Duration = Duration::from_secs(2);
 
@@ -342,20 +367,32 @@ async fn probe_while_unready(
 
 /// A failing route watch: counted, logged at error with what to do when a person has to act (missing
 /// CRDs, RBAC), and shown by `/readyz` until the watch works again.
-fn route_watch_failed(e: &watcher::Error, readiness: &Readiness, metrics: &Metrics) {
+fn route_watch_failed(
+    e: &watcher::Error,
+    readiness: &Readiness,
+    metrics: &Metrics,
+    limit: &mut crate::watch_retry::LogLimit,
+) {
     metrics
         .watch_errors
         .get_or_create(&WatchLabels { stream: "receiver" })
         .inc();
     let problem = crate::diagnose::watch_problem("webhookroutes", e);
     if problem.needs_action() {
+        readiness.set_problem(problem.message().to_owned());
+    }
+    let crate::watch_retry::Admit::Log { suppressed } = limit.admit(std::time::Instant::now())
+    else {
+        return;
+    };
+    if problem.needs_action() {
         tracing::error!(
             problem = problem.message(),
+            suppressed,
             "cannot watch routes; not ready"
         );
-        readiness.set_problem(problem.message().to_owned());
     } else {
-        tracing::warn!(error = %e, "route watch interrupted; retrying");
+        tracing::warn!(error = %e, suppressed, "route watch interrupted; retrying with backoff");
     }
 }
 

@@ -24,6 +24,7 @@ use crate::resources::names::{
     ANNOTATION_LAST_APPLIED, LABEL_FINISHED, LABEL_MANAGED_BY, MANAGED_BY,
 };
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
+use crate::watch_retry::{Admit, LogLimit, retrying};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
@@ -115,6 +116,7 @@ fn slim_cache<K>(
     api: Api<K>,
     config: watcher::Config,
     mut slim: impl FnMut(&mut K) + Send + 'static,
+    report: impl FnMut(&watcher::Error) + Send + 'static,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -129,18 +131,15 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(api, config.page_size(LIST_PAGE_SIZE)).modify(move |obj: &mut K| {
-            let meta = obj.meta_mut();
-            meta.managed_fields = None;
-            if let Some(a) = meta.annotations.as_mut() {
-                a.remove(ANNOTATION_LAST_APPLIED);
-            }
-            slim(obj);
-        }),
-    )
-    .applied_objects();
+    let events = watcher(api, config.page_size(LIST_PAGE_SIZE)).modify(move |obj: &mut K| {
+        let meta = obj.meta_mut();
+        meta.managed_fields = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove(ANNOTATION_LAST_APPLIED);
+        }
+        slim(obj);
+    });
+    let stream = reflector(writer, retrying(events, report)).applied_objects();
     (reader, stream)
 }
 
@@ -154,6 +153,7 @@ where
             Item = Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
         >,
 {
+    let mut limit = LogLimit::default();
     stream
         .for_each(|result| {
             match result {
@@ -162,7 +162,7 @@ where
                     tracing::debug!(%obj, controller, "object gone before its reconcile")
                 }
                 Err(controller::Error::QueueError(e)) => {
-                    watch_failed(controller, watched, &e, &metrics)
+                    watch_failed(controller, watched, &e, &metrics, &mut limit)
                 }
                 Err(e) => {
                     metrics
@@ -177,21 +177,43 @@ where
         .await;
 }
 
-/// Counts a watch error and logs it, at error with what to do when a person has to act.
-fn watch_failed(controller: &'static str, watched: &str, e: &watcher::Error, metrics: &Metrics) {
+/// What one watch does with its errors: counts each, and logs a few a minute (with the count of those
+/// left out), at error with what to do when a person has to act.
+fn watch_reporter(
+    controller: &'static str,
+    watched: &'static str,
+    metrics: &Metrics,
+) -> impl FnMut(&watcher::Error) + Send + use<> {
+    let metrics = metrics.clone();
+    let mut limit = LogLimit::default();
+    move |e| watch_failed(controller, watched, e, &metrics, &mut limit)
+}
+
+fn watch_failed(
+    controller: &'static str,
+    watched: &str,
+    e: &watcher::Error,
+    metrics: &Metrics,
+    limit: &mut LogLimit,
+) {
     metrics
         .watch_errors
         .get_or_create(&WatchLabels { stream: controller })
         .inc();
+    let Admit::Log { suppressed } = limit.admit(std::time::Instant::now()) else {
+        return;
+    };
     let problem = crate::diagnose::watch_problem(watched, e);
     if problem.needs_action() {
         tracing::error!(
             controller,
+            watched,
             problem = problem.message(),
+            suppressed,
             "controller cannot watch its resources"
         );
     } else {
-        tracing::warn!(controller, error = %e, "controller watch interrupted; retrying");
+        tracing::warn!(controller, watched, error = %e, suppressed, "controller watch interrupted; retrying with backoff");
     }
 }
 
@@ -205,16 +227,18 @@ fn job_events(
         .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
         .page_size(LIST_PAGE_SIZE);
     let job_ctx = ctx.clone();
-    watcher(api::<Job>(&ctx.client, ns), jobs_cfg)
-        .default_backoff()
-        .inspect(move |e| match e {
-            Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
-                job_ctx.job_facts.remember(j, false)
-            }
-            Ok(watcher::Event::Delete(j)) => job_ctx.job_facts.remember(j, true),
-            _ => {}
-        })
-        .touched_objects()
+    retrying(
+        watcher(api::<Job>(&ctx.client, ns), jobs_cfg),
+        watch_reporter("delivery", "jobs", &ctx.metrics),
+    )
+    .inspect(move |e| match e {
+        Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+            job_ctx.job_facts.remember(j, false)
+        }
+        Ok(watcher::Event::Delete(j)) => job_ctx.job_facts.remember(j, true),
+        _ => {}
+    })
+    .touched_objects()
 }
 
 /// The route controller: each route's readiness, counts and pruning, woken by its deliveries (one watch
@@ -233,22 +257,21 @@ where
     let route_controller = Controller::for_shared_stream(routes_to_status, route_store.clone());
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
-    let metrics = ctx.metrics.clone();
-    let delivery_events = futures::TryStreamExt::inspect_err(
+    let delivery_events = retrying(
         watcher(
             api::<WebhookDelivery>(&client, ns),
             watcher::Config::default()
                 .any_semantic()
                 .page_size(LIST_PAGE_SIZE),
-        )
-        .default_backoff(),
-        move |e| watch_failed("route", "webhookdeliveries", e, &metrics),
+        ),
+        watch_reporter("route", "webhookdeliveries", &ctx.metrics),
     );
     let route_triggers = ctx.deliveries.clone().follow(delivery_events);
     let (credential_store, credential_events) = slim_cache(
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
         |_| {},
+        watch_reporter("route", "asccredentials", &ctx.metrics),
     );
     ctx.stores.set_credentials(credential_store.clone());
     // Route and credential conditions are exported from these caches while the controllers run.
@@ -307,6 +330,7 @@ where
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
         |_| {},
+        watch_reporter("credential", "asccredentials", &ctx.metrics),
     );
     let credentials = Controller::for_stream(credential_stream, credential_store)
         .with_config(controller_config(ctx))
@@ -396,6 +420,17 @@ async fn stop_with(
     }
 }
 
+/// Whether `job`'s owning delivery is in `unfinished` (the cache of unfinished deliveries).
+fn owner_is_unfinished(unfinished: &Store<WebhookDelivery>, job: &Job) -> bool {
+    let namespace = job.namespace().unwrap_or_default();
+    job.owner_references().iter().any(|o| {
+        o.kind == "WebhookDelivery"
+            && unfinished
+                .get(&ObjectRef::new(&o.name).within(&namespace))
+                .is_some()
+    })
+}
+
 /// Time the controllers get to finish running reconciles once shutdown is requested.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -413,23 +448,30 @@ pub async fn run(
     let unfinished = watcher::Config::default()
         .any_semantic()
         .labels(&format!("!{LABEL_FINISHED}"));
-    let (delivery_store, delivery_stream) =
-        slim_cache(api::<WebhookDelivery>(&client, ns), unfinished, |d| {
-            delivery::suspend::scheduling_copy(d)
-        });
-    let job_events = job_events(&ctx, ns);
+    let (delivery_store, delivery_stream) = slim_cache(
+        api::<WebhookDelivery>(&client, ns),
+        unfinished,
+        delivery::suspend::scheduling_copy,
+        watch_reporter("delivery", "webhookdeliveries", &ctx.metrics),
+    );
+    // A Job wakes its delivery only while that delivery is unfinished (in the cache): at start-up every
+    // Job of a long history arrives at once, and their finished deliveries must not queue ahead of new
+    // work. An unfinished delivery not cached yet loses nothing: its own arrival wakes it.
+    let unfinished_owners = delivery_store.clone();
+    let job_events = futures::TryStreamExt::try_filter(job_events(&ctx, ns), move |job| {
+        futures::future::ready(owner_is_unfinished(&unfinished_owners, job))
+    });
     ctx.stores.set_unfinished_deliveries(delivery_store.clone());
     // One watch and one cache of routes for the three controllers that follow them.
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
         watcher::Config::default().any_semantic(),
         |_| {},
+        watch_reporter("route", "webhookroutes", &ctx.metrics),
     );
-    let metrics = ctx.metrics.clone();
+    // `retrying` took the errors already: none reach the fan-out.
     let (route_watch, [route_changes, routes_to_status, routes_to_register]) =
-        shared_watch::fan_out(route_stream, move |e: &watcher::Error| {
-            watch_failed("route", "webhookroutes", e, &metrics)
-        });
+        shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
     ctx.stores.set_routes(route_store.clone());
 
     // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status

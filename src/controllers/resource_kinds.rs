@@ -13,7 +13,7 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::discovery::Scope;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -168,10 +168,28 @@ fn spawn_watch(r: &Running, ar: ApiResource) -> tokio::task::AbortHandle {
         None => Api::all_with(r.client.clone(), &ar),
     };
     let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_DELIVERY}");
-    let stream = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
-    let mut sink = r.sink.clone();
     let metrics = r.metrics.clone();
     let what = key(&ar);
+    let mut limit = crate::watch_retry::LogLimit::default();
+    let report = {
+        let what = what.clone();
+        move |e: &watcher::Error| {
+            metrics
+                .watch_errors
+                .get_or_create(&WatchLabels { stream: "resource" })
+                .inc();
+            if let crate::watch_retry::Admit::Log { suppressed } =
+                limit.admit(std::time::Instant::now())
+            {
+                tracing::warn!(kind = %what, error = %e, suppressed, "resource action watch interrupted; retrying with backoff");
+            }
+        }
+    };
+    let stream = crate::watch_retry::retrying(
+        watcher(api, watcher::Config::default().labels(&selector)),
+        report,
+    );
+    let mut sink = r.sink.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -181,20 +199,12 @@ fn spawn_watch(r: &Running, ar: ApiResource) -> tokio::task::AbortHandle {
                     | watcher::Event::InitApply(m)
                     | watcher::Event::Delete(m),
                 ) => m.metadata,
-                Ok(_) => continue,
-                Err(e) => {
-                    metrics
-                        .watch_errors
-                        .get_or_create(&WatchLabels { stream: "resource" })
-                        .inc();
-                    tracing::warn!(kind = %what, error = %e, "resource action watch interrupted; retrying");
-                    continue;
-                }
+                // `retrying` reported the errors.
+                Ok(_) | Err(_) => continue,
             };
             let namespace = meta.namespace.clone().unwrap_or_default();
             for owner in meta.owner_references.iter().flatten() {
-                if owner.kind == "WebhookDelivery" && owner.api_version == API_VERSION
-                {
+                if owner.kind == "WebhookDelivery" && owner.api_version == API_VERSION {
                     let delivery = ObjectRef::new(&owner.name).within(&namespace);
                     if sink.send(delivery).await.is_err() {
                         // The delivery controller is gone; so is the point of watching.

@@ -7,6 +7,7 @@ mod apple_webhook;
 mod chart;
 mod cluster;
 mod contract;
+mod control_plane;
 mod credentials;
 mod docs;
 mod egress;

@@ -154,6 +154,19 @@ pub struct RequestRecord {
     pub injected: bool,
     /// The `Impersonate-User` the request carried, if any.
     pub impersonated_user: Option<String>,
+    /// The `User-Agent` the request carried, if any.
+    pub user_agent: Option<String>,
+}
+
+impl RequestRecord {
+    /// Who sent the request, as the real server's audit log and APF tell clients apart: the identity it
+    /// acted as (`Impersonate-User`), else its `User-Agent`, else `unknown`.
+    pub fn client(&self) -> &str {
+        self.impersonated_user
+            .as_deref()
+            .or(self.user_agent.as_deref())
+            .unwrap_or("unknown")
+    }
 }
 
 #[derive(Default)]

@@ -152,6 +152,11 @@ pub(crate) async fn serve(
         status: 0,
         injected: false,
         impersonated_user: None,
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     let route = route(&parts.method, &path, &q, &mut rec);
     let user = authz::impersonated(&parts.headers);
@@ -164,7 +169,10 @@ pub(crate) async fn serve(
         }
     }
     let jitter = *shared.latency_jitter.lock();
-    let latency = *shared.latency.lock() + jitter.mul_f64(shared.next_unit_random());
+    let mut latency = *shared.latency.lock() + jitter.mul_f64(shared.next_unit_random());
+    if rec.verb.is_write() {
+        latency += *shared.write_latency.lock();
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -540,7 +548,10 @@ fn list(
             }
             (rv, Some(key))
         }
-        None => (store.rv(), None),
+        None => {
+            exact_read_in_history(store, q)?;
+            (store.rv(), None)
+        }
     };
     let mut items = Vec::new();
     let mut last_key = None;
@@ -573,6 +584,25 @@ fn list(
         200,
         &json!({ "apiVersion": api_version, "kind": kind, "metadata": meta, "items": items }),
     ))
+}
+
+/// A list of an exact version the history no longer holds is 410, as etcd answers a read below its
+/// compaction (the real message: "too old resource version: 5 (12)").
+fn exact_read_in_history(store: &Store, q: &Query) -> Result<(), ApiError> {
+    if q.get("resourceVersionMatch").map(String::as_str) != Some("Exact") {
+        return Ok(());
+    }
+    let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let rv: u64 = rv
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+    if rv < store.floor() {
+        return Err(ApiError::expired(format!(
+            "too old resource version: {rv} ({})",
+            store.floor() + 1
+        )));
+    }
+    Ok(())
 }
 
 fn start_watch(
@@ -611,7 +641,11 @@ fn start_watch(
         metadata_only,
         delay: shared.watch_delay.clone(),
     };
-    let chunks = watch::start(&shared.store.lock(), spec, shared.kill_tx.subscribe());
+    let ends = watch::Ends {
+        kill: shared.kill_tx.subscribe(),
+        dropped: shared.drop_watches_tx.subscribe(),
+    };
+    let chunks = watch::start(&shared.store.lock(), spec, ends);
     let mut r = Response::new(Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(chunks),
     ));

@@ -90,7 +90,9 @@
 //!   With `limit`, pages are cut by key and `continue` tokens carry the first page's version; pages
 //!   are not a consistent snapshot (no MVCC), but a watch from that version replays everything that
 //!   changed since, so list-then-watch converges. A continue token older than the history is 410.
-//!   `resourceVersion`/`resourceVersionMatch` on list are ignored (the current state is served).
+//!   `resourceVersion` on list is otherwise ignored (the current state is served, which "NotOlderThan"
+//!   allows), except `resourceVersionMatch=Exact` with a version older than the history: 410 `Expired`
+//!   ("too old resource version"), as from a compacted etcd.
 //! - Watch (`watch=true|1`): newline-delimited JSON over a chunked response. `resourceVersion` unset
 //!   or `"0"` (or `sendInitialEvents=true`) starts with synthetic ADDED events for the current state
 //!   (followed by a `k8s.io/initial-events-end` BOOKMARK when `sendInitialEvents=true`); otherwise
@@ -124,7 +126,7 @@
 //! # Not modelled
 //! Authentication, aggregated ClusterRoles and `nonResourceURLs` in RBAC, admission webhooks, aggregated
 //! discovery, Table output, protobuf/CBOR, HTTP/2, watch-list `resourceVersionMatch` checks, `Exact`
-//! list reads, multi-version conversion beyond rewriting `apiVersion` (all versions share one
+//! list reads of a version still in the history (the current state is served), multi-version conversion beyond rewriting `apiVersion` (all versions share one
 //! storage, like `conversion: None`), scale/other subresources, namespace existence checks (objects
 //! may be created in namespaces that do not exist), controllers (Jobs never run — set their status
 //! yourself with [`FakeApiServer::patch_object`]), defaulting of built-in types (e.g. Job selectors),
@@ -138,12 +140,15 @@
 //!
 //! # Test hooks
 //! Faults ([`FakeApiServer::fail_next`], [`FakeApiServer::add_fault`] with a [`FaultRule`]),
-//! [`FakeApiServer::set_refuse_connections`], [`FakeApiServer::set_latency`],
+//! [`FakeApiServer::set_refuse_connections`], [`FakeApiServer::begin_outage`]/[`FakeApiServer::end_outage`]
+//! (connections refused, then back on the same port with the watch history gone),
+//! [`FakeApiServer::set_latency`], [`FakeApiServer::set_write_latency`] (writes wait as for etcd),
 //! [`FakeApiServer::set_latency_jitter`],
 //! [`FakeApiServer::set_watch_delay`] (watch events arrive late, as from a loaded watch cache),
 //! [`FakeApiServer::pause`]/[`FakeApiServer::resume`], [`FakeApiServer::disconnect_all`],
-//! [`FakeApiServer::compact`]; introspection ([`FakeApiServer::request_log`],
-//! [`FakeApiServer::count_requests`]); direct store access ([`FakeApiServer::get_object`],
+//! [`FakeApiServer::drop_watches`], [`FakeApiServer::compact`] (old resourceVersions answer 410 Expired,
+//! "too old resource version"); introspection ([`FakeApiServer::request_log`],
+//! [`FakeApiServer::count_requests`], [`FakeApiServer::requests_by_client`]); direct store access ([`FakeApiServer::get_object`],
 //! [`FakeApiServer::list_objects`], [`FakeApiServer::put_object`], [`FakeApiServer::patch_object`],
 //! [`FakeApiServer::delete_object`]) that goes through the same write path, so watchers see it.
 //! [`FakeApiServer::fail_next`] and rules without a verb skip discovery requests. Remember that
@@ -157,6 +162,7 @@ mod faults;
 mod fields;
 mod handlers;
 mod ops;
+mod outage;
 mod patch;
 mod registry;
 mod schema;
@@ -173,8 +179,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultRule, RequestRecord, Verb};
 
@@ -284,7 +288,6 @@ impl From<ApiError> for FakeApiServerError {
 /// A running fake API server. Dropping it stops the server.
 pub struct FakeApiServer {
     shared: Arc<Shared>,
-    accept: JoinHandle<()>,
 }
 
 fn yaml_documents(yaml: &str) -> Result<Vec<Value>, FakeApiServerError> {
@@ -312,8 +315,7 @@ impl FakeApiServer {
     }
 
     pub async fn try_start(opts: FakeApiServerOptions) -> Result<Self, FakeApiServerError> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let listener = server::listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(FakeApiServerError::Bind)?;
         let addr = listener.local_addr().map_err(FakeApiServerError::Bind)?;
         let shared = Arc::new(Shared {
@@ -329,14 +331,17 @@ impl FakeApiServer {
             kill_tx: tokio::sync::watch::Sender::new(0),
             refuse: AtomicBool::new(false),
             latency: Mutex::new(Duration::ZERO),
+            write_latency: Mutex::new(Duration::ZERO),
+            drop_watches_tx: tokio::sync::watch::Sender::new(0),
+            accept: Mutex::new(None),
             latency_jitter: Mutex::new(Duration::ZERO),
             jitter_rng: std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             watch_delay: Arc::new(Mutex::new(Duration::ZERO)),
             paused: tokio::sync::watch::Sender::new(false),
             addr,
         });
-        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
-        let server = Self { shared, accept };
+        *shared.accept.lock() = Some(tokio::spawn(accept_loop(listener, shared.clone())));
+        let server = Self { shared };
         for ns in &opts.namespaces {
             server.put_object(
                 "namespaces",
@@ -620,7 +625,9 @@ impl FakeApiServer {
     /// Stops accepting connections and closes the open ones. The store stays readable through
     /// this handle.
     pub fn shutdown(&self) {
-        self.accept.abort();
+        if let Some(accept) = self.shared.accept.lock().take() {
+            accept.abort();
+        }
         self.shared.disconnect_all();
     }
 }

@@ -35,6 +35,13 @@ pub(crate) struct Shared {
     pub kill_tx: tokio::sync::watch::Sender<u64>,
     pub refuse: AtomicBool,
     pub latency: Mutex<Duration>,
+    /// Added to every write only (create, update, patch, delete): a real server's writes wait for etcd's
+    /// fsync while its reads come from the watch cache.
+    pub write_latency: Mutex<Duration>,
+    /// Bumped to end every open watch stream (connections stay up).
+    pub drop_watches_tx: tokio::sync::watch::Sender<u64>,
+    /// The accept loop; `None` during an outage (the listening socket is closed).
+    pub accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Up to this much more, drawn per request, on top of `latency`.
     pub latency_jitter: Mutex<Duration>,
     /// State of the jitter's random numbers.
@@ -91,6 +98,15 @@ async fn serve_connection(
         _ = abort.notified() => {}
         _ = conn => {}
     }
+}
+
+/// Listens on `addr` with `SO_REUSEADDR`, so the port of a server coming back from an outage can be bound
+/// again while connections of its previous life linger in `TIME_WAIT`.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

@@ -124,9 +124,16 @@ pub(crate) fn error_line(err: &ApiError) -> Bytes {
     ))
 }
 
+/// What ends a watch stream besides its timeout: the connection being cut (`kill`) or every watch being
+/// dropped while connections stay up (`dropped`).
+pub(crate) struct Ends {
+    pub kill: watch::Receiver<u64>,
+    pub dropped: watch::Receiver<u64>,
+}
+
 /// Starts a watch. Must be called with the store locked, so the history read and the broadcast
 /// subscription line up with no gap and no duplicate.
-pub(crate) fn start(store: &Store, spec: WatchSpec, kill: watch::Receiver<u64>) -> Chunks {
+pub(crate) fn start(store: &Store, spec: WatchSpec, ends: Ends) -> Chunks {
     let (tx, rx) = mpsc::channel(256);
     let rx_events = store.tx.subscribe();
     let mut initial = Vec::new();
@@ -167,7 +174,7 @@ pub(crate) fn start(store: &Store, spec: WatchSpec, kill: watch::Receiver<u64>) 
     // Live events pass through a queue that releases each one `delay` after it happened, in order.
     let (late_tx, late_rx) = mpsc::unbounded_channel();
     tokio::spawn(release_late(late_rx, tx.clone()));
-    tokio::spawn(pump(spec, tx, late_tx, initial, rx_events, start_rv, kill));
+    tokio::spawn(pump(spec, tx, late_tx, initial, rx_events, start_rv, ends));
     rx
 }
 
@@ -190,8 +197,12 @@ async fn pump(
     initial: Vec<Bytes>,
     mut events: broadcast::Receiver<Arc<StoredEvent>>,
     start_rv: u64,
-    mut kill: watch::Receiver<u64>,
+    ends: Ends,
 ) {
+    let Ends {
+        mut kill,
+        mut dropped,
+    } = ends;
     for line in initial {
         if tx.send(Ok(line)).await.is_err() {
             return;
@@ -208,6 +219,7 @@ async fn pump(
         let line = tokio::select! {
             biased;
             _ = kill.changed() => return,
+            _ = dropped.changed() => return,
             _ = &mut deadline => return,
             _ = tx.closed() => return,
             _ = ticker.tick(), if spec.bookmarks => Some(spec.bookmark(last_rv, false)),

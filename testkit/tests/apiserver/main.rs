@@ -246,6 +246,7 @@ async fn reflectors_converge_on_creates_updates_and_deletes() {
 
 mod authorization;
 mod builtins;
+mod outages;
 mod runtime;
 mod semantics;
 mod watches;

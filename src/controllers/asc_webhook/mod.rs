@@ -18,6 +18,7 @@ mod cleanup;
 pub mod plan;
 mod secret;
 pub mod state;
+mod sync;
 
 use super::Error;
 use super::context::{Context, CredentialProblem};
@@ -30,9 +31,10 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalize};
 use kube::{Api, ResourceExt};
-use plan::{Blocked, Desired, Plan, Step};
+use plan::{Blocked, Desired, Step};
 use secret::WebhookSecret;
 use std::sync::Arc;
+use sync::Synced;
 
 use crate::resources::names::{
     FIELD_MANAGER_ASC as FIELD_MANAGER, FINALIZER_ASC_WEBHOOK as FINALIZER,
@@ -277,29 +279,8 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
     let ping_owed = previous
         .as_ref()
         .is_some_and(|p| p.ping_requested_time.is_none());
-    if let (Step::Idle(left), Some(mut asc), false) = (&step, previous.clone(), ping_owed) {
-        let catch_up_due = catch_up_due_in(ctx, &route, &asc);
-        let catch_up_next = match catch_up_due {
-            // Due now: the one time an idle route talks to App Store Connect besides the re-read.
-            Some(d) if d.is_zero() => match credential(ctx, &route).await? {
-                Ok(client) => catch_up::pass_if_due(ctx, &route, &client, &mut asc).await?,
-                Err(_) => Some(recheck),
-            },
-            other => other,
-        };
-        let (verified, verify_due) = state::verified_condition(
-            &asc,
-            last_ping_time(&route),
-            &desired.attributes.url,
-            now,
-            ctx.settings.webhook_verify_timeout,
-        );
-        write(ctx, &route, Some(&asc), vec![verified]).await?;
-        let next = [Some(*left), Some(recheck), verify_due, catch_up_next]
-            .into_iter()
-            .flatten()
-            .min();
-        return Ok(Action::requeue(next.unwrap_or(recheck)));
+    if let (Step::Idle(left), Some(asc), false) = (&step, previous.clone(), ping_owed) {
+        return idle(ctx, &route, &desired, asc, *left, now).await;
     }
 
     let key = failure_key(&route);
@@ -316,63 +297,122 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
         }
     };
     let synced = if step == Step::Read {
-        sync(&client, &desired, previous.as_ref(), &secret).await
+        sync::sync(&client, &desired, previous.as_ref(), &secret).await
     } else {
         Ok(Synced::unchanged(previous.as_ref(), &desired, &secret))
     };
-    let mut synced = match synced {
-        Ok(s) => s,
-        Err(e) => {
-            let (reason, message) = failure(&e);
-            blocked(
-                ctx,
-                &route,
-                Blocked {
-                    reason,
-                    message: message.clone(),
-                },
-            )
-            .await?;
-            tracing::warn!(route = %route.name_any(), namespace = ?route.namespace(), %message, "App Store Connect webhook not in sync");
-            let delay = if e.is_transient() {
-                ctx.backoffs.failed(&key)
-            } else {
-                // Needs a person (a role, an app id, a limit); a slow retry notices a fix made in App
-                // Store Connect, where no watch can see it.
-                recheck.saturating_mul(10)
-            };
-            ctx.holds
-                .hold(&key, fingerprint, std::time::Instant::now() + delay);
-            return Ok(Action::requeue(delay));
-        }
+    match synced {
+        Ok(synced) => record_synced(ctx, &route, &client, &desired, synced, read_every).await,
+        Err(e) => sync_failed(ctx, &route, &e, &key, fingerprint).await,
+    }
+}
+
+/// The idle pass: nothing the route controls changed and no ping is owed, so App Store Connect is called
+/// only for a due catch-up pass. Apart from [`apply`] because it is the common, cheap path.
+async fn idle(
+    ctx: &Context,
+    route: &WebhookRoute,
+    desired: &Desired,
+    mut asc: AppStoreConnectStatus,
+    left: std::time::Duration,
+    now: jiff::Timestamp,
+) -> Result<Action, Error> {
+    let recheck = ctx.settings.recheck_interval;
+    let catch_up_due = catch_up_due_in(ctx, route, &asc);
+    let catch_up_next = match catch_up_due {
+        // Due now: the one time an idle route talks to App Store Connect besides the re-read.
+        Some(d) if d.is_zero() => match credential(ctx, route).await? {
+            Ok(client) => catch_up::pass_if_due(ctx, route, &client, &mut asc).await?,
+            Err(_) => Some(recheck),
+        },
+        other => other,
     };
+    let (verified, verify_due) = state::verified_condition(
+        &asc,
+        last_ping_time(route),
+        &desired.attributes.url,
+        now,
+        ctx.settings.webhook_verify_timeout,
+    );
+    write(ctx, route, Some(&asc), vec![verified]).await?;
+    let next = [Some(left), Some(recheck), verify_due, catch_up_next]
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(Action::requeue(next.unwrap_or(recheck)))
+}
+
+/// A failed sync: says why on the route, and holds further calls for these inputs until the backoff (or,
+/// when a person must act, a slow recheck) has passed.
+async fn sync_failed(
+    ctx: &Context,
+    route: &WebhookRoute,
+    e: &WebhookError,
+    key: &str,
+    fingerprint: u64,
+) -> Result<Action, Error> {
+    let recheck = ctx.settings.recheck_interval;
+    let (reason, message) = failure(e);
+    blocked(
+        ctx,
+        route,
+        Blocked {
+            reason,
+            message: message.clone(),
+        },
+    )
+    .await?;
+    tracing::warn!(route = %route.name_any(), namespace = ?route.namespace(), %message, "App Store Connect webhook not in sync");
+    let delay = if e.is_transient() {
+        ctx.backoffs.failed(key)
+    } else {
+        // Needs a person (a role, an app id, a limit); a slow retry notices a fix made in App
+        // Store Connect, where no watch can see it.
+        recheck.saturating_mul(10)
+    };
+    ctx.holds
+        .hold(key, fingerprint, std::time::Instant::now() + delay);
+    Ok(Action::requeue(delay))
+}
+
+/// A successful sync: publishes its Event, sends the ping owed, runs a due catch-up pass and records it
+/// all in status, then picks the earliest time something needs another look.
+async fn record_synced(
+    ctx: &Context,
+    route: &WebhookRoute,
+    client: &AscClient,
+    desired: &Desired,
+    mut synced: Synced,
+    read_every: std::time::Duration,
+) -> Result<Action, Error> {
+    let recheck = ctx.settings.recheck_interval;
+    let key = failure_key(route);
     ctx.backoffs.succeeded(&key);
     ctx.holds.release(&key);
     if let Some(event) = &synced.event {
-        ctx.event(route.as_ref(), false, event.0, event.1.clone())
-            .await;
+        ctx.event(route, false, event.0, event.1.clone()).await;
     }
     if synced.status.ping_requested_time.is_none() {
         // Requested before the call so a ping recorded within the same second counts.
         let at = crate::time::now_rfc3339();
-        match Webhooks::new(&client).ping(&synced.id).await {
+        match Webhooks::new(client).ping(&synced.id).await {
             Ok(()) => synced.status.ping_requested_time = Some(at),
             Err(e) => {
                 tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "test ping not sent; retrying on the next pass")
             }
         }
     }
-    let catch_up_next = catch_up::pass_if_due(ctx, &route, &client, &mut synced.status).await?;
+    let catch_up_next = catch_up::pass_if_due(ctx, route, client, &mut synced.status).await?;
     let (verified, verify_due) = state::verified_condition(
         &synced.status,
-        last_ping_time(&route),
+        last_ping_time(route),
         &desired.attributes.url,
         jiff::Timestamp::now(),
         ctx.settings.webhook_verify_timeout,
     );
     write(
         ctx,
-        &route,
+        route,
         Some(&synced.status),
         vec![
             registered(true, synced.reason, synced.message.clone()),
@@ -426,164 +466,6 @@ async fn credential(
             ),
         })),
     }
-}
-
-/// The outcome of bringing App Store Connect in line.
-struct Synced {
-    id: String,
-    status: AppStoreConnectStatus,
-    reason: &'static str,
-    message: String,
-    /// A Normal Event to publish: (reason, note).
-    event: Option<(&'static str, String)>,
-}
-
-impl Synced {
-    fn unchanged(
-        previous: Option<&AppStoreConnectStatus>,
-        desired: &Desired,
-        secret: &WebhookSecret,
-    ) -> Synced {
-        let status = previous.cloned().unwrap_or_default();
-        Synced {
-            id: status.webhook_id.clone().unwrap_or_default(),
-            message: in_sync_message(&status.webhook_id.clone().unwrap_or_default(), desired),
-            status: AppStoreConnectStatus {
-                observed_secret_version: Some(secret.version.clone()),
-                ..status
-            },
-            reason: "InSync",
-            event: None,
-        }
-    }
-}
-
-fn in_sync_message(id: &str, desired: &Desired) -> String {
-    format!(
-        "webhook {id} of app {} sends {} event type(s) to {}",
-        desired.app_id,
-        desired.attributes.event_types.len(),
-        desired.attributes.url
-    )
-}
-
-/// Reads App Store Connect, plans, and makes the one call the plan needs.
-async fn sync(
-    client: &AscClient,
-    desired: &Desired,
-    previous: Option<&AppStoreConnectStatus>,
-    secret: &WebhookSecret,
-) -> Result<Synced, WebhookError> {
-    let hooks = Webhooks::new(client);
-    let recorded = previous.and_then(|p| p.webhook_id.clone());
-    let same_app = previous.and_then(|p| p.app_id.as_deref()) == Some(desired.app_id.as_str());
-    let by_id = match (&recorded, same_app) {
-        (Some(id), true) => Some(hooks.get(id).await?),
-        (Some(id), false) => {
-            // The app of a webhook cannot be changed: the old one goes, a new one is made.
-            hooks.delete(id).await?;
-            None
-        }
-        (None, _) => None,
-    };
-    let listed = match &by_id {
-        Some(Some(_)) => Vec::new(),
-        _ => hooks.list_for_app(&desired.app_id).await?,
-    };
-    let secret_changed = previous.and_then(|p| p.observed_secret_version.as_deref())
-        != Some(secret.version.as_str());
-    let gone = matches!(by_id, Some(None));
-    let planned = plan::plan(
-        desired,
-        by_id.as_ref().map(Option::as_ref),
-        &listed,
-        secret_changed,
-    );
-    let now = crate::time::now_rfc3339();
-    let status = |id: &str, ping_requested_time: Option<String>| AppStoreConnectStatus {
-        webhook_id: Some(id.to_owned()),
-        app_id: Some(desired.app_id.clone()),
-        last_sync_time: Some(now.clone()),
-        observed_secret_version: Some(secret.version.clone()),
-        registered: Some(desired.registered()),
-        ping_requested_time,
-        catch_up: previous.and_then(|p| p.catch_up.clone()),
-    };
-    Ok(match planned {
-        Plan::Create => {
-            let created = hooks
-                .create(&desired.app_id, &desired.attributes, secret.expose())
-                .await?;
-            let (reason, note) = if gone {
-                (
-                    "WebhookRecreated",
-                    format!(
-                        "webhook {} was deleted in App Store Connect; created {}",
-                        recorded.unwrap_or_default(),
-                        created.id
-                    ),
-                )
-            } else {
-                (
-                    "WebhookCreated",
-                    format!(
-                        "created App Store Connect webhook {} for app {}",
-                        created.id, desired.app_id
-                    ),
-                )
-            };
-            Synced {
-                status: status(&created.id, None),
-                reason: "Created",
-                message: format!("{note}; it sends to {}", desired.attributes.url),
-                event: Some((reason, note)),
-                id: created.id,
-            }
-        }
-        Plan::Patch {
-            id,
-            mut change,
-            send_secret,
-            adopted,
-        } => {
-            if send_secret {
-                change.secret = Some(secret.expose().to_owned());
-            }
-            let fields = change.fields().join(", ");
-            hooks.update(&id, &change).await?;
-            let note = if adopted {
-                format!(
-                    "adopted the existing App Store Connect webhook {id} with this route's URL; updated {fields}"
-                )
-            } else {
-                format!("updated {fields} of App Store Connect webhook {id}")
-            };
-            Synced {
-                status: status(&id, None),
-                reason: "Updated",
-                message: note.clone(),
-                event: Some(("WebhookUpdated", note)),
-                id,
-            }
-        }
-        Plan::InSync { id, adopted } => Synced {
-            status: status(
-                &id,
-                previous
-                    .and_then(|p| p.ping_requested_time.clone())
-                    .filter(|_| !adopted),
-            ),
-            reason: "InSync",
-            message: in_sync_message(&id, desired),
-            event: None,
-            id,
-        },
-        Plan::LimitReached => {
-            return Err(WebhookError::LimitReached {
-                app_id: desired.app_id.clone(),
-            });
-        }
-    })
 }
 
 /// The `WebhookRegistered` reason and message for a failed sync.

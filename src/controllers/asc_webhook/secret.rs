@@ -88,33 +88,7 @@ pub async fn read_or_generate(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut secret = secrets.get_opt(&selector.name).await.map_err(Error::Kube)?;
     if secret.is_none() && generate {
-        secret = Some(
-            match secrets
-                .create(&PostParams::default(), &generated(route))
-                .await
-            {
-                Ok(created) => {
-                    // The route controller checks Secrets rarely; this one it must see at once.
-                    ctx.route_secrets.forget(route);
-                    ctx.event(
-                        route,
-                        false,
-                        "SecretGenerated",
-                        format!(
-                            "created Secret {ns}/{} with a random webhook secret",
-                            selector.name
-                        ),
-                    )
-                    .await;
-                    created
-                }
-                // Someone else created it first: theirs wins, it is never overwritten.
-                Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                    secrets.get(&selector.name).await.map_err(Error::Kube)?
-                }
-                Err(e) => return Err(Error::Kube(e)),
-            },
-        );
+        secret = Some(create(ctx, route, &secrets).await?);
     }
     let Some(secret) = secret else {
         return Ok(Err(Blocked {
@@ -148,6 +122,42 @@ pub async fn read_or_generate(
         value,
         version: secret.resource_version().unwrap_or_default(),
     }))
+}
+
+/// Creates the generated Secret, or reads the one someone else created first; apart from
+/// [`read_or_generate`] so reading stays short and creating says what it did.
+async fn create(
+    ctx: &Context,
+    route: &WebhookRoute,
+    secrets: &Api<Secret>,
+) -> Result<Secret, Error> {
+    let ns = route.namespace().unwrap_or_default();
+    let selector = &route.spec.secret_ref;
+    match secrets
+        .create(&PostParams::default(), &generated(route))
+        .await
+    {
+        Ok(created) => {
+            // The route controller checks Secrets rarely; this one it must see at once.
+            ctx.route_secrets.forget(route);
+            ctx.event(
+                route,
+                false,
+                "SecretGenerated",
+                format!(
+                    "created Secret {ns}/{} with a random webhook secret",
+                    selector.name
+                ),
+            )
+            .await;
+            Ok(created)
+        }
+        // Someone else created it first: theirs wins, it is never overwritten.
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            secrets.get(&selector.name).await.map_err(Error::Kube)
+        }
+        Err(e) => Err(Error::Kube(e)),
+    }
 }
 
 #[cfg(test)]

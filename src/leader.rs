@@ -86,43 +86,15 @@ where
         if shutdown.is_cancelled() {
             break;
         }
-        tracing::info!(identity = %settings.identity, lease = %settings.name, "became leader; starting controllers");
-        let stop = shutdown.child_token();
-        let mut running = tokio::spawn(work(stop.clone()));
-        leading_gauge.set(1);
-        let mut finished = false;
-        let mut lost = false;
-        loop {
-            tokio::select! {
-                changed = leading.changed() => {
-                    if changed.is_err() || !*leading.borrow_and_update() {
-                        tracing::warn!(identity = %settings.identity, "lost leadership; stopping controllers");
-                        lost = true;
-                        break;
-                    }
-                }
-                _ = shutdown.cancelled() => break,
-                _ = &mut running => {
-                    finished = true;
-                    break;
-                }
-            }
-        }
-        stop.cancel();
-        // A JoinHandle must not be polled again once it has completed.
-        if !finished {
-            if lost {
-                // Another replica may already lead: stop before it starts its own side effects.
-                let deadline = std::time::Duration::from_secs(grace);
-                if tokio::time::timeout(deadline, &mut running).await.is_err() {
-                    tracing::error!(identity = %settings.identity, deadline = ?deadline, "controllers did not stop within the renew deadline after losing leadership; exiting so that only the leader acts");
-                    std::process::exit(1);
-                }
-            } else {
-                let _ = running.await;
-            }
-        }
-        leading_gauge.set(0);
+        lead_once(
+            &mut leading,
+            &settings,
+            &shutdown,
+            grace,
+            &leading_gauge,
+            &work,
+        )
+        .await;
         if shutdown.is_cancelled() {
             break;
         }
@@ -134,6 +106,56 @@ where
         Err(e) => tracing::warn!(error = %e, "lease task failed"),
     }
     Ok(())
+}
+
+/// One term as leader: runs `work` until leadership is lost, `shutdown` fires or `work` ends, then
+/// stops it (within the grace when leadership was lost). Apart from `run_while_leader` so the election
+/// loop reads as wait, lead, repeat.
+async fn lead_once(
+    leading: &mut tokio::sync::watch::Receiver<bool>,
+    settings: &LeaseSettings,
+    shutdown: &CancellationToken,
+    grace: u64,
+    leading_gauge: &Gauge,
+    work: &impl Fn(CancellationToken) -> Work,
+) {
+    tracing::info!(identity = %settings.identity, lease = %settings.name, "became leader; starting controllers");
+    let stop = shutdown.child_token();
+    let mut running = tokio::spawn(work(stop.clone()));
+    leading_gauge.set(1);
+    let mut finished = false;
+    let mut lost = false;
+    loop {
+        tokio::select! {
+            changed = leading.changed() => {
+                if changed.is_err() || !*leading.borrow_and_update() {
+                    tracing::warn!(identity = %settings.identity, "lost leadership; stopping controllers");
+                    lost = true;
+                    break;
+                }
+            }
+            _ = shutdown.cancelled() => break,
+            _ = &mut running => {
+                finished = true;
+                break;
+            }
+        }
+    }
+    stop.cancel();
+    // A JoinHandle must not be polled again once it has completed.
+    if !finished {
+        if lost {
+            // Another replica may already lead: stop before it starts its own side effects.
+            let deadline = std::time::Duration::from_secs(grace);
+            if tokio::time::timeout(deadline, &mut running).await.is_err() {
+                tracing::error!(identity = %settings.identity, deadline = ?deadline, "controllers did not stop within the renew deadline after losing leadership; exiting so that only the leader acts");
+                std::process::exit(1);
+            }
+        } else {
+            let _ = running.await;
+        }
+    }
+    leading_gauge.set(0);
 }
 
 #[cfg(test)]

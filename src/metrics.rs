@@ -140,20 +140,85 @@ impl Metrics {
     /// Creates and registers every metric under the `asc_webhook` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("asc_webhook");
+        // Registration order is the order of the scrape output: the groups keep it as it was.
+        let ReceiverFamilies {
+            requests,
+            signature_failures,
+            request_duration,
+            secret_fetches,
+        } = ReceiverFamilies::register(&mut registry);
+        let DeliveryFamilies {
+            reconciles,
+            reconcile_duration,
+            actions,
+            stale_writes,
+            action_duration,
+        } = DeliveryFamilies::register(&mut registry);
+        let WatchFamilies {
+            refused_connections,
+            watch_errors,
+            leader,
+        } = WatchFamilies::register(&mut registry);
+        let CatchUpFamilies {
+            catch_up_recovered,
+            catch_up_errors,
+            catch_up_entries_skipped,
+            catch_up_lag,
+            duplicate_events,
+            replays,
+        } = CatchUpFamilies::register(&mut registry);
+        let state = crate::state_metrics::StateMetrics::register(&mut registry);
+        Metrics {
+            registry: Arc::new(registry),
+            state,
+            catch_up_recovered,
+            catch_up_errors,
+            catch_up_entries_skipped,
+            catch_up_lag,
+            duplicate_events,
+            replays,
+            refused_connections,
+            watch_errors,
+            leader,
+            requests,
+            signature_failures,
+            request_duration,
+            secret_fetches,
+            reconciles,
+            reconcile_duration,
+            actions,
+            action_duration,
+            stale_writes,
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        self.state.refresh();
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The receiver's metrics, registered together so `Metrics::new` stays a list of groups.
+struct ReceiverFamilies {
+    requests: Family<RequestLabels, Counter>,
+    signature_failures: Family<RouteLabels, Counter>,
+    request_duration: Family<OutcomeLabels, Histogram>,
+    secret_fetches: Family<OutcomeLabels, Counter>,
+}
+
+impl ReceiverFamilies {
+    /// Registers the receiver's request, signature and secret-read metrics, in their scrape order.
+    fn register(registry: &mut Registry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         let signature_failures = Family::<RouteLabels, Counter>::default();
         let request_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
         let secret_fetches = Family::<OutcomeLabels, Counter>::default();
-        let reconciles = Family::<ReconcileLabels, Counter>::default();
-        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        let actions = Family::<ActionLabels, Counter>::default();
-        let action_duration = Family::<ActionLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
         registry.register(
             "receiver_requests",
             "Webhook requests by route and outcome",
@@ -173,6 +238,35 @@ impl Metrics {
             "receiver_secret_fetches",
             "Webhook secret reads from the API server",
             secret_fetches.clone(),
+        );
+        ReceiverFamilies {
+            requests,
+            signature_failures,
+            request_duration,
+            secret_fetches,
+        }
+    }
+}
+
+/// The metrics of delivery work (reconciles and actions), registered together for the same reason.
+struct DeliveryFamilies {
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+    actions: Family<ActionLabels, Counter>,
+    stale_writes: Counter,
+    action_duration: Family<ActionLabels, Histogram>,
+}
+
+impl DeliveryFamilies {
+    /// Registers the reconcile, action and stale-write metrics, in their scrape order.
+    fn register(registry: &mut Registry) -> Self {
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        let action_duration = Family::<ActionLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
         );
         registry.register(
             "controller_reconciles",
@@ -200,6 +294,26 @@ impl Metrics {
             "Duration of one action attempt",
             action_duration.clone(),
         );
+        DeliveryFamilies {
+            reconciles,
+            reconcile_duration,
+            actions,
+            stale_writes,
+            action_duration,
+        }
+    }
+}
+
+/// The liveness metrics (refused connections, watch errors, leadership), registered together.
+struct WatchFamilies {
+    refused_connections: Counter,
+    watch_errors: Family<WatchLabels, Counter>,
+    leader: Family<crate::state_metrics::ReplicaLabels, Gauge>,
+}
+
+impl WatchFamilies {
+    /// Registers the connection-limit, watch-error and leader metrics, in their scrape order.
+    fn register(registry: &mut Registry) -> Self {
         let refused_connections = Counter::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
         let leader = Family::<crate::state_metrics::ReplicaLabels, Gauge>::default();
@@ -218,6 +332,27 @@ impl Metrics {
             "1 while this replica runs the controllers",
             leader.clone(),
         );
+        WatchFamilies {
+            refused_connections,
+            watch_errors,
+            leader,
+        }
+    }
+}
+
+/// The metrics of App Store Connect catch-up, duplicates and replays, registered together.
+struct CatchUpFamilies {
+    catch_up_recovered: Family<RouteLabels, Counter>,
+    catch_up_errors: Family<CatchUpErrorLabels, Counter>,
+    catch_up_entries_skipped: Family<CatchUpErrorLabels, Counter>,
+    catch_up_lag: Histogram,
+    duplicate_events: Family<RouteLabels, Counter>,
+    replays: Counter,
+}
+
+impl CatchUpFamilies {
+    /// Registers the catch-up, duplicate-event and replay metrics, in their scrape order.
+    fn register(registry: &mut Registry) -> Self {
         let catch_up_recovered = Family::<RouteLabels, Counter>::default();
         registry.register(
             "catch_up_recovered_events",
@@ -255,38 +390,14 @@ impl Metrics {
             "Replays started on request",
             replays.clone(),
         );
-        let state = crate::state_metrics::StateMetrics::register(&mut registry);
-        Metrics {
-            registry: Arc::new(registry),
-            state,
+        CatchUpFamilies {
             catch_up_recovered,
             catch_up_errors,
             catch_up_entries_skipped,
             catch_up_lag,
             duplicate_events,
             replays,
-            refused_connections,
-            watch_errors,
-            leader,
-            requests,
-            signature_failures,
-            request_duration,
-            secret_fetches,
-            reconciles,
-            reconcile_duration,
-            actions,
-            action_duration,
-            stale_writes,
         }
-    }
-
-    /// The metrics in Prometheus text format.
-    pub fn encode(&self) -> String {
-        self.state.refresh();
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
     }
 }
 

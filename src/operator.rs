@@ -138,16 +138,7 @@ pub async fn run_with(
     let mut config = config;
     config.headers.push(user_agent("controllers"));
     let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
-    // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
-    // the API server is down, but say 503 and let Apple (or `send`) come back.
-    let mut receiver_config = config.clone();
-    receiver_config.default_retry = false;
-    receiver_config
-        .headers
-        .retain(|(name, _)| name != http::header::USER_AGENT);
-    receiver_config.headers.push(user_agent("receiver"));
-    receiver_config.read_timeout = Some(Duration::from_secs(5));
-    let receiver_client = Client::try_from(receiver_config).map_err(RunError::Client)?;
+    let receiver_client = receiver_client(&config)?;
     let metrics = Metrics::new();
     let readiness = Readiness::default();
 
@@ -177,27 +168,8 @@ pub async fn run_with(
     );
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            crate::resources::names::OPERATOR,
-            hex::encode(rand::random::<[u8; 6]>())
-        )
-    });
-    let reporter = kube::runtime::events::Reporter {
-        controller: crate::resources::names::OPERATOR.into(),
-        instance: Some(identity.clone()),
-    };
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            metrics.clone(),
-            Settings::from(&args),
-            reporter,
-        )
-        .map_err(RunError::HttpClient)?
-        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
-    );
+    let identity = replica_identity(&args);
+    let ctx = controller_context(&client, &config, &metrics, &args, &identity)?;
     ctx.stores.set_ready_again(readiness.recoveries());
     let leader_gauge = metrics
         .leader
@@ -210,6 +182,58 @@ pub async fn run_with(
     c?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The receiver's own client: apart from `run_with` because its settings differ from the controllers'
+/// on purpose (no retries, a short read timeout, its own user agent).
+fn receiver_client(config: &kube::Config) -> Result<Client, RunError> {
+    // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
+    // the API server is down, but say 503 and let Apple (or `send`) come back.
+    let mut receiver_config = config.clone();
+    receiver_config.default_retry = false;
+    receiver_config
+        .headers
+        .retain(|(name, _)| name != http::header::USER_AGENT);
+    receiver_config.headers.push(user_agent("receiver"));
+    receiver_config.read_timeout = Some(Duration::from_secs(5));
+    Client::try_from(receiver_config).map_err(RunError::Client)
+}
+
+/// This replica's name in the Lease and in Events: `--identity`, or the operator's name with a random
+/// suffix so two replicas never share one.
+fn replica_identity(args: &RunArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            crate::resources::names::OPERATOR,
+            hex::encode(rand::random::<[u8; 6]>())
+        )
+    })
+}
+
+/// The controllers' shared context, with the Event reporter named after this replica; apart from
+/// `run_with` so the start-up sequence reads as steps.
+fn controller_context(
+    client: &Client,
+    config: &kube::Config,
+    metrics: &Metrics,
+    args: &RunArgs,
+    identity: &str,
+) -> Result<Arc<Context>, RunError> {
+    let reporter = kube::runtime::events::Reporter {
+        controller: crate::resources::names::OPERATOR.into(),
+        instance: Some(identity.to_owned()),
+    };
+    Ok(Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            Settings::from(args),
+            reporter,
+        )
+        .map_err(RunError::HttpClient)?
+        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
+    ))
 }
 
 /// Starts the receiver's route table, fed by its own watch, and what makes the replica ready once it

@@ -438,7 +438,24 @@ impl AscClient {
         crate::state_metrics::count_asc_call(method, status);
         tracing::debug!(%method, url = %url, status = status.as_u16(), "ASC API answered");
         let retry_after = retry_after(&response);
+        let body = self.read_body(&mut response, url, &transport).await?;
 
+        if status.is_success() {
+            return decode_success(url, &body);
+        }
+        Err(self
+            .status_failure(status, url, &body, idempotent, retry_after)
+            .await)
+    }
+
+    /// Reads the answer's body within `--max-body-bytes`, refusing early when the declared length is
+    /// already over it, so one oversized answer cannot hold unbounded memory.
+    async fn read_body(
+        &self,
+        response: &mut reqwest::Response,
+        url: &Url,
+        transport: &impl Fn(reqwest::Error) -> Failure,
+    ) -> Result<Vec<u8>, Failure> {
         let mut body = Vec::new();
         if response
             .content_length()
@@ -452,19 +469,20 @@ impl AscClient {
             }
             body.extend_from_slice(&chunk);
         }
+        Ok(body)
+    }
 
-        if status.is_success() {
-            if body.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_slice(&body).map_err(|source| {
-                Failure::fatal(ApiError::Decode {
-                    url: url.to_string(),
-                    source,
-                })
-            });
-        }
-        let asc_message = asc_error_message(&body);
+    /// The failure an unsuccessful status stands for, and whether retrying it may help; kept apart from
+    /// `attempt` because a 401 also drops the cached token.
+    async fn status_failure(
+        &self,
+        status: StatusCode,
+        url: &Url,
+        body: &[u8],
+        idempotent: bool,
+        retry_after: Option<Duration>,
+    ) -> Failure {
+        let asc_message = asc_error_message(body);
         let error = match status {
             StatusCode::UNAUTHORIZED => {
                 // The cached token may be the problem (e.g. minted before a clock jump); the next call
@@ -481,16 +499,16 @@ impl AscClient {
                 status: status.as_u16(),
                 url: url.to_string(),
                 asc_message,
-                apple: AppleError::parse(&body).map(Box::new),
+                apple: AppleError::parse(body).map(Box::new),
             },
         };
         let retryable =
             status == StatusCode::TOO_MANY_REQUESTS || (idempotent && status.is_server_error());
-        Err(Failure {
+        Failure {
             error,
             retryable,
             retry_after,
-        })
+        }
     }
 
     fn too_large(&self, url: &Url) -> ApiError {
@@ -515,6 +533,19 @@ pub fn scope_of(url: &Url) -> String {
     } else {
         format!("GET {}?{}", url.path(), pairs.join("&"))
     }
+}
+
+/// A successful answer's JSON; an empty (or all-whitespace) body, as a 204 has, is `null`.
+fn decode_success(url: &Url, body: &[u8]) -> Result<Value, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|source| {
+        Failure::fatal(ApiError::Decode {
+            url: url.to_string(),
+            source,
+        })
+    })
 }
 
 /// `Retry-After` (delta-seconds or HTTP-date) on 429/503, the statuses it is defined for here.

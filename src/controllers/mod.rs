@@ -431,19 +431,17 @@ fn owner_is_unfinished(unfinished: &Store<WebhookDelivery>, job: &Job) -> bool {
     })
 }
 
-/// Time the controllers get to finish running reconciles once shutdown is requested.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Runs the four controllers until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    namespace: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+/// The delivery cache (unfinished deliveries only) and the Job events that may wake one; apart from
+/// `run` so `run` reads as the watches and the controllers they feed.
+fn delivery_cache(
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+) -> (
+    Store<WebhookDelivery>,
+    impl futures::Stream<Item = Result<WebhookDelivery, watcher::Error>> + Send + use<>,
+    impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + use<>,
 ) {
     let client = ctx.client.clone();
-    let ns = namespace.as_deref();
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-
     // Only unfinished deliveries: finished ones are labelled and leave the cache.
     let unfinished = watcher::Config::default()
         .any_semantic()
@@ -458,10 +456,69 @@ pub async fn run(
     // Job of a long history arrives at once, and their finished deliveries must not queue ahead of new
     // work. An unfinished delivery not cached yet loses nothing: its own arrival wakes it.
     let unfinished_owners = delivery_store.clone();
-    let job_events = futures::TryStreamExt::try_filter(job_events(&ctx, ns), move |job| {
+    let job_events = futures::TryStreamExt::try_filter(job_events(ctx, ns), move |job| {
         futures::future::ready(owner_is_unfinished(&unfinished_owners, job))
     });
     ctx.stores.set_unfinished_deliveries(delivery_store.clone());
+    (delivery_store, delivery_stream, job_events)
+}
+
+/// The delivery controller, woken by its deliveries, their Jobs, objects of resource actions and spec
+/// changes of routes; apart from `run` for the same reason.
+fn delivery_controller<S>(
+    ctx: &Arc<Context>,
+    delivery_stream: impl futures::Stream<Item = Result<WebhookDelivery, watcher::Error>>
+    + Send
+    + 'static,
+    delivery_store: Store<WebhookDelivery>,
+    job_events: impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + 'static,
+    route_changes: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
+    woken: impl futures::Stream<Item = ObjectRef<WebhookDelivery>> + Send + 'static,
+    shutdown: S,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    S: Future<Output = ()> + Send + Sync + Clone + 'static,
+{
+    // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
+    // writes do not bump the generation, so the route controller's own writes trigger nothing here.
+    let held = delivery_store.clone();
+    let mut spec_changed = shared_watch::generation_changed::<WebhookRoute>();
+    let route_changes = route_changes.filter(move |r| futures::future::ready(spec_changed(r)));
+    let deliveries = Controller::for_stream(delivery_stream, delivery_store)
+        .owns_stream(job_events)
+        .reconcile_on(woken)
+        .watches_shared_stream(route_changes, move |route| {
+            delivery::suspend::held_of_route(&route, held.state().iter().map(|d| d.as_ref()))
+        })
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |d, c| instrumented(d, c, "delivery", delivery::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
+    Box::pin(report(
+        deliveries,
+        "delivery",
+        "webhookdeliveries (or Jobs)",
+        ctx.metrics.clone(),
+    ))
+}
+
+/// Time the controllers get to finish running reconciles once shutdown is requested.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the four controllers until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+
+    let (delivery_store, delivery_stream, job_events) = delivery_cache(&ctx, ns);
     // One watch and one cache of routes for the three controllers that follow them.
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
@@ -474,11 +531,6 @@ pub async fn run(
         shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
     ctx.stores.set_routes(route_store.clone());
 
-    // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
-    // writes do not bump the generation, so the route controller's own writes trigger nothing here.
-    let held = delivery_store.clone();
-    let mut spec_changed = shared_watch::generation_changed::<WebhookRoute>();
-    let route_changes = route_changes.filter(move |r| futures::future::ready(spec_changed(r)));
     // Objects of resource actions: one metadata watch per kind in use, started as routes name kinds.
     let (wakeups, woken) = futures::channel::mpsc::channel(1024);
     ctx.resource_kinds.start(
@@ -487,24 +539,14 @@ pub async fn run(
         wakeups,
         ctx.metrics.clone(),
     );
-    let deliveries = Controller::for_stream(delivery_stream, delivery_store)
-        .owns_stream(job_events)
-        .reconcile_on(woken)
-        .watches_shared_stream(route_changes, move |route| {
-            delivery::suspend::held_of_route(&route, held.state().iter().map(|d| d.as_ref()))
-        })
-        .with_config(controller_config(&ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |d, c| instrumented(d, c, "delivery", delivery::reconcile),
-            error_policy,
-            ctx.clone(),
-        );
-    let deliveries = report(
-        deliveries,
-        "delivery",
-        "webhookdeliveries (or Jobs)",
-        ctx.metrics.clone(),
+    let deliveries = delivery_controller(
+        &ctx,
+        delivery_stream,
+        delivery_store,
+        job_events,
+        route_changes,
+        woken,
+        shutdown.clone(),
     );
 
     let webhook_store = route_store.clone();

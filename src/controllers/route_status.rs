@@ -512,6 +512,14 @@ pub fn desired_status(
             &prev.seen_events,
             pruned_now.iter().map(|d| d.name.as_str()),
         ),
+        // An event that comes back after its delivery was pruned was folded before it was pruned.
+        release_timing: crate::timing::fold(
+            &prev.release_timing,
+            deliveries
+                .iter()
+                .filter(|d| !super::seen::holds(route, &d.name))
+                .filter_map(|d| d.timing.as_deref()),
+        ),
     }
 }
 

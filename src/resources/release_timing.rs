@@ -79,9 +79,9 @@ pub struct TimedItem {
     pub kind: ItemKind,
     /// The App Store Connect id of the build upload or app version.
     pub id: String,
-    /// What to call it: version and build number (e.g. `1.4.0 (42)`) once enrichment fetched them,
-    /// else its id.
-    pub name: String,
+    /// What to call it: version and build number (e.g. `1.4.0 (42)`) once enrichment fetched them
+    /// (for an event a rule matched), else its id.
+    pub title: String,
     /// The state it is in now (the last one known).
     pub state: String,
     /// When it entered that state (RFC 3339).

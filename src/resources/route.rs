@@ -60,7 +60,7 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 100;
     printcolumn(
         name = "Latest",
         type_ = "string",
-        json_path = ".status.releaseTiming.items[0].name",
+        json_path = ".status.releaseTiming.items[0].title",
         priority = 1
     ),
     printcolumn(

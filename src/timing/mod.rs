@@ -104,7 +104,7 @@ impl Item {
         (!spans.is_empty()).then(|| Item {
             kind: t.kind,
             id: t.id.clone(),
-            name: (t.name != t.id).then(|| t.name.clone()),
+            name: (t.title != t.id).then(|| t.title.clone()),
             spans,
             actions_started: t.actions_started,
             seconds_saved: t.seconds_saved,
@@ -212,7 +212,7 @@ impl Item {
         TimedItem {
             kind: self.kind,
             id: self.id.clone(),
-            name: self.name.clone().unwrap_or_else(|| self.id.clone()),
+            title: self.name.clone().unwrap_or_else(|| self.id.clone()),
             state: last.map(|s| s.state.clone()).unwrap_or_default(),
             since: last.map(|s| format_at(s.at)).unwrap_or_default(),
             processing_seconds: self.processing_seconds(),

@@ -344,10 +344,10 @@ fn a_state_that_is_not_an_apple_state_name_is_not_timed() {
 #[test]
 fn the_name_follows_enrichment_and_falls_back_to_the_id() {
     let mut events = release();
-    assert_eq!(item(&folded(&events), VERSION).name, VERSION);
+    assert_eq!(item(&folded(&events), VERSION).title, VERSION);
     events[3].name = Some("1.4.0".into());
     let t = folded(&events);
-    assert_eq!(item(&t, VERSION).name, "1.4.0");
+    assert_eq!(item(&t, VERSION).title, "1.4.0");
     assert_eq!(fold(&t, &release()), t, "a later event without it keeps it");
 }
 

@@ -512,13 +512,12 @@ pub fn desired_status(
             &prev.seen_events,
             pruned_now.iter().map(|d| d.name.as_str()),
         ),
-        // An event that comes back after its delivery was pruned was folded before it was pruned.
-        release_timing: crate::timing::fold(
+        release_timing: crate::timing::fold_deliveries(
             &prev.release_timing,
+            &prev.seen_events,
             deliveries
                 .iter()
-                .filter(|d| !super::seen::holds(route, &d.name))
-                .filter_map(|d| d.timing.as_deref()),
+                .filter_map(|d| Some((d.name.as_str(), d.timing.as_deref()?))),
         ),
     }
 }

@@ -15,7 +15,9 @@ pub mod observe;
 use crate::resources::release_timing::{
     ITEM_LIMIT, ItemKind, ReleaseTiming, STATE_LIMIT, StateSpan, TimeSource, TimedItem,
 };
+use crate::resources::seen_events::{EventKey, SeenEvents};
 use jiff::Timestamp;
+use std::collections::HashSet;
 
 /// One state change of one build upload or app version, as a delivery reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +295,22 @@ pub fn fold<'a>(
         items: items.iter().map(Item::to_status).collect(),
         runner_seconds_saved: previous.runner_seconds_saved.saturating_add(saved),
     }
+}
+
+/// [`fold`] over the observations of the deliveries named, leaving out those whose event `seen` (the
+/// route's `status.seenEvents`) holds: an event that came back after its first delivery was pruned was
+/// folded before that pruning.
+pub fn fold_deliveries<'a>(
+    previous: &ReleaseTiming,
+    seen: &SeenEvents,
+    deliveries: impl IntoIterator<Item = (&'a str, &'a Observation)>,
+) -> ReleaseTiming {
+    let seen: HashSet<&str> = seen.keys().iter().map(EventKey::as_str).collect();
+    let fresh = deliveries
+        .into_iter()
+        .filter(|(name, _)| !seen.contains(crate::naming::event_key_of(name)))
+        .map(|(_, o)| o);
+    fold(previous, fresh)
 }
 
 /// Something the status learned that a metric counts once.

@@ -25,4 +25,5 @@ pub mod state_metrics;
 pub mod telemetry;
 pub mod text;
 pub mod time;
+pub mod timing;
 pub mod watch_retry;

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub leader: Family<crate::state_metrics::ReplicaLabels, Gauge>,
     /// Route and credential conditions, last event times and build information.
     pub state: crate::state_metrics::StateMetrics,
+    /// Build processing and app version review times, and runner time saved.
+    pub release: crate::timing::metrics::ReleaseMetrics,
     /// Delivery status writes refused because the copy they were decided on was stale (a lagging cache).
     pub stale_writes: Counter,
     /// Events catch-up recorded (or had App Store Connect redeliver), by route.
@@ -168,9 +170,11 @@ impl Metrics {
             replays,
         } = CatchUpFamilies::register(&mut registry);
         let state = crate::state_metrics::StateMetrics::register(&mut registry);
+        let release = crate::timing::metrics::ReleaseMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             state,
+            release,
             catch_up_recovered,
             catch_up_errors,
             catch_up_entries_skipped,
@@ -195,6 +199,7 @@ impl Metrics {
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
         self.state.refresh();
+        self.release.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -35,6 +35,8 @@ pub struct DeliverySummary {
     /// ... and the delivery still carries the finished label, which keeps it out of the delivery
     /// controller's watch: the route controller removes the label.
     pub replay_unseen: bool,
+    /// The state change of a build upload or app version it reports, for release timing.
+    pub timing: Option<Box<crate::timing::Observation>>,
 }
 
 impl DeliverySummary {
@@ -56,6 +58,7 @@ impl DeliverySummary {
             replay_unseen: replay_wanted
                 && d.labels()
                     .contains_key(crate::resources::names::LABEL_FINISHED),
+            timing: crate::timing::observe::observation(d).map(Box::new),
         }
     }
 }
@@ -256,6 +259,7 @@ mod tests {
                 new_state: Some("COMPLETE".into()),
                 instance: None,
                 received_at: "2026-01-01T00:00:00Z".into(),
+                event_created_at: None,
                 source: Default::default(),
                 request_id: None,
                 payload: "{\"big\": \"payload\"}".into(),

@@ -279,6 +279,7 @@ where
         .metrics
         .state
         .export_from(route_store.clone(), credential_store);
+    let release_metrics = ctx.metrics.release.export_from(route_store.clone());
     let routes = route_controller
         .reconcile_on(route_triggers)
         .watches_stream(credential_events, move |cred| {
@@ -313,6 +314,7 @@ where
     Box::pin(async move {
         routes.await;
         drop(state_metrics);
+        drop(release_metrics);
     })
 }
 

@@ -78,6 +78,14 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     if !write_status(&ctx, &route, &new_status).await? {
         return Ok(Action::requeue(STALE_RETRY));
     }
+    // Observed only once the status that learned it is stored: a stale copy's write is refused above,
+    // and a status re-read after a restart or by a new leader has nothing new to teach.
+    let before = route.status.as_ref().map(|s| &s.release_timing);
+    let learned = crate::timing::learned(
+        before.unwrap_or(&Default::default()),
+        &new_status.release_timing,
+    );
+    ctx.metrics.release.record(&namespace, &name, &learned);
     delete_pruned(&ctx, &namespace, &name, &prune, &owned).await?;
     let next = fresh_until.saturating_duration_since(Instant::now());
     Ok(Action::requeue(next.max(Duration::from_secs(1))))

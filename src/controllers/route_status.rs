@@ -512,6 +512,13 @@ pub fn desired_status(
             &prev.seen_events,
             pruned_now.iter().map(|d| d.name.as_str()),
         ),
+        release_timing: crate::timing::fold_deliveries(
+            &prev.release_timing,
+            &prev.seen_events,
+            deliveries
+                .iter()
+                .filter_map(|d| Some((d.name.as_str(), d.timing.as_deref()?))),
+        ),
     }
 }
 

@@ -126,6 +126,7 @@ mod tests {
                 new_state: None,
                 instance: None,
                 received_at: "2026-01-01T00:00:00Z".into(),
+                event_created_at: None,
                 source: Default::default(),
                 request_id: None,
                 payload: "{}".into(),

@@ -135,6 +135,7 @@ pub fn build_delivery_for(
                 url: i.url.clone(),
             }),
             received_at: received_at.to_owned(),
+            event_created_at: None,
             source: DeliverySource::Webhook,
             request_id: request_id.map(str::to_owned),
             payload: event.raw_str().to_owned(),

@@ -65,6 +65,10 @@ pub struct WebhookDeliverySpec {
     pub instance: Option<InstanceReference>,
     /// When the receiver accepted the event (RFC 3339).
     pub received_at: String,
+    /// When App Store Connect created the event, as its delivery log says (RFC 3339): set on events
+    /// recovered by catch-up, which are recorded later than they happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_created_at: Option<String>,
     /// How the event arrived.
     #[serde(default)]
     pub source: DeliverySource,

@@ -5,6 +5,7 @@ pub mod common;
 pub mod conditions;
 pub mod crds;
 pub mod names;
+pub mod release_timing;
 // kube's `printcolumn(...)` repeats `type_`/`json_path` per column, which clippy mistakes for duplicates.
 #[allow(clippy::duplicated_attributes)]
 pub mod credential;

@@ -1,5 +1,6 @@
 //! `WebhookRoute`: one App Store Connect webhook endpoint and what to do with each event it receives.
 
+use super::release_timing::ReleaseTiming;
 use super::route_asc::{AppStoreConnectStatus, AppStoreConnectWebhook};
 use super::seen_events::SeenEvents;
 use super::{Condition, LocalObjectReference, SecretKeySelector, common::open_object};
@@ -54,6 +55,24 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 100;
         name = "URL",
         type_ = "string",
         json_path = ".status.url",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Latest",
+        type_ = "string",
+        json_path = ".status.releaseTiming.items[0].title",
+        priority = 1
+    ),
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.releaseTiming.items[0].state",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Since",
+        type_ = "date",
+        json_path = ".status.releaseTiming.items[0].since",
         priority = 1
     ),
     printcolumn(
@@ -329,6 +348,12 @@ pub struct WebhookRouteStatus {
     /// catch-up or sent again by App Store Connect runs nothing again (its delivery ends `Duplicate`).
     #[serde(default, skip_serializing_if = "SeenEvents::is_empty")]
     pub seen_events: SeenEvents,
+    /// How long Apple took with the build uploads and app versions the route's events are about: the
+    /// last 10, each with the time spent in every state it left (from Apple's `timestamp` where the
+    /// event has one), and the runner time the route's actions saved. `kubectl get -o wide` shows the
+    /// most recently changed one, its state and since when.
+    #[serde(default, skip_serializing_if = "ReleaseTiming::is_empty")]
+    pub release_timing: ReleaseTiming,
 }
 
 /// Deliveries by outcome since the route was created (pruned deliveries stay counted).

@@ -23,6 +23,7 @@ mod manifests;
 mod monitoring;
 mod receiver;
 mod recorder;
+mod release_timing;
 mod reliability;
 mod replay;
 mod resource_actions;

@@ -143,6 +143,7 @@ pub fn recorded(
         .map_err(|e| format!("payload is not an App Store Connect event: {e}"))?;
     let mut d = build_delivery(route, &parsed, Some(&logged.id), now);
     d.spec.source = DeliverySource::CatchUp;
+    d.spec.event_created_at = event.created_date.clone().or(logged.created_date.clone());
     Ok(d)
 }
 

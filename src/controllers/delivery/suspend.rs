@@ -123,6 +123,7 @@ mod tests {
                 new_state: None,
                 instance: None,
                 received_at: at.into(),
+                event_created_at: None,
                 source: Default::default(),
                 request_id: None,
                 payload: "{}".into(),

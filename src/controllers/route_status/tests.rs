@@ -238,6 +238,7 @@ fn delivery(name: &str, at: &str, phase: Phase, event_type: &str) -> DeliverySum
         received_at: at.into(),
         replay_wanted: false,
         replay_unseen: false,
+        timing: None,
     }
 }
 
@@ -539,4 +540,45 @@ fn readiness_reads_only_the_referenced_keys_so_the_cache_keeps_no_others() {
         };
         assert_eq!(problems(&r, &full), problems(&r, &kept), "{stored:?}");
     }
+}
+
+/// A build's state change as its delivery summary carries it, received at `at`.
+fn build_change(event: &str, from: &str, state: &str, at: &str) -> DeliverySummary {
+    DeliverySummary {
+        new_state: Some(state.into()),
+        timing: Some(Box::new(crate::timing::Observation {
+            kind: crate::resources::release_timing::ItemKind::Build,
+            id: "b-1".into(),
+            state: state.into(),
+            from: Some(from.into()),
+            at: at.parse().unwrap(),
+            source: crate::resources::release_timing::TimeSource::Received,
+            name: None,
+            actions_started: None,
+        })),
+        ..delivery(
+            &crate::naming::delivery_name("release", event),
+            at,
+            Phase::Succeeded,
+            "buildUploadStateUpdated",
+        )
+    }
+}
+
+#[test]
+fn release_timing_outlives_pruning_and_a_pruned_event_that_comes_back_is_not_timed_again() {
+    let r = route(vec![], None);
+    let processing = build_change("p", "AWAITING_UPLOAD", "PROCESSING", "2026-12-01T10:00:00Z");
+    let complete = build_change("c", "PROCESSING", "COMPLETE", "2026-12-01T10:20:00Z");
+    let all = vec![&processing, &complete];
+    let s = desired_status(&r, &all, &[&processing], &[], None, "t");
+    let timed = &s.release_timing.items[0];
+    assert_eq!(timed.processing_seconds, Some(1_200));
+
+    // `processing` was pruned; App Store Connect sends its event again an hour later.
+    let mut after = r.clone();
+    after.status = Some(s.clone());
+    let again = build_change("p", "AWAITING_UPLOAD", "PROCESSING", "2026-12-01T11:00:00Z");
+    let s2 = desired_status(&after, &[&complete, &again], &[], &[], None, "t");
+    assert_eq!(s2.release_timing, s.release_timing);
 }

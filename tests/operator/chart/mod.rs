@@ -95,7 +95,7 @@ pub fn rendered_outputs() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn template(args: &[&str]) -> Vec<Value> {
+pub fn template(args: &[&str]) -> Vec<Value> {
     template_with(&chart_dir(), args)
 }
 

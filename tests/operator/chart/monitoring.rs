@@ -155,3 +155,64 @@ fn the_service_monitor_keeps_the_namespace_label_of_the_state_gauges() {
     let sm = only(all_options_render(), "ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["honorLabels"], true);
 }
+
+#[test]
+fn release_timing_alerts_are_opt_in_take_their_thresholds_from_values_and_pass_promtool() {
+    let plain = only(&template(BOTH), "PrometheusRule");
+    assert_eq!(
+        plain["spec"]["groups"].as_array().unwrap().len(),
+        1,
+        "off unless prometheusRule.releaseTiming.enabled"
+    );
+    let rule = crate::monitoring::release_timing_rule("");
+    let groups = rule["spec"]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    let plain_groups: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(Path::new(ROOT).join(RULES)).unwrap())
+            .unwrap();
+    assert_eq!(
+        groups[0], plain_groups["groups"][0],
+        "the plain file's group unchanged"
+    );
+    let anchors = crate::monitoring::runbook_anchors();
+    for r in groups[1]["rules"].as_array().unwrap() {
+        let name = r["alert"].as_str().unwrap();
+        let anchor = r["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("docs/RUNBOOK.md#")
+            .unwrap();
+        assert_eq!(anchor, name.to_lowercase(), "{name}: its own section");
+        assert!(
+            anchors.contains(anchor),
+            "{name}: no RUNBOOK section {anchor}"
+        );
+    }
+    crate::monitoring::check_and_test_rules_with(
+        &serde_yaml::to_string(&rule["spec"]).unwrap(),
+        crate::monitoring::RELEASE_TIMING_RULE_TESTS,
+    );
+
+    let tuned = crate::monitoring::release_timing_rule(
+        ",prometheusRule.releaseTiming.waitingForReviewSeconds=86400,prometheusRule.releaseTiming.buildProcessingSeconds=1800,prometheusRule.runbookBaseUrl=https://git.example.com/RUNBOOK.md",
+    );
+    let rules = tuned["spec"]["groups"][1]["rules"].as_array().unwrap();
+    assert!(
+        rules[0]["expr"]
+            .as_str()
+            .unwrap()
+            .trim_end()
+            .ends_with("> 86400")
+    );
+    assert!(
+        rules[1]["expr"]
+            .as_str()
+            .unwrap()
+            .trim_end()
+            .ends_with("> 1800")
+    );
+    assert_eq!(
+        rules[1]["annotations"]["runbook_url"],
+        "https://git.example.com/RUNBOOK.md#ascwebhookbuildprocessingtoolong"
+    );
+}

@@ -16,6 +16,17 @@ use std::process::Command;
 pub const RULES: &str = "charts/asc-webhook-operator/files/prometheus-rules.yaml";
 pub const DASHBOARD: &str = "charts/asc-webhook-operator/files/grafana-dashboard.json";
 pub const RULE_TESTS: &str = "tests/fixtures/monitoring/alerts_test.yaml";
+/// Unit tests of the opt-in release timing alerts, with the chart's default thresholds.
+pub const RELEASE_TIMING_RULE_TESTS: &str = "tests/fixtures/monitoring/release_timing_test.yaml";
+/// The dashboard's release timing panels: their metrics have series only once builds and versions were
+/// timed, so tests/operator/release_timing.rs checks them against the scrapes of a whole release.
+pub const RELEASE_TIMING_PANELS: &[&str] = &[
+    "Build processing time",
+    "Review: waiting and in review",
+    "Time in current state (in flight)",
+    "State timeline of recent versions",
+    "Runner time saved",
+];
 
 /// promtool from PATH (`bash .ci/test` puts it there). Missing: a failure under CI (`CI=true`, or
 /// `ASC_REQUIRE_TOOLS` set, as `.ci/test` does), else `None` and a loud note, so a laptop without
@@ -218,6 +229,29 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
+/// The chart's PrometheusRule rendered with the release timing alerts and `set` (more `--set` values).
+pub fn release_timing_rule(set: &str) -> Value {
+    let set = format!("prometheusRule.enabled=true,prometheusRule.releaseTiming.enabled=true{set}");
+    crate::chart::template(&["--set", &set])
+        .into_iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule")
+}
+
+/// Every PromQL expression of the opt-in release timing alerts (default thresholds), by alert name.
+pub fn release_timing_rule_expressions() -> Vec<(String, String)> {
+    let rule = release_timing_rule("");
+    rule["spec"]["groups"][1]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let name = r["alert"].as_str().unwrap().to_owned();
+            (name, r["expr"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
 /// Every PromQL expression of the alert rules, by alert name.
 pub fn rule_expressions() -> BTreeMap<String, String> {
     let rules: Value =
@@ -345,7 +379,11 @@ fn every_query_selects_a_metric_and_filters_by_the_chosen_namespace_and_route() 
         "Signed POST → action started",
         "Events recovered by catch-up",
         "Route and webhook state",
-    ];
+    ]
+    .iter()
+    .chain(RELEASE_TIMING_PANELS)
+    .copied()
+    .collect::<Vec<_>>();
     for (title, expr) in dashboard_expressions() {
         if per_route.contains(&title.as_str()) {
             assert!(
@@ -357,7 +395,7 @@ fn every_query_selects_a_metric_and_filters_by_the_chosen_namespace_and_route() 
 }
 
 /// The heading anchors of docs/RUNBOOK.md (GitHub's rule for plain-word headings: lower case).
-fn runbook_anchors() -> BTreeSet<String> {
+pub fn runbook_anchors() -> BTreeSet<String> {
     std::fs::read_to_string(Path::new(ROOT).join("docs/RUNBOOK.md"))
         .unwrap()
         .lines()
@@ -408,11 +446,16 @@ fn every_alert_names_its_object_and_links_a_runbook_section() {
 /// `promtool check rules` and `promtool test rules` on `rules` (a rule file's text), next to the unit
 /// tests, as `rules.yaml`.
 pub fn check_and_test_rules(rules: &str) {
+    check_and_test_rules_with(rules, RULE_TESTS);
+}
+
+/// [`check_and_test_rules`] with the unit tests of `tests` (a path from the repository root).
+pub fn check_and_test_rules_with(rules: &str, tests: &str) {
     let Some(promtool) = promtool() else { return };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
     std::fs::copy(
-        Path::new(ROOT).join(RULE_TESTS),
+        Path::new(ROOT).join(tests),
         dir.path().join("alerts_test.yaml"),
     )
     .unwrap();

@@ -5,7 +5,7 @@ use crate::asc::api::AscClientOptions;
 use crate::asc::origins::AllowedOrigins;
 use crate::cli::RunArgs;
 use crate::controllers::impersonation::ActionClients;
-use crate::controllers::{self, Context, Settings};
+use crate::controllers::{self, Process, Settings};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::{Metrics, WatchLabels};
 use crate::receiver::admin::{self, Readiness};
@@ -169,14 +169,13 @@ pub async fn run_with(
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = replica_identity(&args);
-    let ctx = controller_context(&client, &config, &metrics, &args, &identity)?;
-    ctx.stores.set_ready_again(readiness.recoveries());
+    let process = controller_process(&client, &config, &metrics, &args, &identity, &readiness)?;
     let leader_gauge = metrics
         .leader
         .get_or_create_owned(&crate::state_metrics::ReplicaLabels {
             replica: identity.clone(),
         });
-    let controllers = run_controllers(ctx, client, args, identity, leader_gauge, shutdown);
+    let controllers = run_controllers(process, client, args, identity, leader_gauge, shutdown);
     let ((), a, c) = tokio::join!(public_server, admin_server.into_future(), controllers);
     a.map_err(RunError::Serve)?;
     c?;
@@ -211,28 +210,30 @@ fn replica_identity(args: &RunArgs) -> String {
     })
 }
 
-/// The controllers' shared context, with the Event reporter named after this replica; apart from
-/// `run_with` so the start-up sequence reads as steps.
-fn controller_context(
+/// What the controllers share for the whole process (each leadership term adds its own state), with the
+/// Event reporter named after this replica; apart from `run_with` so the start-up sequence reads as steps.
+fn controller_process(
     client: &Client,
     config: &kube::Config,
     metrics: &Metrics,
     args: &RunArgs,
     identity: &str,
-) -> Result<Arc<Context>, RunError> {
+    readiness: &Readiness,
+) -> Result<Arc<Process>, RunError> {
     let reporter = kube::runtime::events::Reporter {
         controller: crate::resources::names::OPERATOR.into(),
         instance: Some(identity.to_owned()),
     };
     Ok(Arc::new(
-        Context::new(
+        Process::new(
             client.clone(),
             metrics.clone(),
             Settings::from(args),
             reporter,
         )
         .map_err(RunError::HttpClient)?
-        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
+        .with_action_clients(ActionClients::from_config(client.clone(), config.clone()))
+        .with_ready_again(readiness.recoveries()),
     ))
 }
 
@@ -322,7 +323,7 @@ async fn housekeeping(receiver: Arc<Receiver>, shutdown: CancellationToken) {
 
 /// The controllers: while this replica holds the Lease (with leader election), else until shutdown.
 async fn run_controllers(
-    ctx: Arc<Context>,
+    process: Arc<Process>,
     client: Client,
     args: RunArgs,
     identity: String,
@@ -339,7 +340,7 @@ async fn run_controllers(
         };
         leader::run_while_leader(client, settings, shutdown, leader_gauge, move |stop| {
             Box::pin(controllers::run(
-                ctx.clone(),
+                process.clone(),
                 namespace.clone(),
                 stop.cancelled_owned(),
             ))
@@ -347,7 +348,7 @@ async fn run_controllers(
         .await?;
     } else {
         leader_gauge.set(1);
-        controllers::run(ctx, namespace, shutdown.cancelled_owned()).await;
+        controllers::run(process, namespace, shutdown.cancelled_owned()).await;
         leader_gauge.set(0);
     }
     Ok(())

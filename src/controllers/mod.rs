@@ -16,7 +16,7 @@ pub mod seen;
 pub mod shared_watch;
 mod status;
 
-pub use context::{Context, Settings};
+pub use context::{Context, Process, Settings, Stores};
 pub use error::Error;
 
 use crate::metrics::{ControllerLabels, Metrics, ReconcileLabels, WatchLabels};
@@ -247,13 +247,16 @@ fn route_controller<S>(
     ctx: &Arc<Context>,
     ns: Option<&str>,
     routes_to_status: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
-    route_store: Store<WebhookRoute>,
+    credential_events: impl futures::Stream<Item = Result<AscCredential, watcher::Error>>
+    + Send
+    + 'static,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
     let client = ctx.client.clone();
+    let route_store = ctx.stores.routes.clone();
     let route_controller = Controller::for_shared_stream(routes_to_status, route_store.clone());
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
@@ -267,18 +270,11 @@ where
         watch_reporter("route", "webhookdeliveries", &ctx.metrics),
     );
     let route_triggers = ctx.deliveries.clone().follow(delivery_events);
-    let (credential_store, credential_events) = slim_cache(
-        api::<AscCredential>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-        watch_reporter("route", "asccredentials", &ctx.metrics),
-    );
-    ctx.stores.set_credentials(credential_store.clone());
     // Route and credential conditions are exported from these caches while the controllers run.
     let state_metrics = ctx
         .metrics
         .state
-        .export_from(route_store.clone(), credential_store);
+        .export_from(route_store.clone(), ctx.stores.credentials.clone());
     let routes = route_controller
         .reconcile_on(route_triggers)
         .watches_stream(credential_events, move |cred| {
@@ -362,7 +358,7 @@ where
     // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
     // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
     // every route makes a catch-up pass at once instead of at its next interval.
-    let recovered = ctx.stores.ready_again().map(|rx| {
+    let recovered = ctx.ready_again().map(|rx| {
         let ctx = ctx.clone();
         futures::stream::unfold(rx, |mut rx| async move {
             rx.changed().await.ok()?;
@@ -431,36 +427,39 @@ fn owner_is_unfinished(unfinished: &Store<WebhookDelivery>, job: &Job) -> bool {
     })
 }
 
-/// The delivery cache (unfinished deliveries only) and the Job events that may wake one; apart from
-/// `run` so `run` reads as the watches and the controllers they feed.
+/// The delivery cache (unfinished deliveries only); apart from `run` so `run` reads as the watches and
+/// the controllers they feed.
 fn delivery_cache(
-    ctx: &Arc<Context>,
+    process: &Process,
     ns: Option<&str>,
 ) -> (
     Store<WebhookDelivery>,
     impl futures::Stream<Item = Result<WebhookDelivery, watcher::Error>> + Send + use<>,
-    impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + use<>,
 ) {
-    let client = ctx.client.clone();
     // Only unfinished deliveries: finished ones are labelled and leave the cache.
     let unfinished = watcher::Config::default()
         .any_semantic()
         .labels(&format!("!{LABEL_FINISHED}"));
-    let (delivery_store, delivery_stream) = slim_cache(
-        api::<WebhookDelivery>(&client, ns),
+    slim_cache(
+        api::<WebhookDelivery>(&process.client, ns),
         unfinished,
         delivery::suspend::scheduling_copy,
-        watch_reporter("delivery", "webhookdeliveries", &ctx.metrics),
-    );
+        watch_reporter("delivery", "webhookdeliveries", &process.metrics),
+    )
+}
+
+/// The Job events that may wake a delivery.
+fn job_wakeups(
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + use<> {
     // A Job wakes its delivery only while that delivery is unfinished (in the cache): at start-up every
     // Job of a long history arrives at once, and their finished deliveries must not queue ahead of new
     // work. An unfinished delivery not cached yet loses nothing: its own arrival wakes it.
-    let unfinished_owners = delivery_store.clone();
-    let job_events = futures::TryStreamExt::try_filter(job_events(ctx, ns), move |job| {
+    let unfinished_owners = ctx.stores.unfinished.clone();
+    futures::TryStreamExt::try_filter(job_events(ctx, ns), move |job| {
         futures::future::ready(owner_is_unfinished(&unfinished_owners, job))
-    });
-    ctx.stores.set_unfinished_deliveries(delivery_store.clone());
-    (delivery_store, delivery_stream, job_events)
+    })
 }
 
 /// The delivery controller, woken by its deliveries, their Jobs, objects of resource actions and spec
@@ -470,7 +469,6 @@ fn delivery_controller<S>(
     delivery_stream: impl futures::Stream<Item = Result<WebhookDelivery, watcher::Error>>
     + Send
     + 'static,
-    delivery_store: Store<WebhookDelivery>,
     job_events: impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + 'static,
     route_changes: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     woken: impl futures::Stream<Item = ObjectRef<WebhookDelivery>> + Send + 'static,
@@ -481,6 +479,7 @@ where
 {
     // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
     // writes do not bump the generation, so the route controller's own writes trigger nothing here.
+    let delivery_store = ctx.stores.unfinished.clone();
     let held = delivery_store.clone();
     let mut spec_changed = shared_watch::generation_changed::<WebhookRoute>();
     let route_changes = route_changes.filter(move |r| futures::future::ready(spec_changed(r)));
@@ -508,28 +507,40 @@ where
 /// Time the controllers get to finish running reconciles once shutdown is requested.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs the four controllers until `shutdown` resolves.
+/// Runs the four controllers for one leadership term, until `shutdown` resolves. The term's stores,
+/// index and memories are built here and dropped when it ends: only `process` outlives the term.
 pub async fn run(
-    ctx: Arc<Context>,
+    process: Arc<Process>,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
+    let client = process.client.clone();
     let ns = namespace.as_deref();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
 
-    let (delivery_store, delivery_stream, job_events) = delivery_cache(&ctx, ns);
+    let (delivery_store, delivery_stream) = delivery_cache(&process, ns);
     // One watch and one cache of routes for the three controllers that follow them.
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
         watcher::Config::default().any_semantic(),
         |_| {},
-        watch_reporter("route", "webhookroutes", &ctx.metrics),
+        watch_reporter("route", "webhookroutes", &process.metrics),
     );
     // `retrying` took the errors already: none reach the fan-out.
     let (route_watch, [route_changes, routes_to_status, routes_to_register]) =
         shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
-    ctx.stores.set_routes(route_store.clone());
+    let (credential_store, credential_events) = slim_cache(
+        api::<AscCredential>(&client, ns),
+        watcher::Config::default().any_semantic(),
+        |_| {},
+        watch_reporter("route", "asccredentials", &process.metrics),
+    );
+    let stores = Stores {
+        credentials: credential_store,
+        routes: route_store,
+        unfinished: delivery_store,
+    };
+    let ctx = Arc::new(Context::for_term(process, stores));
 
     // Objects of resource actions: one metadata watch per kind in use, started as routes name kinds.
     let (wakeups, woken) = futures::channel::mpsc::channel(1024);
@@ -539,22 +550,32 @@ pub async fn run(
         wakeups,
         ctx.metrics.clone(),
     );
+    let job_events = job_wakeups(&ctx, ns);
     let deliveries = delivery_controller(
         &ctx,
         delivery_stream,
-        delivery_store,
         job_events,
         route_changes,
         woken,
         shutdown.clone(),
     );
 
-    let webhook_store = route_store.clone();
-    let routes = route_controller(&ctx, ns, routes_to_status, route_store, shutdown.clone());
+    let routes = route_controller(
+        &ctx,
+        ns,
+        routes_to_status,
+        credential_events,
+        shutdown.clone(),
+    );
 
     let credentials = credential_controller(&ctx, ns, shutdown.clone());
 
-    let webhooks = webhook_controller(&ctx, routes_to_register, webhook_store, shutdown.clone());
+    let webhooks = webhook_controller(
+        &ctx,
+        routes_to_register,
+        ctx.stores.routes.clone(),
+        shutdown.clone(),
+    );
 
     let controllers = async {
         tokio::join!(deliveries, routes, credentials, webhooks);

@@ -170,6 +170,9 @@ impl DeliveryIndex {
                 }
             }
             watcher::Event::Init => {
+                // The watch restarted and may have missed deletions and phase changes: counts wait for
+                // the new list rather than come from what the old one last showed.
+                state.ready = false;
                 state.relisting = Some(HashMap::new());
                 vec![]
             }
@@ -290,6 +293,25 @@ mod tests {
         let changed = index.apply(watcher::Event::InitDone);
         assert!(index.is_ready());
         assert_eq!(changed, vec![ObjectRef::new("r").within("ios")]);
+        assert_eq!(index.of_route("ios", "r", Some("uid-r")).len(), 1);
+    }
+
+    #[test]
+    fn counts_are_withheld_again_while_a_restarted_watch_lists_anew() {
+        let index = DeliveryIndex::default();
+        index.apply(watcher::Event::Init);
+        index.apply(watcher::Event::InitDone);
+        assert!(index.is_ready());
+        index.apply(watcher::Event::Init);
+        assert!(!index.is_ready(), "not ready while the new list arrives");
+        index.apply(watcher::Event::InitApply(delivery(
+            "a",
+            "r",
+            Phase::Succeeded,
+        )));
+        assert!(!index.is_ready());
+        index.apply(watcher::Event::InitDone);
+        assert!(index.is_ready());
         assert_eq!(index.of_route("ios", "r", Some("uid-r")).len(), 1);
     }
 

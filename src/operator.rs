@@ -12,6 +12,7 @@ use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
 use crate::receiver::routes::{RouteForReceiver, RouteTable};
 use crate::receiver::serve::ServeLimits;
+use crate::receiver::store::DeliveryStore;
 use crate::receiver::{Receiver, ReceiverConfig};
 use futures::StreamExt;
 use kube::runtime::watcher;
@@ -230,6 +231,10 @@ fn controller_process(
             metrics.clone(),
             Settings::from(args),
             reporter,
+            DeliveryStore::new(
+                Arc::new(KubeDeliveries::new(client.clone())),
+                ReceiverConfig::from(args).record_limits(),
+            ),
         )
         .map_err(RunError::HttpClient)?
         .with_action_clients(ActionClients::from_config(client.clone(), config.clone()))

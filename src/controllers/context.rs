@@ -33,6 +33,7 @@ use crate::actions::http::ActionHttp;
 use crate::asc::api::AscClientOptions;
 use crate::asc::origins::AllowedOrigins;
 use crate::metrics::Metrics;
+use crate::receiver::store::DeliveryStore;
 use crate::resources::WebhookRoute;
 use crate::retry::Backoff;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -131,6 +132,8 @@ pub struct Process {
     pub settings: Settings,
     /// HTTP client for HTTP actions, behind the egress guard.
     pub http: ActionHttp,
+    /// Where catch-up records deliveries: the receiver's way, with the receiver's limits.
+    pub delivery_store: DeliveryStore,
     /// The receiver's recoveries from unready, when the operator wired them.
     ready_again: Option<watch::Receiver<u64>>,
     recorder: Recorder,
@@ -144,8 +147,10 @@ impl Process {
         metrics: Metrics,
         settings: Settings,
         reporter: Reporter,
+        delivery_store: DeliveryStore,
     ) -> Result<Self, reqwest::Error> {
         Ok(Process {
+            delivery_store,
             recorder: Recorder::new(client.clone(), reporter),
             actions: ActionClients::operator_only(client.clone()),
             http: crate::actions::http::client(settings.http_deny.clone())?,

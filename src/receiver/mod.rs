@@ -14,6 +14,7 @@ pub mod record;
 pub mod routes;
 pub mod secret_cache;
 pub mod serve;
+pub mod store;
 
 pub use answer::Answer;
 pub use backend::{DeliverySink, Recorded, RouteLookup, SecretSource, SinkError};
@@ -47,6 +48,16 @@ pub struct ReceiverConfig {
     pub secret_rotation_grace: Duration,
 }
 
+impl ReceiverConfig {
+    /// The limits every recorded event is held to, by the receiver and catch-up alike.
+    pub fn record_limits(&self) -> store::RecordLimits {
+        store::RecordLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_object_bytes: self.max_object_bytes,
+        }
+    }
+}
+
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
@@ -65,7 +76,7 @@ impl Default for ReceiverConfig {
 pub struct Receiver {
     routes: Arc<dyn RouteLookup>,
     secrets: SecretCache,
-    sink: Arc<dyn DeliverySink>,
+    store: store::DeliveryStore,
     failed_signatures: DefaultKeyedRateLimiter<Arc<str>>,
     budget: BodyBudget,
     /// The metrics label of requests for routes that do not exist.
@@ -88,7 +99,7 @@ impl Receiver {
         Arc::new(Receiver {
             routes,
             secrets: SecretCache::new(secrets, config.secret_cache_ttl, metrics.clone()),
-            sink,
+            store: store::DeliveryStore::new(sink, config.record_limits()),
             failed_signatures: RateLimiter::keyed(Quota::per_minute(per_minute)),
             budget: BodyBudget::new(config.max_inflight_body_bytes),
             unknown_route: Arc::from("unknown"),

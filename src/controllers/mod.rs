@@ -356,6 +356,35 @@ where
 {
     // Its own controller and queue over the shared routes: it runs on a different schedule (slow App Store
     // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
+    let routes_to_register =
+        routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
+    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
+    Box::pin(report(
+        webhooks,
+        "app-store-connect-webhook",
+        "webhookroutes",
+        ctx.metrics.clone(),
+    ))
+}
+
+/// The catch-up controller over the shared routes: its own queue, so a long pass of one route never
+/// holds registration of another.
+fn catch_up_controller<S>(
+    ctx: &Arc<Context>,
+    routes_to_catch_up: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
+    shutdown: S,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    S: Future<Output = ()> + Send + Sync + Clone + 'static,
+{
+    use asc_webhook::catch_up_controller as catch_up;
     // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
     // every route makes a catch-up pass at once instead of at its next interval.
     let recovered = ctx.ready_again().map(|rx| {
@@ -370,20 +399,19 @@ where
         })
         .boxed()
     });
-    let routes_to_register =
-        routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
-    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+    let routes = routes_to_catch_up.filter(|r| futures::future::ready(catch_up::concerns(r)));
+    let passes = Controller::for_shared_stream(routes, ctx.stores.routes.clone())
         .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
-            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            |r, c| instrumented(r, c, "app-store-connect-catch-up", catch_up::reconcile),
             error_policy,
             ctx.clone(),
         );
     Box::pin(report(
-        webhooks,
-        "app-store-connect-webhook",
+        passes,
+        "app-store-connect-catch-up",
         "webhookroutes",
         ctx.metrics.clone(),
     ))
@@ -507,7 +535,7 @@ where
 /// Time the controllers get to finish running reconciles once shutdown is requested.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs the four controllers for one leadership term, until `shutdown` resolves. The term's stores,
+/// Runs the five controllers for one leadership term, until `shutdown` resolves. The term's stores,
 /// index and memories are built here and dropped when it ends: only `process` outlives the term.
 pub async fn run(
     process: Arc<Process>,
@@ -519,7 +547,7 @@ pub async fn run(
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
 
     let (delivery_store, delivery_stream) = delivery_cache(&process, ns);
-    // One watch and one cache of routes for the three controllers that follow them.
+    // One watch and one cache of routes for the four controllers that follow them.
     let (route_store, route_stream) = slim_cache(
         api::<WebhookRoute>(&client, ns),
         watcher::Config::default().any_semantic(),
@@ -527,8 +555,15 @@ pub async fn run(
         watch_reporter("route", "webhookroutes", &process.metrics),
     );
     // `retrying` took the errors already: none reach the fan-out.
-    let (route_watch, [route_changes, routes_to_status, routes_to_register]) =
-        shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
+    let (
+        route_watch,
+        [
+            route_changes,
+            routes_to_status,
+            routes_to_register,
+            routes_to_catch_up,
+        ],
+    ) = shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
     let (credential_store, credential_events) = slim_cache(
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
@@ -577,8 +612,10 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    let catch_up = catch_up_controller(&ctx, routes_to_catch_up, shutdown.clone());
+
     let controllers = async {
-        tokio::join!(deliveries, routes, credentials, webhooks);
+        tokio::join!(deliveries, routes, credentials, webhooks, catch_up);
     };
     stop_with(controllers, route_watch, shutdown).await;
     ctx.resource_kinds.stop();

@@ -261,12 +261,13 @@ async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
         "http://127.0.0.1:9/hook",
     ));
     let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
+    // Inside the window asked for whatever the date: the mock filters by `createdDate`.
+    let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
     for n in 0..3 {
-        let at = format!("2026-12-01T10:00:0{n}Z");
+        let at = crate::time::format_ts(hour_ago + jiff::SignedDuration::from_secs(n));
         mock.log_delivery(&id, payload, testkit::asc_mock::DeliveryState::Failed, &at);
     }
-    let since =
-        crate::time::format_ts(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24));
+    let since = crate::time::format_ts(hour_ago - jiff::SignedDuration::from_hours(23));
     let filter = DeliveryFilter {
         created_since: Some(since),
         limit: 2,

@@ -19,7 +19,9 @@ mod status;
 pub use context::{Context, Process, Settings, Stores};
 pub use error::Error;
 
-use crate::metrics::{ControllerLabels, Metrics, ReconcileLabels, WatchLabels};
+use crate::metrics::{
+    ControllerLabels, Metrics, ReconcileErrorLabels, ReconcileLabels, WatchLabels,
+};
 use crate::resources::names::{
     ANNOTATION_LAST_APPLIED, LABEL_FINISHED, LABEL_MANAGED_BY, MANAGED_BY,
 };
@@ -69,7 +71,7 @@ where
 {
     let started = Instant::now();
     let k = key(obj.as_ref());
-    let result = f(obj, ctx.clone()).await;
+    let result = f(obj.clone(), ctx.clone()).await;
     crate::memory::note_work();
     ctx.metrics
         .reconcile_duration
@@ -83,10 +85,34 @@ where
             result: label,
         })
         .inc();
-    if result.is_ok() {
-        ctx.backoffs.succeeded(&k);
+    match &result {
+        Ok(_) => ctx.backoffs.succeeded(&k),
+        Err(e) => failed(&ctx, obj.as_ref(), controller, e).await,
     }
     result
+}
+
+/// Counts a failed reconcile by its kind and says so on the object, the kind as the Event's reason: a
+/// person tells an App Store Connect 429 from a Secret that cannot be read without the logs.
+async fn failed<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    controller: &'static str,
+    e: &Error,
+) {
+    let category = e.category();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ReconcileErrorLabels {
+            controller,
+            category: category.metric_label(),
+        })
+        .inc();
+    let note = format!(
+        "{controller} reconcile failed: {}",
+        crate::text::error_chain(e)
+    );
+    ctx.event(obj, true, category.event_reason(), note).await;
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(
@@ -95,7 +121,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     ctx: Arc<Context>,
 ) -> Action {
     let delay = ctx.backoffs.failed(&key(obj.as_ref()));
-    tracing::warn!(object = %key(obj.as_ref()), error = %crate::controllers::credential::error_chain(error), retry_in = ?delay, "reconcile failed");
+    tracing::warn!(object = %key(obj.as_ref()), error = %crate::text::error_chain(error), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 

@@ -281,7 +281,7 @@ fn finish(
             return interval;
         }
         Err(Interrupted::Api(e)) => {
-            tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "catch-up pass interrupted");
+            tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "catch-up pass interrupted");
             error_reason(&e)
         }
         Err(Interrupted::PageBudget) => {
@@ -428,7 +428,7 @@ async fn recover(
                     Ok(recovered(ctx, route, logged, "EventRedelivered", why).await)
                 }
                 Err(e) => {
-                    tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "redelivery refused");
+                    tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "redelivery refused");
                     count_error(ctx, route, "redelivery_refused");
                     Ok(0)
                 }

@@ -46,13 +46,20 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
         return Ok(Action::await_change());
     }
     let outcome = match credential(ctx, &route).await? {
-        Err(b) => Err((b.reason, b.message)),
-        Ok(client) => Webhooks::new(&client)
-            .delete(&id)
-            .await
-            .map_err(|e| failure(&e)),
+        Err(b) => Err((
+            b.reason,
+            b.message.clone(),
+            Error::CredentialNotUsable {
+                reason: b.reason,
+                message: b.message,
+            },
+        )),
+        Ok(client) => Webhooks::new(&client).delete(&id).await.map_err(|e| {
+            let (reason, message) = failure(&e);
+            (reason, message, Error::AppStoreConnect(e))
+        }),
     };
-    let (reason, message) = match outcome {
+    let (reason, message, cause) = match outcome {
         Ok(existed) => {
             let note = if existed {
                 format!("deleted App Store Connect webhook {id}")
@@ -95,7 +102,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
     )
     .await?;
     tracing::warn!(route = %route.name_any(), %message, "webhook deletion failed; retrying");
-    Err(Error::Transient(message))
+    Err(cause)
 }
 
 /// A reconcile queued before the finalizer went may still see the route: it must not delete again.

@@ -61,7 +61,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-        other => Error::Transient(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     })
 }
 
@@ -403,7 +403,7 @@ async fn record_synced(
         match Webhooks::new(client).ping(&synced.id).await {
             Ok(()) => synced.status.ping_requested_time = Some(at),
             Err(e) => {
-                tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "test ping not sent; retrying on the next pass")
+                tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "test ping not sent; retrying on the next pass")
             }
         }
     }
@@ -449,11 +449,11 @@ async fn credential(
     };
     match ctx.asc_clients.resolve(&namespace, &cred.name).await {
         Ok(resolved) => Ok(Ok(resolved.client)),
-        Err(CredentialProblem::Unusable {
-            transient: true,
-            message,
-            ..
-        }) => Err(Error::Transient(message)),
+        Err(
+            problem @ CredentialProblem::Unusable {
+                transient: true, ..
+            },
+        ) => Err(Error::Credential(problem)),
         Err(CredentialProblem::Unusable {
             reason, message, ..
         }) => Ok(Err(Blocked {
@@ -468,7 +468,7 @@ async fn credential(
 
 /// The `WebhookRegistered` reason and message for a failed sync.
 fn failure(e: &WebhookError) -> (&'static str, String) {
-    let chain = crate::controllers::credential::error_chain(e);
+    let chain = crate::text::error_chain(e);
     let reason = match e {
         WebhookError::Forbidden(_) => "Forbidden",
         WebhookError::TokenScopeRefused(_) => "TokenScopeRefused",

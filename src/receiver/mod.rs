@@ -17,7 +17,8 @@ pub mod serve;
 pub mod store;
 
 pub use answer::Answer;
-pub use backend::{DeliverySink, Recorded, RouteLookup, SecretSource, SinkError};
+pub use backend::{DeliverySink, Recorded, SecretSource, SinkError};
+pub use routes::RouteLookup;
 
 use crate::metrics::Metrics;
 use axum::Router;

@@ -22,6 +22,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// Objects per page of a watch's initial list (kube's default is 500): every page arrives as one body and
+/// is parsed in full before the caches keep their slim copies, so a smaller page lowers the transient peak
+/// of start-up and of every re-list, for a few more requests then.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 /// The retry policy of a failing watch: 0.5 s doubling to 30 s, with jitter.
 pub const BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(500),

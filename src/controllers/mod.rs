@@ -26,7 +26,7 @@ use crate::resources::names::{
     ANNOTATION_LAST_APPLIED, LABEL_FINISHED, LABEL_MANAGED_BY, MANAGED_BY,
 };
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
-use crate::watch_retry::{Admit, LogLimit, retrying};
+use crate::watch_retry::{Admit, LIST_PAGE_SIZE, LogLimit, retrying};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
@@ -130,11 +130,6 @@ fn error_policy<K: Resource<DynamicType = ()>>(
 fn controller_config(ctx: &Context) -> controller::Config {
     controller::Config::default().concurrency(ctx.settings.max_concurrent_reconciles)
 }
-
-/// Objects per page of a watch's initial list (kube's default is 500): every page arrives as one body and
-/// is parsed in full before the caches keep their slim copies, so a smaller page lowers the transient peak
-/// of start-up and of every re-list, for a few more requests then.
-pub const LIST_PAGE_SIZE: u32 = 100;
 
 /// A controller's own cache, without what reconciles never read: `managedFields` (trees as large as the
 /// object once server-side apply writes status) and kubectl's last-applied copy of the whole object.

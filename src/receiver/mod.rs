@@ -11,6 +11,7 @@ pub mod budget;
 mod handler;
 pub mod kube_backend;
 pub mod record;
+pub mod route_watch;
 pub mod routes;
 pub mod secret_cache;
 pub mod serve;

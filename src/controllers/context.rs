@@ -106,12 +106,6 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Exponential backoff for the `attempt`-th retry (1-based), with up to 20 % jitter so a burst of
-    /// failures does not retry in lockstep.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        self.retry_backoff().delay(attempt)
-    }
-
     /// The retry backoff, from base and longest delay.
     pub fn retry_backoff(&self) -> Backoff {
         Backoff {

@@ -218,26 +218,13 @@ impl DeliveryIndex {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Feeds the index from `events` (a delivery watch) and yields the routes to reconcile. Watch errors
-    /// are logged and counted by the caller's backoff; the stream itself never ends on one.
+    /// Feeds the index from `events` (a delivery watch whose errors `watch_retry::retrying` took) and
+    /// yields the routes to reconcile.
     pub fn follow<S>(self, events: S) -> impl Stream<Item = ObjectRef<WebhookRoute>> + Send
     where
-        S: Stream<Item = Result<watcher::Event<WebhookDelivery>, watcher::Error>> + Send + 'static,
+        S: Stream<Item = watcher::Event<WebhookDelivery>> + Send + 'static,
     {
-        events
-            .filter_map(move |e| {
-                let index = self.clone();
-                async move {
-                    match e {
-                        Ok(event) => Some(futures::stream::iter(index.apply(event))),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "delivery watch failed; retrying");
-                            None
-                        }
-                    }
-                }
-            })
-            .flatten()
+        events.flat_map(move |event| futures::stream::iter(self.apply(event)))
     }
 }
 

@@ -26,14 +26,14 @@ use crate::resources::names::{
     ANNOTATION_LAST_APPLIED, LABEL_FINISHED, LABEL_MANAGED_BY, MANAGED_BY,
 };
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
-use crate::watch_retry::{Admit, LIST_PAGE_SIZE, LogLimit, retrying};
+use crate::watch_retry::{LIST_PAGE_SIZE, api, retrying};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,16 +45,6 @@ fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
         obj.namespace().unwrap_or_default(),
         obj.name_any()
     )
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Wraps a reconciler with metrics and failure bookkeeping.
@@ -160,30 +150,26 @@ where
         }
         slim(obj);
     });
-    let stream = reflector(writer, retrying(events, report)).applied_objects();
+    let stream = reflector(writer, retrying(events, report).map(Ok)).applied_objects();
     (reader, stream)
 }
 
-/// Logs and counts what a controller's stream yields besides successful reconciles: watch errors
-/// (with what to do about missing CRDs or RBAC) and runner errors. Failed reconciles are logged by
-/// `error_policy` already.
-async fn report<K, S>(stream: S, controller: &'static str, watched: &'static str, metrics: Metrics)
+/// Logs and counts what a controller's stream yields besides successful reconciles: runner errors.
+/// Failed reconciles are counted and logged by `instrumented` and `error_policy` already, and watch
+/// errors never get here: `watch_retry::retrying` reported them before the controller saw the stream.
+async fn report<K, S>(stream: S, controller: &'static str, metrics: Metrics)
 where
     K: Resource,
     S: futures::Stream<
             Item = Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
         >,
 {
-    let mut limit = LogLimit::default();
     stream
         .for_each(|result| {
             match result {
                 Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(controller::Error::ObjectNotFound(obj)) => {
                     tracing::debug!(%obj, controller, "object gone before its reconcile")
-                }
-                Err(controller::Error::QueueError(e)) => {
-                    watch_failed(controller, watched, &e, &metrics, &mut limit)
                 }
                 Err(e) => {
                     metrics
@@ -198,44 +184,13 @@ where
         .await;
 }
 
-/// What one watch does with its errors: counts each, and logs a few a minute (with the count of those
-/// left out), at error with what to do when a person has to act.
+/// What one of the controllers' watches does with its errors.
 fn watch_reporter(
     controller: &'static str,
     watched: &'static str,
     metrics: &Metrics,
 ) -> impl FnMut(&watcher::Error) + Send + use<> {
-    let metrics = metrics.clone();
-    let mut limit = LogLimit::default();
-    move |e| watch_failed(controller, watched, e, &metrics, &mut limit)
-}
-
-fn watch_failed(
-    controller: &'static str,
-    watched: &str,
-    e: &watcher::Error,
-    metrics: &Metrics,
-    limit: &mut LogLimit,
-) {
-    metrics
-        .watch_errors
-        .get_or_create(&WatchLabels { stream: controller })
-        .inc();
-    let Admit::Log { suppressed } = limit.admit(std::time::Instant::now()) else {
-        return;
-    };
-    let problem = crate::diagnose::watch_problem(watched, e);
-    if problem.needs_action() {
-        tracing::error!(
-            controller,
-            watched,
-            problem = problem.message(),
-            suppressed,
-            "controller cannot watch its resources"
-        );
-    } else {
-        tracing::warn!(controller, watched, error = %e, suppressed, "controller watch interrupted; retrying with backoff");
-    }
+    crate::watch_retry::reporter(controller, watched, metrics, |_| {})
 }
 
 /// The watch of managed Jobs. Every Job event (deletions included) is remembered before it triggers
@@ -253,12 +208,13 @@ fn job_events(
         watch_reporter("delivery", "jobs", &ctx.metrics),
     )
     .inspect(move |e| match e {
-        Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+        watcher::Event::Apply(j) | watcher::Event::InitApply(j) => {
             job_ctx.job_facts.remember(j, false)
         }
-        Ok(watcher::Event::Delete(j)) => job_ctx.job_facts.remember(j, true),
+        watcher::Event::Delete(j) => job_ctx.job_facts.remember(j, true),
         _ => {}
     })
+    .map(Ok)
     .touched_objects()
 }
 
@@ -268,9 +224,7 @@ fn route_controller<S>(
     ctx: &Arc<Context>,
     ns: Option<&str>,
     routes_to_status: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
-    credential_events: impl futures::Stream<Item = Result<AscCredential, watcher::Error>>
-    + Send
-    + 'static,
+    credential_changes: futures::channel::mpsc::Receiver<Arc<AscCredential>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -298,7 +252,7 @@ where
         .export_from(route_store.clone(), ctx.stores.credentials.clone());
     let routes = route_controller
         .reconcile_on(route_triggers)
-        .watches_stream(credential_events, move |cred| {
+        .watches_shared_stream(credential_changes, move |cred| {
             let cred_ns = cred.namespace();
             let cred_name = cred.name_any();
             route_store
@@ -321,12 +275,7 @@ where
             error_policy,
             ctx.clone(),
         );
-    let routes = report(
-        routes,
-        "route",
-        "webhookroutes (or webhookdeliveries, asccredentials)",
-        ctx.metrics.clone(),
-    );
+    let routes = report(routes, "route", ctx.metrics.clone());
     Box::pin(async move {
         routes.await;
         drop(state_metrics);
@@ -336,33 +285,22 @@ where
 /// The credential controller: each credential's key and its verification against App Store Connect.
 fn credential_controller<S>(
     ctx: &Arc<Context>,
-    ns: Option<&str>,
+    credentials_to_check: futures::channel::mpsc::Receiver<Arc<AscCredential>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
-    let client = ctx.client.clone();
-    let (credential_store, credential_stream) = slim_cache(
-        api::<AscCredential>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-        watch_reporter("credential", "asccredentials", &ctx.metrics),
-    );
-    let credentials = Controller::for_stream(credential_stream, credential_store)
-        .with_config(controller_config(ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |c, x| instrumented(c, x, "credential", credential::reconcile),
-            error_policy,
-            ctx.clone(),
-        );
-    Box::pin(report(
-        credentials,
-        "credential",
-        "asccredentials",
-        ctx.metrics.clone(),
-    ))
+    let credentials =
+        Controller::for_shared_stream(credentials_to_check, ctx.stores.credentials.clone())
+            .with_config(controller_config(ctx))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                |c, x| instrumented(c, x, "credential", credential::reconcile),
+                error_policy,
+                ctx.clone(),
+            );
+    Box::pin(report(credentials, "credential", ctx.metrics.clone()))
 }
 
 /// The App Store Connect webhook controller over the shared routes.
@@ -390,7 +328,6 @@ where
     Box::pin(report(
         webhooks,
         "app-store-connect-webhook",
-        "webhookroutes",
         ctx.metrics.clone(),
     ))
 }
@@ -433,7 +370,6 @@ where
     Box::pin(report(
         passes,
         "app-store-connect-catch-up",
-        "webhookroutes",
         ctx.metrics.clone(),
     ))
 }
@@ -441,18 +377,18 @@ where
 /// Waits for the controllers to stop, or drops them a grace period after shutdown.
 async fn stop_with(
     controllers: impl Future<Output = ()>,
-    route_watch: impl Future<Output = ()>,
+    watches: impl Future<Output = ()>,
     shutdown: impl Future<Output = ()>,
 ) {
     // A controller whose store never synced (its CRD is missing) waits for that store even after
     // shutdown; a pod must still stop, so after a grace period the controllers are dropped, which
     // cancels whatever they still run.
     let stopped = async {
-        // The shared route watch runs as long as the controllers it feeds.
+        // The shared route and credential watches run as long as the controllers they feed.
         tokio::pin!(controllers);
         tokio::select! {
             () = &mut controllers => {}
-            () = route_watch => controllers.await,
+            () = watches => controllers.await,
         }
     };
     let overdue = async {
@@ -545,12 +481,16 @@ where
             error_policy,
             ctx.clone(),
         );
-    Box::pin(report(
-        deliveries,
-        "delivery",
-        "webhookdeliveries (or Jobs)",
-        ctx.metrics.clone(),
-    ))
+    Box::pin(report(deliveries, "delivery", ctx.metrics.clone()))
+}
+
+/// A task that ends when this is dropped: a term's watches end with the term.
+struct Stopped(tokio::task::JoinHandle<()>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Time the controllers get to finish running reconciles once shutdown is requested.
@@ -585,12 +525,15 @@ pub async fn run(
             routes_to_catch_up,
         ],
     ) = shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
-    let (credential_store, credential_events) = slim_cache(
+    // One watch and one cache of credentials for the route and credential controllers.
+    let (credential_store, credential_stream) = slim_cache(
         api::<AscCredential>(&client, ns),
         watcher::Config::default().any_semantic(),
         |_| {},
-        watch_reporter("route", "asccredentials", &process.metrics),
+        watch_reporter("credential", "asccredentials", &process.metrics),
     );
+    let (credential_watch, [credential_changes, credentials_to_check]) =
+        shared_watch::fan_out(credential_stream, |_: &watcher::Error| {});
     let stores = Stores {
         credentials: credential_store,
         routes: route_store,
@@ -620,11 +563,11 @@ pub async fn run(
         &ctx,
         ns,
         routes_to_status,
-        credential_events,
+        credential_changes,
         shutdown.clone(),
     );
 
-    let credentials = credential_controller(&ctx, ns, shutdown.clone());
+    let credentials = credential_controller(&ctx, credentials_to_check, shutdown.clone());
 
     let webhooks = webhook_controller(
         &ctx,
@@ -638,6 +581,13 @@ pub async fn run(
     let controllers = async {
         tokio::join!(deliveries, routes, credentials, webhooks, catch_up);
     };
-    stop_with(controllers, route_watch, shutdown).await;
+    // Each shared watch is its own task: polled inside the controllers' task, its stream would sit
+    // under every controller's in one deep poll (a stack overflow in debug builds at start-up).
+    let mut route_watch = Stopped(tokio::spawn(route_watch));
+    let mut credential_watch = Stopped(tokio::spawn(credential_watch));
+    let watches = async {
+        let _ = tokio::join!(&mut route_watch.0, &mut credential_watch.0);
+    };
+    stop_with(controllers, watches, shutdown).await;
     ctx.resource_kinds.stop();
 }

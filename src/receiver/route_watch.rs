@@ -3,7 +3,7 @@
 
 use super::admin::Readiness;
 use super::routes::{RouteForReceiver, RouteTable};
-use crate::metrics::{Metrics, WatchLabels};
+use crate::metrics::Metrics;
 use futures::StreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -21,22 +21,22 @@ pub fn start_route_table(
     shutdown: &CancellationToken,
 ) -> Arc<RouteTable> {
     // Only what the receiver reads of each route is parsed (`RouteForReceiver`).
-    let routes_api: Api<RouteForReceiver> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let routes_api: Api<RouteForReceiver> = crate::watch_retry::api(client, namespace);
     let routes_probe = routes_api.clone();
     // The receiver's own table (not a reflector store): each route is prepared once as it arrives, and
     // lookups borrow the request's path.
     let routes = Arc::new(RouteTable::default());
     let route_stream = {
         let readiness = readiness.clone();
-        let metrics = metrics.clone();
         let routes = routes.clone();
+        // A watch that fails for want of CRDs or rights is shown by `/readyz` until it works again.
         let failed = {
             let readiness = readiness.clone();
-            let mut limit = crate::watch_retry::LogLimit::default();
-            move |e: &watcher::Error| route_watch_failed(e, &readiness, &metrics, &mut limit)
+            crate::watch_retry::reporter("receiver", "webhookroutes", &metrics, move |problem| {
+                if problem.needs_action() {
+                    readiness.set_problem(problem.message().to_owned());
+                }
+            })
         };
         let events = watcher(
             routes_api,
@@ -45,11 +45,8 @@ pub fn start_route_table(
                 .page_size(crate::watch_retry::LIST_PAGE_SIZE),
         );
         crate::watch_retry::retrying(events, failed).for_each(move |event| {
-            // `retrying` reported the errors.
-            if let Ok(event) = event {
-                routes.apply(event);
-                readiness.clear_problem()
-            }
+            routes.apply(event);
+            readiness.clear_problem();
             futures::future::ready(())
         })
     };
@@ -98,36 +95,5 @@ async fn probe_while_unready(
             tracing::info!("routes readable again; ready");
             readiness.clear_problem();
         }
-    }
-}
-
-/// A failing route watch: counted, logged at error with what to do when a person has to act (missing
-/// CRDs, RBAC), and shown by `/readyz` until the watch works again.
-fn route_watch_failed(
-    e: &watcher::Error,
-    readiness: &Readiness,
-    metrics: &Metrics,
-    limit: &mut crate::watch_retry::LogLimit,
-) {
-    metrics
-        .watch_errors
-        .get_or_create(&WatchLabels { stream: "receiver" })
-        .inc();
-    let problem = crate::diagnose::watch_problem("webhookroutes", e);
-    if problem.needs_action() {
-        readiness.set_problem(problem.message().to_owned());
-    }
-    let crate::watch_retry::Admit::Log { suppressed } = limit.admit(std::time::Instant::now())
-    else {
-        return;
-    };
-    if problem.needs_action() {
-        tracing::error!(
-            problem = problem.message(),
-            suppressed,
-            "cannot watch routes; not ready"
-        );
-    } else {
-        tracing::warn!(error = %e, suppressed, "route watch interrupted; retrying with backoff");
     }
 }

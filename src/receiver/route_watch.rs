@@ -32,7 +32,7 @@ pub fn start_route_table(
         // A watch that fails for want of CRDs or rights is shown by `/readyz` until it works again.
         let failed = {
             let readiness = readiness.clone();
-            crate::watch_retry::reporter("receiver", "webhookroutes", &metrics, move |problem| {
+            crate::watch_retry::reporter("receiver", "webhookroutes", metrics, move |problem| {
                 if problem.needs_action() {
                     readiness.set_problem(problem.message().to_owned());
                 }

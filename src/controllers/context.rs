@@ -14,7 +14,7 @@ pub mod route_secret_facts;
 pub mod stores;
 pub mod written_asc;
 
-pub use asc_clients::{AscClients, CredentialProblem, ResolvedCredential, read_key};
+pub use asc_clients::{AscClients, CredentialProblem, read_key};
 pub use backoffs::Backoffs;
 pub use caught_up::CaughtUp;
 pub use enrichments::Enrichments;
@@ -23,7 +23,7 @@ pub use job_facts::{JobFact, JobFacts};
 pub use pruned::PrunedEvents;
 pub use route_secret_facts::{RouteSecretFacts, SecretFacts};
 pub use stores::Stores;
-pub use written_asc::{WrittenAsc, WrittenAscStatus};
+pub use written_asc::WrittenAscStatus;
 
 use super::delivery_index::DeliveryIndex;
 use super::impersonation::{ActionClients, Identity, ImpersonationError};

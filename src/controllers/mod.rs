@@ -1,23 +1,23 @@
 //! The controllers: deliveries into work, routes and credentials into truthful status. They run on the
 //! leader only; the receiver runs on every replica.
 
-pub mod asc_webhook;
-pub mod context;
-pub mod credential;
-pub mod delivery;
-pub mod delivery_index;
-pub mod error;
-pub mod impersonation;
+pub(crate) mod asc_webhook;
+pub(crate) mod context;
+pub(crate) mod credential;
+pub(crate) mod delivery;
+pub(crate) mod delivery_index;
+pub(crate) mod error;
+pub(crate) mod impersonation;
 pub mod matching;
-pub mod resource_kinds;
-pub mod route;
-pub mod route_status;
-pub mod seen;
-pub mod shared_watch;
+pub(crate) mod resource_kinds;
+pub(crate) mod route;
+pub(crate) mod route_status;
+pub(crate) mod seen;
+pub(crate) mod shared_watch;
 mod status;
 
-pub use context::{Context, Process, Settings, Stores};
-pub use error::Error;
+pub(crate) use context::{Context, Process, Settings, Stores};
+pub(crate) use error::Error;
 
 use crate::metrics::{
     ControllerLabels, Metrics, ReconcileErrorLabels, ReconcileLabels, WatchLabels,

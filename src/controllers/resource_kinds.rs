@@ -151,14 +151,6 @@ impl ResourceKinds {
         }
         w.running = None;
     }
-
-    /// The kinds watched now, as `apiVersion/kind`.
-    pub fn watched(&self) -> Vec<String> {
-        let w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<String> = w.started.keys().cloned().collect();
-        v.sort();
-        v
-    }
 }
 
 fn spawn_watch(r: &Running, ar: ApiResource) -> tokio::task::AbortHandle {

@@ -4,14 +4,14 @@
 //! the raw bytes, parse — and nothing is written for a request that fails one. Routes come from an
 //! in-memory route table fed by a watch ([`routes`]), never from an API call per request.
 
-pub mod admin;
+pub(crate) mod admin;
 mod answer;
 pub mod backend;
-pub mod budget;
+pub(crate) mod budget;
 mod handler;
-pub mod kube_backend;
+pub(crate) mod kube_backend;
 pub mod record;
-pub mod route_watch;
+pub(crate) mod route_watch;
 pub mod routes;
 pub mod secret_cache;
 pub mod serve;

@@ -493,6 +493,38 @@ impl Drop for Stopped {
     }
 }
 
+/// One watch and one cache of `K` for the `N` controllers that follow it: the cache, the future that
+/// drives the watch, and each controller's stream of changes.
+fn shared_cache<K, const N: usize>(
+    process: &Process,
+    ns: Option<&str>,
+    stream: &'static str,
+    watched: &'static str,
+) -> (
+    Store<K>,
+    impl Future<Output = ()> + Send + 'static + use<K, N>,
+    [futures::channel::mpsc::Receiver<Arc<K>>; N],
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, changes) = slim_cache(
+        api::<K>(&process.client, ns),
+        watcher::Config::default().any_semantic(),
+        |_| {},
+        watch_reporter(stream, watched, &process.metrics),
+    );
+    // `retrying` took the errors already: none reach the fan-out.
+    let (drive, subscribers) = shared_watch::fan_out(changes, |_: &watcher::Error| {});
+    (store, drive, subscribers)
+}
+
 /// Time the controllers get to finish running reconciles once shutdown is requested.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -508,15 +540,8 @@ pub async fn run(
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
 
     let (delivery_store, delivery_stream) = delivery_cache(&process, ns);
-    // One watch and one cache of routes for the four controllers that follow them.
-    let (route_store, route_stream) = slim_cache(
-        api::<WebhookRoute>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-        watch_reporter("route", "webhookroutes", &process.metrics),
-    );
-    // `retrying` took the errors already: none reach the fan-out.
     let (
+        route_store,
         route_watch,
         [
             route_changes,
@@ -524,16 +549,9 @@ pub async fn run(
             routes_to_register,
             routes_to_catch_up,
         ],
-    ) = shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
-    // One watch and one cache of credentials for the route and credential controllers.
-    let (credential_store, credential_stream) = slim_cache(
-        api::<AscCredential>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-        watch_reporter("credential", "asccredentials", &process.metrics),
-    );
-    let (credential_watch, [credential_changes, credentials_to_check]) =
-        shared_watch::fan_out(credential_stream, |_: &watcher::Error| {});
+    ) = shared_cache::<WebhookRoute, 4>(&process, ns, "route", "webhookroutes");
+    let (credential_store, credential_watch, [credential_changes, credentials_to_check]) =
+        shared_cache::<AscCredential, 2>(&process, ns, "credential", "asccredentials");
     let stores = Stores {
         credentials: credential_store,
         routes: route_store,

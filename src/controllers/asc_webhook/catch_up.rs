@@ -434,33 +434,40 @@ async fn recover(
                 }
             }
         }
-        CatchUpMode::Record => {
+        CatchUpMode::Record => record(ctx, route, logged, delivery).await,
+    }
+}
+
+/// Records `delivery` the receiver's way; an entry that can never be stored is skipped.
+async fn record(
+    ctx: &Context,
+    route: &WebhookRoute,
+    logged: &LoggedDelivery,
+    delivery: WebhookDelivery,
+) -> Result<i64, Error> {
+    let event = format!(
+        "{} event {}",
+        delivery.spec.event_type, delivery.spec.event_id
+    );
+    match ctx.delivery_store.record(delivery).await {
+        Ok(Recorded::Created) => {
             let why = format!(
-                "recorded {} event {} from App Store Connect's delivery log (it had not arrived)",
-                delivery.spec.event_type, delivery.spec.event_id
+                "recorded {event} from App Store Connect's delivery log (it had not arrived)"
             );
-            let event = format!(
-                "{} event {}",
-                delivery.spec.event_type, delivery.spec.event_id
-            );
-            match ctx.delivery_store.record(delivery).await {
-                Ok(Recorded::Created) => {
-                    Ok(recovered(ctx, route, logged, "EventRecovered", why).await)
-                }
-                Ok(Recorded::Duplicate) => Ok(0),
-                // Refused every time it is tried: holding the checkpoint for it would hold every later
-                // event of its window until Apple's log drops them all.
-                Err(e) if e.is_permanent() => {
-                    let skip = Skip {
-                        reason: e.reason(),
-                        why: format!("{event}: {e}"),
-                    };
-                    skipped(ctx, route, logged, skip).await;
-                    Ok(0)
-                }
-                Err(e) => Err(Error::Record(e)),
-            }
+            Ok(recovered(ctx, route, logged, "EventRecovered", why).await)
         }
+        Ok(Recorded::Duplicate) => Ok(0),
+        // Refused every time it is tried: holding the checkpoint for it would hold every later event
+        // of its window until Apple's log drops them all.
+        Err(e) if e.is_permanent() => {
+            let skip = Skip {
+                reason: e.reason(),
+                why: format!("{event}: {e}"),
+            };
+            skipped(ctx, route, logged, skip).await;
+            Ok(0)
+        }
+        Err(e) => Err(Error::Record(e)),
     }
 }
 

@@ -2,13 +2,14 @@
 """Checks two structure rules of src/ that rustc and clippy do not.
 
   scripts/structure.py lengths [--over N]   functions outside tests, longest first (default: all over 60)
-  scripts/structure.py cycles               module import cycles under src/controllers, and any import of
-                                            src/controllers from src/actions; exits 1 if there is one
+  scripts/structure.py cycles               module import cycles anywhere in src/ and testkit/src/, and any
+                                            import of src/controllers from src/actions; exits 1 if there is one
 
 A module's imports are every `crate::`/`super::`/`self::` path in its non-test code (`use` trees expanded),
 resolved to the file that defines the item: a `pub use` re-export is followed to its source, so importing
 `controllers::Context` counts as importing `controllers/context.rs`, not `controllers/mod.rs`. A parent's
-`mod child;` is not an import. Good enough for this code base's style (no macros that build paths, no
+`mod child;` is not an import, nor is a parent's use of its own descendants' items (they are its parts; a
+child naming its parent's items is an import). Good enough for this code base's style (no macros that build paths, no
 glob re-exports); not a Rust parser.
 """
 
@@ -16,7 +17,10 @@ import os
 import re
 import sys
 
-SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SRC = os.path.join(ROOT, "src")
+# The crates whose module graphs `cycles` checks.
+CRATES = [os.path.join(ROOT, "src"), os.path.join(ROOT, "testkit", "src")]
 
 
 def strip(text):
@@ -217,7 +221,7 @@ def graph():
             if absolute is None:
                 continue
             target = resolve(absolute, mods, reexports)
-            if target is not None and target != mod:
+            if target is not None and target != mod and target[: len(mod)] != mod:
                 edges.setdefault(mod, set()).add(target)
     return mods, edges
 
@@ -253,10 +257,23 @@ def resolve(absolute, mods, reexports, depth=0):
 
 
 def cycles():
+    """Checks every crate of [`CRATES`]; 1 if any has a cycle."""
+    global SRC, MODS
+    bad = 0
+    for root in CRATES:
+        SRC = root
+        MODS = {m for _, m, _ in files()}
+        bad |= crate_cycles(os.path.relpath(root, ROOT))
+    SRC = CRATES[0]
+    MODS = {m for _, m, _ in files()}
+    return bad
+
+
+def crate_cycles(name):
     mods, edges = graph()
     bad = 0
-    # Strongly connected components (Tarjan) among controllers' modules.
-    inside = [m for m in mods if m[:1] == ("controllers",)]
+    # Strongly connected components (Tarjan) among the crate's modules.
+    inside = list(mods)
     index, low, stack, on, comps, counter = {}, {}, [], set(), [], [0]
 
     def visit(v):
@@ -265,8 +282,6 @@ def cycles():
         stack.append(v)
         on.add(v)
         for w in edges.get(v, ()):
-            if w[:1] != ("controllers",):
-                continue
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -289,20 +304,20 @@ def cycles():
             visit(v)
     for comp in comps:
         bad += 1
-        names = sorted("::".join(c) for c in comp)
-        print("cycle:", " ".join(names))
+        names = sorted("::".join(c) or "(crate root)" for c in comp)
+        print(f"cycle in {name}:", " ".join(names))
         for a in sorted(comp):
             for b in sorted(edges.get(a, ())):
                 if b in comp:
-                    print(f"    {'::'.join(a)} -> {'::'.join(b)}")
+                    print(f"    {'::'.join(a) or '(crate root)'} -> {'::'.join(b) or '(crate root)'}")
     for mod in sorted(mods):
         if mod[:1] == ("actions",):
             for t in sorted(edges.get(mod, ())):
                 if t[:1] == ("controllers",):
                     bad += 1
                     print(f"actions imports controllers: {'::'.join(mod)} -> {'::'.join(t)}")
-    n_edges = sum(len(v) for k, v in edges.items() if k[:1] == ("controllers",))
-    print(f"{len(inside)} modules under src/controllers, {n_edges} import edges, {len(comps)} cycles")
+    n_edges = sum(len(v) for v in edges.values())
+    print(f"{name}: {len(inside)} modules, {n_edges} import edges, {len(comps)} cycles")
     return 1 if bad else 0
 
 

@@ -44,6 +44,15 @@ pub struct ReconcileLabels {
     pub result: &'static str,
 }
 
+/// Labels of failed reconciles.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileErrorLabels {
+    /// The controller.
+    pub controller: &'static str,
+    /// What kind of failure (`controllers::error::Category::metric_label`).
+    pub category: &'static str,
+}
+
 /// Labels of action executions.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
@@ -93,6 +102,8 @@ pub struct Metrics {
     pub secret_fetches: Family<OutcomeLabels, Counter>,
     /// Reconciles by controller and result.
     pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Failed reconciles by controller and kind of failure.
+    pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     /// Reconcile duration in seconds, by controller.
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// Actions by kind and outcome.
@@ -151,6 +162,7 @@ impl Metrics {
         } = ReceiverFamilies::register(&mut registry);
         let DeliveryFamilies {
             reconciles,
+            reconcile_errors,
             reconcile_duration,
             actions,
             stale_writes,
@@ -189,6 +201,7 @@ impl Metrics {
             request_duration,
             secret_fetches,
             reconciles,
+            reconcile_errors,
             reconcile_duration,
             actions,
             action_duration,
@@ -256,6 +269,7 @@ impl ReceiverFamilies {
 /// The metrics of delivery work (reconciles and actions), registered together for the same reason.
 struct DeliveryFamilies {
     reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
     actions: Family<ActionLabels, Counter>,
     stale_writes: Counter,
@@ -277,6 +291,12 @@ impl DeliveryFamilies {
             "controller_reconciles",
             "Reconciles by controller and result",
             reconciles.clone(),
+        );
+        let reconcile_errors = Family::<ReconcileErrorLabels, Counter>::default();
+        registry.register(
+            "controller_reconcile_errors",
+            "Failed reconciles by controller and kind of failure",
+            reconcile_errors.clone(),
         );
         registry.register(
             "controller_reconcile_duration_seconds",
@@ -301,6 +321,7 @@ impl DeliveryFamilies {
         );
         DeliveryFamilies {
             reconciles,
+            reconcile_errors,
             reconcile_duration,
             actions,
             stale_writes,

@@ -5,17 +5,15 @@ use crate::asc::api::AscClientOptions;
 use crate::asc::origins::AllowedOrigins;
 use crate::cli::RunArgs;
 use crate::controllers::impersonation::ActionClients;
-use crate::controllers::{self, Context, Settings};
+use crate::controllers::{self, Process, Settings};
 use crate::leader::{self, LeaseSettings};
-use crate::metrics::{Metrics, WatchLabels};
+use crate::metrics::Metrics;
 use crate::receiver::admin::{self, Readiness};
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
-use crate::receiver::routes::{RouteForReceiver, RouteTable};
 use crate::receiver::serve::ServeLimits;
+use crate::receiver::store::DeliveryStore;
 use crate::receiver::{Receiver, ReceiverConfig};
-use futures::StreamExt;
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::Client;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,7 +140,13 @@ pub async fn run_with(
     let metrics = Metrics::new();
     let readiness = Readiness::default();
 
-    let routes = start_route_table(&client, &args, &readiness, &metrics, &shutdown);
+    let routes = crate::receiver::route_watch::start_route_table(
+        &client,
+        args.namespace.as_deref(),
+        &readiness,
+        &metrics,
+        &shutdown,
+    );
 
     let receiver = Receiver::new(
         routes.clone(),
@@ -169,14 +173,13 @@ pub async fn run_with(
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = replica_identity(&args);
-    let ctx = controller_context(&client, &config, &metrics, &args, &identity)?;
-    ctx.stores.set_ready_again(readiness.recoveries());
+    let process = controller_process(&client, &config, &metrics, &args, &identity, &readiness)?;
     let leader_gauge = metrics
         .leader
         .get_or_create_owned(&crate::state_metrics::ReplicaLabels {
             replica: identity.clone(),
         });
-    let controllers = run_controllers(ctx, client, args, identity, leader_gauge, shutdown);
+    let controllers = run_controllers(process, client, args, identity, leader_gauge, shutdown);
     let ((), a, c) = tokio::join!(public_server, admin_server.into_future(), controllers);
     a.map_err(RunError::Serve)?;
     c?;
@@ -211,94 +214,35 @@ fn replica_identity(args: &RunArgs) -> String {
     })
 }
 
-/// The controllers' shared context, with the Event reporter named after this replica; apart from
-/// `run_with` so the start-up sequence reads as steps.
-fn controller_context(
+/// What the controllers share for the whole process (each leadership term adds its own state), with the
+/// Event reporter named after this replica; apart from `run_with` so the start-up sequence reads as steps.
+fn controller_process(
     client: &Client,
     config: &kube::Config,
     metrics: &Metrics,
     args: &RunArgs,
     identity: &str,
-) -> Result<Arc<Context>, RunError> {
+    readiness: &Readiness,
+) -> Result<Arc<Process>, RunError> {
     let reporter = kube::runtime::events::Reporter {
         controller: crate::resources::names::OPERATOR.into(),
         instance: Some(identity.to_owned()),
     };
     Ok(Arc::new(
-        Context::new(
+        Process::new(
             client.clone(),
             metrics.clone(),
             Settings::from(args),
             reporter,
+            DeliveryStore::new(
+                Arc::new(KubeDeliveries::new(client.clone())),
+                ReceiverConfig::from(args).record_limits(),
+            ),
         )
         .map_err(RunError::HttpClient)?
-        .with_action_clients(ActionClients::from_config(client.clone(), config.clone())),
+        .with_action_clients(ActionClients::from_config(client.clone(), config.clone()))
+        .with_ready_again(readiness.recoveries()),
     ))
-}
-
-/// Starts the receiver's route table, fed by its own watch, and what makes the replica ready once it
-/// synced.
-fn start_route_table(
-    client: &Client,
-    args: &RunArgs,
-    readiness: &Readiness,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> Arc<RouteTable> {
-    // Only what the receiver reads of each route is parsed (`RouteForReceiver`).
-    let routes_api: Api<RouteForReceiver> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let routes_probe = routes_api.clone();
-    // The receiver's own table (not a reflector store): each route is prepared once as it arrives, and
-    // lookups borrow the request's path.
-    let routes = Arc::new(RouteTable::default());
-    let route_stream = {
-        let readiness = readiness.clone();
-        let metrics = metrics.clone();
-        let routes = routes.clone();
-        let failed = {
-            let readiness = readiness.clone();
-            let mut limit = crate::watch_retry::LogLimit::default();
-            move |e: &watcher::Error| route_watch_failed(e, &readiness, &metrics, &mut limit)
-        };
-        let events = watcher(
-            routes_api,
-            watcher::Config::default()
-                .any_semantic()
-                .page_size(crate::controllers::LIST_PAGE_SIZE),
-        );
-        crate::watch_retry::retrying(events, failed).for_each(move |event| {
-            // `retrying` reported the errors.
-            if let Ok(event) = event {
-                routes.apply(event);
-                readiness.clear_problem()
-            }
-            futures::future::ready(())
-        })
-    };
-    tokio::spawn(route_stream);
-    tokio::spawn(crate::watch_retry::probe_while_waiting(
-        client.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(probe_while_unready(
-        routes_probe,
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    {
-        let routes = routes.clone();
-        let readiness = readiness.clone();
-        tokio::spawn(async move {
-            routes.wait_until_ready().await;
-            tracing::info!(routes = routes.len(), "route store synced");
-            readiness.set_ready();
-            crate::memory::release_free_memory();
-        });
-    }
-    routes
 }
 
 /// Every minute, forgets the receiver's quiet routes; when work has stopped, hands freed memory back.
@@ -322,7 +266,7 @@ async fn housekeeping(receiver: Arc<Receiver>, shutdown: CancellationToken) {
 
 /// The controllers: while this replica holds the Lease (with leader election), else until shutdown.
 async fn run_controllers(
-    ctx: Arc<Context>,
+    process: Arc<Process>,
     client: Client,
     args: RunArgs,
     identity: String,
@@ -339,7 +283,7 @@ async fn run_controllers(
         };
         leader::run_while_leader(client, settings, shutdown, leader_gauge, move |stop| {
             Box::pin(controllers::run(
-                ctx.clone(),
+                process.clone(),
                 namespace.clone(),
                 stop.cancelled_owned(),
             ))
@@ -347,7 +291,7 @@ async fn run_controllers(
         .await?;
     } else {
         leader_gauge.set(1);
-        controllers::run(ctx, namespace, shutdown.cancelled_owned()).await;
+        controllers::run(process, namespace, shutdown.cancelled_owned()).await;
         leader_gauge.set(0);
     }
     Ok(())
@@ -362,62 +306,6 @@ fn user_agent(part: &str) -> (http::HeaderName, http::HeaderValue) {
             crate::resources::names::USER_AGENT,
         )),
     )
-}
-
-/// How often an unready replica checks whether it may read routes again.
-const UNREADY_PROBE: Duration = Duration::from_secs(2);
-
-/// A route watch that failed for want of rights resumes without any event when nothing changed
-/// meanwhile (a resumed watch sends only changes), so its success alone would leave the replica unready
-/// until some route changes. While a problem is recorded, a LIST of one route every
-/// [`UNREADY_PROBE`] tells when the rights are back. Nothing is requested while ready.
-async fn probe_while_unready(
-    routes: Api<RouteForReceiver>,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
-    let one = kube::api::ListParams::default().limit(1);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(UNREADY_PROBE) => {}
-            () = shutdown.cancelled() => return,
-        }
-        if readiness.has_problem() && routes.list_metadata(&one).await.is_ok() {
-            tracing::info!("routes readable again; ready");
-            readiness.clear_problem();
-        }
-    }
-}
-
-/// A failing route watch: counted, logged at error with what to do when a person has to act (missing
-/// CRDs, RBAC), and shown by `/readyz` until the watch works again.
-fn route_watch_failed(
-    e: &watcher::Error,
-    readiness: &Readiness,
-    metrics: &Metrics,
-    limit: &mut crate::watch_retry::LogLimit,
-) {
-    metrics
-        .watch_errors
-        .get_or_create(&WatchLabels { stream: "receiver" })
-        .inc();
-    let problem = crate::diagnose::watch_problem("webhookroutes", e);
-    if problem.needs_action() {
-        readiness.set_problem(problem.message().to_owned());
-    }
-    let crate::watch_retry::Admit::Log { suppressed } = limit.admit(std::time::Instant::now())
-    else {
-        return;
-    };
-    if problem.needs_action() {
-        tracing::error!(
-            problem = problem.message(),
-            suppressed,
-            "cannot watch routes; not ready"
-        );
-    } else {
-        tracing::warn!(error = %e, suppressed, "route watch interrupted; retrying with backoff");
-    }
 }
 
 /// Limits that cannot work together are refused at start, not discovered on the first request.

@@ -22,6 +22,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// Objects per page of a watch's initial list (kube's default is 500): every page arrives as one body and
+/// is parsed in full before the caches keep their slim copies, so a smaller page lowers the transient peak
+/// of start-up and of every re-list, for a few more requests then.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 /// The retry policy of a failing watch: 0.5 s doubling to 30 s, with jitter.
 pub const BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(500),
@@ -107,11 +112,12 @@ pub fn delay_after(e: &watcher::Error, failures: u32) -> Duration {
 }
 
 /// `stream` (a watcher, or anything built on one) with every error handed to `report` and followed by
-/// a wait (see the module docs) instead of an immediate retry. Items pass through unchanged.
+/// a wait (see the module docs) instead of an immediate retry. Only items come out: no consumer has an
+/// error left to handle (kube's runtime, which wants `Result`s, gets them with `.map(Ok)`).
 pub fn retrying<S, T>(
     stream: S,
     report: impl FnMut(&watcher::Error) + Send + 'static,
-) -> impl Stream<Item = Result<T, watcher::Error>> + Send + 'static
+) -> impl Stream<Item = T> + Send + 'static
 where
     S: Stream<Item = Result<T, watcher::Error>> + Send + 'static,
     T: Send + 'static,
@@ -124,7 +130,7 @@ where
                     if failures > 0 {
                         API_BACK.notify_waiters();
                     }
-                    return Some((Ok(item), (stream, 0, report)));
+                    return Some((item, (stream, 0, report)));
                 }
                 Err(e) => {
                     report(&e);
@@ -137,6 +143,58 @@ where
             }
         }
     })
+}
+
+/// What one watch does with its errors, whoever watches: counts each under `stream`, logs a few a minute
+/// (with the count of those left out) at error with what to do when a person has to act (missing CRDs,
+/// RBAC) and at warn otherwise, and hands each diagnosed problem to `on_problem` (the receiver turns one
+/// that needs a person into unreadiness).
+pub fn reporter<W, P>(
+    stream: &'static str,
+    watched: W,
+    metrics: &crate::metrics::Metrics,
+    mut on_problem: P,
+) -> impl FnMut(&watcher::Error) + Send + 'static + use<W, P>
+where
+    W: Into<String>,
+    P: FnMut(&crate::diagnose::WatchProblem) + Send + 'static,
+{
+    let watched: String = watched.into();
+    let metrics = metrics.clone();
+    let mut limit = LogLimit::default();
+    move |e| {
+        metrics
+            .watch_errors
+            .get_or_create(&crate::metrics::WatchLabels { stream })
+            .inc();
+        let problem = crate::diagnose::watch_problem(&watched, e);
+        on_problem(&problem);
+        let Admit::Log { suppressed } = limit.admit(Instant::now()) else {
+            return;
+        };
+        if problem.needs_action() {
+            tracing::error!(
+                stream,
+                %watched,
+                problem = problem.message(),
+                suppressed,
+                "cannot watch; a person must act"
+            );
+        } else {
+            tracing::warn!(stream, %watched, error = %e, suppressed, "{stream} watch interrupted; retrying with backoff");
+        }
+    }
+}
+
+/// The API of `K` in `namespace`, or in every namespace: what the operator watches (`--namespace`).
+pub fn api<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
 }
 
 /// What [`LogLimit::admit`] decided for one line.
@@ -254,7 +312,7 @@ mod tests {
             |_| {},
         );
         tokio::pin!(stream);
-        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(7)));
+        assert_eq!(stream.next().await, Some(7));
         let started = tokio::time::Instant::now();
         let _ = tokio::time::timeout(Duration::from_secs(60), stream.next()).await;
         assert!(started.elapsed() >= Duration::from_secs(60));

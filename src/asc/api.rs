@@ -266,16 +266,6 @@ impl AscClient {
         &self.tokens
     }
 
-    /// Fetches the object a webhook's `relationships.instance.links.self` points at, if and only if that
-    /// URL is on the configured API origin.
-    pub async fn fetch_instance(&self, links_self: &str) -> Result<Value, ApiError> {
-        let url = Url::parse(links_self).map_err(|source| ApiError::InvalidUrl {
-            url: links_self.to_owned(),
-            source,
-        })?;
-        self.get_url(url).await
-    }
-
     /// GETs `path_and_query` (e.g. `/v1/webhooks/{id}/deliveries?limit=50`) on the API origin.
     pub async fn get_json(&self, path_and_query: &str) -> Result<Value, ApiError> {
         self.send_json(Method::GET, path_and_query, None).await

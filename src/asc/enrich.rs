@@ -408,7 +408,10 @@ mod tests {
             else {
                 continue;
             };
-            let document = client.fetch_instance(&mock.rewrite(link)).await.unwrap();
+            let document = client
+                .fetch_instance_of("buildUploads", "unused", Some(&mock.rewrite(link)))
+                .await
+                .unwrap();
             let e = Enrichment::from_document(&document).unwrap();
             assert_eq!(
                 Some(e.instance_id.as_str()),

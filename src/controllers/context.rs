@@ -1,5 +1,7 @@
-//! What every reconciler shares: the client, settings, metrics, the Event recorder, the clients routes'
-//! actions act as, and the leader's memories, each a small type of its own module below.
+//! What every reconciler shares, in two lifetimes: [`Process`] (the client, settings, metrics, the Event
+//! recorder, the clients routes' actions act as) is built once per process; [`Context`] adds what one
+//! leadership term remembers (the watch-fed stores, the delivery index and the memories, each a small
+//! type of its own module below) and is built anew at the start of each term.
 
 pub mod asc_clients;
 pub mod backoffs;
@@ -12,7 +14,7 @@ pub mod route_secret_facts;
 pub mod stores;
 pub mod written_asc;
 
-pub use asc_clients::{AscClients, CredentialProblem, ResolvedCredential, read_key};
+pub use asc_clients::{AscClients, CredentialProblem, read_key};
 pub use backoffs::Backoffs;
 pub use caught_up::CaughtUp;
 pub use enrichments::Enrichments;
@@ -21,7 +23,7 @@ pub use job_facts::{JobFact, JobFacts};
 pub use pruned::PrunedEvents;
 pub use route_secret_facts::{RouteSecretFacts, SecretFacts};
 pub use stores::Stores;
-pub use written_asc::{WrittenAsc, WrittenAscStatus};
+pub use written_asc::WrittenAscStatus;
 
 use super::delivery_index::DeliveryIndex;
 use super::impersonation::{ActionClients, Identity, ImpersonationError};
@@ -31,11 +33,14 @@ use crate::actions::http::ActionHttp;
 use crate::asc::api::AscClientOptions;
 use crate::asc::origins::AllowedOrigins;
 use crate::metrics::Metrics;
+use crate::receiver::store::DeliveryStore;
 use crate::resources::WebhookRoute;
 use crate::retry::Backoff;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Settings of the controllers, from the command line.
 #[derive(Debug, Clone)]
@@ -101,12 +106,6 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Exponential backoff for the `attempt`-th retry (1-based), with up to 20 % jitter so a burst of
-    /// failures does not retry in lockstep.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        self.retry_backoff().delay(attempt)
-    }
-
     /// The retry backoff, from base and longest delay.
     pub fn retry_backoff(&self) -> Backoff {
         Backoff {
@@ -116,9 +115,9 @@ impl Settings {
     }
 }
 
-/// State shared by the reconcilers: clients, settings and metrics, and the memories of the leader, each
-/// its own type (everything in them can be lost at any time; watches and reads rebuild it).
-pub struct Context {
+/// What lives as long as the process and is shared by every leadership term: nothing in it describes the
+/// cluster, so nothing in it can go stale between terms.
+pub struct Process {
     /// Kubernetes client.
     pub client: Client,
     /// Metrics.
@@ -127,72 +126,50 @@ pub struct Context {
     pub settings: Settings,
     /// HTTP client for HTTP actions, behind the egress guard.
     pub http: ActionHttp,
-    /// Summaries of every delivery by route, fed by a watch (the route controller counts from it).
-    pub deliveries: DeliveryIndex,
-    /// The kinds resource actions create: discovery results and one watch per kind in use.
-    pub resource_kinds: ResourceKinds,
-    /// The watch-fed stores of credentials, routes and unfinished deliveries.
-    pub stores: Stores,
-    /// Deliveries pruned by this leader.
-    pub pruned: PrunedEvents,
-    /// What the Job watch last showed of each managed Job.
-    pub job_facts: JobFacts,
-    /// What was last read about each route's Secrets.
-    pub route_secrets: RouteSecretFacts,
-    /// App Store Connect API clients per credential.
-    pub asc_clients: AscClients,
-    /// Consecutive failed reconciles per object.
-    pub backoffs: Backoffs,
-    /// Enrichment per delivery, so HTTP retries of one delivery do not call App Store Connect again.
-    pub enrichments: Enrichments,
-    /// Objects held back until their backoff ends.
-    pub holds: Holds,
-    /// Routes this process made its start-up catch-up pass for.
-    pub caught_up: CaughtUp,
-    /// What the App Store Connect webhook reconciler last wrote for each route.
-    pub written_asc: WrittenAscStatus,
+    /// Where catch-up records deliveries: the receiver's way, with the receiver's limits.
+    pub delivery_store: DeliveryStore,
+    /// The receiver's recoveries from unready, when the operator wired them.
+    ready_again: Option<watch::Receiver<u64>>,
     recorder: Recorder,
     actions: ActionClients,
 }
 
-impl Context {
-    /// A context publishing Events as `reporter`.
+impl Process {
+    /// The process part, publishing Events as `reporter`.
     pub fn new(
         client: Client,
         metrics: Metrics,
         settings: Settings,
         reporter: Reporter,
+        delivery_store: DeliveryStore,
     ) -> Result<Self, reqwest::Error> {
-        Ok(Context {
+        Ok(Process {
+            delivery_store,
             recorder: Recorder::new(client.clone(), reporter),
             actions: ActionClients::operator_only(client.clone()),
             http: crate::actions::http::client(settings.http_deny.clone())?,
-            deliveries: DeliveryIndex::default(),
-            resource_kinds: Default::default(),
-            stores: Stores::default(),
-            pruned: PrunedEvents::default(),
-            job_facts: JobFacts::default(),
-            route_secrets: RouteSecretFacts::new(settings_idle(&settings)),
-            asc_clients: AscClients::new(
-                client.clone(),
-                settings.asc_origins.clone(),
-                settings.asc.clone(),
-            ),
-            backoffs: Backoffs::new(settings.retry_backoff()),
-            enrichments: Enrichments::default(),
-            holds: Holds::default(),
-            caught_up: CaughtUp::default(),
-            written_asc: WrittenAscStatus::default(),
+            ready_again: None,
             client,
             metrics,
             settings,
         })
     }
 
-    /// Uses `actions` for the routes' actions (see [`Context::action_client`]).
+    /// Uses `actions` for the routes' actions (see [`Process::action_client`]).
     pub fn with_action_clients(mut self, actions: ActionClients) -> Self {
         self.actions = actions;
         self
+    }
+
+    /// Hands the controllers the receiver's recoveries from unready.
+    pub fn with_ready_again(mut self, recoveries: watch::Receiver<u64>) -> Self {
+        self.ready_again = Some(recoveries);
+        self
+    }
+
+    /// The receiver's recoveries from unready, when the operator wired them.
+    pub fn ready_again(&self) -> Option<watch::Receiver<u64>> {
+        self.ready_again.clone()
     }
 
     /// Whom `route`'s actions run as.
@@ -228,6 +205,72 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::debug!(error = %e, reason, "could not publish Event");
         }
+    }
+}
+
+/// One leadership term's state on top of the process's: the watch-fed stores, the delivery index and the
+/// leader's memories (everything in them can be lost at any time; watches and reads rebuild it). Built
+/// at the start of each term and dropped at its end: a replica leading again after another replica led
+/// meanwhile must not act on what its first term last saw. Reads through to [`Process`].
+pub struct Context {
+    process: Arc<Process>,
+    /// Summaries of every delivery by route, fed by a watch (the route controller counts from it).
+    pub deliveries: DeliveryIndex,
+    /// The kinds resource actions create: discovery results and one watch per kind in use.
+    pub resource_kinds: ResourceKinds,
+    /// The watch-fed stores of credentials, routes and unfinished deliveries.
+    pub stores: Stores,
+    /// Deliveries pruned in this term.
+    pub pruned: PrunedEvents,
+    /// What the Job watch last showed of each managed Job.
+    pub job_facts: JobFacts,
+    /// What was last read about each route's Secrets.
+    pub route_secrets: RouteSecretFacts,
+    /// App Store Connect API clients per credential.
+    pub asc_clients: AscClients,
+    /// Consecutive failed reconciles per object.
+    pub backoffs: Backoffs,
+    /// Enrichment per delivery, so HTTP retries of one delivery do not call App Store Connect again.
+    pub enrichments: Enrichments,
+    /// Objects held back until their backoff ends.
+    pub holds: Holds,
+    /// Routes this term made its catch-up pass for.
+    pub caught_up: CaughtUp,
+    /// What the App Store Connect webhook reconciler last wrote for each route in this term.
+    pub written_asc: WrittenAscStatus,
+}
+
+impl Context {
+    /// A fresh term over `process`, reading the term's watches through `stores`.
+    pub fn for_term(process: Arc<Process>, stores: Stores) -> Self {
+        let settings = &process.settings;
+        Context {
+            deliveries: DeliveryIndex::default(),
+            resource_kinds: Default::default(),
+            stores,
+            pruned: PrunedEvents::default(),
+            job_facts: JobFacts::default(),
+            route_secrets: RouteSecretFacts::new(settings_idle(settings)),
+            asc_clients: AscClients::new(
+                process.client.clone(),
+                settings.asc_origins.clone(),
+                settings.asc.clone(),
+            ),
+            backoffs: Backoffs::new(settings.retry_backoff()),
+            enrichments: Enrichments::default(),
+            holds: Holds::default(),
+            caught_up: CaughtUp::default(),
+            written_asc: WrittenAscStatus::default(),
+            process,
+        }
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 

@@ -140,11 +140,11 @@ async fn check_key(
         Ok(()) => read_key(&ctx.client, namespace, &cred.spec.private_key_secret_ref).await,
     };
     Ok(match key {
-        Err(CredentialProblem::Unusable {
-            transient: true,
-            message,
-            ..
-        }) => return Err(Error::Transient(message)),
+        Err(
+            problem @ CredentialProblem::Unusable {
+                transient: true, ..
+            },
+        ) => return Err(Error::Credential(problem)),
         Err(CredentialProblem::Unusable {
             reason, message, ..
         }) => KeyCheck::Unusable {
@@ -193,7 +193,7 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
                     .client
                     .verify()
                     .await
-                    .map_err(|e| (refusal_reason(&e), error_chain(&e))),
+                    .map_err(|e| (refusal_reason(&e), crate::text::error_chain(&e))),
                 Err(e) => Err(("ApiRefused", e.to_string())),
             })
         }
@@ -227,18 +227,6 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
         (true, Some(i)) => i.min(READY_RECHECK),
         (true, None) => READY_RECHECK,
     }))
-}
-
-/// An error and its sources on one line (App Store Connect client errors keep the cause in the chain).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

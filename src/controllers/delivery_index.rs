@@ -173,6 +173,9 @@ impl DeliveryIndex {
                 }
             }
             watcher::Event::Init => {
+                // The watch restarted and may have missed deletions and phase changes: counts wait for
+                // the new list rather than come from what the old one last showed.
+                state.ready = false;
                 state.relisting = Some(HashMap::new());
                 vec![]
             }
@@ -218,26 +221,13 @@ impl DeliveryIndex {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Feeds the index from `events` (a delivery watch) and yields the routes to reconcile. Watch errors
-    /// are logged and counted by the caller's backoff; the stream itself never ends on one.
+    /// Feeds the index from `events` (a delivery watch whose errors `watch_retry::retrying` took) and
+    /// yields the routes to reconcile.
     pub fn follow<S>(self, events: S) -> impl Stream<Item = ObjectRef<WebhookRoute>> + Send
     where
-        S: Stream<Item = Result<watcher::Event<WebhookDelivery>, watcher::Error>> + Send + 'static,
+        S: Stream<Item = watcher::Event<WebhookDelivery>> + Send + 'static,
     {
-        events
-            .filter_map(move |e| {
-                let index = self.clone();
-                async move {
-                    match e {
-                        Ok(event) => Some(futures::stream::iter(index.apply(event))),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "delivery watch failed; retrying");
-                            None
-                        }
-                    }
-                }
-            })
-            .flatten()
+        events.flat_map(move |event| futures::stream::iter(self.apply(event)))
     }
 }
 
@@ -294,6 +284,25 @@ mod tests {
         let changed = index.apply(watcher::Event::InitDone);
         assert!(index.is_ready());
         assert_eq!(changed, vec![ObjectRef::new("r").within("ios")]);
+        assert_eq!(index.of_route("ios", "r", Some("uid-r")).len(), 1);
+    }
+
+    #[test]
+    fn counts_are_withheld_again_while_a_restarted_watch_lists_anew() {
+        let index = DeliveryIndex::default();
+        index.apply(watcher::Event::Init);
+        index.apply(watcher::Event::InitDone);
+        assert!(index.is_ready());
+        index.apply(watcher::Event::Init);
+        assert!(!index.is_ready(), "not ready while the new list arrives");
+        index.apply(watcher::Event::InitApply(delivery(
+            "a",
+            "r",
+            Phase::Succeeded,
+        )));
+        assert!(!index.is_ready());
+        index.apply(watcher::Event::InitDone);
+        assert!(index.is_ready());
         assert_eq!(index.of_route("ios", "r", Some("uid-r")).len(), 1);
     }
 

@@ -1,37 +1,39 @@
 //! The controllers: deliveries into work, routes and credentials into truthful status. They run on the
 //! leader only; the receiver runs on every replica.
 
-pub mod asc_webhook;
-pub mod context;
-pub mod credential;
-pub mod delivery;
-pub mod delivery_index;
-pub mod error;
-pub mod impersonation;
+pub(crate) mod asc_webhook;
+pub(crate) mod context;
+pub(crate) mod credential;
+pub(crate) mod delivery;
+pub(crate) mod delivery_index;
+pub(crate) mod error;
+pub(crate) mod impersonation;
 pub mod matching;
-pub mod resource_kinds;
-pub mod route;
-pub mod route_status;
-pub mod seen;
-pub mod shared_watch;
+pub(crate) mod resource_kinds;
+pub(crate) mod route;
+pub(crate) mod route_status;
+pub(crate) mod seen;
+pub(crate) mod shared_watch;
 mod status;
 
-pub use context::{Context, Settings};
-pub use error::Error;
+pub(crate) use context::{Context, Process, Settings, Stores};
+pub(crate) use error::Error;
 
-use crate::metrics::{ControllerLabels, Metrics, ReconcileLabels, WatchLabels};
+use crate::metrics::{
+    ControllerLabels, Metrics, ReconcileErrorLabels, ReconcileLabels, WatchLabels,
+};
 use crate::resources::names::{
     ANNOTATION_LAST_APPLIED, LABEL_FINISHED, LABEL_MANAGED_BY, MANAGED_BY,
 };
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
-use crate::watch_retry::{Admit, LogLimit, retrying};
+use crate::watch_retry::{LIST_PAGE_SIZE, api, retrying};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,16 +45,6 @@ fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
         obj.namespace().unwrap_or_default(),
         obj.name_any()
     )
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Wraps a reconciler with metrics and failure bookkeeping.
@@ -69,7 +61,7 @@ where
 {
     let started = Instant::now();
     let k = key(obj.as_ref());
-    let result = f(obj, ctx.clone()).await;
+    let result = f(obj.clone(), ctx.clone()).await;
     crate::memory::note_work();
     ctx.metrics
         .reconcile_duration
@@ -83,10 +75,34 @@ where
             result: label,
         })
         .inc();
-    if result.is_ok() {
-        ctx.backoffs.succeeded(&k);
+    match &result {
+        Ok(_) => ctx.backoffs.succeeded(&k),
+        Err(e) => failed(&ctx, obj.as_ref(), controller, e).await,
     }
     result
+}
+
+/// Counts a failed reconcile by its kind and says so on the object, the kind as the Event's reason: a
+/// person tells an App Store Connect 429 from a Secret that cannot be read without the logs.
+async fn failed<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    controller: &'static str,
+    e: &Error,
+) {
+    let category = e.category();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ReconcileErrorLabels {
+            controller,
+            category: category.metric_label(),
+        })
+        .inc();
+    let note = format!(
+        "{controller} reconcile failed: {}",
+        crate::text::error_chain(e)
+    );
+    ctx.event(obj, true, category.event_reason(), note).await;
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(
@@ -95,7 +111,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     ctx: Arc<Context>,
 ) -> Action {
     let delay = ctx.backoffs.failed(&key(obj.as_ref()));
-    tracing::warn!(object = %key(obj.as_ref()), error = %crate::controllers::credential::error_chain(error), retry_in = ?delay, "reconcile failed");
+    tracing::warn!(object = %key(obj.as_ref()), error = %crate::text::error_chain(error), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -104,11 +120,6 @@ fn error_policy<K: Resource<DynamicType = ()>>(
 fn controller_config(ctx: &Context) -> controller::Config {
     controller::Config::default().concurrency(ctx.settings.max_concurrent_reconciles)
 }
-
-/// Objects per page of a watch's initial list (kube's default is 500): every page arrives as one body and
-/// is parsed in full before the caches keep their slim copies, so a smaller page lowers the transient peak
-/// of start-up and of every re-list, for a few more requests then.
-pub const LIST_PAGE_SIZE: u32 = 100;
 
 /// A controller's own cache, without what reconciles never read: `managedFields` (trees as large as the
 /// object once server-side apply writes status) and kubectl's last-applied copy of the whole object.
@@ -139,30 +150,26 @@ where
         }
         slim(obj);
     });
-    let stream = reflector(writer, retrying(events, report)).applied_objects();
+    let stream = reflector(writer, retrying(events, report).map(Ok)).applied_objects();
     (reader, stream)
 }
 
-/// Logs and counts what a controller's stream yields besides successful reconciles: watch errors
-/// (with what to do about missing CRDs or RBAC) and runner errors. Failed reconciles are logged by
-/// `error_policy` already.
-async fn report<K, S>(stream: S, controller: &'static str, watched: &'static str, metrics: Metrics)
+/// Logs and counts what a controller's stream yields besides successful reconciles: runner errors.
+/// Failed reconciles are counted and logged by `instrumented` and `error_policy` already, and watch
+/// errors never get here: `watch_retry::retrying` reported them before the controller saw the stream.
+async fn report<K, S>(stream: S, controller: &'static str, metrics: Metrics)
 where
     K: Resource,
     S: futures::Stream<
             Item = Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
         >,
 {
-    let mut limit = LogLimit::default();
     stream
         .for_each(|result| {
             match result {
                 Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(controller::Error::ObjectNotFound(obj)) => {
                     tracing::debug!(%obj, controller, "object gone before its reconcile")
-                }
-                Err(controller::Error::QueueError(e)) => {
-                    watch_failed(controller, watched, &e, &metrics, &mut limit)
                 }
                 Err(e) => {
                     metrics
@@ -177,44 +184,13 @@ where
         .await;
 }
 
-/// What one watch does with its errors: counts each, and logs a few a minute (with the count of those
-/// left out), at error with what to do when a person has to act.
+/// What one of the controllers' watches does with its errors.
 fn watch_reporter(
     controller: &'static str,
     watched: &'static str,
     metrics: &Metrics,
 ) -> impl FnMut(&watcher::Error) + Send + use<> {
-    let metrics = metrics.clone();
-    let mut limit = LogLimit::default();
-    move |e| watch_failed(controller, watched, e, &metrics, &mut limit)
-}
-
-fn watch_failed(
-    controller: &'static str,
-    watched: &str,
-    e: &watcher::Error,
-    metrics: &Metrics,
-    limit: &mut LogLimit,
-) {
-    metrics
-        .watch_errors
-        .get_or_create(&WatchLabels { stream: controller })
-        .inc();
-    let Admit::Log { suppressed } = limit.admit(std::time::Instant::now()) else {
-        return;
-    };
-    let problem = crate::diagnose::watch_problem(watched, e);
-    if problem.needs_action() {
-        tracing::error!(
-            controller,
-            watched,
-            problem = problem.message(),
-            suppressed,
-            "controller cannot watch its resources"
-        );
-    } else {
-        tracing::warn!(controller, watched, error = %e, suppressed, "controller watch interrupted; retrying with backoff");
-    }
+    crate::watch_retry::reporter(controller, watched, metrics, |_| {})
 }
 
 /// The watch of managed Jobs. Every Job event (deletions included) is remembered before it triggers
@@ -232,12 +208,13 @@ fn job_events(
         watch_reporter("delivery", "jobs", &ctx.metrics),
     )
     .inspect(move |e| match e {
-        Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+        watcher::Event::Apply(j) | watcher::Event::InitApply(j) => {
             job_ctx.job_facts.remember(j, false)
         }
-        Ok(watcher::Event::Delete(j)) => job_ctx.job_facts.remember(j, true),
+        watcher::Event::Delete(j) => job_ctx.job_facts.remember(j, true),
         _ => {}
     })
+    .map(Ok)
     .touched_objects()
 }
 
@@ -247,13 +224,14 @@ fn route_controller<S>(
     ctx: &Arc<Context>,
     ns: Option<&str>,
     routes_to_status: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
-    route_store: Store<WebhookRoute>,
+    credential_changes: futures::channel::mpsc::Receiver<Arc<AscCredential>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
     let client = ctx.client.clone();
+    let route_store = ctx.stores.routes.clone();
     let route_controller = Controller::for_shared_stream(routes_to_status, route_store.clone());
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
@@ -267,22 +245,15 @@ where
         watch_reporter("route", "webhookdeliveries", &ctx.metrics),
     );
     let route_triggers = ctx.deliveries.clone().follow(delivery_events);
-    let (credential_store, credential_events) = slim_cache(
-        api::<AscCredential>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-        watch_reporter("route", "asccredentials", &ctx.metrics),
-    );
-    ctx.stores.set_credentials(credential_store.clone());
     // Route and credential conditions are exported from these caches while the controllers run.
     let state_metrics = ctx
         .metrics
         .state
-        .export_from(route_store.clone(), credential_store);
+        .export_from(route_store.clone(), ctx.stores.credentials.clone());
     let release_metrics = ctx.metrics.release.export_from(route_store.clone());
     let routes = route_controller
         .reconcile_on(route_triggers)
-        .watches_stream(credential_events, move |cred| {
+        .watches_shared_stream(credential_changes, move |cred| {
             let cred_ns = cred.namespace();
             let cred_name = cred.name_any();
             route_store
@@ -305,12 +276,7 @@ where
             error_policy,
             ctx.clone(),
         );
-    let routes = report(
-        routes,
-        "route",
-        "webhookroutes (or webhookdeliveries, asccredentials)",
-        ctx.metrics.clone(),
-    );
+    let routes = report(routes, "route", ctx.metrics.clone());
     Box::pin(async move {
         routes.await;
         drop(state_metrics);
@@ -321,33 +287,22 @@ where
 /// The credential controller: each credential's key and its verification against App Store Connect.
 fn credential_controller<S>(
     ctx: &Arc<Context>,
-    ns: Option<&str>,
+    credentials_to_check: futures::channel::mpsc::Receiver<Arc<AscCredential>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
-    let client = ctx.client.clone();
-    let (credential_store, credential_stream) = slim_cache(
-        api::<AscCredential>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-        watch_reporter("credential", "asccredentials", &ctx.metrics),
-    );
-    let credentials = Controller::for_stream(credential_stream, credential_store)
-        .with_config(controller_config(ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |c, x| instrumented(c, x, "credential", credential::reconcile),
-            error_policy,
-            ctx.clone(),
-        );
-    Box::pin(report(
-        credentials,
-        "credential",
-        "asccredentials",
-        ctx.metrics.clone(),
-    ))
+    let credentials =
+        Controller::for_shared_stream(credentials_to_check, ctx.stores.credentials.clone())
+            .with_config(controller_config(ctx))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                |c, x| instrumented(c, x, "credential", credential::reconcile),
+                error_policy,
+                ctx.clone(),
+            );
+    Box::pin(report(credentials, "credential", ctx.metrics.clone()))
 }
 
 /// The App Store Connect webhook controller over the shared routes.
@@ -362,9 +317,37 @@ where
 {
     // Its own controller and queue over the shared routes: it runs on a different schedule (slow App Store
     // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
+    let routes_to_register =
+        routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
+    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
+    Box::pin(report(
+        webhooks,
+        "app-store-connect-webhook",
+        ctx.metrics.clone(),
+    ))
+}
+
+/// The catch-up controller over the shared routes: its own queue, so a long pass of one route never
+/// holds registration of another.
+fn catch_up_controller<S>(
+    ctx: &Arc<Context>,
+    routes_to_catch_up: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
+    shutdown: S,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    S: Future<Output = ()> + Send + Sync + Clone + 'static,
+{
+    use asc_webhook::catch_up_controller as catch_up;
     // Once the receiver is ready again after a problem, Apple's deliveries meanwhile may have failed:
     // every route makes a catch-up pass at once instead of at its next interval.
-    let recovered = ctx.stores.ready_again().map(|rx| {
+    let recovered = ctx.ready_again().map(|rx| {
         let ctx = ctx.clone();
         futures::stream::unfold(rx, |mut rx| async move {
             rx.changed().await.ok()?;
@@ -376,21 +359,19 @@ where
         })
         .boxed()
     });
-    let routes_to_register =
-        routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
-    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+    let routes = routes_to_catch_up.filter(|r| futures::future::ready(catch_up::concerns(r)));
+    let passes = Controller::for_shared_stream(routes, ctx.stores.routes.clone())
         .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
-            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            |r, c| instrumented(r, c, "app-store-connect-catch-up", catch_up::reconcile),
             error_policy,
             ctx.clone(),
         );
     Box::pin(report(
-        webhooks,
-        "app-store-connect-webhook",
-        "webhookroutes",
+        passes,
+        "app-store-connect-catch-up",
         ctx.metrics.clone(),
     ))
 }
@@ -398,18 +379,18 @@ where
 /// Waits for the controllers to stop, or drops them a grace period after shutdown.
 async fn stop_with(
     controllers: impl Future<Output = ()>,
-    route_watch: impl Future<Output = ()>,
+    watches: impl Future<Output = ()>,
     shutdown: impl Future<Output = ()>,
 ) {
     // A controller whose store never synced (its CRD is missing) waits for that store even after
     // shutdown; a pod must still stop, so after a grace period the controllers are dropped, which
     // cancels whatever they still run.
     let stopped = async {
-        // The shared route watch runs as long as the controllers it feeds.
+        // The shared route and credential watches run as long as the controllers they feed.
         tokio::pin!(controllers);
         tokio::select! {
             () = &mut controllers => {}
-            () = route_watch => controllers.await,
+            () = watches => controllers.await,
         }
     };
     let overdue = async {
@@ -433,36 +414,39 @@ fn owner_is_unfinished(unfinished: &Store<WebhookDelivery>, job: &Job) -> bool {
     })
 }
 
-/// The delivery cache (unfinished deliveries only) and the Job events that may wake one; apart from
-/// `run` so `run` reads as the watches and the controllers they feed.
+/// The delivery cache (unfinished deliveries only); apart from `run` so `run` reads as the watches and
+/// the controllers they feed.
 fn delivery_cache(
-    ctx: &Arc<Context>,
+    process: &Process,
     ns: Option<&str>,
 ) -> (
     Store<WebhookDelivery>,
     impl futures::Stream<Item = Result<WebhookDelivery, watcher::Error>> + Send + use<>,
-    impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + use<>,
 ) {
-    let client = ctx.client.clone();
     // Only unfinished deliveries: finished ones are labelled and leave the cache.
     let unfinished = watcher::Config::default()
         .any_semantic()
         .labels(&format!("!{LABEL_FINISHED}"));
-    let (delivery_store, delivery_stream) = slim_cache(
-        api::<WebhookDelivery>(&client, ns),
+    slim_cache(
+        api::<WebhookDelivery>(&process.client, ns),
         unfinished,
         delivery::suspend::scheduling_copy,
-        watch_reporter("delivery", "webhookdeliveries", &ctx.metrics),
-    );
+        watch_reporter("delivery", "webhookdeliveries", &process.metrics),
+    )
+}
+
+/// The Job events that may wake a delivery.
+fn job_wakeups(
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + use<> {
     // A Job wakes its delivery only while that delivery is unfinished (in the cache): at start-up every
     // Job of a long history arrives at once, and their finished deliveries must not queue ahead of new
     // work. An unfinished delivery not cached yet loses nothing: its own arrival wakes it.
-    let unfinished_owners = delivery_store.clone();
-    let job_events = futures::TryStreamExt::try_filter(job_events(ctx, ns), move |job| {
+    let unfinished_owners = ctx.stores.unfinished.clone();
+    futures::TryStreamExt::try_filter(job_events(ctx, ns), move |job| {
         futures::future::ready(owner_is_unfinished(&unfinished_owners, job))
-    });
-    ctx.stores.set_unfinished_deliveries(delivery_store.clone());
-    (delivery_store, delivery_stream, job_events)
+    })
 }
 
 /// The delivery controller, woken by its deliveries, their Jobs, objects of resource actions and spec
@@ -472,7 +456,6 @@ fn delivery_controller<S>(
     delivery_stream: impl futures::Stream<Item = Result<WebhookDelivery, watcher::Error>>
     + Send
     + 'static,
-    delivery_store: Store<WebhookDelivery>,
     job_events: impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + 'static,
     route_changes: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     woken: impl futures::Stream<Item = ObjectRef<WebhookDelivery>> + Send + 'static,
@@ -483,6 +466,7 @@ where
 {
     // A route's spec change (resuming it, above all) looks again at the deliveries it holds. Status
     // writes do not bump the generation, so the route controller's own writes trigger nothing here.
+    let delivery_store = ctx.stores.unfinished.clone();
     let held = delivery_store.clone();
     let mut spec_changed = shared_watch::generation_changed::<WebhookRoute>();
     let route_changes = route_changes.filter(move |r| futures::future::ready(spec_changed(r)));
@@ -499,39 +483,83 @@ where
             error_policy,
             ctx.clone(),
         );
-    Box::pin(report(
-        deliveries,
-        "delivery",
-        "webhookdeliveries (or Jobs)",
-        ctx.metrics.clone(),
-    ))
+    Box::pin(report(deliveries, "delivery", ctx.metrics.clone()))
+}
+
+/// A task that ends when this is dropped: a term's watches end with the term.
+struct Stopped(tokio::task::JoinHandle<()>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One watch and one cache of `K` for the `N` controllers that follow it: the cache, the future that
+/// drives the watch, and each controller's stream of changes.
+fn shared_cache<K, const N: usize>(
+    process: &Process,
+    ns: Option<&str>,
+    stream: &'static str,
+    watched: &'static str,
+) -> (
+    Store<K>,
+    impl Future<Output = ()> + Send + 'static + use<K, N>,
+    [futures::channel::mpsc::Receiver<Arc<K>>; N],
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, changes) = slim_cache(
+        api::<K>(&process.client, ns),
+        watcher::Config::default().any_semantic(),
+        |_| {},
+        watch_reporter(stream, watched, &process.metrics),
+    );
+    // `retrying` took the errors already: none reach the fan-out.
+    let (drive, subscribers) = shared_watch::fan_out(changes, |_: &watcher::Error| {});
+    (store, drive, subscribers)
 }
 
 /// Time the controllers get to finish running reconciles once shutdown is requested.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs the four controllers until `shutdown` resolves.
+/// Runs the five controllers for one leadership term, until `shutdown` resolves. The term's stores,
+/// index and memories are built here and dropped when it ends: only `process` outlives the term.
 pub async fn run(
-    ctx: Arc<Context>,
+    process: Arc<Process>,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
+    let client = process.client.clone();
     let ns = namespace.as_deref();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
 
-    let (delivery_store, delivery_stream, job_events) = delivery_cache(&ctx, ns);
-    // One watch and one cache of routes for the three controllers that follow them.
-    let (route_store, route_stream) = slim_cache(
-        api::<WebhookRoute>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        |_| {},
-        watch_reporter("route", "webhookroutes", &ctx.metrics),
-    );
-    // `retrying` took the errors already: none reach the fan-out.
-    let (route_watch, [route_changes, routes_to_status, routes_to_register]) =
-        shared_watch::fan_out(route_stream, |_: &watcher::Error| {});
-    ctx.stores.set_routes(route_store.clone());
+    let (delivery_store, delivery_stream) = delivery_cache(&process, ns);
+    let (
+        route_store,
+        route_watch,
+        [
+            route_changes,
+            routes_to_status,
+            routes_to_register,
+            routes_to_catch_up,
+        ],
+    ) = shared_cache::<WebhookRoute, 4>(&process, ns, "route", "webhookroutes");
+    let (credential_store, credential_watch, [credential_changes, credentials_to_check]) =
+        shared_cache::<AscCredential, 2>(&process, ns, "credential", "asccredentials");
+    let stores = Stores {
+        credentials: credential_store,
+        routes: route_store,
+        unfinished: delivery_store,
+    };
+    let ctx = Arc::new(Context::for_term(process, stores));
 
     // Objects of resource actions: one metadata watch per kind in use, started as routes name kinds.
     let (wakeups, woken) = futures::channel::mpsc::channel(1024);
@@ -541,26 +569,45 @@ pub async fn run(
         wakeups,
         ctx.metrics.clone(),
     );
+    let job_events = job_wakeups(&ctx, ns);
     let deliveries = delivery_controller(
         &ctx,
         delivery_stream,
-        delivery_store,
         job_events,
         route_changes,
         woken,
         shutdown.clone(),
     );
 
-    let webhook_store = route_store.clone();
-    let routes = route_controller(&ctx, ns, routes_to_status, route_store, shutdown.clone());
+    let routes = route_controller(
+        &ctx,
+        ns,
+        routes_to_status,
+        credential_changes,
+        shutdown.clone(),
+    );
 
-    let credentials = credential_controller(&ctx, ns, shutdown.clone());
+    let credentials = credential_controller(&ctx, credentials_to_check, shutdown.clone());
 
-    let webhooks = webhook_controller(&ctx, routes_to_register, webhook_store, shutdown.clone());
+    let webhooks = webhook_controller(
+        &ctx,
+        routes_to_register,
+        ctx.stores.routes.clone(),
+        shutdown.clone(),
+    );
+
+    let catch_up = catch_up_controller(&ctx, routes_to_catch_up, shutdown.clone());
 
     let controllers = async {
-        tokio::join!(deliveries, routes, credentials, webhooks);
+        tokio::join!(deliveries, routes, credentials, webhooks, catch_up);
     };
-    stop_with(controllers, route_watch, shutdown).await;
+    // Each shared watch is its own task: polled inside the controllers' task, its stream would sit
+    // under every controller's in one deep poll (a stack overflow in debug builds at start-up).
+    let mut route_watch = Stopped(tokio::spawn(route_watch));
+    let mut credential_watch = Stopped(tokio::spawn(credential_watch));
+    let watches = async {
+        let _ = tokio::join!(&mut route_watch.0, &mut credential_watch.0);
+    };
+    stop_with(controllers, watches, shutdown).await;
     ctx.resource_kinds.stop();
 }

@@ -4,7 +4,7 @@
 //! metadata (no status, no spec), selected on the labels the operator puts on what it creates.
 
 use crate::actions::resource::TypeRef;
-use crate::metrics::{Metrics, WatchLabels};
+use crate::metrics::Metrics;
 use crate::resources::WebhookDelivery;
 use crate::resources::names::{API_VERSION, LABEL_DELIVERY, LABEL_MANAGED_BY, MANAGED_BY};
 use futures::channel::mpsc;
@@ -151,14 +151,6 @@ impl ResourceKinds {
         }
         w.running = None;
     }
-
-    /// The kinds watched now, as `apiVersion/kind`.
-    pub fn watched(&self) -> Vec<String> {
-        let w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<String> = w.started.keys().cloned().collect();
-        v.sort();
-        v
-    }
 }
 
 fn spawn_watch(r: &Running, ar: ApiResource) -> tokio::task::AbortHandle {
@@ -168,23 +160,7 @@ fn spawn_watch(r: &Running, ar: ApiResource) -> tokio::task::AbortHandle {
         None => Api::all_with(r.client.clone(), &ar),
     };
     let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_DELIVERY}");
-    let metrics = r.metrics.clone();
-    let what = key(&ar);
-    let mut limit = crate::watch_retry::LogLimit::default();
-    let report = {
-        let what = what.clone();
-        move |e: &watcher::Error| {
-            metrics
-                .watch_errors
-                .get_or_create(&WatchLabels { stream: "resource" })
-                .inc();
-            if let crate::watch_retry::Admit::Log { suppressed } =
-                limit.admit(std::time::Instant::now())
-            {
-                tracing::warn!(kind = %what, error = %e, suppressed, "resource action watch interrupted; retrying with backoff");
-            }
-        }
-    };
+    let report = crate::watch_retry::reporter("resource", key(&ar), &r.metrics, |_| {});
     let stream = crate::watch_retry::retrying(
         watcher(api, watcher::Config::default().labels(&selector)),
         report,
@@ -194,13 +170,10 @@ fn spawn_watch(r: &Running, ar: ApiResource) -> tokio::task::AbortHandle {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             let meta = match event {
-                Ok(
-                    watcher::Event::Apply(m)
-                    | watcher::Event::InitApply(m)
-                    | watcher::Event::Delete(m),
-                ) => m.metadata,
-                // `retrying` reported the errors.
-                Ok(_) | Err(_) => continue,
+                watcher::Event::Apply(m)
+                | watcher::Event::InitApply(m)
+                | watcher::Event::Delete(m) => m.metadata,
+                watcher::Event::Init | watcher::Event::InitDone => continue,
             };
             let namespace = meta.namespace.clone().unwrap_or_default();
             for owner in meta.owner_references.iter().flatten() {

@@ -254,8 +254,10 @@ async fn credential_fact(
     let Some(c) = &route.spec.credential_ref else {
         return Ok(None);
     };
-    if let Some(store) = ctx.stores.credentials()
-        && let Some(found) = store.get(&ObjectRef::new(&c.name).within(namespace))
+    if let Some(found) = ctx
+        .stores
+        .credentials
+        .get(&ObjectRef::new(&c.name).within(namespace))
     {
         return Ok(Some(Some(found.as_ref().clone())));
     }

@@ -59,11 +59,6 @@ impl Readiness {
         self.with(|s| s.problem.is_some())
     }
 
-    /// Whether the replica is ready.
-    pub fn is_ready(&self) -> bool {
-        self.status().is_ok()
-    }
-
     /// Ready, or why not.
     pub fn status(&self) -> Result<(), String> {
         self.with(|s| match (&s.problem, s.synced) {
@@ -118,7 +113,7 @@ mod tests {
         r.set_ready();
         assert_eq!(r.status(), Err("apply crds/".into()));
         r.clear_problem();
-        assert!(r.is_ready());
+        assert!(r.status().is_ok());
     }
 
     #[test]
@@ -129,7 +124,7 @@ mod tests {
         r.clear_problem();
         assert_eq!(*seen.borrow(), 0, "nothing was wrong");
         r.set_problem("RBAC".into());
-        assert!(!r.is_ready());
+        assert!(r.status().is_err());
         r.clear_problem();
         r.clear_problem();
         assert_eq!(*seen.borrow(), 1, "one recovery, signalled once");

@@ -1,18 +1,10 @@
-//! What the receiver needs from the outside world, as three small traits: find a route, read a webhook
-//! secret, store a delivery. The operator plugs in the reflector store and the API server; the receiver
-//! benchmark plugs in memory, so both measure the same request path.
+//! What the receiver needs from the outside world, as small traits: read a webhook secret, store a
+//! delivery (finding a route is [`super::routes::RouteLookup`], next to what it finds). The operator plugs
+//! in the API server; the receiver benchmark plugs in memory, so both measure the same request path.
 
-use super::routes::ReceiverRoute;
 use crate::resources::WebhookDelivery;
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-/// Finds routes without calling the API server (the operator's is [`super::routes::RouteTable`]).
-pub trait RouteLookup: Send + Sync + 'static {
-    /// The route `namespace/name`, if it exists.
-    fn route(&self, namespace: &str, name: &str) -> Option<Arc<ReceiverRoute>>;
-}
 
 /// Why a Secret could not be read.
 #[derive(Debug, thiserror::Error)]

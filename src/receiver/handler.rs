@@ -3,9 +3,10 @@
 use super::Receiver;
 use super::answer::Answer;
 use super::backend::{Recorded, SinkError};
-use super::record::{build_delivery_for, check_fits};
+use super::record::build_delivery_for;
 use super::routes::ReceiverRoute;
 use super::secret_cache::{SecretBytes, SecretLookupError};
+use super::store::RecordError;
 use crate::asc::event::WebhookEvent;
 use crate::asc::signature::{self, SignatureError};
 use crate::metrics::{OutcomeLabels, RequestLabels, RouteLabels};
@@ -117,11 +118,8 @@ async fn handle(rx: &Receiver, route: &ReceiverRoute, headers: &HeaderMap, body:
         request_id,
         &crate::time::receipt_now(),
     );
-    if let Err(e) = check_fits(&delivery, rx.config.max_object_bytes) {
-        return Answer::Unstorable(e.to_string());
-    }
     let name = delivery.metadata.name.clone().unwrap_or_default();
-    match rx.sink.record(delivery).await {
+    match rx.store.record(delivery).await {
         Ok(Recorded::Created) => {
             rx.metrics
                 .state
@@ -129,13 +127,16 @@ async fn handle(rx: &Receiver, route: &ReceiverRoute, headers: &HeaderMap, body:
             Answer::Accepted(name)
         }
         Ok(Recorded::Duplicate) => Answer::Duplicate(name),
-        Err(SinkError::Unavailable(e)) => {
+        Err(RecordError::Sink(SinkError::Unavailable(e))) => {
             Answer::Unavailable(format!("cannot store the delivery: {e}"))
         }
-        Err(SinkError::TooLarge(e)) => {
+        Err(RecordError::Sink(SinkError::TooLarge(e))) => {
             Answer::Unstorable(format!("the API server refused it as too large: {e}"))
         }
-        Err(SinkError::Refused(e)) => Answer::Refused(e.to_string()),
+        Err(RecordError::Sink(SinkError::Refused(e))) => Answer::Refused(e.to_string()),
+        Err(e @ (RecordError::TooLargeToStore(_) | RecordError::BodyTooLarge { .. })) => {
+            Answer::Unstorable(e.to_string())
+        }
     }
 }
 

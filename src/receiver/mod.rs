@@ -4,19 +4,22 @@
 //! the raw bytes, parse — and nothing is written for a request that fails one. Routes come from an
 //! in-memory route table fed by a watch ([`routes`]), never from an API call per request.
 
-pub mod admin;
+pub(crate) mod admin;
 mod answer;
 pub mod backend;
-pub mod budget;
+pub(crate) mod budget;
 mod handler;
-pub mod kube_backend;
+pub(crate) mod kube_backend;
 pub mod record;
+pub(crate) mod route_watch;
 pub mod routes;
 pub mod secret_cache;
 pub mod serve;
+pub mod store;
 
 pub use answer::Answer;
-pub use backend::{DeliverySink, Recorded, RouteLookup, SecretSource, SinkError};
+pub use backend::{DeliverySink, Recorded, SecretSource, SinkError};
+pub use routes::RouteLookup;
 
 use crate::metrics::Metrics;
 use axum::Router;
@@ -47,6 +50,16 @@ pub struct ReceiverConfig {
     pub secret_rotation_grace: Duration,
 }
 
+impl ReceiverConfig {
+    /// The limits every recorded event is held to, by the receiver and catch-up alike.
+    pub fn record_limits(&self) -> store::RecordLimits {
+        store::RecordLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_object_bytes: self.max_object_bytes,
+        }
+    }
+}
+
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
@@ -65,7 +78,7 @@ impl Default for ReceiverConfig {
 pub struct Receiver {
     routes: Arc<dyn RouteLookup>,
     secrets: SecretCache,
-    sink: Arc<dyn DeliverySink>,
+    store: store::DeliveryStore,
     failed_signatures: DefaultKeyedRateLimiter<Arc<str>>,
     budget: BodyBudget,
     /// The metrics label of requests for routes that do not exist.
@@ -88,7 +101,7 @@ impl Receiver {
         Arc::new(Receiver {
             routes,
             secrets: SecretCache::new(secrets, config.secret_cache_ttl, metrics.clone()),
-            sink,
+            store: store::DeliveryStore::new(sink, config.record_limits()),
             failed_signatures: RateLimiter::keyed(Quota::per_minute(per_minute)),
             budget: BodyBudget::new(config.max_inflight_body_bytes),
             unknown_route: Arc::from("unknown"),

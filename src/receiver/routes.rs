@@ -7,7 +7,6 @@
 //! runs on every replica and needs a route's name, uid and `secretRef` only, while the controllers run on
 //! the leader and need the whole spec. Sharing one store would make every replica hold every rule.
 
-use super::backend::RouteLookup;
 use super::record::RouteOwner;
 use super::secret_cache::SecretId;
 use crate::resources::{SecretKeySelector, WebhookRoute};
@@ -214,6 +213,12 @@ impl RouteTable {
     fn relisting(&self) -> std::sync::MutexGuard<'_, Option<Vec<ReceiverRoute>>> {
         self.relisting.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Finds routes without calling the API server (the operator's is [`RouteTable`]).
+pub trait RouteLookup: Send + Sync + 'static {
+    /// The route `namespace/name`, if it exists.
+    fn route(&self, namespace: &str, name: &str) -> Option<Arc<ReceiverRoute>>;
 }
 
 impl RouteLookup for RouteTable {

@@ -153,16 +153,6 @@ impl SecretCache {
         self.lookup(secret, key, None).await
     }
 
-    /// Like [`get`](Self::get), but re-reads the Secret if the cached copy is older than `min_age`.
-    pub async fn refresh_if_older(
-        &self,
-        secret: &SecretId,
-        key: &str,
-        min_age: Duration,
-    ) -> Result<SecretBytes, SecretLookupError> {
-        self.lookup(secret, key, Some(min_age)).await
-    }
-
     /// Re-reads the Secret after a signature failed against the cached value: at once when that value was
     /// read at least `min_age` ago, else as soon as it is that old, unless another caller re-read it in
     /// the meantime. A rotation that lands just after a read is then not refused for up to `min_age`
@@ -364,26 +354,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refresh_rereads_only_an_entry_older_than_asked() {
-        let source = Arc::new(Counting::default());
-        *source.value.lock().unwrap() = Some(b"old".to_vec());
-        let cache = cache(source.clone(), Duration::from_secs(30));
-        cache.get(&hook(), "secret").await.unwrap();
-        *source.value.lock().unwrap() = Some(b"new".to_vec());
-        let still = cache
-            .refresh_if_older(&hook(), "secret", Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(still.expose(), b"old");
-        let fresh = cache
-            .refresh_if_older(&hook(), "secret", Duration::ZERO)
-            .await
-            .unwrap();
-        assert_eq!(fresh.expose(), b"new");
-        assert_eq!(source.reads.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
     async fn a_value_read_just_before_a_rotation_is_read_again_once_old_enough_and_only_once() {
         let source = Arc::new(Counting::default());
         *source.value.lock().unwrap() = Some(b"old".to_vec());
@@ -419,7 +389,7 @@ mod tests {
         ));
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
         let fresh = cache
-            .refresh_if_older(&hook(), "other", Duration::ZERO)
+            .reread_after_mismatch(&hook(), "other", Duration::ZERO)
             .await;
         assert!(
             matches!(fresh, Err(SecretLookupError::SecretNotFound { .. })),
@@ -440,7 +410,7 @@ mod tests {
         );
         *source.value.lock().unwrap() = Some(b"new".to_vec());
         let fresh = cache
-            .refresh_if_older(&hook(), "secret", Duration::ZERO)
+            .reread_after_mismatch(&hook(), "secret", Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(fresh.expose(), b"new");
@@ -448,7 +418,7 @@ mod tests {
         assert_eq!(old.expose(), b"old");
         // The same value read again is not a change: the old one stays the previous one.
         cache
-            .refresh_if_older(&hook(), "secret", Duration::ZERO)
+            .reread_after_mismatch(&hook(), "secret", Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(

@@ -16,6 +16,7 @@ mod examples;
 mod fuzz_corpus;
 mod harness;
 mod leader;
+mod leadership_terms;
 mod lease_fencing;
 mod limits;
 mod logs;

@@ -1,4 +1,11 @@
 use super::*;
+
+/// The object at an absolute `links.self`, the way enrichment fetches it.
+async fn fetch_link(client: &AscClient, link: &str) -> Result<Value, ApiError> {
+    client
+        .fetch_instance_of("buildUploads", "unused", Some(link))
+        .await
+}
 use crate::asc::token::ApiKey;
 use crate::resources::names::DEFAULT_API_URL;
 use std::time::Instant;
@@ -56,7 +63,7 @@ async fn links_on_other_origins_are_refused_without_a_request() {
         format!("http://localhost:{port}{COMPLETE_UPLOAD}"),
         format!("http://user:hunter2@127.0.0.1:{port}{COMPLETE_UPLOAD}"),
     ] {
-        let err = client.fetch_instance(&link).await.unwrap_err();
+        let err = fetch_link(&client, &link).await.unwrap_err();
         assert!(matches!(err, ApiError::ForeignOrigin { .. }), "{link}");
         assert!(!err.to_string().contains("hunter2"));
     }
@@ -69,12 +76,12 @@ async fn links_on_other_origins_are_refused_without_a_request() {
 #[tokio::test]
 async fn plain_http_link_is_refused_when_api_url_is_https() {
     let client = client_for(DEFAULT_API_URL, Some(ISSUER));
-    let err = client
-        .fetch_instance(&format!(
-            "http://api.appstoreconnect.apple.com{COMPLETE_UPLOAD}"
-        ))
-        .await
-        .unwrap_err();
+    let err = fetch_link(
+        &client,
+        &format!("http://api.appstoreconnect.apple.com{COMPLETE_UPLOAD}"),
+    )
+    .await
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("only https://api.appstoreconnect.apple.com"),
@@ -101,8 +108,7 @@ async fn rate_limit_with_retry_after_is_honoured_then_succeeds() {
         1,
     );
     let started = Instant::now();
-    let doc = client
-        .fetch_instance(&format!("{}{COMPLETE_UPLOAD}", mock.url()))
+    let doc = fetch_link(&client, &format!("{}{COMPLETE_UPLOAD}", mock.url()))
         .await
         .unwrap();
     // A lower bound only: the client waited at least what the server asked for.
@@ -216,7 +222,7 @@ fn asc_error_message_is_extracted_and_shortened() {
 async fn each_call_gets_a_token_of_minutes_scoped_to_its_one_get() {
     let (mock, client) = setup().await;
     let url = format!("{}{COMPLETE_UPLOAD}", mock.url());
-    client.fetch_instance(&url).await.unwrap();
+    fetch_link(&client, &url).await.unwrap();
     client.verify().await.unwrap();
     let log = mock.requests();
     assert!(log.iter().all(|r| r.auth.is_accepted()), "{log:?}");
@@ -261,13 +267,13 @@ async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
         "http://127.0.0.1:9/hook",
     ));
     let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
-    // The mock judges windows against the real clock, so the log and the window both hang off it.
-    let now = jiff::Timestamp::now();
+    // Inside the window asked for whatever the date: the mock filters by `createdDate`.
+    let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
     for n in 0..3 {
-        let at = crate::time::format_ts(now - jiff::SignedDuration::from_mins(10 - n));
+        let at = crate::time::format_ts(hour_ago + jiff::SignedDuration::from_secs(n));
         mock.log_delivery(&id, payload, testkit::asc_mock::DeliveryState::Failed, &at);
     }
-    let since = crate::time::format_ts(now - jiff::SignedDuration::from_hours(24));
+    let since = crate::time::format_ts(hour_ago - jiff::SignedDuration::from_hours(23));
     let filter = DeliveryFilter {
         created_since: Some(since),
         limit: 2,

@@ -19,12 +19,13 @@ use crate::asc::webhook_deliveries::{
 use crate::asc::webhooks::{WebhookError, Webhooks};
 use crate::controllers::{Error, seen};
 use crate::metrics::{CatchUpErrorLabels, RouteLabels};
+use crate::receiver::Recorded;
 use crate::receiver::record::build_delivery;
+use crate::receiver::store::RecordLimits;
 use crate::resources::delivery::DeliverySource;
 use crate::resources::route_asc::{AppStoreConnectStatus, CatchUpMode, CatchUpStatus};
 use crate::resources::{WebhookDelivery, WebhookRoute};
 use jiff::{SignedDuration, Timestamp};
-use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use std::time::Duration;
 
@@ -34,8 +35,6 @@ pub const OVERLAP: Duration = Duration::from_secs(120);
 pub const MAX_AGE: Duration = Duration::from_secs(9 * 86_400);
 /// Width of one window; the checkpoint moves a window at a time.
 pub const WINDOW: Duration = Duration::from_secs(86_400);
-/// Payloads longer than this are refused, as the receiver refuses such bodies by default.
-pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// Pages read per pass; the checkpoint carries the rest to the next pass.
 const MAX_PAGES: usize = 50;
 
@@ -125,22 +124,34 @@ pub fn committed(old: Option<&str>, end: Option<Timestamp>, pass_start: Timestam
     crate::time::format_ts(kept.unwrap_or(new))
 }
 
+/// Why an entry of the log is skipped for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// The metric's reason word.
+    pub reason: &'static str,
+    /// What to tell a person.
+    pub why: String,
+}
+
 /// The `WebhookDelivery` the receiver would have made for a logged delivery's payload. The payload comes
-/// from Apple's authenticated API, so it needs no signature; it is bounded and parsed like a body. Pure.
+/// from Apple's authenticated API, so it needs no signature; it is held to the receiver's body limit and
+/// parsed like a body. Pure.
 pub fn recorded(
     route: &WebhookRoute,
     logged: &LoggedDelivery,
     now: &str,
-) -> Result<WebhookDelivery, String> {
+    limits: RecordLimits,
+) -> Result<WebhookDelivery, Skip> {
     let event = &logged.event;
-    if event.payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(format!(
-            "payload of {} bytes is over the limit",
-            event.payload.len()
-        ));
-    }
-    let parsed = WebhookEvent::parse(event.payload.clone().into_bytes().into())
-        .map_err(|e| format!("payload is not an App Store Connect event: {e}"))?;
+    limits.check_body(event.payload.len()).map_err(|e| Skip {
+        reason: e.reason(),
+        why: e.to_string(),
+    })?;
+    let parsed =
+        WebhookEvent::parse(event.payload.clone().into_bytes().into()).map_err(|e| Skip {
+            reason: "invalid_payload",
+            why: format!("payload is not an App Store Connect event: {e}"),
+        })?;
     let mut d = build_delivery(route, &parsed, Some(&logged.id), now);
     d.spec.source = DeliverySource::CatchUp;
     d.spec.event_created_at = event.created_date.clone().or(logged.created_date.clone());
@@ -271,7 +282,7 @@ fn finish(
             return interval;
         }
         Err(Interrupted::Api(e)) => {
-            tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "catch-up pass interrupted");
+            tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "catch-up pass interrupted");
             error_reason(&e)
         }
         Err(Interrupted::PageBudget) => {
@@ -376,11 +387,11 @@ async fn recover(
     logged: &LoggedDelivery,
     mode: CatchUpMode,
 ) -> Result<i64, Error> {
-    let delivery = match recorded(route, logged, &crate::time::now_rfc3339()) {
+    let limits = ctx.delivery_store.limits();
+    let delivery = match recorded(route, logged, &crate::time::now_rfc3339(), limits) {
         Ok(d) => d,
-        Err(why) => {
-            tracing::warn!(route = %route.name_any(), delivery = %logged.id, %why, "delivery-log entry skipped");
-            count_skip(ctx, route, "invalid_payload");
+        Err(skip) => {
+            skipped(ctx, route, logged, skip).await;
             return Ok(0);
         }
     };
@@ -418,24 +429,58 @@ async fn recover(
                     Ok(recovered(ctx, route, logged, "EventRedelivered", why).await)
                 }
                 Err(e) => {
-                    tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "redelivery refused");
+                    tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "redelivery refused");
                     count_error(ctx, route, "redelivery_refused");
                     Ok(0)
                 }
             }
         }
-        CatchUpMode::Record => match deliveries.create(&PostParams::default(), &delivery).await {
-            Ok(_) => {
-                let why = format!(
-                    "recorded {} event {} from App Store Connect's delivery log (it had not arrived)",
-                    delivery.spec.event_type, delivery.spec.event_id
-                );
-                Ok(recovered(ctx, route, logged, "EventRecovered", why).await)
-            }
-            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(0),
-            Err(e) => Err(Error::Kube(e)),
-        },
+        CatchUpMode::Record => record(ctx, route, logged, delivery).await,
     }
+}
+
+/// Records `delivery` the receiver's way; an entry that can never be stored is skipped.
+async fn record(
+    ctx: &Context,
+    route: &WebhookRoute,
+    logged: &LoggedDelivery,
+    delivery: WebhookDelivery,
+) -> Result<i64, Error> {
+    let event = format!(
+        "{} event {}",
+        delivery.spec.event_type, delivery.spec.event_id
+    );
+    match ctx.delivery_store.record(delivery).await {
+        Ok(Recorded::Created) => {
+            let why = format!(
+                "recorded {event} from App Store Connect's delivery log (it had not arrived)"
+            );
+            Ok(recovered(ctx, route, logged, "EventRecovered", why).await)
+        }
+        Ok(Recorded::Duplicate) => Ok(0),
+        // Refused every time it is tried: holding the checkpoint for it would hold every later event
+        // of its window until Apple's log drops them all.
+        Err(e) if e.is_permanent() => {
+            let skip = Skip {
+                reason: e.reason(),
+                why: format!("{event}: {e}"),
+            };
+            skipped(ctx, route, logged, skip).await;
+            Ok(0)
+        }
+        Err(e) => Err(Error::Record(e)),
+    }
+}
+
+/// Counts an entry skipped for good, and says so in the log and as a Warning on the route.
+async fn skipped(ctx: &Context, route: &WebhookRoute, logged: &LoggedDelivery, skip: Skip) {
+    tracing::warn!(route = %route.name_any(), delivery = %logged.id, reason = skip.reason, why = %skip.why, "delivery-log entry skipped");
+    count_skip(ctx, route, skip.reason);
+    let note = format!(
+        "skipped entry {} of App Store Connect's delivery log: {}; it can never be recorded, so catch-up moves past it",
+        logged.id, skip.why
+    );
+    ctx.event(route, true, "CatchUpEntrySkipped", note).await;
 }
 
 /// Counts one recovered event and says so on the route; the number of events recovered (one).

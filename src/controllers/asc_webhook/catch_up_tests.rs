@@ -134,6 +134,7 @@ fn a_logged_payload_becomes_the_delivery_the_receiver_would_have_made() {
         &route,
         &logged("d1", "2026-12-01T10:00:00Z", payload),
         "now",
+        LIMITS,
     )
     .unwrap();
     let live = build_delivery(
@@ -148,10 +149,31 @@ fn a_logged_payload_becomes_the_delivery_the_receiver_would_have_made() {
     );
     assert_eq!(d.spec.source, DeliverySource::CatchUp);
     assert_eq!(d.spec.payload, payload);
-    assert!(recorded(&route, &logged("d2", "t", "not json"), "now").is_err());
-    let huge = format!(
-        r#"{{"data":{{"type":"x","id":"y","pad":"{}"}}}}"#,
-        "a".repeat(MAX_PAYLOAD_BYTES)
+    let invalid = recorded(&route, &logged("d2", "t", "not json"), "now", LIMITS).unwrap_err();
+    assert_eq!(invalid.reason, "invalid_payload");
+}
+
+const LIMITS: RecordLimits = RecordLimits {
+    max_body_bytes: 64 * 1024,
+    max_object_bytes: 1_572_864,
+};
+
+#[test]
+fn a_logged_payload_is_held_to_the_receivers_body_limit() {
+    let route = crate::receiver::record::tests::route();
+    let payload = |pad: usize| {
+        format!(
+            r#"{{"data":{{"type":"buildUploadStateUpdated","id":"y","pad":"{}"}}}}"#,
+            "a".repeat(pad)
+        )
+    };
+    let fits = payload(LIMITS.max_body_bytes - 100);
+    assert!(recorded(&route, &logged("d3", "t", &fits), "now", LIMITS).is_ok());
+    let over = payload(LIMITS.max_body_bytes);
+    let skip = recorded(&route, &logged("d4", "t", &over), "now", LIMITS).unwrap_err();
+    assert_eq!(skip.reason, "too_large");
+    assert!(
+        skip.why.contains(&LIMITS.max_body_bytes.to_string()),
+        "{skip:?}"
     );
-    assert!(recorded(&route, &logged("d3", "t", &huge), "now").is_err());
 }

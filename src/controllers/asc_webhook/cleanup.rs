@@ -45,14 +45,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
         .await;
         return Ok(Action::await_change());
     }
-    let outcome = match credential(ctx, &route).await? {
-        Err(b) => Err((b.reason, b.message)),
-        Ok(client) => Webhooks::new(&client)
-            .delete(&id)
-            .await
-            .map_err(|e| failure(&e)),
-    };
-    let (reason, message) = match outcome {
+    let (reason, message, cause) = match delete(ctx, &route, &id).await? {
         Ok(existed) => {
             let note = if existed {
                 format!("deleted App Store Connect webhook {id}")
@@ -95,7 +88,32 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
     )
     .await?;
     tracing::warn!(route = %route.name_any(), %message, "webhook deletion failed; retrying");
-    Err(Error::Transient(message))
+    Err(cause)
+}
+
+/// Why a deletion did not happen: the condition's reason and message, and the error that caused it.
+type NotDeleted = (&'static str, String, Error);
+
+/// Deletes webhook `id` in App Store Connect; whether it still existed, or why it was not deleted.
+async fn delete(
+    ctx: &Context,
+    route: &WebhookRoute,
+    id: &str,
+) -> Result<Result<bool, NotDeleted>, Error> {
+    Ok(match credential(ctx, route).await? {
+        Err(b) => Err((
+            b.reason,
+            b.message.clone(),
+            Error::CredentialNotUsable {
+                reason: b.reason,
+                message: b.message,
+            },
+        )),
+        Ok(client) => Webhooks::new(&client).delete(id).await.map_err(|e| {
+            let (reason, message) = failure(&e);
+            (reason, message, Error::AppStoreConnect(e))
+        }),
+    })
 }
 
 /// A reconcile queued before the finalizer went may still see the route: it must not delete again.

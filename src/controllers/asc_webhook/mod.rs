@@ -14,6 +14,7 @@
 //! reads the Secret from the API server and nothing else.
 
 pub mod catch_up;
+pub mod catch_up_controller;
 mod cleanup;
 pub mod plan;
 mod secret;
@@ -26,7 +27,9 @@ use crate::asc::api::AscClient;
 use crate::asc::webhooks::{WebhookError, Webhooks};
 use crate::resources::WebhookRoute;
 use crate::resources::conditions::Condition;
-use crate::resources::route_asc::{AppStoreConnectStatus, WEBHOOK_REGISTERED, WEBHOOK_VERIFIED};
+use crate::resources::route_asc::{
+    AppStoreConnectStatus, CatchUpStatus, WEBHOOK_REGISTERED, WEBHOOK_VERIFIED,
+};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalize};
@@ -58,7 +61,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-        other => Error::Transient(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     })
 }
 
@@ -115,8 +118,39 @@ async fn apply_status(
 }
 
 /// Writes this reconciler's part of the status when it differs from what the route shows, and publishes
-/// an Event when `WebhookRegistered` newly turns False.
+/// an Event when `WebhookRegistered` newly turns False. `catchUp` is catch-up's: it is written as last
+/// written, whatever `asc` carries.
 async fn write(
+    ctx: &Context,
+    route: &WebhookRoute,
+    asc: Option<&AppStoreConnectStatus>,
+    fresh: Vec<Condition>,
+) -> Result<(), Error> {
+    let _writing = ctx.written_asc.lock(&route.uid().unwrap_or_default()).await;
+    let asc = asc.cloned().map(|mut asc| {
+        asc.catch_up = known_asc(ctx, route).and_then(|k| k.catch_up);
+        asc
+    });
+    write_locked(ctx, route, asc.as_ref(), fresh).await
+}
+
+/// Writes catch-up's `status.appStoreConnect.catchUp`, keeping the rest as last written; nothing when
+/// the route no longer has a webhook.
+async fn write_catch_up(
+    ctx: &Context,
+    route: &WebhookRoute,
+    catch_up: CatchUpStatus,
+) -> Result<(), Error> {
+    let _writing = ctx.written_asc.lock(&route.uid().unwrap_or_default()).await;
+    let Some(mut asc) = known_asc(ctx, route) else {
+        return Ok(());
+    };
+    asc.catch_up = Some(catch_up);
+    write_locked(ctx, route, Some(&asc), Vec::new()).await
+}
+
+/// [`write`] under the route's lock.
+async fn write_locked(
     ctx: &Context,
     route: &WebhookRoute,
     asc: Option<&AppStoreConnectStatus>,
@@ -205,26 +239,6 @@ fn last_ping_time(route: &WebhookRoute) -> Option<&str> {
         .and_then(|s| s.last_ping_time.as_deref())
 }
 
-/// When the next catch-up pass is due (zero: now; `None`: off), without any call.
-fn catch_up_due_in(
-    ctx: &Context,
-    route: &WebhookRoute,
-    asc: &AppStoreConnectStatus,
-) -> Option<std::time::Duration> {
-    let minutes = route
-        .spec
-        .app_store_connect
-        .as_ref()?
-        .catch_up_interval_minutes()?;
-    asc.webhook_id.as_ref()?;
-    Some(catch_up::next_pass_in(
-        ctx,
-        &failure_key(route),
-        asc.catch_up.as_ref(),
-        std::time::Duration::from_secs(minutes * 60),
-    ))
-}
-
 /// What a failed call depended on: a change to any of it deserves a new attempt at once.
 fn inputs_fingerprint(
     desired: &Desired,
@@ -307,26 +321,17 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
     }
 }
 
-/// The idle pass: nothing the route controls changed and no ping is owed, so App Store Connect is called
-/// only for a due catch-up pass. Apart from [`apply`] because it is the common, cheap path.
+/// The idle pass: nothing the route controls changed and no ping is owed, so App Store Connect is not
+/// called. Apart from [`apply`] because it is the common, cheap path.
 async fn idle(
     ctx: &Context,
     route: &WebhookRoute,
     desired: &Desired,
-    mut asc: AppStoreConnectStatus,
+    asc: AppStoreConnectStatus,
     left: std::time::Duration,
     now: jiff::Timestamp,
 ) -> Result<Action, Error> {
     let recheck = ctx.settings.recheck_interval;
-    let catch_up_due = catch_up_due_in(ctx, route, &asc);
-    let catch_up_next = match catch_up_due {
-        // Due now: the one time an idle route talks to App Store Connect besides the re-read.
-        Some(d) if d.is_zero() => match credential(ctx, route).await? {
-            Ok(client) => catch_up::pass_if_due(ctx, route, &client, &mut asc).await?,
-            Err(_) => Some(recheck),
-        },
-        other => other,
-    };
     let (verified, verify_due) = state::verified_condition(
         &asc,
         last_ping_time(route),
@@ -335,7 +340,7 @@ async fn idle(
         ctx.settings.webhook_verify_timeout,
     );
     write(ctx, route, Some(&asc), vec![verified]).await?;
-    let next = [Some(left), Some(recheck), verify_due, catch_up_next]
+    let next = [Some(left), Some(recheck), verify_due]
         .into_iter()
         .flatten()
         .min();
@@ -375,8 +380,8 @@ async fn sync_failed(
     Ok(Action::requeue(delay))
 }
 
-/// A successful sync: publishes its Event, sends the ping owed, runs a due catch-up pass and records it
-/// all in status, then picks the earliest time something needs another look.
+/// A successful sync: publishes its Event, sends the ping owed and records it all in status, then picks
+/// the earliest time something needs another look.
 async fn record_synced(
     ctx: &Context,
     route: &WebhookRoute,
@@ -398,11 +403,10 @@ async fn record_synced(
         match Webhooks::new(client).ping(&synced.id).await {
             Ok(()) => synced.status.ping_requested_time = Some(at),
             Err(e) => {
-                tracing::warn!(route = %route.name_any(), error = %crate::controllers::credential::error_chain(&e), "test ping not sent; retrying on the next pass")
+                tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "test ping not sent; retrying on the next pass")
             }
         }
     }
-    let catch_up_next = catch_up::pass_if_due(ctx, route, client, &mut synced.status).await?;
     let (verified, verify_due) = state::verified_condition(
         &synced.status,
         last_ping_time(route),
@@ -425,16 +429,10 @@ async fn record_synced(
         .ping_requested_time
         .is_none()
         .then(|| ctx.backoffs.failed(&key));
-    let next = [
-        Some(read_every),
-        Some(recheck),
-        verify_due,
-        retry_ping,
-        catch_up_next,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let next = [Some(read_every), Some(recheck), verify_due, retry_ping]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Action::requeue(next.unwrap_or(recheck)))
 }
 
@@ -451,11 +449,11 @@ async fn credential(
     };
     match ctx.asc_clients.resolve(&namespace, &cred.name).await {
         Ok(resolved) => Ok(Ok(resolved.client)),
-        Err(CredentialProblem::Unusable {
-            transient: true,
-            message,
-            ..
-        }) => Err(Error::Transient(message)),
+        Err(
+            problem @ CredentialProblem::Unusable {
+                transient: true, ..
+            },
+        ) => Err(Error::Credential(problem)),
         Err(CredentialProblem::Unusable {
             reason, message, ..
         }) => Ok(Err(Blocked {
@@ -470,7 +468,7 @@ async fn credential(
 
 /// The `WebhookRegistered` reason and message for a failed sync.
 fn failure(e: &WebhookError) -> (&'static str, String) {
-    let chain = crate::controllers::credential::error_chain(e);
+    let chain = crate::text::error_chain(e);
     let reason = match e {
         WebhookError::Forbidden(_) => "Forbidden",
         WebhookError::TokenScopeRefused(_) => "TokenScopeRefused",

@@ -28,8 +28,6 @@ pub enum CredentialProblem {
 pub struct ResolvedCredential {
     /// The API client (tokens cached inside).
     pub client: AscClient,
-    /// The credential, as read.
-    pub credential: AscCredential,
 }
 
 #[derive(Clone)]
@@ -108,7 +106,6 @@ impl AscClients {
         {
             return Ok(ResolvedCredential {
                 client: cached.client.clone(),
-                credential,
             });
         }
         let api_key = ApiKey::from_pem(
@@ -130,7 +127,7 @@ impl AscClients {
                 client: client.clone(),
             },
         );
-        Ok(ResolvedCredential { client, credential })
+        Ok(ResolvedCredential { client })
     }
 }
 

@@ -14,9 +14,22 @@ pub type WrittenAsc = (Option<AppStoreConnectStatus>, Vec<Condition>);
 #[derive(Default)]
 pub struct WrittenAscStatus {
     by_uid: Mutex<HashMap<String, WrittenAsc>>,
+    /// Two controllers write a route's `status.appStoreConnect` (registration, and catch-up its
+    /// `catchUp`): each reads what was last written and writes under the route's lock, so neither
+    /// writes back what the other replaced. Striped by uid: bounded, and routes rarely share one.
+    writing: [tokio::sync::Mutex<()>; 32],
 }
 
 impl WrittenAscStatus {
+    /// Held while reading what was last written for route `uid` and writing anew.
+    pub async fn lock(&self, uid: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        uid.hash(&mut h);
+        let stripe = (h.finish() % self.writing.len() as u64) as usize;
+        self.writing[stripe].lock().await
+    }
+
     /// What was last written for route `uid`.
     pub fn get(&self, uid: &str) -> Option<WrittenAsc> {
         self.by_uid

@@ -5,11 +5,11 @@ use super::state;
 use crate::asc::api::ApiError;
 use crate::asc::enrich::Enrichment;
 use crate::controllers::context::{Context, CredentialProblem};
-use crate::controllers::credential::error_chain;
 use crate::metrics::ActionLabels;
 use crate::resources::delivery::{EnrichmentStatus, WebhookDeliveryStatus};
 use crate::resources::route::{EnrichPolicy, Rule};
 use crate::resources::{WebhookDelivery, WebhookRoute};
+use crate::text::error_chain;
 use kube::ResourceExt;
 use std::time::Instant;
 

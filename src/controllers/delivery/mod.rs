@@ -81,8 +81,10 @@ enum Pass {
 /// moment ago may not be cached yet).
 async fn route_of(ctx: &Context, d: &WebhookDelivery) -> Result<Option<WebhookRoute>, Error> {
     let namespace = d.namespace().unwrap_or_default();
-    if let Some(store) = ctx.stores.routes()
-        && let Some(r) = store.get(&ObjectRef::new(&d.spec.route).within(&namespace))
+    if let Some(r) = ctx
+        .stores
+        .routes
+        .get(&ObjectRef::new(&d.spec.route).within(&namespace))
     {
         return Ok(Some(r.as_ref().clone()));
     }
@@ -198,9 +200,8 @@ async fn pass_gate<'r>(
     let namespace = d.namespace().unwrap_or_default();
     let was_pruned = || ctx.pruned.contains(&namespace, &d.name_any());
     let waits_behind = || {
-        ctx.stores
-            .unfinished_deliveries()
-            .is_some_and(|store| suspend::waits_behind(d, store.state().iter().map(|o| o.as_ref())))
+        let unfinished = ctx.stores.unfinished.state();
+        suspend::waits_behind(d, unfinished.iter().map(|o| o.as_ref()))
     };
     let verdict = gate(&GateInput {
         delivery: d,

@@ -1,10 +1,14 @@
 use super::*;
+use crate::actions::resource::TypeRef;
+use crate::controllers::resource_kinds::KindFact;
+use crate::resources::AscCredential;
 use crate::resources::route::{EnrichPolicy, EventFilter, HttpAction, JobAction, Rule};
 use crate::resources::{
     AscCredentialSpec, AscCredentialStatus, LocalObjectReference, SecretKeySelector,
     WebhookRouteSpec,
 };
 use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn sel(name: &str, key: &str) -> SecretKeySelector {
     SecretKeySelector {

@@ -5,8 +5,8 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use super::ctx::Ctx;
 use super::error::ApiError;
-use super::ops::Ctx;
 use super::store::meta_str;
 
 fn is_dns_subdomain(s: &str) -> bool {

@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::authz;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::faults::{Fault, RequestRecord, Verb};
 use super::fields::Scope;
-use super::ops::{self, Ctx, DeleteOpts, Deleted, PatchKind};
+use super::ops::{self, DeleteOpts, Deleted, PatchKind};
 use super::registry::ResourceType;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{Store, meta_str};

@@ -157,6 +157,7 @@
 
 mod admission;
 mod authz;
+mod ctx;
 mod error;
 mod faults;
 mod fields;
@@ -182,10 +183,11 @@ use serde_json::Value;
 
 pub use faults::{Fault, FaultRule, RequestRecord, Verb};
 
+use ctx::Ctx;
 use error::ApiError;
 use faults::Faults;
 use fields::Scope;
-use ops::{Ctx, DeleteOpts, PatchKind};
+use ops::{DeleteOpts, PatchKind};
 use server::{Settings, Shared, accept_loop};
 use store::Store;
 

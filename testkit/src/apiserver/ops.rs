@@ -7,21 +7,12 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::admission::{admit, check_name, check_namespace, check_type_meta, meta_mut};
-use super::error::{ApiError, Target};
+use super::ctx::Ctx;
+use super::error::ApiError;
 use super::fields::{self, Entry, Scope};
 use super::patch;
 use super::registry::ResourceType;
 use super::store::{Store, meta_str, now_rfc3339};
-
-pub(crate) struct Ctx {
-    pub rt: Arc<ResourceType>,
-    /// Empty for cluster-scoped types.
-    pub ns: String,
-    pub manager: String,
-    pub dry_run: bool,
-    /// Test seeding: `.status` is written along with the rest and no precondition applies.
-    pub seed: bool,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum PatchKind {
@@ -42,30 +33,6 @@ pub(crate) enum Deleted {
     /// Finalizers are pending: the object stays, with `deletionTimestamp` set.
     Pending(Arc<Value>),
     Gone(Arc<Value>),
-}
-
-impl Ctx {
-    pub fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
-        Target {
-            group: &self.rt.group,
-            kind: &self.rt.plural,
-            name,
-        }
-    }
-
-    pub(crate) fn kind_target<'a>(&'a self, name: &'a str) -> Target<'a> {
-        Target {
-            group: &self.rt.group,
-            kind: &self.rt.kind,
-            name,
-        }
-    }
-
-    fn main_scope(&self) -> Scope {
-        Scope::Main {
-            has_status: self.rt.status_subresource && !self.seed,
-        }
-    }
 }
 
 /// Whether anything outside metadata (and status, when it is a subresource) differs, which is

@@ -3,6 +3,7 @@
 
 mod catch_up;
 mod catch_up_live;
+mod catch_up_unstorable;
 mod deletion;
 mod doctor;
 mod documented_events;

@@ -92,6 +92,8 @@ impl From<&RunArgs> for Settings {
                 .default_service_account
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
+            secret_access: a.secret_access,
+            secret_watch_selector: a.secret_watch_selector.trim().to_owned(),
         }
     }
 }
@@ -171,6 +173,8 @@ pub async fn run_with(
     let identity = replica_identity(&args);
     let ctx = controller_context(&client, &config, &metrics, &args, &identity)?;
     ctx.stores.set_ready_again(readiness.recoveries());
+    ctx.stores
+        .set_secret_observations(receiver.secret_observations());
     let leader_gauge = metrics
         .leader
         .get_or_create_owned(&crate::state_metrics::ReplicaLabels {

@@ -7,9 +7,11 @@ pub mod caught_up;
 pub mod enrichments;
 pub mod holds;
 pub mod job_facts;
+pub mod nudges;
 pub mod pruned;
 pub mod route_secret_facts;
 pub mod stores;
+pub mod webhook_secrets;
 pub mod written_asc;
 
 pub use asc_clients::{AscClients, CredentialProblem, ResolvedCredential, read_key};
@@ -18,9 +20,11 @@ pub use caught_up::CaughtUp;
 pub use enrichments::Enrichments;
 pub use holds::Holds;
 pub use job_facts::{JobFact, JobFacts};
+pub use nudges::Nudges;
 pub use pruned::PrunedEvents;
 pub use route_secret_facts::{RouteSecretFacts, SecretFacts};
 pub use stores::Stores;
+pub use webhook_secrets::{WebhookSecret, WebhookSecrets};
 pub use written_asc::{WrittenAsc, WrittenAscStatus};
 
 use super::delivery_index::DeliveryIndex;
@@ -73,6 +77,10 @@ pub struct Settings {
     pub http_deny: DenyList,
     /// The ServiceAccount impersonated for routes that name none; `None` acts as the operator itself.
     pub default_service_account: Option<String>,
+    /// How changed Secrets are noticed.
+    pub secret_access: crate::cli::SecretAccess,
+    /// Label selector narrowing the Secret metadata watch (empty: every Secret in scope).
+    pub secret_watch_selector: String,
 }
 
 impl Default for Settings {
@@ -96,6 +104,8 @@ impl Default for Settings {
             )
             .unwrap_or_default(),
             default_service_account: None,
+            secret_access: crate::cli::SecretAccess::Watch,
+            secret_watch_selector: String::new(),
         }
     }
 }
@@ -151,6 +161,10 @@ pub struct Context {
     pub caught_up: CaughtUp,
     /// What the App Store Connect webhook reconciler last wrote for each route.
     pub written_asc: WrittenAscStatus,
+    /// The webhook secrets the App Store Connect webhook reconciler last read.
+    pub webhook_secrets: WebhookSecrets,
+    /// The `reconcile-requested-at` values each controller answered.
+    pub nudges: Nudges,
     recorder: Recorder,
     actions: ActionClients,
 }
@@ -183,6 +197,8 @@ impl Context {
             holds: Holds::default(),
             caught_up: CaughtUp::default(),
             written_asc: WrittenAscStatus::default(),
+            webhook_secrets: WebhookSecrets::new(settings_idle(&settings)),
+            nudges: Nudges::default(),
             client,
             metrics,
             settings,

@@ -12,6 +12,7 @@ pub mod matching;
 pub mod resource_kinds;
 pub mod route;
 pub mod route_status;
+pub mod secret_watch;
 pub mod seen;
 pub mod shared_watch;
 mod status;
@@ -242,12 +243,14 @@ fn job_events(
 }
 
 /// The route controller: each route's readiness, counts and pruning, woken by its deliveries (one watch
-/// of every delivery feeds the index it counts from) and by the credentials it names.
+/// of every delivery feeds the index it counts from), by the credentials it names and by changes of the
+/// Secrets it names.
 fn route_controller<S>(
     ctx: &Arc<Context>,
     ns: Option<&str>,
     routes_to_status: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     route_store: Store<WebhookRoute>,
+    secrets_changed: futures::channel::mpsc::Receiver<ObjectRef<WebhookRoute>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -281,6 +284,7 @@ where
         .export_from(route_store.clone(), credential_store);
     let routes = route_controller
         .reconcile_on(route_triggers)
+        .reconcile_on(secrets_changed)
         .watches_stream(credential_events, move |cred| {
             let cred_ns = cred.namespace();
             let cred_name = cred.name_any();
@@ -320,6 +324,7 @@ where
 fn credential_controller<S>(
     ctx: &Arc<Context>,
     ns: Option<&str>,
+    secrets_changed: futures::channel::mpsc::Receiver<ObjectRef<AscCredential>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -333,6 +338,7 @@ where
         watch_reporter("credential", "asccredentials", &ctx.metrics),
     );
     let credentials = Controller::for_stream(credential_stream, credential_store)
+        .reconcile_on(secrets_changed)
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -353,6 +359,7 @@ fn webhook_controller<S>(
     ctx: &Arc<Context>,
     routes_to_register: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     webhook_store: Store<WebhookRoute>,
+    secrets_changed: futures::channel::mpsc::Receiver<ObjectRef<WebhookRoute>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -378,6 +385,7 @@ where
         routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
     let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
         .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
+        .reconcile_on(secrets_changed)
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -549,16 +557,33 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    // Changed Secrets wake the three controllers that read them.
+    let (secret_watch, secrets_changed) = secret_watch::start(&ctx, ns);
     let webhook_store = route_store.clone();
-    let routes = route_controller(&ctx, ns, routes_to_status, route_store, shutdown.clone());
+    let routes = route_controller(
+        &ctx,
+        ns,
+        routes_to_status,
+        route_store,
+        secrets_changed.routes,
+        shutdown.clone(),
+    );
 
-    let credentials = credential_controller(&ctx, ns, shutdown.clone());
+    let credentials =
+        credential_controller(&ctx, ns, secrets_changed.credentials, shutdown.clone());
 
-    let webhooks = webhook_controller(&ctx, routes_to_register, webhook_store, shutdown.clone());
+    let webhooks = webhook_controller(
+        &ctx,
+        routes_to_register,
+        webhook_store,
+        secrets_changed.webhooks,
+        shutdown.clone(),
+    );
 
     let controllers = async {
         tokio::join!(deliveries, routes, credentials, webhooks);
     };
     stop_with(controllers, route_watch, shutdown).await;
+    secret_watch.abort();
     ctx.resource_kinds.stop();
 }

@@ -2,12 +2,13 @@
 //! `route_status`), counts and prunes deliveries, and applies the status.
 //!
 //! It is watch-driven: it runs when a route changes, when one of its deliveries changes (the delivery
-//! index, fed by one watch, says which route), and when a referenced credential changes. Counting never
-//! lists. Secrets are read by name rather than watched (a cluster-wide Secret watch would hold every
-//! Secret of every namespace in memory and need list/watch on all of them), so what was read is kept per
-//! route and read again only when the route changes, when a Ready route's `--secret-recheck-interval`
-//! (jittered) passes, or every `--recheck-interval` while the route is not Ready. An idle Ready route
-//! costs one GET per referenced Secret per `--secret-recheck-interval`, nothing else.
+//! index, fed by one watch, says which route), when a referenced credential changes, and when a Secret it
+//! names changes (the Secret metadata watch, or this replica's receiver finding it missing or changed:
+//! `secret_watch`). Counting never lists. What was read of the Secrets is kept per route and read again
+//! only when one of them is seen to change, when the route's spec or its `reconcile-requested-at`
+//! annotation changes, when a Ready route's `--secret-recheck-interval` (jittered) passes, or every
+//! `--recheck-interval` while the route is not Ready. An idle Ready route costs nothing but that rare
+//! re-read.
 
 use super::context::{Context, SecretFacts};
 use super::delivery_index::DeliverySummary;
@@ -27,6 +28,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// This controller's name in [`crate::controllers::context::Nudges`].
+const NUDGE: &str = "route";
 /// How soon to look again while the delivery index is still loading its first list.
 const INDEX_LOADING_RETRY: Duration = Duration::from_millis(500);
 /// How soon to look again after a status write lost to a newer version of the route.
@@ -167,7 +170,10 @@ async fn secret_facts(
     namespace: &str,
 ) -> Result<(SecretFacts, Instant), Error> {
     let generation = route.metadata.generation;
+    // A person asked for a fresh look (`reconcile-requested-at`): read again whatever was cached.
+    let nudged = ctx.nudges.pending(NUDGE, route);
     if let Some(cached) = ctx.route_secrets.get(route)
+        && !nudged
         && cached.generation == generation
         && cached.fresh_until > Instant::now()
     {
@@ -207,6 +213,7 @@ async fn secret_facts(
         fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
     };
     ctx.route_secrets.remember(route, facts.clone());
+    ctx.nudges.answered(NUDGE, route);
     let until = facts.fresh_until;
     Ok((facts, until))
 }
@@ -233,7 +240,7 @@ async fn kind_facts(
 }
 
 /// ±20 %, so routes created together do not re-read together.
-fn jittered(d: Duration) -> Duration {
+pub(crate) fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
 }
 

@@ -1,9 +1,10 @@
 //! What the controllers' watches and the receiver hand over once they started.
 
+use crate::receiver::secret_cache::SecretId;
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use kube::runtime::reflector::Store;
 use std::sync::OnceLock;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// The watch-fed stores the controllers share, and the receiver's recoveries from unready. Each is
 /// installed once when its watch starts; later installs are ignored.
@@ -13,6 +14,7 @@ pub struct Stores {
     routes: OnceLock<Store<WebhookRoute>>,
     unfinished: OnceLock<Store<WebhookDelivery>>,
     ready_again: OnceLock<watch::Receiver<u64>>,
+    secret_observations: OnceLock<broadcast::Sender<SecretId>>,
 }
 
 impl Stores {
@@ -54,6 +56,18 @@ impl Stores {
     /// Hands the controllers the receiver's recoveries from unready.
     pub fn set_ready_again(&self, recoveries: watch::Receiver<u64>) {
         let _ = self.ready_again.set(recoveries);
+    }
+
+    /// The Secrets this replica's receiver found missing or changed, when the operator wired them.
+    pub fn secret_observations(&self) -> Option<broadcast::Receiver<SecretId>> {
+        self.secret_observations
+            .get()
+            .map(broadcast::Sender::subscribe)
+    }
+
+    /// Hands the controllers the receiver's observations of changed Secrets.
+    pub fn set_secret_observations(&self, observations: broadcast::Sender<SecretId>) {
+        let _ = self.secret_observations.set(observations);
     }
 }
 

@@ -96,3 +96,24 @@ async fn a_route_not_managed_by_the_operator_never_accepts_the_old_secret() {
     assert_eq!(status, 401, "no grace without spec.appStoreConnect");
     op.stop().await;
 }
+
+#[tokio::test]
+async fn a_rotated_secret_reaches_app_store_connect_within_seconds_without_a_short_recheck() {
+    let (api, mock) = world().await;
+    // Nothing re-reads the Secret for minutes, so the PATCH comes from noticing the change.
+    let op = start_reachable(&api, &mock, &["--recheck-interval", "5m"]).await;
+    managed_route(&api, "release", "", RULES).await;
+    let route = registered_and_verified(&api, "release").await;
+    let id = webhook_id(&route);
+    put_secret(&api, "hook-secret", &[("secret", NEW_SECRET)]).await;
+    eventually(
+        "App Store Connect has the new secret",
+        Duration::from_secs(10),
+        || {
+            let rotated = mock.webhook(&id).is_some_and(|w| w.secret == NEW_SECRET);
+            async move { rotated.then_some(()) }
+        },
+    )
+    .await;
+    op.stop().await;
+}

@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod delivery_index;
 pub mod error;
 pub mod impersonation;
+pub mod match_lint;
 pub mod matching;
 pub mod resource_kinds;
 pub mod route;

@@ -13,6 +13,7 @@
 use super::context::{Context, SecretFacts};
 use super::delivery_index::DeliverySummary;
 use super::impersonation::Identity;
+use super::match_lint;
 use super::resource_kinds::KindFact;
 use super::route_status::{self, RouteFacts};
 use super::{Error, status};
@@ -70,7 +71,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     let mine: Vec<&DeliverySummary> = owned.iter().collect();
     let prune = route_status::to_prune(&mine, route.spec.history_limit());
 
-    let new_status = route_status::desired_status(
+    let mut new_status = route_status::desired_status(
         &route,
         &mine,
         &prune,
@@ -78,6 +79,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
         ctx.settings.public_url.as_deref(),
         &crate::time::now_rfc3339(),
     );
+    match_lint::name_in_ready(&mut new_status, &match_lint::unknown_values(&route));
     if !write_status(&ctx, &route, &new_status).await? {
         return Ok(Action::requeue(STALE_RETRY));
     }
@@ -125,6 +127,20 @@ async fn write_status(
         && was_ready != Some(false)
     {
         ctx.event(route, true, &r.reason, r.message.clone()).await;
+    }
+    // A rule naming a value no documented event has: said once per new wording, as the route stays Ready.
+    let was_message = route
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, "Ready"))
+        .map(|c| c.message.as_str());
+    if let Some(r) = ready
+        && r.is_true()
+        && r.reason == match_lint::REASON
+        && was_message != Some(r.message.as_str())
+    {
+        ctx.event(route, true, match_lint::REASON, r.message.clone())
+            .await;
     }
     Ok(true)
 }

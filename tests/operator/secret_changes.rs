@@ -151,3 +151,35 @@ async fn the_reconcile_requested_at_annotation_rereads_a_routes_secrets_at_once(
         .unwrap();
     ready_is(&world, "False", "SecretNotFound").await;
 }
+
+#[tokio::test]
+async fn a_rule_naming_an_undocumented_type_or_state_stays_ready_but_is_named_with_the_nearest_known_one()
+ {
+    let world = World::example(ROUTE, &[]).await;
+    world.wait_route_ready().await;
+    world
+        .add_route(
+            "typo",
+            "    - name: notify\n      match: {eventTypes: [buildUploadStateUpdatedd], newStates: [COMPLET]}\n      job: {template: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: run, image: busybox}]}}}}}\n",
+        )
+        .await;
+    // Ready as ever: Apple adds types and states, so the value is kept; only the wording warns.
+    let (reason, message) = world.route_ready("typo", "True").await;
+    assert_eq!(reason, "UnknownMatchValue");
+    for named in [
+        r#"match.eventTypes "buildUploadStateUpdatedd""#,
+        r#"did you mean "buildUploadStateUpdated"?"#,
+        r#"match.newStates "COMPLET""#,
+        r#"did you mean "COMPLETE"?"#,
+    ] {
+        assert!(message.contains(named), "{named} in {message}");
+    }
+    let event = warning_event(&world, "UnknownMatchValue").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("buildUploadStateUpdatedd"),
+        "{event}"
+    );
+}

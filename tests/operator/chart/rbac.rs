@@ -31,7 +31,9 @@ fn default_rbac_is_a_cluster_role_with_exactly_the_operators_calls() {
 /// default; `get` keeps the least-privilege grant.
 #[test]
 fn secrets_are_read_by_name_or_created_and_watched_only_with_secret_access_watch() {
-    let watch: Vec<String> = ["get", "list", "watch", "create"].map(String::from).to_vec();
+    let watch: Vec<String> = ["get", "list", "watch", "create"]
+        .map(String::from)
+        .to_vec();
     let by_name: Vec<String> = ["get", "create"].map(String::from).to_vec();
     let get_only = template(&["--set", "secretAccess=get"]);
     for (docs, want) in [

@@ -176,6 +176,8 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
     let generation = cred.metadata.generation;
     let now = crate::time::now_rfc3339();
 
+    // This reconcile runs when the credential or its Secret changed: others resolve it afresh.
+    ctx.asc_clients.forget(&namespace, &name);
     let check = check_key(&ctx, &cred, &namespace).await?;
     // A person asked for a fresh look (`reconcile-requested-at`): the key was just read; verify it now.
     let nudged = ctx.nudges.pending(NUDGE, cred.as_ref());

@@ -131,6 +131,18 @@ async fn write(
     if previous_asc.as_ref() == asc && before == conditions {
         return Ok(());
     }
+    let recorded = route
+        .status
+        .as_ref()
+        .and_then(|s| s.app_store_connect.as_deref());
+    if before == conditions && state::only_progress_moved(recorded, asc, jiff::Timestamp::now()) {
+        // Kept in memory, not written: see `state::only_progress_moved`.
+        if let Some(uid) = route.uid() {
+            ctx.written_asc
+                .remember(&uid, Some((asc.cloned(), conditions)));
+        }
+        return Ok(());
+    }
     let api: Api<WebhookRoute> =
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     apply_status(&api, &route.name_any(), asc, &conditions).await?;
@@ -467,7 +479,12 @@ async fn credential(
             message: "spec.appStoreConnect needs spec.credentialRef".into(),
         }));
     };
-    match ctx.asc_clients.resolve(&namespace, &cred.name).await {
+    let trust = ctx.settings.secret_recheck_interval;
+    match ctx
+        .asc_clients
+        .resolve_trusted(&namespace, &cred.name, trust)
+        .await
+    {
         Ok(resolved) => Ok(Ok(resolved.client)),
         Err(CredentialProblem::Unusable {
             transient: true,

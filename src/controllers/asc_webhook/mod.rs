@@ -480,9 +480,12 @@ async fn credential(
         }));
     };
     let trust = ctx.settings.secret_recheck_interval;
+    let watched = ctx.stores.credentials().and_then(|s| {
+        s.get(&kube::runtime::reflector::ObjectRef::new(&cred.name).within(&namespace))
+    });
     match ctx
         .asc_clients
-        .resolve_trusted(&namespace, &cred.name, trust)
+        .resolve_trusted(&namespace, &cred.name, trust, watched.as_deref())
         .await
     {
         Ok(resolved) => Ok(Ok(resolved.client)),

@@ -72,10 +72,19 @@ impl AscClients {
         namespace: &str,
         name: &str,
         trust: Duration,
+        watched: Option<&AscCredential>,
     ) -> Result<ResolvedCredential, CredentialProblem> {
         let key = (namespace.to_owned(), name.to_owned());
+        // Only while the watch still shows the credential it was made from: a deleted or changed one is
+        // read again at once.
+        let same = |c: &AscCredential| {
+            watched.is_some_and(|w| {
+                w.uid() == c.uid() && w.metadata.generation == c.metadata.generation
+            })
+        };
         if let Some(cached) = self.cached.get(&key)
             && cached.read_at.elapsed() < trust
+            && same(&cached.credential)
         {
             return Ok(ResolvedCredential {
                 client: cached.client,

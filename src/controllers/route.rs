@@ -58,10 +58,24 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
             &route,
             SecretFacts {
                 fresh_until: soon,
+                shortened: true,
                 ..secrets
             },
         );
         soon
+    } else if problems.is_empty() && secrets.shortened {
+        // Ready now (its webhook got registered, say): the Secrets read a moment ago are trusted as long
+        // as any Ready route's, instead of being read again at the short re-check.
+        let until = Instant::now() + jittered(ctx.settings.secret_recheck_interval);
+        ctx.route_secrets.remember(
+            &route,
+            SecretFacts {
+                fresh_until: until,
+                shortened: false,
+                ..secrets
+            },
+        );
+        until
     } else {
         fresh_until
     };
@@ -227,6 +241,7 @@ async fn secret_facts(
         secrets: secrets.into_boxed_slice(),
         missing_service_account,
         fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
+        shortened: false,
     };
     ctx.route_secrets.remember(route, facts.clone());
     ctx.nudges.answered(NUDGE, route);

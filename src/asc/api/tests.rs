@@ -261,8 +261,10 @@ async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
         "http://127.0.0.1:9/hook",
     ));
     let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
-    for n in 0..3 {
-        let at = format!("2026-12-01T10:00:0{n}Z");
+    // Inside the day the filter asks for, whatever today is.
+    for n in 1..=3 {
+        let at =
+            crate::time::format_ts(jiff::Timestamp::now() - jiff::SignedDuration::from_mins(n));
         mock.log_delivery(&id, payload, testkit::asc_mock::DeliveryState::Failed, &at);
     }
     let since =

@@ -183,3 +183,88 @@ async fn a_rule_naming_an_undocumented_type_or_state_stays_ready_but_is_named_wi
         "{event}"
     );
 }
+
+fn credential_ready(world: &World) -> Option<(String, String)> {
+    let c = world.api.get_object("asccredentials", NS, "team-key")?;
+    let ready = c["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .clone();
+    Some((
+        ready["status"].as_str()?.to_owned(),
+        ready["reason"].as_str()?.to_owned(),
+    ))
+}
+
+async fn credential_is(world: &World, status: &str, reason: &str) {
+    eventually(
+        &format!("credential team-key is Ready={status} ({reason})"),
+        SOON,
+        || {
+            let now = credential_ready(world);
+            async move { (now == Some((status.to_owned(), reason.to_owned()))).then_some(()) }
+        },
+    )
+    .await;
+}
+
+fn verifications(world: &World) -> usize {
+    world
+        .asc
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/v1/apps?limit=1"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_ready_credential_follows_its_key_secret_within_seconds_and_verifies_again_when_asked() {
+    let world = World::example(ROUTE, &[]).await;
+    world.wait_route_ready().await;
+    credential_is(&world, "True", "KeyUsable").await;
+    eventually("the key is verified", SOON, || async {
+        (verifications(&world) >= 1).then_some(())
+    })
+    .await;
+
+    // A Ready credential re-reads its key every 10 minutes at most; these come from the change.
+    let secrets: Api<Secret> = Api::namespaced(world.api.client(), NS);
+    let key: Secret = secrets.get("asc-api-key").await.unwrap();
+    secrets
+        .delete("asc-api-key", &DeleteParams::default())
+        .await
+        .unwrap();
+    credential_is(&world, "False", "SecretNotFound").await;
+    ready_is(&world, "False", "CredentialNotReady").await;
+    let restored = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("asc-api-key".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: key.data,
+        ..Default::default()
+    };
+    secrets
+        .create(&kube::api::PostParams::default(), &restored)
+        .await
+        .unwrap();
+    credential_is(&world, "True", "KeyUsable").await;
+    ready_is(&world, "True", "Ready").await;
+
+    // Verification is due every 12 hours; the annotation asks for one now.
+    let before = verifications(&world);
+    let credentials: Api<asc_webhook_operator::resources::AscCredential> =
+        Api::namespaced(world.api.client(), NS);
+    let nudge = serde_json::json!({"metadata": {"annotations": {
+        "asc.webhooks.dev/reconcile-requested-at": "2026-12-04T19:00:00Z"}}});
+    credentials
+        .patch("team-key", &PatchParams::default(), &Patch::Merge(&nudge))
+        .await
+        .unwrap();
+    eventually("the key is verified again", SOON, || async {
+        (verifications(&world) > before).then_some(())
+    })
+    .await;
+}

@@ -116,3 +116,32 @@ async fn a_rotated_secret_reaches_app_store_connect_within_seconds_without_a_sho
     .await;
     op.stop().await;
 }
+
+#[tokio::test]
+async fn the_reconcile_requested_at_annotation_reads_the_webhook_back_and_catches_up_now() {
+    let (api, mock) = world().await;
+    let op = start_reachable(&api, &mock, &["--recheck-interval", "5m"]).await;
+    managed_route(&api, "release", "", RULES).await;
+    let id = webhook_id(&registered_and_verified(&api, "release").await);
+    // Read-backs are due every 30 minutes and catch-up passes every 10: none comes by itself here.
+    let read_backs = || calls(&mock, "GET", &format!("/v1/webhooks/{id}"));
+    let passes = || calls(&mock, "GET", &format!("/v1/webhooks/{id}/deliveries"));
+    let (reads_before, passes_before) = (read_backs() - passes(), passes());
+    edit_route(
+        &api,
+        "release",
+        serde_json::json!({"metadata": {"annotations": {
+            "asc.webhooks.dev/reconcile-requested-at": "2026-12-04T19:00:00Z"}}}),
+    )
+    .await;
+    eventually(
+        "the webhook is read back and a catch-up pass made",
+        Duration::from_secs(10),
+        || {
+            let (reads, passes) = (read_backs() - passes(), passes());
+            async move { (reads > reads_before && passes > passes_before).then_some(()) }
+        },
+    )
+    .await;
+    op.stop().await;
+}

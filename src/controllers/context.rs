@@ -54,10 +54,11 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// Options of App Store Connect API clients.
     pub asc: AscClientOptions,
-    /// How often routes and not-ready credentials are re-checked without a watched change (Secrets are
-    /// read by name, not watched).
+    /// How often routes that are not Ready and not-ready credentials are re-checked without a watched
+    /// change.
     pub recheck_interval: Duration,
-    /// How often a Ready route's Secrets are read again (jittered).
+    /// How often a Ready route's Secrets (and its webhook secret) are read again without a sign of
+    /// change (jittered): the safety net behind the Secret watch.
     pub secret_recheck_interval: Duration,
     /// Reconciles running at once, per controller.
     pub max_concurrent_reconciles: u16,

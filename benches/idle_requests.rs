@@ -3,6 +3,10 @@
 //!
 //! `cargo bench --bench idle_requests` (the release binary against the in-process fake API server, whose
 //! request log counts every call). `ASC_BENCH_IDLE_SECONDS` shortens the idle window (default 60).
+//! `ASC_BENCH_ROUTES=declared` makes every route declare its Apple webhook (`spec.appStoreConnect`,
+//! registered in the mock App Store Connect, ten per app as Apple allows): the window starts once all of
+//! them are registered and verified by a ping, and App Store Connect calls are counted too.
+//! `ASC_BENCH_SECRET_ACCESS=get` runs the operator with `--secret-access get`.
 //!
 //! Each route refers to two Secrets (its webhook secret and a Slack URL), as a typical route does, and the
 //! operator runs with leader election, as the chart installs it. Watches count when they are (re)opened.
@@ -16,14 +20,18 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use testkit::apiserver::{FakeApiServer, FakeApiServerOptions};
+use testkit::asc_mock::{AscMock, AscMockOptions, TEST_ISSUER_ID, TEST_KEY_ID};
 
 const NS: &str = "bench";
 const ROUTES: usize = 1_000;
+/// Apple's limit of webhooks per app.
+const WEBHOOKS_PER_APP: usize = 10;
 
-fn route(name: &str) -> serde_json::Value {
-    json!({
+/// Route `i`; `declared`: it declares its Apple webhook (in app `i / 10`) with the credential `team`.
+fn route(i: usize, declared: bool) -> serde_json::Value {
+    let mut route = json!({
         "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": format!("route-{i}"), "namespace": NS},
         "spec": {
             "secretRef": {"name": "hook", "key": "secret"},
             "rules": [{
@@ -32,7 +40,55 @@ fn route(name: &str) -> serde_json::Value {
                 "http": {"urlSecretRef": {"name": "slack", "key": "url"}}
             }]
         }
-    })
+    });
+    if declared {
+        route["spec"]["credentialRef"] = json!({"name": "team"});
+        route["spec"]["appStoreConnect"] = json!({"appId": app_id(i)});
+    }
+    route
+}
+
+fn app_id(route: usize) -> String {
+    (1_000_000_000 + route / WEBHOOKS_PER_APP).to_string()
+}
+
+/// The credential `team` and its key's Secret, pointing at `mock`.
+fn credential(api: &FakeApiServer, mock: &AscMock, root: &std::path::Path) {
+    let pem = std::fs::read_to_string(root.join("tests/fixtures/asc/keys/AuthKey_TEST2K9Q7X.p8"))
+        .expect("test key");
+    api.put_object(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "team-key", "namespace": NS},
+            "stringData": {"AuthKey.p8": pem}}),
+    )
+    .expect("key secret");
+    api.put_object(
+        "asccredentials",
+        json!({"apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "AscCredential",
+            "metadata": {"name": "team", "namespace": NS},
+            "spec": {"keyId": TEST_KEY_ID, "issuerId": TEST_ISSUER_ID, "apiUrl": mock.url(),
+                "privateKeySecretRef": {"name": "team-key", "key": "AuthKey.p8"}}}),
+    )
+    .expect("credential");
+}
+
+fn secret_access() -> String {
+    std::env::var("ASC_BENCH_SECRET_ACCESS").unwrap_or_else(|_| "watch".into())
+}
+
+/// The flags of the variant: Secret access, and with declared routes a public URL the mock can deliver
+/// pings to and the mock as an allowed API origin.
+fn mode_flags(mock: Option<&AscMock>, public: u16) -> Vec<String> {
+    let mut flags = vec!["--secret-access".to_owned(), secret_access()];
+    if let Some(mock) = mock {
+        flags.extend([
+            "--public-url".to_owned(),
+            format!("http://127.0.0.1:{public}"),
+            "--asc-api-origins".to_owned(),
+            mock.url(),
+        ]);
+    }
+    flags
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -52,13 +108,15 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-fn ready_routes(api: &FakeApiServer) -> usize {
+/// Routes whose conditions `wanted` are all True.
+fn routes_with(api: &FakeApiServer, wanted: &[&str]) -> usize {
     api.list_objects("webhookroutes", Some(NS))
         .iter()
         .filter(|r| {
             r["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                wanted
+                    .iter()
+                    .all(|w| c.iter().any(|c| c["type"] == *w && c["status"] == "True"))
             })
         })
         .count()
@@ -90,8 +148,21 @@ async fn main() {
         )
         .expect("secret");
     }
+    let declared = std::env::var("ASC_BENCH_ROUTES").is_ok_and(|v| v == "declared");
+    let mock = if declared {
+        let mock = AscMock::start(AscMockOptions::default())
+            .await
+            .expect("mock App Store Connect");
+        for i in (0..ROUTES).step_by(WEBHOOKS_PER_APP) {
+            mock.add_app(&app_id(i));
+        }
+        credential(&api, &mock, root);
+        Some(mock)
+    } else {
+        None
+    };
     for i in 0..ROUTES {
-        api.put_object("webhookroutes", route(&format!("route-{i}")))
+        api.put_object("webhookroutes", route(i, declared))
             .expect("route");
     }
 
@@ -121,25 +192,33 @@ async fn main() {
             "--log-filter",
             "warn",
         ])
+        .args(mode_flags(mock.as_ref(), public))
         .env("KUBECONFIG", &kubeconfig)
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("operator binary starts");
     let pid = child.id();
 
+    let wanted: &[&str] = if declared {
+        &["Ready", "WebhookRegistered", "WebhookVerified"]
+    } else {
+        &["Ready"]
+    };
+    let patience = Duration::from_secs(if declared { 600 } else { 120 });
     let started = Instant::now();
-    while ready_routes(&api) < ROUTES {
+    while routes_with(&api, wanted) < ROUTES {
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "only {} of {ROUTES} routes became Ready",
-            ready_routes(&api)
+            started.elapsed() < patience,
+            "only {} of {ROUTES} routes became {wanted:?}",
+            routes_with(&api, wanted)
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let settled_after = started.elapsed();
     // Let the last status writes and their watch events pass before measuring "idle".
     tokio::time::sleep(Duration::from_secs(5)).await;
     api.clear_request_log();
+    let asc_before = mock.as_ref().map_or(0, |m| m.requests().len());
     let window = Instant::now();
     let mut rss_max = 0;
     while window.elapsed() < Duration::from_secs(idle_secs) {
@@ -148,6 +227,7 @@ async fn main() {
     }
     let elapsed = window.elapsed().as_secs_f64();
     let log = api.request_log();
+    let asc_calls = mock.as_ref().map_or(0, |m| m.requests().len() - asc_before);
     if wrapper.is_some() {
         // The operator is the wrapper's descendant; its listen port names it alone.
         let _ = std::process::Command::new("pkill")
@@ -176,9 +256,15 @@ async fn main() {
         .filter(|((verb, _), _)| verb == "List")
         .map(|(_, n)| n)
         .sum::<usize>();
+    let kind = if declared {
+        "Ready routes with appStoreConnect, registered and verified,"
+    } else {
+        "Ready plain routes"
+    };
     println!(
-        "idle_requests: {ROUTES} Ready routes (settled after {:.1} s), {elapsed:.0} s idle, leader election on",
-        settled_after.as_secs_f64()
+        "idle_requests: {ROUTES} {kind} (settled after {:.1} s), {elapsed:.0} s idle, leader election on, --secret-access {}",
+        settled_after.as_secs_f64(),
+        secret_access()
     );
     println!("| verb | resource | requests | per second |");
     println!("|---|---|---|---|");
@@ -191,6 +277,12 @@ async fn main() {
         log.len() as f64 / elapsed
     );
     println!("| LIST | | {lists} | (goal 0) |");
+    if declared {
+        println!(
+            "| App Store Connect | | {asc_calls} | {:.3} (goal 0 between catch-up passes and read-backs) |",
+            asc_calls as f64 / elapsed
+        );
+    }
     println!(
         "| RSS, max over the window | | {:.1} MiB | (goal ≤ 25 MiB) |",
         rss_max as f64 / 1024.0

@@ -86,6 +86,19 @@ impl Switch {
     }
 }
 
+/// How the leader learns that a Secret a route or credential names changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SecretAccess {
+    /// Watch Secret metadata (name and `resourceVersion`, never values) in the watched namespaces, and
+    /// read a named Secret by name when it changes: status follows within seconds, an idle route costs
+    /// nothing. Needs `get`, `list` and `watch` on Secrets.
+    Watch,
+    /// Only read Secrets by name (`get`): a change is seen on the re-checks, at once when this replica's
+    /// receiver finds a Secret missing or changed, and on the `asc.webhooks.dev/reconcile-requested-at`
+    /// annotation.
+    Get,
+}
+
 /// Settings of `run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -141,14 +154,24 @@ pub struct RunArgs {
     #[arg(long, env = "ASC_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
     /// How often routes that are not Ready and not-ready credentials are re-checked without a watched
-    /// change; a fixed Secret takes effect within this time (Secrets are read by name, not watched).
+    /// change (what no watch shows: a missing ServiceAccount, and Secrets with `--secret-access get`).
     #[arg(long, env = "ASC_RECHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub recheck_interval: Duration,
-    /// How often a Ready route's Secrets are read again to confirm they still exist and hold their keys
-    /// (jittered by ±20 % so 1,000 routes do not read together). Routes that are not Ready are re-checked
-    /// every `--recheck-interval`; any change to the route re-reads at once.
+    /// How often a Ready route's Secrets (its webhook secret too, with `appStoreConnect`) are read again
+    /// without a sign of change (jittered by ±20 % so 1,000 routes do not read together): the safety net
+    /// behind the Secret watch, and with `--secret-access get` the time a change can take. A change of
+    /// the route's spec or of its `asc.webhooks.dev/reconcile-requested-at` annotation re-reads at once.
     #[arg(long, env = "ASC_SECRET_RECHECK_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub secret_recheck_interval: Duration,
+    /// How the leader learns of changed Secrets: `watch` (a metadata-only watch of Secrets; needs list and
+    /// watch on Secrets) or `get` (reads by name only: least privilege, slower to notice).
+    #[arg(long, env = "ASC_SECRET_ACCESS", value_enum, default_value = "watch")]
+    pub secret_access: SecretAccess,
+    /// With `--secret-access watch`: a label selector narrowing the Secret watch (e.g.
+    /// `asc.webhooks.dev/watch=true`); Secrets outside it are noticed on the re-checks only. Empty: every
+    /// Secret of the watched namespaces.
+    #[arg(long, env = "ASC_SECRET_WATCH_SELECTOR", default_value = "")]
+    pub secret_watch_selector: String,
     /// Reconciles running at once, per controller (each holds API connections while it runs).
     #[arg(long, env = "ASC_MAX_CONCURRENT_RECONCILES", default_value_t = 8)]
     pub max_concurrent_reconciles: u16,

@@ -51,6 +51,8 @@ pub enum Verdict {
     Fail,
     /// Not checked (nothing to check yet).
     Skip,
+    /// Works, but likely not as meant (a `match` value no documented event has).
+    Warn,
 }
 
 /// One call and what it showed.
@@ -74,6 +76,7 @@ impl fmt::Display for Check {
             Verdict::Ok => "OK  ",
             Verdict::Fail => "FAIL",
             Verdict::Skip => "SKIP",
+            Verdict::Warn => "WARN",
         };
         let status = self.status.map_or("-".to_owned(), |s| s.to_string());
         write!(f, "{verdict} {} -> {status}: {}", self.request, self.note)?;
@@ -203,13 +206,33 @@ async fn setup(kube: &Client, o: &Options) -> Result<Setup, DoctorError> {
 /// Reads the route and its credential with `kube`, then makes each App Store Connect call.
 pub async fn diagnose(kube: Client, o: &Options) -> Result<Report, DoctorError> {
     let s = setup(&kube, o).await?;
-    let mut checks = vec![token(&s).await];
+    let mut checks = vec![rule_filters(&s.route), token(&s).await];
     checks.push(app(&s).await);
     let (check, found) = webhooks(&s).await;
     checks.push(check);
     checks.push(delivery_log(&s, found, o.lookback).await);
     checks.push(last_instance(&s, &kube).await);
     Ok(Report { checks })
+}
+
+/// The rules' `match` values that no documented event has (typos, or types Apple added since).
+fn rule_filters(route: &WebhookRoute) -> Check {
+    let unknown = crate::controllers::match_lint::unknown_values(route);
+    Check {
+        verdict: if unknown.is_empty() {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        },
+        request: "spec.rules[].match".into(),
+        status: None,
+        apple: None,
+        note: if unknown.is_empty() {
+            "every event type and state named is documented".into()
+        } else {
+            crate::controllers::match_lint::describe(&unknown)
+        },
+    }
 }
 
 async fn token(s: &Setup) -> Check {

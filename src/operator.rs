@@ -90,6 +90,8 @@ impl From<&RunArgs> for Settings {
                 .default_service_account
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
+            secret_access: a.secret_access,
+            secret_watch_selector: a.secret_watch_selector.trim().to_owned(),
         }
     }
 }
@@ -173,7 +175,9 @@ pub async fn run_with(
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = replica_identity(&args);
-    let process = controller_process(&client, &config, &metrics, &args, &identity, &readiness)?;
+    let process = controller_process(&client, &config, &metrics, &args, &identity, &readiness)?
+        .with_secret_observations(receiver.secret_observations());
+    let process = Arc::new(process);
     let leader_gauge = metrics
         .leader
         .get_or_create_owned(&crate::state_metrics::ReplicaLabels {
@@ -223,26 +227,24 @@ fn controller_process(
     args: &RunArgs,
     identity: &str,
     readiness: &Readiness,
-) -> Result<Arc<Process>, RunError> {
+) -> Result<Process, RunError> {
     let reporter = kube::runtime::events::Reporter {
         controller: crate::resources::names::OPERATOR.into(),
         instance: Some(identity.to_owned()),
     };
-    Ok(Arc::new(
-        Process::new(
-            client.clone(),
-            metrics.clone(),
-            Settings::from(args),
-            reporter,
-            DeliveryStore::new(
-                Arc::new(KubeDeliveries::new(client.clone())),
-                ReceiverConfig::from(args).record_limits(),
-            ),
-        )
-        .map_err(RunError::HttpClient)?
-        .with_action_clients(ActionClients::from_config(client.clone(), config.clone()))
-        .with_ready_again(readiness.recoveries()),
-    ))
+    Ok(Process::new(
+        client.clone(),
+        metrics.clone(),
+        Settings::from(args),
+        reporter,
+        DeliveryStore::new(
+            Arc::new(KubeDeliveries::new(client.clone())),
+            ReceiverConfig::from(args).record_limits(),
+        ),
+    )
+    .map_err(RunError::HttpClient)?
+    .with_action_clients(ActionClients::from_config(client.clone(), config.clone()))
+    .with_ready_again(readiness.recoveries()))
 }
 
 /// Every minute, forgets the receiver's quiet routes; when work has stopped, hands freed memory back.

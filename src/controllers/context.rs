@@ -9,9 +9,11 @@ pub mod caught_up;
 pub mod enrichments;
 pub mod holds;
 pub mod job_facts;
+pub mod nudges;
 pub mod pruned;
 pub mod route_secret_facts;
 pub mod stores;
+pub mod webhook_secrets;
 pub mod written_asc;
 
 pub use asc_clients::{AscClients, CredentialProblem, read_key};
@@ -20,9 +22,11 @@ pub use caught_up::CaughtUp;
 pub use enrichments::Enrichments;
 pub use holds::Holds;
 pub use job_facts::{JobFact, JobFacts};
+pub use nudges::Nudges;
 pub use pruned::PrunedEvents;
 pub use route_secret_facts::{RouteSecretFacts, SecretFacts};
 pub use stores::Stores;
+pub use webhook_secrets::{WebhookSecret, WebhookSecrets};
 pub use written_asc::WrittenAscStatus;
 
 use super::delivery_index::DeliveryIndex;
@@ -40,7 +44,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use crate::receiver::secret_cache::SecretId;
+use tokio::sync::{broadcast, watch};
 
 /// Settings of the controllers, from the command line.
 #[derive(Debug, Clone)]
@@ -55,10 +60,11 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// Options of App Store Connect API clients.
     pub asc: AscClientOptions,
-    /// How often routes and not-ready credentials are re-checked without a watched change (Secrets are
-    /// read by name, not watched).
+    /// How often routes that are not Ready and not-ready credentials are re-checked without a watched
+    /// change.
     pub recheck_interval: Duration,
-    /// How often a Ready route's Secrets are read again (jittered).
+    /// How often a Ready route's Secrets (and its webhook secret) are read again without a sign of
+    /// change (jittered): the safety net behind the Secret watch.
     pub secret_recheck_interval: Duration,
     /// Reconciles running at once, per controller.
     pub max_concurrent_reconciles: u16,
@@ -78,6 +84,10 @@ pub struct Settings {
     pub http_deny: DenyList,
     /// The ServiceAccount impersonated for routes that name none; `None` acts as the operator itself.
     pub default_service_account: Option<String>,
+    /// How changed Secrets are noticed.
+    pub secret_access: crate::cli::SecretAccess,
+    /// Label selector narrowing the Secret metadata watch (empty: every Secret in scope).
+    pub secret_watch_selector: String,
 }
 
 impl Default for Settings {
@@ -101,6 +111,8 @@ impl Default for Settings {
             )
             .unwrap_or_default(),
             default_service_account: None,
+            secret_access: crate::cli::SecretAccess::Watch,
+            secret_watch_selector: String::new(),
         }
     }
 }
@@ -130,6 +142,8 @@ pub struct Process {
     pub delivery_store: DeliveryStore,
     /// The receiver's recoveries from unready, when the operator wired them.
     ready_again: Option<watch::Receiver<u64>>,
+    /// The Secrets this replica's receiver found missing or changed, when the operator wired them.
+    secret_observations: Option<broadcast::Sender<SecretId>>,
     recorder: Recorder,
     actions: ActionClients,
 }
@@ -149,6 +163,7 @@ impl Process {
             actions: ActionClients::operator_only(client.clone()),
             http: crate::actions::http::client(settings.http_deny.clone())?,
             ready_again: None,
+            secret_observations: None,
             client,
             metrics,
             settings,
@@ -170,6 +185,19 @@ impl Process {
     /// The receiver's recoveries from unready, when the operator wired them.
     pub fn ready_again(&self) -> Option<watch::Receiver<u64>> {
         self.ready_again.clone()
+    }
+
+    /// Hands the controllers the Secrets this replica's receiver finds missing, back or changed.
+    pub fn with_secret_observations(mut self, observations: broadcast::Sender<SecretId>) -> Self {
+        self.secret_observations = Some(observations);
+        self
+    }
+
+    /// The Secrets this replica's receiver found missing or changed, when the operator wired them.
+    pub fn secret_observations(&self) -> Option<broadcast::Receiver<SecretId>> {
+        self.secret_observations
+            .as_ref()
+            .map(broadcast::Sender::subscribe)
     }
 
     /// Whom `route`'s actions run as.
@@ -238,6 +266,10 @@ pub struct Context {
     pub caught_up: CaughtUp,
     /// What the App Store Connect webhook reconciler last wrote for each route in this term.
     pub written_asc: WrittenAscStatus,
+    /// The webhook secrets the App Store Connect webhook reconciler last read in this term.
+    pub webhook_secrets: WebhookSecrets,
+    /// The `reconcile-requested-at` values each controller answered in this term.
+    pub nudges: Nudges,
 }
 
 impl Context {
@@ -261,6 +293,8 @@ impl Context {
             holds: Holds::default(),
             caught_up: CaughtUp::default(),
             written_asc: WrittenAscStatus::default(),
+            webhook_secrets: WebhookSecrets::new(settings_idle(settings)),
+            nudges: Nudges::default(),
             process,
         }
     }

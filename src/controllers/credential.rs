@@ -1,8 +1,9 @@
 //! The `AscCredential` controller: can the key mint a token (`Ready`), and — when asked — does App Store
 //! Connect accept it (`Verified`)? The key and tokens are never written anywhere.
 //!
-//! Secrets are not watched (that would need list/watch on every Secret in the cluster); a credential that
-//! is not ready is re-checked every `--recheck-interval` (30 s) instead, so a fixed Secret takes effect without a restart.
+//! The key's Secret is read on every reconcile: when the credential changes, when the Secret is seen to
+//! change (`secret_watch`), every `--recheck-interval` (30 s) while not ready, and every 10 minutes while
+//! ready. The `reconcile-requested-at` annotation re-reads and verifies at once.
 
 use super::context::{Context, CredentialProblem, read_key};
 use super::{Error, status};
@@ -13,6 +14,9 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// This controller's name in [`crate::controllers::context::Nudges`].
+const NUDGE: &str = "credential";
 
 /// How often a ready credential without verification is re-checked (a revoked Secret shows up).
 pub const READY_RECHECK: Duration = Duration::from_secs(600);
@@ -172,7 +176,11 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
     let generation = cred.metadata.generation;
     let now = crate::time::now_rfc3339();
 
+    // This reconcile runs when the credential or its Secret changed: others resolve it afresh.
+    ctx.asc_clients.forget(&namespace, &name);
     let check = check_key(&ctx, &cred, &namespace).await?;
+    // A person asked for a fresh look (`reconcile-requested-at`): the key was just read; verify it now.
+    let nudged = ctx.nudges.pending(NUDGE, cred.as_ref());
 
     let interval = cred
         .spec
@@ -181,12 +189,13 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
         .map(|m| Duration::from_secs(m * 60));
     let verification = match (&check, interval) {
         (KeyCheck::Usable(_), Some(interval))
-            if verification_due(
-                cred.status.as_ref(),
-                generation,
-                interval,
-                jiff::Timestamp::now(),
-            ) =>
+            if nudged
+                || verification_due(
+                    cred.status.as_ref(),
+                    generation,
+                    interval,
+                    jiff::Timestamp::now(),
+                ) =>
         {
             Some(match ctx.asc_clients.resolve(&namespace, &name).await {
                 Ok(resolved) => resolved
@@ -219,6 +228,7 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
         }
     }
 
+    ctx.nudges.answered(NUDGE, cred.as_ref());
     let ready = matches!(check, KeyCheck::Usable(_));
     let verified_ok =
         conditions::find(&new_status.conditions, "Verified").is_none_or(Condition::is_true);

@@ -8,10 +8,12 @@ pub(crate) mod delivery;
 pub(crate) mod delivery_index;
 pub(crate) mod error;
 pub(crate) mod impersonation;
+pub(crate) mod match_lint;
 pub mod matching;
 pub(crate) mod resource_kinds;
 pub(crate) mod route;
 pub(crate) mod route_status;
+pub(crate) mod secret_watch;
 pub(crate) mod seen;
 pub(crate) mod shared_watch;
 mod status;
@@ -219,12 +221,14 @@ fn job_events(
 }
 
 /// The route controller: each route's readiness, counts and pruning, woken by its deliveries (one watch
-/// of every delivery feeds the index it counts from) and by the credentials it names.
+/// of every delivery feeds the index it counts from), by the credentials it names and by changes of the
+/// Secrets it names.
 fn route_controller<S>(
     ctx: &Arc<Context>,
     ns: Option<&str>,
     routes_to_status: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     credential_changes: futures::channel::mpsc::Receiver<Arc<AscCredential>>,
+    secrets_changed: futures::channel::mpsc::Receiver<ObjectRef<WebhookRoute>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -253,6 +257,7 @@ where
     let release_metrics = ctx.metrics.release.export_from(route_store.clone());
     let routes = route_controller
         .reconcile_on(route_triggers)
+        .reconcile_on(secrets_changed)
         .watches_shared_stream(credential_changes, move |cred| {
             let cred_ns = cred.namespace();
             let cred_name = cred.name_any();
@@ -288,6 +293,7 @@ where
 fn credential_controller<S>(
     ctx: &Arc<Context>,
     credentials_to_check: futures::channel::mpsc::Receiver<Arc<AscCredential>>,
+    secrets_changed: futures::channel::mpsc::Receiver<ObjectRef<AscCredential>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -295,6 +301,7 @@ where
 {
     let credentials =
         Controller::for_shared_stream(credentials_to_check, ctx.stores.credentials.clone())
+            .reconcile_on(secrets_changed)
             .with_config(controller_config(ctx))
             .graceful_shutdown_on(shutdown.clone())
             .run(
@@ -310,6 +317,7 @@ fn webhook_controller<S>(
     ctx: &Arc<Context>,
     routes_to_register: futures::channel::mpsc::Receiver<Arc<WebhookRoute>>,
     webhook_store: Store<WebhookRoute>,
+    secrets_changed: futures::channel::mpsc::Receiver<ObjectRef<WebhookRoute>>,
     shutdown: S,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -320,6 +328,7 @@ where
     let routes_to_register =
         routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
     let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+        .reconcile_on(secrets_changed)
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -579,20 +588,29 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    // Changed Secrets wake the three controllers that read them.
+    let (secret_watch, secrets_changed) = secret_watch::start(&ctx, ns);
     let routes = route_controller(
         &ctx,
         ns,
         routes_to_status,
         credential_changes,
+        secrets_changed.routes,
         shutdown.clone(),
     );
 
-    let credentials = credential_controller(&ctx, credentials_to_check, shutdown.clone());
+    let credentials = credential_controller(
+        &ctx,
+        credentials_to_check,
+        secrets_changed.credentials,
+        shutdown.clone(),
+    );
 
     let webhooks = webhook_controller(
         &ctx,
         routes_to_register,
         ctx.stores.routes.clone(),
+        secrets_changed.webhooks,
         shutdown.clone(),
     );
 
@@ -609,5 +627,6 @@ pub async fn run(
         let _ = tokio::join!(&mut route_watch.0, &mut credential_watch.0);
     };
     stop_with(controllers, watches, shutdown).await;
+    secret_watch.abort();
     ctx.resource_kinds.stop();
 }

@@ -2,16 +2,18 @@
 //! `route_status`), counts and prunes deliveries, and applies the status.
 //!
 //! It is watch-driven: it runs when a route changes, when one of its deliveries changes (the delivery
-//! index, fed by one watch, says which route), and when a referenced credential changes. Counting never
-//! lists. Secrets are read by name rather than watched (a cluster-wide Secret watch would hold every
-//! Secret of every namespace in memory and need list/watch on all of them), so what was read is kept per
-//! route and read again only when the route changes, when a Ready route's `--secret-recheck-interval`
-//! (jittered) passes, or every `--recheck-interval` while the route is not Ready. An idle Ready route
-//! costs one GET per referenced Secret per `--secret-recheck-interval`, nothing else.
+//! index, fed by one watch, says which route), when a referenced credential changes, and when a Secret it
+//! names changes (the Secret metadata watch, or this replica's receiver finding it missing or changed:
+//! `secret_watch`). Counting never lists. What was read of the Secrets is kept per route and read again
+//! only when one of them is seen to change, when the route's spec or its `reconcile-requested-at`
+//! annotation changes, when a Ready route's `--secret-recheck-interval` (jittered) passes, or every
+//! `--recheck-interval` while the route is not Ready. An idle Ready route costs nothing but that rare
+//! re-read.
 
 use super::context::{Context, SecretFacts};
 use super::delivery_index::DeliverySummary;
 use super::impersonation::Identity;
+use super::match_lint;
 use super::resource_kinds::KindFact;
 use super::route_status::{self, RouteFacts};
 use super::{Error, status};
@@ -27,6 +29,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// This controller's name in [`crate::controllers::context::Nudges`].
+const NUDGE: &str = "route";
 /// How soon to look again while the delivery index is still loading its first list.
 const INDEX_LOADING_RETRY: Duration = Duration::from_millis(500);
 /// How soon to look again after a status write lost to a newer version of the route.
@@ -54,10 +58,24 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
             &route,
             SecretFacts {
                 fresh_until: soon,
+                shortened: true,
                 ..secrets
             },
         );
         soon
+    } else if problems.is_empty() && secrets.shortened {
+        // Ready now (its webhook got registered, say): the Secrets read a moment ago are trusted as long
+        // as any Ready route's, instead of being read again at the short re-check.
+        let until = Instant::now() + jittered(ctx.settings.secret_recheck_interval);
+        ctx.route_secrets.remember(
+            &route,
+            SecretFacts {
+                fresh_until: until,
+                shortened: false,
+                ..secrets
+            },
+        );
+        until
     } else {
         fresh_until
     };
@@ -67,7 +85,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     let mine: Vec<&DeliverySummary> = owned.iter().collect();
     let prune = route_status::to_prune(&mine, route.spec.history_limit());
 
-    let new_status = route_status::desired_status(
+    let mut new_status = route_status::desired_status(
         &route,
         &mine,
         &prune,
@@ -75,6 +93,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
         ctx.settings.public_url.as_deref(),
         &crate::time::now_rfc3339(),
     );
+    match_lint::name_in_ready(&mut new_status, &match_lint::unknown_values(&route));
     if !write_status(&ctx, &route, &new_status).await? {
         return Ok(Action::requeue(STALE_RETRY));
     }
@@ -131,6 +150,20 @@ async fn write_status(
     {
         ctx.event(route, true, &r.reason, r.message.clone()).await;
     }
+    // A rule naming a value no documented event has: said once per new wording, as the route stays Ready.
+    let was_message = route
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, "Ready"))
+        .map(|c| c.message.as_str());
+    if let Some(r) = ready
+        && r.is_true()
+        && r.reason == match_lint::REASON
+        && was_message != Some(r.message.as_str())
+    {
+        ctx.event(route, true, match_lint::REASON, r.message.clone())
+            .await;
+    }
     Ok(true)
 }
 
@@ -175,7 +208,10 @@ async fn secret_facts(
     namespace: &str,
 ) -> Result<(SecretFacts, Instant), Error> {
     let generation = route.metadata.generation;
+    // A person asked for a fresh look (`reconcile-requested-at`): read again whatever was cached.
+    let nudged = ctx.nudges.pending(NUDGE, route);
     if let Some(cached) = ctx.route_secrets.get(route)
+        && !nudged
         && cached.generation == generation
         && cached.fresh_until > Instant::now()
     {
@@ -213,8 +249,10 @@ async fn secret_facts(
         secrets: secrets.into_boxed_slice(),
         missing_service_account,
         fresh_until: Instant::now() + jittered(ctx.settings.secret_recheck_interval),
+        shortened: false,
     };
     ctx.route_secrets.remember(route, facts.clone());
+    ctx.nudges.answered(NUDGE, route);
     let until = facts.fresh_until;
     Ok((facts, until))
 }
@@ -241,7 +279,7 @@ async fn kind_facts(
 }
 
 /// ±20 %, so routes created together do not re-read together.
-fn jittered(d: Duration) -> Duration {
+pub(crate) fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
 }
 

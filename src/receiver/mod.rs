@@ -110,6 +110,12 @@ impl Receiver {
         })
     }
 
+    /// Where this receiver reports the Secrets it found missing, back, or changed (the controllers on
+    /// this replica subscribe).
+    pub fn secret_observations(&self) -> tokio::sync::broadcast::Sender<secret_cache::SecretId> {
+        self.secrets.observations()
+    }
+
     /// The public router: only the hook endpoint, so an Ingress exposes nothing else.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()

@@ -10,6 +10,10 @@
 //!   so the receiver can accept deliveries already in flight for a grace period
 //!   ([`SecretCache::previous`]). Each replica knows only what it read itself: a replica started after a
 //!   rotation never saw the old value and accepts only the new one.
+//! - a Secret found missing, back, or changed is reported ([`SecretCache::observations`]), so the
+//!   controllers on this replica correct the route's status at once instead of on their next re-check:
+//!   the receiver answering 503 "secret not configured" and a `Ready` route never disagree for long, even
+//!   with `--secret-access get`. Only changes are reported, so a flood of requests reports nothing.
 
 use super::backend::{SecretSource, SecretSourceError};
 use crate::metrics::{Metrics, OutcomeLabels};
@@ -128,7 +132,11 @@ pub struct SecretCache {
     ttl: Duration,
     slots: moka::sync::Cache<Arc<str>, Slot>,
     metrics: Metrics,
+    observations: tokio::sync::broadcast::Sender<SecretId>,
 }
+
+/// Observations held for a slow subscriber; past that it skips the oldest (the re-checks cover them).
+const OBSERVATIONS: usize = 256;
 
 impl SecretCache {
     /// A cache that trusts a read for `ttl`.
@@ -141,7 +149,14 @@ impl SecretCache {
                 .time_to_idle(IDLE)
                 .build(),
             metrics,
+            observations: tokio::sync::broadcast::channel(OBSERVATIONS).0,
         }
+    }
+
+    /// Where the Secrets found missing, back, or changed are reported (nothing is sent while no one
+    /// subscribed).
+    pub fn observations(&self) -> tokio::sync::broadcast::Sender<SecretId> {
+        self.observations.clone()
     }
 
     /// The value of `key` in Secret `secret`, read through the cache.
@@ -188,7 +203,12 @@ impl SecretCache {
         });
         if !fresh {
             let fetched = self.fetch(secret).await;
-            *entry = Some(replace(entry.take(), fetched));
+            let old = entry.take();
+            if changed(old.as_ref(), &fetched) {
+                // No subscriber (no controllers on this replica) is not an error.
+                let _ = self.observations.send(secret.clone());
+            }
+            *entry = Some(replace(old, fetched));
         }
         let fetched = entry.as_ref().map(|e| e.fetched.clone());
         drop(entry);
@@ -284,6 +304,24 @@ fn replace(old: Option<Entry>, fetched: Fetched) -> Entry {
         at: now,
         last_data,
         previous,
+    }
+}
+
+/// Whether a read tells something new about the Secret: found missing (at first or after it existed),
+/// back, or with other values. A failed read tells nothing.
+fn changed(old: Option<&Entry>, fetched: &Fetched) -> bool {
+    match (old, fetched) {
+        (_, Fetched::Failed(_)) => false,
+        (None, Fetched::Missing) => true,
+        (None, Fetched::Data(_)) => false,
+        (Some(old), Fetched::Missing) => {
+            old.last_data.is_some() && !matches!(old.fetched, Fetched::Missing)
+        }
+        (Some(old), Fetched::Data(new)) => match (&old.fetched, &old.last_data) {
+            (Fetched::Missing, _) => true,
+            (_, Some(last)) => !same(last, new),
+            (_, None) => false,
+        },
     }
 }
 
@@ -437,6 +475,38 @@ mod tests {
             "past the grace period the old value is refused"
         );
         assert!(cache.previous(&hook(), "other-key", grace).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_secret_found_missing_back_or_changed_is_reported_once_per_change() {
+        let source = Arc::new(Counting::default());
+        *source.value.lock().unwrap() = Some(b"s1".to_vec());
+        let cache = cache(source.clone(), Duration::ZERO);
+        let mut seen = cache.observations().subscribe();
+        // A zero TTL reads on every lookup; a miss is kept for NEGATIVE_TTL, so wait that out.
+        let read = || async {
+            let _ = cache.get(&hook(), "secret").await;
+            tokio::time::sleep(NEGATIVE_TTL).await;
+        };
+        read().await;
+        assert!(
+            seen.try_recv().is_err(),
+            "a first successful read is no news"
+        );
+        read().await;
+        assert!(seen.try_recv().is_err(), "the same value again is no news");
+        *source.value.lock().unwrap() = None;
+        read().await;
+        assert_eq!(seen.try_recv().unwrap(), hook(), "deleted");
+        read().await;
+        assert!(seen.try_recv().is_err(), "still missing is no news");
+        *source.value.lock().unwrap() = Some(b"s2".to_vec());
+        read().await;
+        assert_eq!(seen.try_recv().unwrap(), hook(), "back");
+        *source.value.lock().unwrap() = Some(b"s3".to_vec());
+        read().await;
+        assert_eq!(seen.try_recv().unwrap(), hook(), "rotated");
+        assert!(seen.try_recv().is_err());
     }
 
     struct ByNamespace;

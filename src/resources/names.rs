@@ -27,6 +27,11 @@ pub const MANAGED_BY: &str = OPERATOR;
 /// Annotation whose every new value replays a delivery: its matching rules run once more.
 pub const ANNOTATION_REPLAY: &str = "asc.webhooks.dev/replay";
 
+/// Annotation whose every new value on a route or credential makes the operator read everything it
+/// depends on again now (Secrets, ServiceAccount, App Store Connect's copy of the webhook, a catch-up
+/// pass, the key's verification), like Flux's `reconcile.fluxcd.io/requestedAt`.
+pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "asc.webhooks.dev/reconcile-requested-at";
+
 /// kubectl's copy of the last applied spec: as large as the spec, and read by nothing here, so caches
 /// drop it.
 pub const ANNOTATION_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -64,6 +69,7 @@ mod tests {
             LABEL_RULE,
             LABEL_DELIVERY,
             ANNOTATION_REPLAY,
+            ANNOTATION_RECONCILE_REQUESTED_AT,
             FINALIZER_ASC_WEBHOOK,
         ] {
             assert!(name.starts_with(PREFIX), "{name}");

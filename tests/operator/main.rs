@@ -29,6 +29,7 @@ mod reliability;
 mod replay;
 mod resource_actions;
 mod scenarios;
+mod secret_changes;
 mod startup;
 mod suspend;
 mod tenancy;

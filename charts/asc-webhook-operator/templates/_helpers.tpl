@@ -108,9 +108,15 @@ rules:
   - apiGroups: [asc.webhooks.dev]
     resources: [webhookroutes/status, asccredentials/status, webhookdeliveries/status]
     verbs: [get, patch, update]
+  # Secrets: read by name, and created for appStoreConnect.generateSecret; with secretAccess watch also
+  # listed and watched, as metadata only (the operator asks for no values that way).
   - apiGroups: [""]
     resources: [secrets]
+    {{- if eq .Values.secretAccess "watch" }}
+    verbs: [get, list, watch, create]
+    {{- else }}
     verbs: [get, create]
+    {{- end }}
   - apiGroups: [batch]
     resources: [jobs]
     {{- if .Values.defaultServiceAccount }}

@@ -10,8 +10,10 @@
 //!
 //! Cost: App Store Connect is called only when something the route controls changed since the last sync
 //! (spec, public URL, Secret `resourceVersion`), when a ping is owed, and on the slow re-read
-//! (`--webhook-resync-interval`) that repairs edits made in App Store Connect. In between, a reconcile
-//! reads the Secret from the API server and nothing else.
+//! (`--webhook-resync-interval`) that repairs edits made in App Store Connect. The Secret is read again
+//! only when it is seen to change (the Secret watch, or this replica's receiver), when the route's spec
+//! or its `reconcile-requested-at` annotation changes, or every `--secret-recheck-interval`: an idle
+//! pass makes no call at all.
 
 pub mod catch_up;
 pub mod catch_up_controller;
@@ -163,6 +165,18 @@ async fn write_locked(
     if previous_asc.as_ref() == asc && before == conditions {
         return Ok(());
     }
+    let recorded = route
+        .status
+        .as_ref()
+        .and_then(|s| s.app_store_connect.as_deref());
+    if before == conditions && state::only_progress_moved(recorded, asc, jiff::Timestamp::now()) {
+        // Kept in memory, not written: see `state::only_progress_moved`.
+        if let Some(uid) = route.uid() {
+            ctx.written_asc
+                .remember(&uid, Some((asc.cloned(), conditions)));
+        }
+        return Ok(());
+    }
     let api: Api<WebhookRoute> =
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     apply_status(&api, &route.name_any(), asc, &conditions).await?;
@@ -253,6 +267,9 @@ fn inputs_fingerprint(
     h.finish()
 }
 
+/// This reconciler's name in [`crate::controllers::context::Nudges`].
+const NUDGE: &str = "app-store-connect-webhook";
+
 fn failure_key(route: &WebhookRoute) -> String {
     format!(
         "app-store-connect/{}/{}",
@@ -270,7 +287,16 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
             return Ok(Action::requeue(recheck));
         }
     };
-    let secret = match secret::read_or_generate(ctx, &route).await? {
+    // A person asked for a fresh look: the Secret, App Store Connect's copy of the webhook and its
+    // delivery log are read now, and a call held back after a failure is tried again.
+    let nudged = ctx.nudges.pending(NUDGE, route.as_ref());
+    if nudged {
+        ctx.webhook_secrets.forget(&route);
+        ctx.caught_up.forget(&failure_key(&route));
+        ctx.holds.release(&failure_key(&route));
+        ctx.nudges.answered(NUDGE, route.as_ref());
+    }
+    let secret = match secret::current(ctx, &route).await? {
         Ok(s) => s,
         Err(b) => {
             blocked(ctx, &route, b).await?;
@@ -283,13 +309,17 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
         ctx.settings.webhook_resync_interval,
         &route.uid().unwrap_or_default(),
     );
-    let step = plan::next_step(
-        &desired,
-        previous.as_ref(),
-        &secret.version,
-        now,
-        read_every,
-    );
+    let step = if nudged {
+        Step::Read
+    } else {
+        plan::next_step(
+            &desired,
+            previous.as_ref(),
+            &secret.version,
+            now,
+            read_every,
+        )
+    };
     let ping_owed = previous
         .as_ref()
         .is_some_and(|p| p.ping_requested_time.is_none());
@@ -447,7 +477,16 @@ async fn credential(
             message: "spec.appStoreConnect needs spec.credentialRef".into(),
         }));
     };
-    match ctx.asc_clients.resolve(&namespace, &cred.name).await {
+    let trust = ctx.settings.secret_recheck_interval;
+    let watched = ctx
+        .stores
+        .credentials
+        .get(&kube::runtime::reflector::ObjectRef::new(&cred.name).within(&namespace));
+    match ctx
+        .asc_clients
+        .resolve_trusted(&namespace, &cred.name, trust, watched.as_deref())
+        .await
+    {
         Ok(resolved) => Ok(Ok(resolved.client)),
         Err(
             problem @ CredentialProblem::Unusable {

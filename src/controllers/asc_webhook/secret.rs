@@ -1,5 +1,7 @@
 //! The route's webhook secret, as the reconciler sends it to App Store Connect: read by name, or created
 //! once when `generateSecret` asks for it. Its `resourceVersion` is what status records, never the value.
+//! A read is kept ([`crate::controllers::context::WebhookSecrets`]) until the Secret is seen to change,
+//! so an idle route's pass costs the API server nothing.
 
 use super::plan::Blocked;
 use crate::controllers::{Context, Error};
@@ -11,27 +13,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use std::collections::BTreeMap;
 
-/// A webhook secret and the Secret version it came from. Never prints its value.
-pub struct WebhookSecret {
-    value: String,
-    /// The Secret's `resourceVersion`.
-    pub version: String,
-}
-
-impl WebhookSecret {
-    /// The value, for the API call only.
-    pub fn expose(&self) -> &str {
-        &self.value
-    }
-}
-
-impl std::fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookSecret")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::controllers::context::WebhookSecret;
 
 /// A new Secret for `route` holding 32 random bytes as hex under its `secretRef` key, owned by the route
 /// (so it goes with it). Pure apart from the randomness.
@@ -66,9 +48,25 @@ fn value_of(secret: &Secret, key: &str) -> Option<Vec<u8>> {
         .filter(|b| !b.is_empty())
 }
 
+/// The secret for `route` as last read while that read is trusted, else read (or generated) now.
+pub async fn current(
+    ctx: &Context,
+    route: &WebhookRoute,
+) -> Result<Result<WebhookSecret, Blocked>, Error> {
+    if let Some(known) = ctx.webhook_secrets.get(route) {
+        return Ok(Ok(known));
+    }
+    let read = read_or_generate(ctx, route).await?;
+    if let Ok(secret) = &read {
+        let trust = crate::controllers::route::jittered(ctx.settings.secret_recheck_interval);
+        ctx.webhook_secrets.remember(route, secret.clone(), trust);
+    }
+    Ok(read)
+}
+
 /// The secret for `route`, creating the Secret first when it is missing and `generateSecret` is on. An
 /// existing Secret is never changed, even when it lacks the key.
-pub async fn read_or_generate(
+async fn read_or_generate(
     ctx: &Context,
     route: &WebhookRoute,
 ) -> Result<Result<WebhookSecret, Blocked>, Error> {
@@ -118,10 +116,10 @@ pub async fn read_or_generate(
             ),
         }));
     };
-    Ok(Ok(WebhookSecret {
+    Ok(Ok(WebhookSecret::new(
         value,
-        version: secret.resource_version().unwrap_or_default(),
-    }))
+        secret.resource_version().unwrap_or_default(),
+    )))
 }
 
 /// Creates the generated Secret, or reads the one someone else created first; apart from

@@ -6,7 +6,7 @@ use crate::asc::token::{ApiKey, TokenSource};
 use crate::resources::{AscCredential, SecretKeySelector};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why a credential cannot serve API calls right now.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,6 +34,8 @@ pub struct ResolvedCredential {
 struct CachedClient {
     fingerprint: String,
     client: AscClient,
+    credential: AscCredential,
+    read_at: Instant,
 }
 
 /// API clients per credential (their tokens inside), reused while neither the credential nor its Secret
@@ -57,6 +59,42 @@ impl AscClients {
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
         }
+    }
+
+    /// Like [`resolve`](Self::resolve), without any API call while the client was resolved less than
+    /// `trust` ago and not [forgotten](Self::forget) since: the App Store Connect webhook reconciler's idle
+    /// passes (a catch-up pass every few minutes per route) must not read the credential and its Secret
+    /// each time. The credential controller forgets a credential whenever it or its Secret changes.
+    pub async fn resolve_trusted(
+        &self,
+        namespace: &str,
+        name: &str,
+        trust: Duration,
+        watched: Option<&AscCredential>,
+    ) -> Result<ResolvedCredential, CredentialProblem> {
+        let key = (namespace.to_owned(), name.to_owned());
+        // Only while the watch still shows the credential it was made from: a deleted or changed one is
+        // read again at once.
+        let same = |c: &AscCredential| {
+            watched.is_some_and(|w| {
+                w.uid() == c.uid() && w.metadata.generation == c.metadata.generation
+            })
+        };
+        if let Some(cached) = self.cached.get(&key)
+            && cached.read_at.elapsed() < trust
+            && same(&cached.credential)
+        {
+            return Ok(ResolvedCredential {
+                client: cached.client,
+            });
+        }
+        self.resolve(namespace, name).await
+    }
+
+    /// Forgets the client of credential `name`, so the next use reads the credential and its key again.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.cached
+            .invalidate(&(namespace.to_owned(), name.to_owned()));
     }
 
     /// Resolves the credential `name` in `namespace` into an API client, reusing the cached client (and so
@@ -104,8 +142,16 @@ impl AscClients {
         if let Some(cached) = self.cached.get(&key)
             && cached.fingerprint == fingerprint
         {
+            self.cached.insert(
+                key,
+                CachedClient {
+                    read_at: Instant::now(),
+                    credential: credential.clone(),
+                    ..cached.clone()
+                },
+            );
             return Ok(ResolvedCredential {
-                client: cached.client.clone(),
+                client: cached.client,
             });
         }
         let api_key = ApiKey::from_pem(
@@ -125,6 +171,8 @@ impl AscClients {
             CachedClient {
                 fingerprint,
                 client: client.clone(),
+                credential: credential.clone(),
+                read_at: Instant::now(),
             },
         );
         Ok(ResolvedCredential { client })

@@ -25,6 +25,11 @@ impl CaughtUp {
         self.routes.insert(key.to_owned(), ());
     }
 
+    /// Forgets that `key` was caught up, so it makes a pass on its next reconcile (a person asked).
+    pub fn forget(&self, key: &str) {
+        self.routes.invalidate(key);
+    }
+
     /// Forgets which routes this process caught up, so each makes a pass on its next reconcile.
     pub fn forget_all(&self) {
         self.routes.invalidate_all();

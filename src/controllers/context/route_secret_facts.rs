@@ -18,6 +18,8 @@ pub struct SecretFacts {
     pub missing_service_account: Option<String>,
     /// Until when the reading is trusted.
     pub fresh_until: Instant,
+    /// Whether `fresh_until` was cut short because the route was not Ready.
+    pub shortened: bool,
 }
 
 /// One referenced Secret as read: its name and, when it exists, the referenced keys it holds.
@@ -107,6 +109,7 @@ mod tests {
             .into_boxed_slice(),
             missing_service_account: None,
             fresh_until: Instant::now(),
+            shortened: false,
         }
     }
 

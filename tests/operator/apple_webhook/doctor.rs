@@ -50,7 +50,7 @@ async fn doctor_is_green_for_a_good_route_and_names_the_call_and_fix_of_each_ref
 
     let good = doctor(&api, &mock, true).await;
     assert!(good.passed(), "{good}");
-    assert_eq!(good.checks.len(), 5, "{good}");
+    assert_eq!(good.checks.len(), 6, "{good}");
     assert!(
         good.checks.iter().all(|c| c.verdict == Verdict::Ok),
         "{good}"
@@ -118,4 +118,23 @@ async fn doctor_is_green_for_a_good_route_and_names_the_call_and_fix_of_each_ref
             .contains("NOT_AUTHORIZED"),
         "{app}"
     );
+}
+
+#[tokio::test]
+async fn doctor_warns_of_a_match_value_no_documented_event_has_and_names_the_nearest() {
+    let (api, mock) = world().await;
+    let typo = "    - name: submit\n      match: {eventTypes: [buildUploadStateUpdatedd], newStates: [COMPLET]}\n      http: {urlSecretRef: {name: slack, key: url}}\n";
+    managed_route(&api, "release", "", typo).await;
+    let report = doctor(&api, &mock, true).await;
+    let rules = line(&report, "spec.rules[].match");
+    assert_eq!(rules.verdict, Verdict::Warn, "{report}");
+    for named in [
+        "\"buildUploadStateUpdatedd\"",
+        "\"buildUploadStateUpdated\"",
+        "\"COMPLET\"",
+        "\"COMPLETE\"",
+    ] {
+        assert!(rules.note.contains(named), "{rules}");
+    }
+    assert!(rules.to_string().starts_with("WARN"), "{rules}");
 }

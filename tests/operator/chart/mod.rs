@@ -242,12 +242,19 @@ fn operator_grants(multi_tenant: bool) -> Grants {
         ("asc.webhooks.dev", "asccredentials/status", STATUS),
         ("asc.webhooks.dev", "webhookdeliveries/status", STATUS),
         // create: appStoreConnect.generateSecret makes the webhook Secret once; never update or delete.
-        ("", "secrets", &["get", "create"]),
+        // list and watch: the metadata-only Secret watch of `secretAccess: watch` (the default).
+        ("", "secrets", &["get", "list", "watch", "create"]),
         ("batch", "jobs", jobs),
         // Routes act as their ServiceAccount; its existence is checked for the route's status.
         ("", "serviceaccounts", &["get", "impersonate"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ])
+}
+
+/// `grants` as rendered with `secretAccess: get`: Secrets read by name (and created) only.
+fn with_secret_access_get(mut grants: Grants) -> Grants {
+    grants.extend(expect(&[("", "secrets", &["get", "create"])]));
+    grants
 }
 
 fn lease_grants() -> Grants {

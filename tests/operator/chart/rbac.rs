@@ -26,25 +26,34 @@ fn default_rbac_is_a_cluster_role_with_exactly_the_operators_calls() {
     assert_bindings_name_the_service_account(docs, &sa);
 }
 
-/// Secrets are read by name and, for `generateSecret`, created: never listed or watched (the operator
-/// never holds the cluster's Secrets), never updated or deleted (an existing Secret is never overwritten).
+/// Secrets are read by name and, for `generateSecret`, created; never updated or deleted (an existing
+/// Secret is never overwritten). Listed and watched (as metadata) only with `secretAccess: watch`, the
+/// default; `get` keeps the least-privilege grant.
 #[test]
-fn secrets_are_only_read_by_name_or_created() {
-    for docs in [default_render(), all_options_render()] {
+fn secrets_are_read_by_name_or_created_and_watched_only_with_secret_access_watch() {
+    let watch: Vec<String> = ["get", "list", "watch", "create"]
+        .map(String::from)
+        .to_vec();
+    let by_name: Vec<String> = ["get", "create"].map(String::from).to_vec();
+    let get_only = template(&["--set", "secretAccess=get"]);
+    for (docs, want) in [
+        (default_render(), &watch),
+        (all_options_render(), &by_name),
+        (get_only.as_slice(), &by_name),
+    ] {
+        let mut found = 0;
         for doc in docs
             .iter()
             .filter(|d| matches!(kind(d), "Role" | "ClusterRole"))
         {
             for r in rules_of(doc) {
                 if r.resources.iter().flatten().any(|res| res == "secrets") {
-                    assert_eq!(
-                        r.verbs,
-                        vec!["get".to_string(), "create".to_string()],
-                        "secrets: get and create only"
-                    );
+                    assert_eq!(&r.verbs, want, "secrets");
+                    found += 1;
                 }
             }
         }
+        assert_eq!(found, 1, "one rule for Secrets");
     }
 }
 
@@ -91,10 +100,11 @@ fn watch_namespace_gets_a_role_there_instead_of_a_cluster_role() {
     let sa = pod_spec(&deployment(&docs)).service_account_name.unwrap();
     assert_bindings_name_the_service_account(&docs, &sa);
 
-    // The same with every option on, a default ServiceAccount and extra kinds included.
+    // The same with every option on, a default ServiceAccount, get-only Secret access and extra kinds
+    // included.
     let r = rbac(all_options_render());
     assert!(r.cluster.is_empty());
-    let mut wanted = operator_grants(true);
+    let mut wanted = with_secret_access_get(operator_grants(true));
     wanted.extend(resource_grants(
         &[
             ("tekton.dev", "pipelineruns"),

@@ -37,6 +37,7 @@ use crate::actions::http::ActionHttp;
 use crate::asc::api::AscClientOptions;
 use crate::asc::origins::AllowedOrigins;
 use crate::metrics::Metrics;
+use crate::receiver::secret_cache::SecretId;
 use crate::receiver::store::DeliveryStore;
 use crate::resources::WebhookRoute;
 use crate::retry::Backoff;
@@ -44,7 +45,6 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::receiver::secret_cache::SecretId;
 use tokio::sync::{broadcast, watch};
 
 /// Settings of the controllers, from the command line.

@@ -74,7 +74,8 @@ impl RouteSecretFacts {
     }
 }
 
-fn facts_key(route: &WebhookRoute) -> String {
+/// The key a route's memories are kept under: its uid, or namespace/name before it has one.
+pub(crate) fn facts_key(route: &WebhookRoute) -> String {
     route.uid().unwrap_or_else(|| {
         format!(
             "{}/{}",

@@ -3,7 +3,6 @@
 //! spec changes, or `--secret-recheck-interval` passes.
 
 use crate::resources::WebhookRoute;
-use kube::ResourceExt;
 use std::time::{Duration, Instant};
 
 /// A webhook secret and the Secret version it came from. Never prints its value.
@@ -95,13 +94,7 @@ fn reference(route: &WebhookRoute) -> (String, String) {
 }
 
 fn key(route: &WebhookRoute) -> String {
-    route.uid().unwrap_or_else(|| {
-        format!(
-            "{}/{}",
-            route.namespace().unwrap_or_default(),
-            route.name_any()
-        )
-    })
+    super::route_secret_facts::facts_key(route)
 }
 
 #[cfg(test)]

@@ -102,13 +102,10 @@ impl RuleAction<'_> {
             }
         };
         match step {
-            jobs::JobStep::Created => {
-                book.worked();
-                // Recorded before anything else can fail: the Job (or object) is never made twice.
-                if !w.save(st).await? {
-                    return Ok(Stepped::Stale);
-                }
-            }
+            // Recorded by the pass's one status write at its end, not by a write of its own: the name is
+            // deterministic, so should that write never happen (a crash, a lost write), the next pass's
+            // create is AlreadyExists and adopts the object this delivery owns. Never made twice either way.
+            jobs::JobStep::Created => book.worked(),
             jobs::JobStep::Observed => {}
             jobs::JobStep::RetryLater(why) => book.retry_later(a, why, input.now),
         }

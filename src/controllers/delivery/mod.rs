@@ -50,14 +50,24 @@ const MAX_STALE_RESTARTS: usize = 3;
 
 /// Reconciles one delivery.
 ///
-/// `d` is the watch cache's slim copy (`suspend::scheduling_copy`: no payload, next to no status), so
-/// every pass starts from the full object read from the API server.
+/// `d` is the watch cache's slim copy (`suspend::scheduling_copy`: no payload, next to no status), so a
+/// pass starts from the full object: the copy this term last read or wrote while the watch shows no
+/// newer version (`DeliveryCopies`), else read from the API server, as after a stale write.
 pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api = deliveries(&ctx, &d);
     let name = d.name_any();
-    for _ in 0..MAX_STALE_RESTARTS {
-        let Some(current) = api.get_opt(&name).await.map_err(Error::Kube)? else {
-            return Ok(Action::await_change());
+    for attempt in 0..MAX_STALE_RESTARTS {
+        let kept = (attempt == 0).then(|| ctx.copies.current(&d)).flatten();
+        let current = match kept {
+            Some(c) => c,
+            None => {
+                let Some(read) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+                    ctx.copies.forget(&d);
+                    return Ok(Action::await_change());
+                };
+                ctx.copies.read(&read);
+                read
+            }
         };
         match pass(&ctx, current).await? {
             Pass::Done(action) => return Ok(action),
@@ -67,6 +77,17 @@ pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Act
         }
     }
     Ok(Action::requeue(Duration::from_millis(100)))
+}
+
+/// What of a delivery, when it changes, calls for a pass: its spec (`metadata.generation`) and the replay
+/// asked for. Not its status: the passes write it, and a pass woken by its own write finds nothing to do
+/// at the price of a read; nor its labels (the finished label takes it out of the watch). Job changes
+/// wake it through the Job watch, a route's resumption through the route watch.
+pub fn wakes_on(d: &WebhookDelivery) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (d.metadata.generation, replay::requested(d)).hash(&mut h);
+    Some(h.finish())
 }
 
 /// How one pass ended.
@@ -319,13 +340,14 @@ async fn start_replay(ctx: &Context, d: WebhookDelivery) -> Result<Option<Webhoo
     let now = crate::time::now_rfc3339();
     replay::begin(&mut st, &value, d.metadata.generation, &now);
     let api = deliveries(ctx, &d);
-    let Some(started) =
-        status::apply_if_unchanged(&api, &d.name_any(), d.resource_version().as_deref(), &st)
-            .await
-            .map_err(Error::Kube)?
+    let from = d.resource_version();
+    let Some(started) = status::apply_if_unchanged(&api, &d.name_any(), from.as_deref(), &st)
+        .await
+        .map_err(Error::Kube)?
     else {
         return Ok(None);
     };
+    ctx.copies.wrote(from.as_deref(), &started);
     ctx.metrics.replays.inc();
     ctx.event(
         &d,
@@ -344,6 +366,7 @@ async fn start_replay(ctx: &Context, d: WebhookDelivery) -> Result<Option<Webhoo
 
 /// Labels a finished delivery, which drops it from this controller's watch (and memory).
 async fn mark_finished(ctx: &Context, d: &WebhookDelivery) -> Result<(), Error> {
+    ctx.copies.forget(d);
     let patch = serde_json::json!({
         "apiVersion": API_VERSION,
         "kind": "WebhookDelivery",

@@ -78,8 +78,8 @@ pub enum Stepped {
 }
 
 impl RuleAction<'_> {
-    /// Advances `rule`'s action one step: start it, or observe it, or retry it; whatever was created or
-    /// sent is recorded in status before anything else happens.
+    /// Advances `rule`'s action one step: start it, or observe it, or retry it; an HTTP attempt is
+    /// recorded in status before and after it is sent, a created object by the pass's final write.
     pub async fn step(
         self,
         ctx: &Context,

@@ -92,6 +92,12 @@ fn per_delivery(what: &str) -> bool {
     !what.contains("webhookroutes") && !what.contains("secrets")
 }
 
+/// The route's status writes a phase may make however many deliveries changed: one a second (and one
+/// more for the interval under way), so a slow machine is allowed more, never one per delivery.
+fn at_most_one_a_second(since: std::time::Instant) -> usize {
+    since.elapsed().as_secs() as usize + 2
+}
+
 /// Requests per delivery, per-delivery resources only, and the route status writes, of `counts`.
 fn split(counts: &BTreeMap<String, usize>) -> (usize, usize, usize) {
     (
@@ -121,6 +127,7 @@ async fn a_delivery_costs_three_writes_and_one_read_to_its_job_and_two_writes_to
     // Past the route controller's settling writes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     api.clear_request_log();
+    let counting = std::time::Instant::now();
     let posts = (0..EVENTS).map(|i| {
         let body = format!(
             r#"{{"data":{{"type":"buildUploadStateUpdated","id":"burst-{i}","attributes":{{"newState":"COMPLETE"}}}}}}"#
@@ -151,7 +158,7 @@ async fn a_delivery_costs_three_writes_and_one_read_to_its_job_and_two_writes_to
     let to_job = operator_requests(&api);
     let (writes, reads, route_writes) = split(&to_job);
     assert!(
-        writes <= 3 * EVENTS && reads <= EVENTS && route_writes <= EVENTS / 4,
+        writes <= 3 * EVENTS && reads <= EVENTS && route_writes <= at_most_one_a_second(counting),
         "{writes} writes and {reads} reads for {EVENTS} deliveries, {route_writes} route status writes: {to_job:#?}"
     );
     assert!(
@@ -161,6 +168,7 @@ async fn a_delivery_costs_three_writes_and_one_read_to_its_job_and_two_writes_to
     assert_eq!(to_job.get("Create events"), None, "no Event: {to_job:#?}");
 
     api.clear_request_log();
+    let counting = std::time::Instant::now();
     for job in jobs(&api) {
         complete_job(&api, &job.metadata.name.unwrap(), true).await;
     }
@@ -179,7 +187,7 @@ async fn a_delivery_costs_three_writes_and_one_read_to_its_job_and_two_writes_to
     let to_finish = operator_requests(&api);
     let (writes, reads, route_writes) = split(&to_finish);
     assert!(
-        writes <= 2 * EVENTS && reads == 0 && route_writes <= EVENTS / 4,
+        writes <= 2 * EVENTS && reads == 0 && route_writes <= at_most_one_a_second(counting),
         "{writes} writes and {reads} reads to finish {EVENTS} deliveries, {route_writes} route status writes: {to_finish:#?}"
     );
     assert_eq!(

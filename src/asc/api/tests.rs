@@ -261,12 +261,13 @@ async fn no_scope_sent_is_percent_encoded_or_names_a_page() {
         "http://127.0.0.1:9/hook",
     ));
     let payload = br#"{"data":{"type":"buildUploadStateUpdated","id":"e"}}"#;
+    // Within the window asked for whatever the day: a fixed date falls out of it once a day has passed.
+    let now = jiff::Timestamp::now();
     for n in 0..3 {
-        let at = format!("2026-12-01T10:00:0{n}Z");
+        let at = crate::time::format_ts(now - jiff::SignedDuration::from_secs(60 + n));
         mock.log_delivery(&id, payload, testkit::asc_mock::DeliveryState::Failed, &at);
     }
-    let since =
-        crate::time::format_ts(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24));
+    let since = crate::time::format_ts(now - jiff::SignedDuration::from_hours(24));
     let filter = DeliveryFilter {
         created_since: Some(since),
         limit: 2,

@@ -92,7 +92,10 @@ pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Act
 pub fn wakes_on(d: &WebhookDelivery) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (d.metadata.generation, replay::requested(d)).hash(&mut h);
+    let replay = d
+        .annotations()
+        .get(crate::resources::delivery::ANNOTATION_REPLAY);
+    (d.metadata.generation, replay).hash(&mut h);
     Some(h.finish())
 }
 
@@ -389,5 +392,51 @@ async fn mark_finished(ctx: &Context, d: &WebhookDelivery) -> Result<(), Error> 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::delivery::{ANNOTATION_REPLAY, WebhookDeliverySpec};
+
+    fn delivery() -> WebhookDelivery {
+        let mut d = WebhookDelivery::new(
+            "r-1",
+            WebhookDeliverySpec {
+                route: "r".into(),
+                event_id: "e".into(),
+                event_type: "BUILD_UPLOAD_STATE_UPDATED".into(),
+                old_state: None,
+                new_state: None,
+                instance: None,
+                received_at: "2026-01-01T00:00:00Z".into(),
+                source: Default::default(),
+                request_id: None,
+                payload: String::new(),
+            },
+        );
+        d.metadata.generation = Some(1);
+        d
+    }
+
+    #[test]
+    fn a_status_write_wakes_no_pass_but_a_spec_change_or_a_replay_does() {
+        let d = delivery();
+        let mut written = d.clone();
+        written.status = Some(WebhookDeliveryStatus {
+            phase: Phase::Running,
+            ..Default::default()
+        });
+        written.metadata.resource_version = Some("9".into());
+        assert_eq!(wakes_on(&d), wakes_on(&written));
+        let mut changed = d.clone();
+        changed.metadata.generation = Some(2);
+        assert_ne!(wakes_on(&d), wakes_on(&changed));
+        let mut replayed = d.clone();
+        replayed
+            .annotations_mut()
+            .insert(ANNOTATION_REPLAY.into(), "1".into());
+        assert_ne!(wakes_on(&d), wakes_on(&replayed));
     }
 }

@@ -6,6 +6,7 @@
 pub mod asc_clients;
 pub mod backoffs;
 pub mod caught_up;
+pub mod copies;
 pub mod enrichments;
 pub mod holds;
 pub mod job_facts;
@@ -19,6 +20,7 @@ pub mod written_asc;
 pub use asc_clients::{AscClients, CredentialProblem, read_key};
 pub use backoffs::Backoffs;
 pub use caught_up::CaughtUp;
+pub use copies::DeliveryCopies;
 pub use enrichments::Enrichments;
 pub use holds::Holds;
 pub use job_facts::{JobFact, JobFacts};
@@ -252,6 +254,8 @@ pub struct Context {
     pub pruned: PrunedEvents,
     /// What the Job watch last showed of each managed Job.
     pub job_facts: JobFacts,
+    /// The full copy of each unfinished delivery as last read or written, so passes need not read it.
+    pub copies: DeliveryCopies,
     /// What was last read about each route's Secrets.
     pub route_secrets: RouteSecretFacts,
     /// App Store Connect API clients per credential.
@@ -282,6 +286,7 @@ impl Context {
             stores,
             pruned: PrunedEvents::default(),
             job_facts: JobFacts::default(),
+            copies: DeliveryCopies::default(),
             route_secrets: RouteSecretFacts::new(settings_idle(settings)),
             asc_clients: AscClients::new(
                 process.client.clone(),

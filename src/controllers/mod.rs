@@ -17,6 +17,7 @@ pub(crate) mod secret_watch;
 pub(crate) mod seen;
 pub(crate) mod shared_watch;
 mod status;
+pub(crate) mod throttle;
 
 pub(crate) use context::{Context, Process, Settings, Stores};
 pub(crate) use error::Error;
@@ -34,7 +35,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
@@ -220,6 +221,9 @@ fn job_events(
     .touched_objects()
 }
 
+/// How often at most deliveries' changes wake their route's reconcile (its status write).
+const ROUTE_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The route controller: each route's readiness, counts and pruning, woken by its deliveries (one watch
 /// of every delivery feeds the index it counts from), by the credentials it names and by changes of the
 /// Secrets it names.
@@ -248,7 +252,11 @@ where
         ),
         watch_reporter("route", "webhookdeliveries", &ctx.metrics),
     );
-    let route_triggers = ctx.deliveries.clone().follow(delivery_events);
+    // A route's status is written at most once a second for its deliveries' changes, not once per change.
+    let route_triggers = throttle::per_key(
+        ctx.deliveries.clone().follow(delivery_events),
+        ROUTE_STATUS_EVERY,
+    );
     // Route and credential conditions are exported from these caches while the controllers run.
     let state_metrics = ctx
         .metrics
@@ -479,6 +487,9 @@ where
     let held = delivery_store.clone();
     let mut spec_changed = shared_watch::generation_changed::<WebhookRoute>();
     let route_changes = route_changes.filter(move |r| futures::future::ready(spec_changed(r)));
+    // A delivery's own status writes wake no pass (see `delivery::wakes_on`).
+    let delivery_stream =
+        delivery_stream.predicate_filter(delivery::wakes_on, PredicateConfig::default());
     let deliveries = Controller::for_stream(delivery_stream, delivery_store)
         .owns_stream(job_events)
         .reconcile_on(woken)

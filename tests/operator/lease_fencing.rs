@@ -203,6 +203,52 @@ async fn a_leader_whose_lease_is_taken_stops_its_controllers_within_the_renew_de
     leader.stop().await;
 }
 
+#[tokio::test]
+async fn a_leader_that_cannot_renew_through_an_outage_steps_down_by_its_renew_deadline_and_leads_again_after()
+ {
+    let api = fake_api().await;
+    let log: Log = Arc::default();
+    let leader = Contender::join(&api, "holder", &log);
+    eventually("the contender leads", Duration::from_secs(10), || {
+        let led = !log.lock().unwrap().is_empty();
+        async move { led.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    api.begin_outage().await;
+    let down = Instant::now();
+    // Its last renewal was before the outage, so its Lease runs out within DURATION of it; another replica
+    // that still reached the API server could lead from then on.
+    let stopped = eventually(
+        "the leader steps down during the outage",
+        Duration::from_secs(DURATION + 2),
+        || {
+            let to = log.lock().unwrap()[0].to;
+            async move { to }
+        },
+    )
+    .await;
+    assert!(
+        stopped.duration_since(down) < Duration::from_secs(DURATION),
+        "stepped down {:?} into the outage",
+        stopped.duration_since(down)
+    );
+    assert_eq!(leader.gauge.get(), 0, "it no longer reports leading");
+    api.end_outage();
+    eventually(
+        "it leads again once the API server is back",
+        Duration::from_secs(20),
+        || {
+            let log = log.lock().unwrap();
+            let again = log.len() == 2 && log[1].to.is_none();
+            async move { again.then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(leader.gauge.get(), 1);
+    leader.stop().await;
+}
+
 /// Set in the child process of the test below: the kubeconfig of the parent's fake API server.
 const CHILD_KUBECONFIG: &str = "ASC_TEST_STUBBORN_LEADER_KUBECONFIG";
 

@@ -8,6 +8,7 @@ mod chart;
 mod cluster;
 mod contract;
 mod control_plane;
+mod crash_burst;
 mod credentials;
 mod docs;
 mod egress;

@@ -30,7 +30,7 @@ pub fn fact_of(job: &Job, deleted: bool) -> JobFact {
 /// What the Job watch last showed of each managed Job, by `namespace/name`, and when a pass first found
 /// a Job missing that the watch had not shown deleted.
 pub struct JobFacts {
-    seen: moka::sync::Cache<String, JobFact>,
+    seen: moka::sync::Cache<String, (JobFact, Instant)>,
     missing: moka::sync::Cache<String, Instant>,
 }
 
@@ -52,14 +52,23 @@ impl Default for JobFacts {
 
 impl JobFacts {
     /// What the Job watch last showed of Job `namespace/name`.
+    #[cfg(test)]
     pub fn get(&self, namespace: &str, name: &str) -> Option<JobFact> {
-        self.seen.get(&format!("{namespace}/{name}"))
+        self.get_with_age(namespace, name).map(|(f, _)| f)
+    }
+
+    /// What the Job watch last showed of Job `namespace/name`, and how long ago.
+    pub fn get_with_age(&self, namespace: &str, name: &str) -> Option<(JobFact, Duration)> {
+        self.seen
+            .get(&format!("{namespace}/{name}"))
+            .map(|(f, at)| (f, at.elapsed()))
     }
 
     /// Remembers what the Job watch shows of `job`; `deleted`: its deletion event (the Job's last state).
     pub fn remember(&self, job: &Job, deleted: bool) {
         let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
-        self.seen.insert(key, fact_of(job, deleted));
+        self.seen
+            .insert(key, (fact_of(job, deleted), Instant::now()));
     }
 
     /// How long Job `namespace/name` has been found missing without the Job watch showing its deletion

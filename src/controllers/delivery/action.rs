@@ -78,8 +78,8 @@ pub enum Stepped {
 }
 
 impl RuleAction<'_> {
-    /// Advances `rule`'s action one step: start it, or observe it, or retry it; whatever was created or
-    /// sent is recorded in status before anything else happens.
+    /// Advances `rule`'s action one step: start it, or observe it, or retry it; an HTTP attempt is
+    /// recorded in status before and after it is sent, a created object by the pass's final write.
     pub async fn step(
         self,
         ctx: &Context,
@@ -102,13 +102,10 @@ impl RuleAction<'_> {
             }
         };
         match step {
-            jobs::JobStep::Created => {
-                book.worked();
-                // Recorded before anything else can fail: the Job (or object) is never made twice.
-                if !w.save(st).await? {
-                    return Ok(Stepped::Stale);
-                }
-            }
+            // Recorded by the pass's one status write at its end, not by a write of its own: the name is
+            // deterministic, so should that write never happen (a crash, a lost write), the next pass's
+            // create is AlreadyExists and adopts the object this delivery owns. Never made twice either way.
+            jobs::JobStep::Created => book.worked(),
             jobs::JobStep::Observed => {}
             jobs::JobStep::RetryLater(why) => book.retry_later(a, why, input.now),
         }

@@ -25,6 +25,10 @@ use std::time::Instant;
 /// without a watch event (the deletion fell into a watch restart) the Job recheck concludes it later.
 const DELETION_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long what the Job watch showed of an unfinished Job stands in for reading it: under the slow
+/// recheck, so that recheck reads.
+const WATCH_TRUSTED: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What a pass concludes about a Job the API server no longer has.
 fn missing(fact: Option<&JobFact>, missing_for: std::time::Duration) -> Option<JobFact> {
     match fact {
@@ -53,7 +57,6 @@ pub async fn step(
     let JobInput {
         delivery: d,
         route,
-        rule,
         action,
         ..
     } = *input;
@@ -87,6 +90,8 @@ pub async fn step(
                 .observe(started.elapsed().as_secs_f64());
             a.job_name = Some(name.clone());
             state::transition(a, ActionState::Running, None, now);
+            // No Event: a Job per delivery is the normal case, and an Event per delivery is a write per
+            // delivery that nobody has to act on (the delivery's status and the metric say it).
             if new {
                 ctx.metrics
                     .actions
@@ -95,13 +100,6 @@ pub async fn step(
                         outcome: "created",
                     })
                     .inc();
-                ctx.event(
-                    d,
-                    false,
-                    "JobCreated",
-                    format!("rule {} created Job {name}", rule.name),
-                )
-                .await;
             }
             Ok(JobStep::Created)
         }
@@ -202,9 +200,16 @@ async fn observe(
     a: &mut ActionStatus,
     now: &str,
 ) -> Result<(), Error> {
-    let remembered = ctx.job_facts.get(namespace, name);
-    let fact = match remembered.clone() {
-        Some(f) if f.state.is_done() => Some(f),
+    let seen = ctx.job_facts.get_with_age(namespace, name);
+    let remembered = seen.as_ref().map(|(f, _)| f.clone());
+    let fact = match seen {
+        Some((f, _)) if f.state.is_done() => Some(f),
+        // Deleted unfinished: a read would find nothing either.
+        Some((f, _)) if f.deleted => None,
+        // The watch shows every change of the Job, and each wakes this delivery: what it showed lately is
+        // what a read would say, without the read (a quorum read through etcd on a real API server). The
+        // slow recheck still reads, for a deletion that fell into a watch restart.
+        Some((f, age)) if age < WATCH_TRUSTED => Some(f),
         _ => {
             let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
             // None: gone, finished and removed by its TTL (remembered above) or deleted while running.

@@ -2,12 +2,18 @@
 //! and keep the delivery's status true.
 //!
 //! Exactly once rests on three things. Jobs (and the objects of resource actions) have deterministic
-//! names, so a second create is AlreadyExists (adopted only if this delivery owns it). Every status write carries the
-//! `resourceVersion` of the copy it was decided on, so a pass working from a stale cached copy (watch
-//! events arrive late) cannot write, and starts again from a fresh read. And each side effect is
-//! recorded before it happens (an HTTP attempt is written `InFlight` first) and its outcome right after,
-//! so no pass repeats what an earlier one did. Only a crash between an HTTP request and the write of its
-//! outcome can repeat that request; the repeat is recorded as such (`AttemptInterrupted`).
+//! names, so a second create is AlreadyExists (adopted only if this delivery owns it): that is the
+//! record that the object exists, so its create needs no status write of its own before or after, and
+//! the pass's one write at its end records it. Every status write carries the `resourceVersion` of the
+//! copy it was decided on, so a pass working from a stale copy (watch events arrive late) cannot write,
+//! and starts again from a fresh read. And an HTTP attempt, which has no name to make a repeat
+//! harmless, is written `InFlight` before it is sent and its outcome right after, so no pass repeats
+//! what an earlier one did. Only a crash between an HTTP request and the write of its outcome can repeat
+//! that request; the repeat is recorded as such (`AttemptInterrupted`).
+//!
+//! What this costs the API server per delivery, counted by a test: to its Job, the receiver's create,
+//! the Job's create and one status write, and one read of the delivery (the watch cache keeps no
+//! payload); to finish once the Job completes, the outcome and the finished label.
 
 mod action;
 mod admit;
@@ -50,14 +56,24 @@ const MAX_STALE_RESTARTS: usize = 3;
 
 /// Reconciles one delivery.
 ///
-/// `d` is the watch cache's slim copy (`suspend::scheduling_copy`: no payload, next to no status), so
-/// every pass starts from the full object read from the API server.
+/// `d` is the watch cache's slim copy (`suspend::scheduling_copy`: no payload, next to no status), so a
+/// pass starts from the full object: the copy this term last read or wrote while the watch shows no
+/// newer version (`DeliveryCopies`), else read from the API server, as after a stale write.
 pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api = deliveries(&ctx, &d);
     let name = d.name_any();
-    for _ in 0..MAX_STALE_RESTARTS {
-        let Some(current) = api.get_opt(&name).await.map_err(Error::Kube)? else {
-            return Ok(Action::await_change());
+    for attempt in 0..MAX_STALE_RESTARTS {
+        let kept = (attempt == 0).then(|| ctx.copies.current(&d)).flatten();
+        let current = match kept {
+            Some(c) => c,
+            None => {
+                let Some(read) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+                    ctx.copies.forget(&d);
+                    return Ok(Action::await_change());
+                };
+                ctx.copies.read(&read);
+                read
+            }
         };
         match pass(&ctx, current).await? {
             Pass::Done(action) => return Ok(action),
@@ -67,6 +83,20 @@ pub async fn reconcile(d: Arc<WebhookDelivery>, ctx: Arc<Context>) -> Result<Act
         }
     }
     Ok(Action::requeue(Duration::from_millis(100)))
+}
+
+/// What of a delivery, when it changes, calls for a pass: its spec (`metadata.generation`) and the replay
+/// asked for. Not its status: the passes write it, and a pass woken by its own write finds nothing to do
+/// at the price of a read; nor its labels (the finished label takes it out of the watch). Job changes
+/// wake it through the Job watch, a route's resumption through the route watch.
+pub fn wakes_on(d: &WebhookDelivery) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let replay = d
+        .annotations()
+        .get(crate::resources::delivery::ANNOTATION_REPLAY);
+    (d.metadata.generation, replay).hash(&mut h);
+    Some(h.finish())
 }
 
 /// How one pass ended.
@@ -319,13 +349,14 @@ async fn start_replay(ctx: &Context, d: WebhookDelivery) -> Result<Option<Webhoo
     let now = crate::time::now_rfc3339();
     replay::begin(&mut st, &value, d.metadata.generation, &now);
     let api = deliveries(ctx, &d);
-    let Some(started) =
-        status::apply_if_unchanged(&api, &d.name_any(), d.resource_version().as_deref(), &st)
-            .await
-            .map_err(Error::Kube)?
+    let from = d.resource_version();
+    let Some(started) = status::apply_if_unchanged(&api, &d.name_any(), from.as_deref(), &st)
+        .await
+        .map_err(Error::Kube)?
     else {
         return Ok(None);
     };
+    ctx.copies.wrote(from.as_deref(), &started);
     ctx.metrics.replays.inc();
     ctx.event(
         &d,
@@ -344,6 +375,7 @@ async fn start_replay(ctx: &Context, d: WebhookDelivery) -> Result<Option<Webhoo
 
 /// Labels a finished delivery, which drops it from this controller's watch (and memory).
 async fn mark_finished(ctx: &Context, d: &WebhookDelivery) -> Result<(), Error> {
+    ctx.copies.forget(d);
     let patch = serde_json::json!({
         "apiVersion": API_VERSION,
         "kind": "WebhookDelivery",
@@ -360,5 +392,52 @@ async fn mark_finished(ctx: &Context, d: &WebhookDelivery) -> Result<(), Error> 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::delivery::{ANNOTATION_REPLAY, WebhookDeliverySpec};
+
+    fn delivery() -> WebhookDelivery {
+        let mut d = WebhookDelivery::new(
+            "r-1",
+            WebhookDeliverySpec {
+                route: "r".into(),
+                event_id: "e".into(),
+                event_type: "BUILD_UPLOAD_STATE_UPDATED".into(),
+                old_state: None,
+                new_state: None,
+                instance: None,
+                received_at: "2026-01-01T00:00:00Z".into(),
+                event_created_at: None,
+                source: Default::default(),
+                request_id: None,
+                payload: String::new(),
+            },
+        );
+        d.metadata.generation = Some(1);
+        d
+    }
+
+    #[test]
+    fn a_status_write_wakes_no_pass_but_a_spec_change_or_a_replay_does() {
+        let d = delivery();
+        let mut written = d.clone();
+        written.status = Some(WebhookDeliveryStatus {
+            phase: Phase::Running,
+            ..Default::default()
+        });
+        written.metadata.resource_version = Some("9".into());
+        assert_eq!(wakes_on(&d), wakes_on(&written));
+        let mut changed = d.clone();
+        changed.metadata.generation = Some(2);
+        assert_ne!(wakes_on(&d), wakes_on(&changed));
+        let mut replayed = d.clone();
+        replayed
+            .annotations_mut()
+            .insert(ANNOTATION_REPLAY.into(), "1".into());
+        assert_ne!(wakes_on(&d), wakes_on(&replayed));
     }
 }

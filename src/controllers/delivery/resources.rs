@@ -118,15 +118,9 @@ pub async fn step(
                 observed: None,
             });
             state::transition(a, ActionState::Running, None, now);
+            // No Event per delivery, as for Jobs: status and metric say it.
             if new {
                 count(ctx, "created");
-                ctx.event(
-                    d,
-                    false,
-                    "ResourceCreated",
-                    format!("rule {} created {} {name}", input.rule.name, t.kind),
-                )
-                .await;
             }
             Ok(JobStep::Created)
         }

@@ -46,6 +46,9 @@ impl<'a> Writer<'a> {
         let Some(obj) = applied else {
             return Ok(false);
         };
+        self.ctx
+            .copies
+            .wrote(self.resource_version.as_deref(), &obj);
         self.resource_version = obj.resource_version();
         if st.phase == Phase::Failed && self.written.phase != Phase::Failed {
             let why = st
@@ -79,6 +82,7 @@ pub async fn save_outcome(
     let Some(fresh) = w.api.get_opt(&w.name).await.map_err(Error::Kube)? else {
         return Ok(false);
     };
+    ctx.copies.read(&fresh);
     let mut fresh_st = fresh.status.clone().unwrap_or_default();
     match fresh_st.actions.iter_mut().find(|a| a.rule == rule.name) {
         Some(a) if a.state == ActionState::InFlight && a.attempts == outcome.attempts => {

@@ -1,0 +1,527 @@
+//! The operator binary against a real control plane (kube-apiserver + etcd + kube-controller-manager),
+//! side by side with a bare client on the same server, and the API requests per delivery counted by the
+//! API server itself.
+//!
+//! `E2E_KUBECONFIG=/path/admin.kubeconfig cargo bench --bench control_plane` (needs rights to apply CRDs
+//! and create a namespace; it uses and then deletes namespace `asc-bench`). Without `E2E_KUBECONFIG` it
+//! says so and measures nothing. There need be no kubelet: Jobs are marked complete through their status
+//! subresource, as the Job controller would.
+//!
+//! 1. Bare client: one small create at a time (p50/p99), and 2,000 Jobs created 16 in flight (Jobs/s).
+//! 2. Signed POST → Job exists, 200 events one at a time (p50/p99).
+//! 3. A burst of 2,000 events to one Job rule, 16 senders (Jobs/s); then the same spread over 20 routes.
+//! 4. Finishing: every Job marked complete, until every delivery is finished.
+//! 5. Restart with those 4,200 finished deliveries: the next event → its Job, after ready.
+//!
+//! Requests per delivery come from `apiserver_request_total` (GET /metrics before and after each phase,
+//! diffed per verb/resource/subresource). That metric does not say which client sent a request, so the
+//! table keeps to the resources only the operator writes or reads per delivery (`webhookdeliveries`,
+//! `webhookroutes`, `jobs` without `jobs/status`, which the Job controller and this bench write, and
+//! `events`, where the Job controller adds one `SuccessfulCreate` per Job); watches are left out.
+
+use asc_webhook_operator::asc::signature;
+use asc_webhook_operator::resources::{AscCredential, WebhookDelivery, WebhookRoute};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, CustomResourceExt};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NS: &str = "asc-bench";
+const SECRET: &str = "bench-webhook-secret";
+const ROUTES: usize = 20;
+const LATENCY_EVENTS: usize = 200;
+const BURST: usize = 2_000;
+const IN_FLIGHT: usize = 16;
+const LABEL_DELIVERY: &str = "asc.webhooks.dev/delivery";
+
+type Counts = BTreeMap<String, f64>;
+
+/// `apiserver_request_total` summed per `VERB resource[/subresource]`, for the resources a delivery
+/// costs.
+async fn request_counts(client: &Client) -> Counts {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(req).await.expect("GET /metrics");
+    let mut counts = Counts::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let counted = matches!(
+            resource.as_str(),
+            "webhookdeliveries" | "webhookroutes" | "jobs" | "events"
+        );
+        if !counted || verb == "WATCH" || (resource == "jobs" && sub == "status") {
+            continue;
+        }
+        let what = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        *counts.entry(what).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    counts
+}
+
+fn per_delivery(before: &Counts, after: &Counts, deliveries: usize) -> String {
+    let mut out = String::from("| request | per delivery |\n|---|---|\n");
+    let (mut writes, mut reads) = (0.0, 0.0);
+    for (what, n) in after {
+        let d = n - before.get(what).copied().unwrap_or(0.0);
+        if d <= 0.0 {
+            continue;
+        }
+        let per = d / deliveries.max(1) as f64;
+        if what.starts_with("GET ") || what.starts_with("LIST ") {
+            reads += per;
+        } else {
+            writes += per;
+        }
+        out += &format!("| {what} | {per:.2} |\n");
+    }
+    out += &format!("| **writes / reads** | **{writes:.2} / {reads:.2}** |\n");
+    out
+}
+
+fn route(name: &str) -> Value {
+    json!({
+        "apiVersion": "asc.webhooks.dev/v1alpha1", "kind": "WebhookRoute",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "secretRef": {"name": "hook", "key": "secret"},
+            "deliveryHistoryLimit": 10000,
+            "rules": [{
+                "name": "build",
+                "match": {"eventTypes": ["BUILD_UPLOAD_STATE_UPDATED"], "newStates": ["COMPLETE"]},
+                "enrich": "Never",
+                "job": {"template": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "lane", "image": "busybox", "command": ["true"]}]}}}}}
+            }]
+        }
+    })
+}
+
+fn event(id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"data": {"type": "buildUploadStateUpdated", "id": id, "version": 1,
+        "attributes": {"oldState": "PROCESSING", "newState": "COMPLETE"},
+        "relationships": {"instance": {"data": {"type": "buildUploads", "id": format!("b-{id}")}}}}}))
+    .unwrap_or_default()
+}
+
+/// POSTs until accepted (202) or known (200), as App Store Connect retries.
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) {
+    let sig = signature::sign(SECRET.as_bytes(), &body);
+    for _ in 0..100 {
+        let sent = http
+            .post(url)
+            .header(signature::HEADER, &sig)
+            .body(body.clone())
+            .send()
+            .await;
+        if sent.is_ok_and(|r| matches!(r.status().as_u16(), 200 | 202)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("event refused 100 times");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The operator binary, watching the bench namespace.
+struct Operator {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Operator {
+    async fn start(kubeconfig: &str) -> Operator {
+        let (public, admin) = (free_port(), free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_asc-webhook-operator"))
+            .args(["run", "--namespace", NS, "--log-filter", "warn"])
+            .args(["--listen-addr", &format!("127.0.0.1:{public}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("operator binary starts");
+        let http = reqwest::Client::new();
+        let ready = format!("http://127.0.0.1:{admin}/readyz");
+        let started = Instant::now();
+        while !http
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(started.elapsed() < Duration::from_secs(120), "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Operator {
+            child,
+            url: format!("http://127.0.0.1:{public}"),
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Jobs as they appear (by delivery label) on a watch, with when.
+struct JobWatch {
+    seen: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    latest: Arc<std::sync::Mutex<HashMap<String, Job>>>,
+}
+
+impl JobWatch {
+    fn start(client: &Client) -> JobWatch {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        let latest: Arc<std::sync::Mutex<HashMap<String, Job>>> = Arc::default();
+        let keep = latest.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher(jobs, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(job)) = stream.next().await {
+                let name = job.metadata.name.clone().unwrap_or_default();
+                let delivery = job
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_DELIVERY));
+                let new = keep
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name, job.clone())
+                    .is_none();
+                if let (true, Some(d)) = (new, delivery) {
+                    let _ = tx.send((d.clone(), Instant::now()));
+                }
+            }
+        });
+        JobWatch { seen, latest }
+    }
+
+    /// Waits for `n` new Jobs; the time the last appeared.
+    async fn wait(&mut self, n: usize) -> Instant {
+        let mut last = Instant::now();
+        for _ in 0..n {
+            let (_, at) = tokio::time::timeout(Duration::from_secs(120), self.seen.recv())
+                .await
+                .expect("Jobs keep appearing")
+                .expect("watch alive");
+            last = at;
+        }
+        last
+    }
+}
+
+/// GETs of Jobs this bench made itself (counted in the finishing phase's `GET jobs`).
+static BENCH_JOB_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Marks `job` complete as the Job controller would (the status a 1.36 API server accepts): from the
+/// watched copy, else (the Job controller set `startTime` since) from a fresh read.
+async fn complete(jobs: &Api<Job>, job: &Job) {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let mut current = job.clone();
+    for _ in 0..10 {
+        let status = finished_status(&current);
+        match jobs
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if matches!(s.code, 409 | 422) => {
+                BENCH_JOB_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                current = jobs.get(&name).await.expect("Job read");
+            }
+            Err(e) => panic!("completing Job {name}: {e}"),
+        }
+    }
+    panic!("completing Job {name}: refused ten times");
+}
+
+fn finished_status(job: &Job) -> Value {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let start = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| json!(t))
+        .unwrap_or_else(|| json!(now));
+    let condition = |t: &str| {
+        json!({"type": t, "status": "True", "reason": "CompletionsReached",
+            "lastProbeTime": now, "lastTransitionTime": now})
+    };
+    json!({"status": {"startTime": start, "active": 0, "ready": 0, "terminating": 0,
+        "succeeded": 1, "completionTime": now, "uncountedTerminatedPods": {},
+        "conditions": [condition("SuccessCriteriaMet"), condition("Complete")]}})
+}
+
+fn quantiles(h: &Histogram<u64>) -> String {
+    format!(
+        "{:.1} / {:.1} ms",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0
+    )
+}
+
+async fn setup(client: &Client) {
+    let apply = PatchParams::apply("asc-webhook-bench").force();
+    // A namespace left by an interrupted run holds its events: start empty.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(NS, &DeleteParams::background()).await;
+    while namespaces.get_opt(NS).await.ok().flatten().is_some() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [
+        WebhookRoute::crd(),
+        WebhookDelivery::crd(),
+        AscCredential::crd(),
+    ] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &apply, &Patch::Apply(&crd))
+            .await
+            .expect("CRD applied");
+    }
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}});
+    namespaces
+        .patch(NS, &apply, &Patch::Apply(&ns))
+        .await
+        .expect("namespace");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "hook", "namespace": NS}, "stringData": {"secret": SECRET}});
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .patch("hook", &apply, &Patch::Apply(&secret))
+        .await
+        .expect("secret");
+    let routes: Api<WebhookRoute> = Api::namespaced(client.clone(), NS);
+    for i in 0..ROUTES {
+        let name = format!("route-{i}");
+        routes
+            .patch(&name, &apply, &Patch::Apply(&route(&name)))
+            .await
+            .expect("route");
+    }
+}
+
+/// The bare client: one small create at a time, then 2,000 Jobs 16 in flight.
+async fn bare(client: &Client) -> (Histogram<u64>, f64) {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let mut one = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..LATENCY_EVENTS {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("bare-{i}"),
+            "labels": {"bench": "bare"}}, "data": {"k": "v"}}))
+            .expect("ConfigMap");
+        let t0 = Instant::now();
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+        one.record(t0.elapsed().as_micros() as u64).ok();
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let t0 = Instant::now();
+    futures::stream::iter(0..BURST)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let jobs = jobs.clone();
+            async move {
+                let job: Job = serde_json::from_value(json!({"metadata": {"name": format!("bare-{i}"),
+                    "labels": {"bench": "bare"}}, "spec": {"template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "lane", "image": "busybox", "command": ["true"]}]}}}}))
+                .expect("Job");
+                jobs.create(&PostParams::default(), &job).await.expect("create");
+            }
+        })
+        .await;
+    let rate = BURST as f64 / t0.elapsed().as_secs_f64();
+    let bare = ListParams::default().labels("bench=bare");
+    let background = DeleteParams::background();
+    let _ = jobs.delete_collection(&background, &bare).await;
+    let _ = cms.delete_collection(&background, &bare).await;
+    (one, rate)
+}
+
+/// A burst of `BURST` events, `IN_FLIGHT` at a time, to `routes` routes: Jobs/s.
+async fn burst(op: &Operator, watch: &mut JobWatch, tag: &str, routes: usize) -> f64 {
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    futures::stream::iter(0..BURST)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let (http, url) = (
+                http.clone(),
+                format!("{}/hooks/{NS}/route-{}", op.url, i % routes),
+            );
+            async move { post(&http, &url, event(&format!("{tag}-{i}"))).await }
+        })
+        .await;
+    let last = watch.wait(BURST).await;
+    BURST as f64 / last.duration_since(t0).as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let Ok(kubeconfig) = std::env::var("E2E_KUBECONFIG") else {
+        eprintln!("control_plane: set E2E_KUBECONFIG to a real cluster's kubeconfig to run it");
+        return;
+    };
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("kube config");
+    let client = Client::try_from(config).expect("client");
+    setup(&client).await;
+    let (one_create, bare_rate) = bare(&client).await;
+
+    let mut watch = JobWatch::start(&client);
+    let op = Operator::start(&kubeconfig).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let http = reqwest::Client::new();
+    let before = request_counts(&client).await;
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..LATENCY_EVENTS {
+        let t0 = Instant::now();
+        post(
+            &http,
+            &format!("{}/hooks/{NS}/route-0", op.url),
+            event(&format!("lat-{i}")),
+        )
+        .await;
+        let at = watch.wait(1).await;
+        latency
+            .record(at.duration_since(t0).as_micros() as u64)
+            .ok();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_latency = request_counts(&client).await;
+    let one_rule = burst(&op, &mut watch, "one", 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_burst = request_counts(&client).await;
+    let spread = burst(&op, &mut watch, "spread", ROUTES).await;
+
+    // Finishing: every delivery's Job completes.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let first_burst: Vec<Job> = watch
+        .latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|j| {
+            j.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(LABEL_DELIVERY))
+        })
+        .cloned()
+        .collect();
+    let before_finish = request_counts(&client).await;
+    futures::stream::iter(first_burst.iter())
+        .for_each_concurrent(IN_FLIGHT, |j| complete(&jobs, j))
+        .await;
+    let deliveries: Api<WebhookDelivery> = Api::namespaced(client.clone(), NS);
+    let finished = ListParams::default().labels("asc.webhooks.dev/finished");
+    let t0 = Instant::now();
+    while deliveries
+        .list_metadata(&finished)
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
+        < first_burst.len()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "deliveries never finished"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_finish = request_counts(&client).await;
+
+    // Restart with the finished history: the next event → its Job.
+    op.kill();
+    let op = Operator::start(&kubeconfig).await;
+    let t0 = Instant::now();
+    post(
+        &http,
+        &format!("{}/hooks/{NS}/route-1", op.url),
+        event("after-restart"),
+    )
+    .await;
+    let restart = watch.wait(1).await.duration_since(t0);
+    op.kill();
+
+    println!("control_plane (real API server from E2E_KUBECONFIG)");
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| bare client: one small create, p50 / p99 | {} |",
+        quantiles(&one_create)
+    );
+    println!("| bare client: {BURST} Jobs, {IN_FLIGHT} in flight | {bare_rate:.0} Jobs/s |");
+    println!(
+        "| signed POST → Job exists, p50 / p99 ({LATENCY_EVENTS} one at a time) | {} |",
+        quantiles(&latency)
+    );
+    println!(
+        "| burst of {BURST} events to one Job rule, {IN_FLIGHT} senders | {one_rule:.0} Jobs/s |"
+    );
+    println!("| burst of {BURST} events over {ROUTES} routes | {spread:.0} Jobs/s |");
+    println!(
+        "| restart with {} finished deliveries: next event → Job after ready | {:.0} ms |",
+        first_burst.len(),
+        restart.as_secs_f64() * 1000.0
+    );
+    println!(
+        "\nRequests per delivery, one at a time (apiserver_request_total)\n{}",
+        per_delivery(&before, &after_latency, LATENCY_EVENTS)
+    );
+    println!(
+        "Requests per delivery, burst to one rule\n{}",
+        per_delivery(&after_latency, &after_burst, BURST)
+    );
+    println!(
+        "Requests per delivery to finish (Job complete → delivery finished)\n{}",
+        per_delivery(&before_finish, &after_finish, first_burst.len())
+    );
+    println!(
+        "(of the finishing phase's GET jobs, {} were this bench's own re-reads before marking a Job complete)",
+        BENCH_JOB_READS.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    if std::env::var("E2E_KEEP").is_err() {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let _ = namespaces.delete(NS, &DeleteParams::background()).await;
+    }
+}

@@ -304,9 +304,7 @@ async fn a_rotated_webhook_secret_of_a_declared_route_reaches_app_store_connect_
     .await;
     put_secret(&api, "declared-secret", &[("secret", ROTATED_SECRET)]).await;
     eventually("App Store Connect has the rotated secret", SOON, || {
-        let rotated = asc
-            .webhook(&id)
-            .is_some_and(|w| w.secret == ROTATED_SECRET);
+        let rotated = asc.webhook(&id).is_some_and(|w| w.secret == ROTATED_SECRET);
         async move { rotated.then_some(()) }
     })
     .await;

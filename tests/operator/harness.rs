@@ -278,9 +278,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     loop {
         if let Some(v) = check().await {
+            // Shown with `--nocapture`: how long each awaited state took, the figures a run against a
+            // real cluster (`ASC_E2E_KUBECONFIG`) is read for.
+            eprintln!("eventually: {what} after {:.2?}", started.elapsed());
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting until {what}");

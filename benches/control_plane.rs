@@ -18,8 +18,9 @@
 //! operator's log at that filter on this bench's stderr, `E2E_KEEP=1` keeps the namespace.
 //!
 //! Requests per delivery come from `apiserver_request_total` (GET /metrics before and after each phase,
-//! diffed per verb/resource/subresource, refusals such as 409 apart by their code). That metric does not say which client sent a request, so the
-//! table keeps to the resources only the operator writes or reads per delivery (`webhookdeliveries`,
+//! diffed per verb/resource/subresource, refusals such as 409 apart by their code). That metric does not
+//! say which client sent a request, so the table keeps to the resources only the operator writes or reads
+//! per delivery (`webhookdeliveries`,
 //! `webhookroutes`, `jobs` without `jobs/status`, which the Job controller and this bench write, and
 //! `events`, where the Job controller adds one `SuccessfulCreate` per Job); watches are left out.
 

@@ -217,7 +217,17 @@ impl Operator {
         }
     }
 
-    fn kill(mut self) {
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// An operator left running by a bench that panicked or was interrupted keeps reconciling the namespace
+/// the next run recreates: every delivery then gets two passes from two processes, the second's Job create
+/// and status write refused (409), which once passed for the operator's own cost. So the child never
+/// outlives its handle.
+impl Drop for Operator {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -13,9 +13,14 @@
 //! 4. Finishing: every Job marked complete, until every delivery is finished.
 //! 5. Restart with those 4,200 finished deliveries: the next event → its Job, after ready.
 //!
+//! Knobs, to look at one phase: `E2E_ONLY_ONE_AT_A_TIME=1` stops after phase 2, `E2E_SKIP_BARE=1` leaves
+//! out phase 1, `E2E_LATENCY_EVENTS=N` sends N events in phase 2 (200), `E2E_LOG_FILTER=debug` puts the
+//! operator's log at that filter on this bench's stderr, `E2E_KEEP=1` keeps the namespace.
+//!
 //! Requests per delivery come from `apiserver_request_total` (GET /metrics before and after each phase,
-//! diffed per verb/resource/subresource). That metric does not say which client sent a request, so the
-//! table keeps to the resources only the operator writes or reads per delivery (`webhookdeliveries`,
+//! diffed per verb/resource/subresource, refusals such as 409 apart by their code). That metric does not
+//! say which client sent a request, so the table keeps to the resources only the operator writes or reads
+//! per delivery (`webhookdeliveries`,
 //! `webhookroutes`, `jobs` without `jobs/status`, which the Job controller and this bench write, and
 //! `events`, where the Job controller adds one `SuccessfulCreate` per Job); watches are left out.
 
@@ -38,6 +43,19 @@ const NS: &str = "asc-bench";
 const SECRET: &str = "bench-webhook-secret";
 const ROUTES: usize = 20;
 const LATENCY_EVENTS: usize = 200;
+
+/// The operator's log filter (`E2E_LOG_FILTER`, default `warn`): `debug` shows what each pass does.
+fn log_filter() -> String {
+    std::env::var("E2E_LOG_FILTER").unwrap_or_else(|_| "warn".into())
+}
+
+/// Events sent one at a time (`E2E_LATENCY_EVENTS`, default 200).
+fn latency_events() -> usize {
+    std::env::var("E2E_LATENCY_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LATENCY_EVENTS)
+}
 const BURST: usize = 2_000;
 const IN_FLIGHT: usize = 16;
 const LABEL_DELIVERY: &str = "asc.webhooks.dev/delivery";
@@ -74,11 +92,16 @@ async fn request_counts(client: &Client) -> Counts {
         if !counted || verb == "WATCH" || (resource == "jobs" && sub == "status") {
             continue;
         }
-        let what = if sub.is_empty() {
+        let mut what = if sub.is_empty() {
             format!("{verb} {resource}")
         } else {
             format!("{verb} {resource}/{sub}")
         };
+        // Refusals apart (a 409 is a write the server fenced off or found done already).
+        let code = label("code");
+        if !code.starts_with('2') {
+            what += &format!(" ({code})");
+        }
         *counts.entry(what).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
     }
     counts
@@ -164,11 +187,16 @@ impl Operator {
     async fn start(kubeconfig: &str) -> Operator {
         let (public, admin) = (free_port(), free_port());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_asc-webhook-operator"))
-            .args(["run", "--namespace", NS, "--log-filter", "warn"])
+            .args(["run", "--namespace", NS, "--log-filter", &log_filter()])
             .args(["--listen-addr", &format!("127.0.0.1:{public}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .env("KUBECONFIG", kubeconfig)
-            .stdout(std::process::Stdio::null())
+            // Its log (stdout) only when asked for (`E2E_LOG_FILTER`), on this bench's stderr.
+            .stdout(if std::env::var("E2E_LOG_FILTER").is_ok() {
+                std::process::Stdio::from(std::io::stderr())
+            } else {
+                std::process::Stdio::null()
+            })
             .spawn()
             .expect("operator binary starts");
         let http = reqwest::Client::new();
@@ -189,7 +217,17 @@ impl Operator {
         }
     }
 
-    fn kill(mut self) {
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// An operator left running by a bench that panicked or was interrupted keeps reconciling the namespace
+/// the next run recreates: every delivery then gets two passes from two processes, the second's Job create
+/// and status write refused (409), which once passed for the operator's own cost. So the child never
+/// outlives its handle.
+impl Drop for Operator {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -341,7 +379,8 @@ async fn setup(client: &Client) {
 async fn bare(client: &Client) -> (Histogram<u64>, f64) {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     let mut one = Histogram::<u64>::new(3).expect("histogram");
-    for i in 0..LATENCY_EVENTS {
+    let latency_events = latency_events();
+    for i in 0..latency_events {
         let cm: ConfigMap =
             serde_json::from_value(json!({"metadata": {"name": format!("bare-{i}"),
             "labels": {"bench": "bare"}}, "data": {"k": "v"}}))
@@ -405,7 +444,12 @@ async fn main() {
     .expect("kube config");
     let client = Client::try_from(config).expect("client");
     setup(&client).await;
-    let (one_create, bare_rate) = bare(&client).await;
+    let only_one_at_a_time = std::env::var("E2E_ONLY_ONE_AT_A_TIME").is_ok();
+    let (one_create, bare_rate) = if std::env::var("E2E_SKIP_BARE").is_ok() {
+        (Histogram::<u64>::new(3).expect("histogram"), 0.0)
+    } else {
+        bare(&client).await
+    };
 
     let mut watch = JobWatch::start(&client);
     let op = Operator::start(&kubeconfig).await;
@@ -413,7 +457,8 @@ async fn main() {
     let http = reqwest::Client::new();
     let before = request_counts(&client).await;
     let mut latency = Histogram::<u64>::new(3).expect("histogram");
-    for i in 0..LATENCY_EVENTS {
+    let latency_events = latency_events();
+    for i in 0..latency_events {
         let t0 = Instant::now();
         post(
             &http,
@@ -428,6 +473,19 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_latency = request_counts(&client).await;
+    if only_one_at_a_time {
+        // To read one phase's requests (and the operator's log) alone.
+        op.kill();
+        println!(
+            "signed POST → Job exists, p50 / p99 ({latency_events} one at a time): {}",
+            quantiles(&latency)
+        );
+        println!(
+            "Requests per delivery, one at a time (apiserver_request_total)\n{}",
+            per_delivery(&before, &after_latency, latency_events)
+        );
+        return;
+    }
     let one_rule = burst(&op, &mut watch, "one", 1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_burst = request_counts(&client).await;
@@ -492,7 +550,7 @@ async fn main() {
     );
     println!("| bare client: {BURST} Jobs, {IN_FLIGHT} in flight | {bare_rate:.0} Jobs/s |");
     println!(
-        "| signed POST → Job exists, p50 / p99 ({LATENCY_EVENTS} one at a time) | {} |",
+        "| signed POST → Job exists, p50 / p99 ({latency_events} one at a time) | {} |",
         quantiles(&latency)
     );
     println!(
@@ -506,7 +564,7 @@ async fn main() {
     );
     println!(
         "\nRequests per delivery, one at a time (apiserver_request_total)\n{}",
-        per_delivery(&before, &after_latency, LATENCY_EVENTS)
+        per_delivery(&before, &after_latency, latency_events)
     );
     println!(
         "Requests per delivery, burst to one rule\n{}",

@@ -9,6 +9,7 @@ use crate::controllers::{self, Process, Settings};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::receiver::admin::{self, Readiness};
+use crate::receiver::handoff::Handoff;
 use crate::receiver::kube_backend::{KubeDeliveries, KubeSecrets};
 use crate::receiver::serve::ServeLimits;
 use crate::receiver::store::DeliveryStore;
@@ -150,10 +151,12 @@ pub async fn run_with(
         &shutdown,
     );
 
+    // What the receiver and catch-up store, the delivery controller starts from without reading it back.
+    let handoff = Handoff::default();
     let receiver = Receiver::new(
         routes.clone(),
         Arc::new(KubeSecrets::new(receiver_client.clone())),
-        Arc::new(KubeDeliveries::new(receiver_client)),
+        Arc::new(KubeDeliveries::new(receiver_client).with_handoff(handoff.clone())),
         ReceiverConfig::from(&args),
         metrics.clone(),
     );
@@ -175,8 +178,10 @@ pub async fn run_with(
     let admin_server = axum::serve(admin, admin::router(metrics.clone(), readiness.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let identity = replica_identity(&args);
-    let process = controller_process(&client, &config, &metrics, &args, &identity, &readiness)?
-        .with_secret_observations(receiver.secret_observations());
+    let process = controller_process(
+        &client, &config, &metrics, &args, &identity, &readiness, &handoff,
+    )?
+    .with_secret_observations(receiver.secret_observations());
     let process = Arc::new(process);
     let leader_gauge = metrics
         .leader
@@ -219,7 +224,8 @@ fn replica_identity(args: &RunArgs) -> String {
 }
 
 /// What the controllers share for the whole process (each leadership term adds its own state), with the
-/// Event reporter named after this replica; apart from `run_with` so the start-up sequence reads as steps.
+/// Event reporter named after this replica and the deliveries this process stores handed over through
+/// `handoff`; apart from `run_with` so the start-up sequence reads as steps.
 fn controller_process(
     client: &Client,
     config: &kube::Config,
@@ -227,6 +233,7 @@ fn controller_process(
     args: &RunArgs,
     identity: &str,
     readiness: &Readiness,
+    handoff: &Handoff,
 ) -> Result<Process, RunError> {
     let reporter = kube::runtime::events::Reporter {
         controller: crate::resources::names::OPERATOR.into(),
@@ -237,12 +244,14 @@ fn controller_process(
         metrics.clone(),
         Settings::from(args),
         reporter,
+        // Catch-up stores as the receiver does, handing what it stored over the same way.
         DeliveryStore::new(
-            Arc::new(KubeDeliveries::new(client.clone())),
+            Arc::new(KubeDeliveries::new(client.clone()).with_handoff(handoff.clone())),
             ReceiverConfig::from(args).record_limits(),
         ),
     )
     .map_err(RunError::HttpClient)?
+    .with_handoff(handoff.clone())
     .with_action_clients(ActionClients::from_config(client.clone(), config.clone()))
     .with_ready_again(readiness.recoveries()))
 }

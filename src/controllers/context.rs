@@ -39,6 +39,7 @@ use crate::actions::http::ActionHttp;
 use crate::asc::api::AscClientOptions;
 use crate::asc::origins::AllowedOrigins;
 use crate::metrics::Metrics;
+use crate::receiver::handoff::Handoff;
 use crate::receiver::secret_cache::SecretId;
 use crate::receiver::store::DeliveryStore;
 use crate::resources::WebhookRoute;
@@ -146,6 +147,8 @@ pub struct Process {
     ready_again: Option<watch::Receiver<u64>>,
     /// The Secrets this replica's receiver found missing or changed, when the operator wired them.
     secret_observations: Option<broadcast::Sender<SecretId>>,
+    /// The deliveries this process's receiver and catch-up just stored, as the API server returned them.
+    handoff: Handoff,
     recorder: Recorder,
     actions: ActionClients,
 }
@@ -166,6 +169,7 @@ impl Process {
             http: crate::actions::http::client(settings.http_deny.clone())?,
             ready_again: None,
             secret_observations: None,
+            handoff: Handoff::default(),
             client,
             metrics,
             settings,
@@ -187,6 +191,13 @@ impl Process {
     /// The receiver's recoveries from unready, when the operator wired them.
     pub fn ready_again(&self) -> Option<watch::Receiver<u64>> {
         self.ready_again.clone()
+    }
+
+    /// Lets each term's delivery controller start from what this process's receiver and catch-up stored
+    /// (the same `handoff` their delivery sinks fill).
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = handoff;
+        self
     }
 
     /// Hands the controllers the Secrets this replica's receiver finds missing, back or changed.
@@ -286,7 +297,7 @@ impl Context {
             stores,
             pruned: PrunedEvents::default(),
             job_facts: JobFacts::default(),
-            copies: DeliveryCopies::default(),
+            copies: DeliveryCopies::with_handoff(process.handoff.clone()),
             route_secrets: RouteSecretFacts::new(settings_idle(settings)),
             asc_clients: AscClients::new(
                 process.client.clone(),

@@ -3,6 +3,7 @@
 use super::backend::{
     DeliverySink, Recorded, SecretData, SecretSource, SecretSourceError, SinkError,
 };
+use super::handoff::Handoff;
 use crate::resources::WebhookDelivery;
 use crate::resources::names::FIELD_MANAGER;
 use futures::future::BoxFuture;
@@ -54,12 +55,22 @@ impl SecretSource for KubeSecrets {
 #[derive(Clone)]
 pub struct KubeDeliveries {
     client: Client,
+    handoff: Option<Handoff>,
 }
 
 impl KubeDeliveries {
     /// Uses `client` for every create.
     pub fn new(client: Client) -> Self {
-        KubeDeliveries { client }
+        KubeDeliveries {
+            client,
+            handoff: None,
+        }
+    }
+
+    /// Hands each created delivery to this process's delivery controller through `handoff`.
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 }
 
@@ -73,7 +84,12 @@ impl DeliverySink for KubeDeliveries {
                 ..Default::default()
             };
             match api.create(&params, &delivery).await {
-                Ok(_) => Ok(Recorded::Created),
+                Ok(created) => {
+                    if let Some(handoff) = &self.handoff {
+                        handoff.keep(created);
+                    }
+                    Ok(Recorded::Created)
+                }
                 Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(Recorded::Duplicate),
                 Err(e) => Err(classify(e)),
             }

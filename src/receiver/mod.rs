@@ -9,6 +9,7 @@ mod answer;
 pub mod backend;
 pub(crate) mod budget;
 mod handler;
+pub mod handoff;
 pub(crate) mod kube_backend;
 pub mod record;
 pub(crate) mod route_watch;

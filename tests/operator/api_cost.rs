@@ -116,10 +116,11 @@ fn total(counts: &BTreeMap<String, usize>, f: impl Fn(&str) -> bool) -> usize {
 const JOB_RULE: &str = "    - name: build\n      match: {eventTypes: [BUILD_UPLOAD_STATE_UPDATED]}\n      enrich: Never\n      job:\n        template:\n          spec:\n            template:\n              spec:\n                restartPolicy: Never\n                containers: [{name: run, image: busybox}]\n";
 
 /// What exactly-once needs from the API server and no more: in a burst, the receiver's create, the Job's
-/// create and one status write with the outcome per delivery, at most one read; once the Job completes,
+/// create and one status write with the outcome per delivery, no read when the receiver that stored it
+/// runs in the leader's process; once the Job completes,
 /// the outcome and the finished label. No Event for a delivery that went well.
 #[tokio::test]
-async fn a_delivery_costs_three_writes_and_one_read_to_its_job_and_two_writes_to_finish() {
+async fn a_delivery_costs_three_writes_and_no_read_to_its_job_and_two_writes_to_finish() {
     const EVENTS: usize = 20;
     let api = fake_api().await;
     put_secret(&api, "hook-secret", &[("secret", WEBHOOK_SECRET)]).await;
@@ -159,8 +160,10 @@ async fn a_delivery_costs_three_writes_and_one_read_to_its_job_and_two_writes_to
     assert_eq!(jobs(&api).len(), EVENTS);
     let to_job = operator_requests(&api);
     let (writes, reads, route_writes) = split(&to_job);
+    // The receiver hands what it created to the delivery controller of its own process, so a pass reads
+    // a delivery back only when the watch brought it before the create's answer (rare: allow a few).
     assert!(
-        writes <= 3 * EVENTS && reads <= EVENTS && route_writes <= at_most_two_a_second(counting),
+        writes <= 3 * EVENTS && reads <= EVENTS / 10 && route_writes <= at_most_two_a_second(counting),
         "{writes} writes and {reads} reads for {EVENTS} deliveries, {route_writes} route status writes: {to_job:#?}"
     );
     assert!(

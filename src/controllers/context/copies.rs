@@ -10,6 +10,7 @@
 //! the copy's `resourceVersion`: should the copy be stale all the same, the write is refused with 409
 //! and the pass starts over from a read.
 
+use crate::receiver::handoff::Handoff;
 use crate::resources::WebhookDelivery;
 use crate::resources::names::ANNOTATION_LAST_APPLIED;
 use kube::ResourceExt;
@@ -30,6 +31,8 @@ struct Copy {
 /// The full copies of unfinished deliveries, by `namespace/name`.
 pub struct DeliveryCopies {
     copies: moka::sync::Cache<String, Copy>,
+    /// What this process's receiver and catch-up just stored: a new delivery's first copy.
+    handoff: Handoff,
 }
 
 impl Default for DeliveryCopies {
@@ -41,6 +44,7 @@ impl Default for DeliveryCopies {
                 .max_capacity(20_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            handoff: Handoff::default(),
         }
     }
 }
@@ -59,13 +63,27 @@ fn slim(mut d: WebhookDelivery) -> WebhookDelivery {
 }
 
 impl DeliveryCopies {
+    /// Copies that start, for a delivery this process stored itself, from what its create returned.
+    pub fn with_handoff(handoff: Handoff) -> Self {
+        DeliveryCopies {
+            handoff,
+            ..DeliveryCopies::default()
+        }
+    }
+
     /// The full copy of the delivery the watch shows as `watched`, when that copy is at least as new as
-    /// the watch's version of it (see the module's comment); `None`: read it.
+    /// the watch's version of it (see the module's comment), or, for a delivery this process just stored,
+    /// what its create returned; `None`: read it.
     pub fn current(&self, watched: &WebhookDelivery) -> Option<WebhookDelivery> {
-        let copy = self.copies.get(&key(watched))?;
-        let version = watched.resource_version()?;
-        let same_object = copy.delivery.uid() == watched.uid();
-        (same_object && copy.versions.contains(&version)).then(|| copy.delivery.as_ref().clone())
+        if let Some(copy) = self.copies.get(&key(watched)) {
+            let version = watched.resource_version()?;
+            if copy.delivery.uid() == watched.uid() && copy.versions.contains(&version) {
+                return Some(copy.delivery.as_ref().clone());
+            }
+        }
+        let stored = self.handoff.take(watched)?;
+        self.read(&stored);
+        Some(stored)
     }
 
     /// Keeps what a read returned.

@@ -8,13 +8,16 @@
 //! subresource, as the Job controller would.
 //!
 //! 1. Bare client: one small create at a time (p50/p99), and 2,000 Jobs created 16 in flight (Jobs/s).
+//!    1b. The same client doing what exactly-once needs, with no operator (`support/bare_pipeline.rs`):
+//!    per event a delivery create, a Job create and one status apply; one at a time (delivery create →
+//!    Job create, p50/p99) and 2,000 events 16 in flight (events/s), in a namespace of its own.
 //! 2. Signed POST → Job exists, 200 events one at a time (p50/p99).
 //! 3. A burst of 2,000 events to one Job rule, 16 senders (Jobs/s); then the same spread over 20 routes.
 //! 4. Finishing: every Job marked complete, until every delivery is finished.
 //! 5. Restart with those 4,200 finished deliveries: the next event → its Job, after ready.
 //!
-//! Knobs, to look at one phase: `E2E_ONLY_ONE_AT_A_TIME=1` stops after phase 2, `E2E_SKIP_BARE=1` leaves
-//! out phase 1, `E2E_LATENCY_EVENTS=N` sends N events in phase 2 (200), `E2E_LOG_FILTER=debug` puts the
+//! Knobs, to look at one phase: `E2E_ONLY_ONE_AT_A_TIME=1` stops after phase 2, `E2E_ONLY_BURSTS=1`
+//! after phase 3, `E2E_SKIP_BARE=1` leaves out phase 1, `E2E_LATENCY_EVENTS=N` sends N events in phase 2 (200), `E2E_LOG_FILTER=debug` puts the
 //! operator's log at that filter on this bench's stderr, `E2E_KEEP=1` keeps the namespace.
 //!
 //! Requests per delivery come from `apiserver_request_total` (GET /metrics before and after each phase,
@@ -24,18 +27,24 @@
 //! `webhookroutes`, `jobs` without `jobs/status`, which the Job controller and this bench write, and
 //! `events`, where the Job controller adds one `SuccessfulCreate` per Job); watches are left out.
 
+#[path = "support/bare_pipeline.rs"]
+mod bare_pipeline;
+#[path = "support/request_cost.rs"]
+mod request_cost;
+
 use asc_webhook_operator::asc::signature;
 use asc_webhook_operator::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt};
+use request_cost::{per_delivery, request_counts};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,73 +68,6 @@ fn latency_events() -> usize {
 const BURST: usize = 2_000;
 const IN_FLIGHT: usize = 16;
 const LABEL_DELIVERY: &str = "asc.webhooks.dev/delivery";
-
-type Counts = BTreeMap<String, f64>;
-
-/// `apiserver_request_total` summed per `VERB resource[/subresource]`, for the resources a delivery
-/// costs.
-async fn request_counts(client: &Client) -> Counts {
-    let req = http::Request::get("/metrics")
-        .body(Vec::new())
-        .expect("request");
-    let text = client.request_text(req).await.expect("GET /metrics");
-    let mut counts = Counts::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
-        let counted = matches!(
-            resource.as_str(),
-            "webhookdeliveries" | "webhookroutes" | "jobs" | "events"
-        );
-        if !counted || verb == "WATCH" || (resource == "jobs" && sub == "status") {
-            continue;
-        }
-        let mut what = if sub.is_empty() {
-            format!("{verb} {resource}")
-        } else {
-            format!("{verb} {resource}/{sub}")
-        };
-        // Refusals apart (a 409 is a write the server fenced off or found done already).
-        let code = label("code");
-        if !code.starts_with('2') {
-            what += &format!(" ({code})");
-        }
-        *counts.entry(what).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
-    }
-    counts
-}
-
-fn per_delivery(before: &Counts, after: &Counts, deliveries: usize) -> String {
-    let mut out = String::from("| request | per delivery |\n|---|---|\n");
-    let (mut writes, mut reads) = (0.0, 0.0);
-    for (what, n) in after {
-        let d = n - before.get(what).copied().unwrap_or(0.0);
-        if d <= 0.0 {
-            continue;
-        }
-        let per = d / deliveries.max(1) as f64;
-        if what.starts_with("GET ") || what.starts_with("LIST ") {
-            reads += per;
-        } else {
-            writes += per;
-        }
-        out += &format!("| {what} | {per:.2} |\n");
-    }
-    out += &format!("| **writes / reads** | **{writes:.2} / {reads:.2}** |\n");
-    out
-}
 
 fn route(name: &str) -> Value {
     json!({
@@ -410,6 +352,22 @@ async fn bare(client: &Client) -> (Histogram<u64>, f64) {
     let background = DeleteParams::background();
     let _ = jobs.delete_collection(&background, &bare).await;
     let _ = cms.delete_collection(&background, &bare).await;
+    // The garbage collector deletes the Jobs' Pods after them: wait, so that work does not land on
+    // the operator's phases.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while pods
+        .list_metadata(&ListParams::default())
+        .await
+        .map(|l| !l.items.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bare Jobs' Pods are not deleted"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     (one, rate)
 }
 
@@ -430,6 +388,145 @@ async fn burst(op: &Operator, watch: &mut JobWatch, tag: &str, routes: usize) ->
     BURST as f64 / last.duration_since(t0).as_secs_f64()
 }
 
+/// What a run measured; `None` where a knob left the phase out.
+#[derive(Default)]
+struct Results {
+    one_create: Option<Histogram<u64>>,
+    bare_rate: Option<f64>,
+    pipeline: Option<(Histogram<u64>, f64)>,
+    latency: Option<Histogram<u64>>,
+    one_rule: Option<f64>,
+    spread: Option<f64>,
+    restart: Option<(usize, Duration)>,
+    tables: Vec<String>,
+}
+
+impl Results {
+    fn print(&self) {
+        let row = |what: String, value: Option<String>| {
+            if let Some(v) = value {
+                println!("| {what} | {v} |");
+            }
+        };
+        let rate = |r: &Option<f64>, unit: &str| r.map(|r| format!("{r:.0} {unit}"));
+        println!("control_plane (real API server from E2E_KUBECONFIG)");
+        println!("| measure | value |\n|---|---|");
+        row(
+            "bare client: one small create, p50 / p99".into(),
+            self.one_create.as_ref().map(quantiles),
+        );
+        row(
+            format!("bare client: {BURST} Jobs, {IN_FLIGHT} in flight"),
+            rate(&self.bare_rate, "Jobs/s"),
+        );
+        if let Some((latency, rate)) = &self.pipeline {
+            row(
+                "bare client, what exactly-once needs: delivery create → Job create, p50 / p99 (one at a time)".into(),
+                Some(quantiles(latency)),
+            );
+            row(
+                format!(
+                    "bare client, what exactly-once needs: {BURST} events × 3 writes, {IN_FLIGHT} in flight"
+                ),
+                Some(format!("{rate:.0} events/s")),
+            );
+        }
+        row(
+            format!(
+                "signed POST → Job exists, p50 / p99 ({} one at a time)",
+                latency_events()
+            ),
+            self.latency.as_ref().map(quantiles),
+        );
+        row(
+            format!("burst of {BURST} events to one Job rule, {IN_FLIGHT} senders"),
+            rate(&self.one_rule, "Jobs/s"),
+        );
+        row(
+            format!("burst of {BURST} events over {ROUTES} routes"),
+            rate(&self.spread, "Jobs/s"),
+        );
+        if let Some((history, took)) = self.restart {
+            row(
+                format!("restart with {history} finished deliveries: next event → Job after ready"),
+                Some(format!("{:.0} ms", took.as_secs_f64() * 1000.0)),
+            );
+        }
+        for table in &self.tables {
+            println!("\n{table}");
+        }
+    }
+}
+
+/// Phase 2: `latency_events()` signed POSTs one at a time, each until its Job is seen.
+async fn one_at_a_time(op: &Operator, watch: &mut JobWatch) -> Histogram<u64> {
+    let http = reqwest::Client::new();
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..latency_events() {
+        let t0 = Instant::now();
+        post(
+            &http,
+            &format!("{}/hooks/{NS}/route-0", op.url),
+            event(&format!("lat-{i}")),
+        )
+        .await;
+        let at = watch.wait(1).await;
+        latency
+            .record(at.duration_since(t0).as_micros() as u64)
+            .ok();
+    }
+    latency
+}
+
+/// Phase 4: every Job of the bursts completes; waits until every delivery is finished. How many.
+async fn finish(client: &Client, watch: &JobWatch) -> usize {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let ours: Vec<Job> = watch
+        .latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|j| {
+            j.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(LABEL_DELIVERY))
+        })
+        .cloned()
+        .collect();
+    futures::stream::iter(ours.iter())
+        .for_each_concurrent(IN_FLIGHT, |j| complete(&jobs, j))
+        .await;
+    let deliveries: Api<WebhookDelivery> = Api::namespaced(client.clone(), NS);
+    let finished = ListParams::default().labels("asc.webhooks.dev/finished");
+    let t0 = Instant::now();
+    while deliveries
+        .list_metadata(&finished)
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
+        < ours.len()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "deliveries never finished"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    ours.len()
+}
+
+/// Phases 1 and 1b, unless `E2E_SKIP_BARE`.
+async fn bare_phases(client: &Client, results: &mut Results) {
+    if std::env::var("E2E_SKIP_BARE").is_ok() {
+        return;
+    }
+    let (one, rate) = bare(client).await;
+    results.one_create = Some(one);
+    results.bare_rate = Some(rate);
+    results.pipeline = Some(bare_pipeline::run(client, latency_events(), BURST, IN_FLIGHT).await);
+}
+
 #[tokio::main]
 async fn main() {
     let Ok(kubeconfig) = std::env::var("E2E_KUBECONFIG") else {
@@ -444,140 +541,72 @@ async fn main() {
     .expect("kube config");
     let client = Client::try_from(config).expect("client");
     setup(&client).await;
-    let only_one_at_a_time = std::env::var("E2E_ONLY_ONE_AT_A_TIME").is_ok();
-    let (one_create, bare_rate) = if std::env::var("E2E_SKIP_BARE").is_ok() {
-        (Histogram::<u64>::new(3).expect("histogram"), 0.0)
-    } else {
-        bare(&client).await
-    };
+    let mut results = Results::default();
+    bare_phases(&client, &mut results).await;
 
     let mut watch = JobWatch::start(&client);
     let op = Operator::start(&kubeconfig).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let http = reqwest::Client::new();
     let before = request_counts(&client).await;
-    let mut latency = Histogram::<u64>::new(3).expect("histogram");
-    let latency_events = latency_events();
-    for i in 0..latency_events {
-        let t0 = Instant::now();
-        post(
-            &http,
-            &format!("{}/hooks/{NS}/route-0", op.url),
-            event(&format!("lat-{i}")),
-        )
-        .await;
-        let at = watch.wait(1).await;
-        latency
-            .record(at.duration_since(t0).as_micros() as u64)
-            .ok();
-    }
+    results.latency = Some(one_at_a_time(&op, &mut watch).await);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_latency = request_counts(&client).await;
-    if only_one_at_a_time {
+    results.tables.push(format!(
+        "Requests per delivery, one at a time (apiserver_request_total)\n{}",
+        per_delivery(&before, &after_latency, latency_events())
+    ));
+    if std::env::var("E2E_ONLY_ONE_AT_A_TIME").is_ok() {
         // To read one phase's requests (and the operator's log) alone.
         op.kill();
-        println!(
-            "signed POST → Job exists, p50 / p99 ({latency_events} one at a time): {}",
-            quantiles(&latency)
-        );
-        println!(
-            "Requests per delivery, one at a time (apiserver_request_total)\n{}",
-            per_delivery(&before, &after_latency, latency_events)
-        );
-        return;
+        return done(&client, &results).await;
     }
-    let one_rule = burst(&op, &mut watch, "one", 1).await;
+    results.one_rule = Some(burst(&op, &mut watch, "one", 1).await);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_burst = request_counts(&client).await;
-    let spread = burst(&op, &mut watch, "spread", ROUTES).await;
-
-    // Finishing: every delivery's Job completes.
-    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
-    let first_burst: Vec<Job> = watch
-        .latest
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .filter(|j| {
-            j.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(LABEL_DELIVERY))
-        })
-        .cloned()
-        .collect();
-    let before_finish = request_counts(&client).await;
-    futures::stream::iter(first_burst.iter())
-        .for_each_concurrent(IN_FLIGHT, |j| complete(&jobs, j))
-        .await;
-    let deliveries: Api<WebhookDelivery> = Api::namespaced(client.clone(), NS);
-    let finished = ListParams::default().labels("asc.webhooks.dev/finished");
-    let t0 = Instant::now();
-    while deliveries
-        .list_metadata(&finished)
-        .await
-        .map(|l| l.items.len())
-        .unwrap_or(0)
-        < first_burst.len()
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "deliveries never finished"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    results.tables.push(format!(
+        "Requests per delivery, burst to one rule\n{}",
+        per_delivery(&after_latency, &after_burst, BURST)
+    ));
+    results.spread = Some(burst(&op, &mut watch, "spread", ROUTES).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_spread = request_counts(&client).await;
+    results.tables.push(format!(
+        "Requests per delivery, burst over {ROUTES} routes\n{}",
+        per_delivery(&after_burst, &after_spread, BURST)
+    ));
+    if std::env::var("E2E_ONLY_BURSTS").is_ok() {
+        op.kill();
+        return done(&client, &results).await;
     }
+
+    let before_finish = request_counts(&client).await;
+    let finished = finish(&client, &watch).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_finish = request_counts(&client).await;
+    results.tables.push(format!(
+        "Requests per delivery to finish (Job complete → delivery finished)\n{}\n(of the finishing phase's GET jobs, {} were this bench's own re-reads before marking a Job complete)",
+        per_delivery(&before_finish, &after_finish, finished),
+        BENCH_JOB_READS.load(std::sync::atomic::Ordering::Relaxed)
+    ));
 
     // Restart with the finished history: the next event → its Job.
     op.kill();
     let op = Operator::start(&kubeconfig).await;
     let t0 = Instant::now();
     post(
-        &http,
+        &reqwest::Client::new(),
         &format!("{}/hooks/{NS}/route-1", op.url),
         event("after-restart"),
     )
     .await;
-    let restart = watch.wait(1).await.duration_since(t0);
+    results.restart = Some((finished, watch.wait(1).await.duration_since(t0)));
     op.kill();
+    done(&client, &results).await;
+}
 
-    println!("control_plane (real API server from E2E_KUBECONFIG)");
-    println!("| measure | value |\n|---|---|");
-    println!(
-        "| bare client: one small create, p50 / p99 | {} |",
-        quantiles(&one_create)
-    );
-    println!("| bare client: {BURST} Jobs, {IN_FLIGHT} in flight | {bare_rate:.0} Jobs/s |");
-    println!(
-        "| signed POST → Job exists, p50 / p99 ({latency_events} one at a time) | {} |",
-        quantiles(&latency)
-    );
-    println!(
-        "| burst of {BURST} events to one Job rule, {IN_FLIGHT} senders | {one_rule:.0} Jobs/s |"
-    );
-    println!("| burst of {BURST} events over {ROUTES} routes | {spread:.0} Jobs/s |");
-    println!(
-        "| restart with {} finished deliveries: next event → Job after ready | {:.0} ms |",
-        first_burst.len(),
-        restart.as_secs_f64() * 1000.0
-    );
-    println!(
-        "\nRequests per delivery, one at a time (apiserver_request_total)\n{}",
-        per_delivery(&before, &after_latency, latency_events)
-    );
-    println!(
-        "Requests per delivery, burst to one rule\n{}",
-        per_delivery(&after_latency, &after_burst, BURST)
-    );
-    println!(
-        "Requests per delivery to finish (Job complete → delivery finished)\n{}",
-        per_delivery(&before_finish, &after_finish, first_burst.len())
-    );
-    println!(
-        "(of the finishing phase's GET jobs, {} were this bench's own re-reads before marking a Job complete)",
-        BENCH_JOB_READS.load(std::sync::atomic::Ordering::Relaxed)
-    );
+/// Prints `results` and, unless `E2E_KEEP`, deletes the bench namespace.
+async fn done(client: &Client, results: &Results) {
+    results.print();
     if std::env::var("E2E_KEEP").is_err() {
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let _ = namespaces.delete(NS, &DeleteParams::background()).await;

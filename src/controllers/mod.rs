@@ -14,6 +14,7 @@ pub mod matching;
 pub(crate) mod resource_kinds;
 pub(crate) mod route;
 pub(crate) mod route_status;
+mod route_wakes;
 pub(crate) mod secret_watch;
 pub(crate) mod seen;
 pub(crate) mod shared_watch;
@@ -213,7 +214,10 @@ where
 {
     let client = ctx.client.clone();
     let route_store = ctx.stores.routes.clone();
-    let route_controller = Controller::for_shared_stream(routes_to_status, route_store.clone());
+    let route_controller = Controller::for_shared_stream(
+        route_wakes::changes_to_act_on(routes_to_status),
+        route_store.clone(),
+    );
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
     let delivery_events = retrying(

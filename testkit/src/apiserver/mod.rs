@@ -444,6 +444,18 @@ impl FakeApiServer {
         self.shared.faults.lock().rules.push(rule);
     }
 
+    /// Injected faults not used up yet: 0 once every rule added has been taken as often as it says (a
+    /// `Delay` is taken when the delayed request arrives, before it is served).
+    pub fn faults_pending(&self) -> usize {
+        self.shared
+            .faults
+            .lock()
+            .rules
+            .iter()
+            .map(|r| r.times)
+            .sum()
+    }
+
     pub fn clear_faults(&self) {
         self.shared.faults.lock().rules.clear();
     }

@@ -198,6 +198,15 @@ pub struct RunArgs {
     /// How long after a test ping `WebhookVerified` stays `Unknown` before it turns `False`.
     #[arg(long, env = "ASC_WEBHOOK_VERIFY_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub webhook_verify_timeout: Duration,
+    /// How long after a test ping was requested, with none received, it is requested again; each later
+    /// re-send waits twice as long (30s: at 30 s, 90 s, 210 s). Apple does not document retrying a
+    /// delivery that failed, so a ping lost on the way (a connection closed under it, a 503) would
+    /// otherwise leave `WebhookVerified` `Unknown` until the timeout. 0 turns re-sends off.
+    #[arg(long, env = "ASC_WEBHOOK_PING_RESEND_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub webhook_ping_resend_after: Duration,
+    /// Re-sends of one test ping at most; none is made at or after `--webhook-verify-timeout`.
+    #[arg(long, env = "ASC_WEBHOOK_PING_RESENDS", default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=10))]
+    pub webhook_ping_resends: i32,
     /// How long a deleted route waits for its App Store Connect webhook to be deleted (credential gone,
     /// API refusing) before its finalizer is released anyway, so namespace deletion never hangs.
     #[arg(long, env = "ASC_WEBHOOK_RELEASE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]

@@ -75,6 +75,11 @@ pub struct Settings {
     pub webhook_resync_interval: Duration,
     /// How long after a ping `WebhookVerified` stays `Unknown` before it turns `False`.
     pub webhook_verify_timeout: Duration,
+    /// How long after the request a test ping not yet received is first requested again (each later
+    /// re-send waits twice as long as the one before).
+    pub webhook_ping_resend_after: Duration,
+    /// Re-sends of one test ping at most (all before the verify timeout).
+    pub webhook_ping_resends: i32,
     /// How long a deleted route waits for its App Store Connect webhook to be deleted before it is
     /// released anyway.
     pub webhook_release_timeout: Duration,
@@ -105,6 +110,8 @@ impl Default for Settings {
             max_concurrent_reconciles: 8,
             webhook_resync_interval: Duration::from_secs(30 * 60),
             webhook_verify_timeout: Duration::from_secs(5 * 60),
+            webhook_ping_resend_after: Duration::from_secs(30),
+            webhook_ping_resends: 3,
             webhook_release_timeout: Duration::from_secs(10 * 60),
             catch_up_lookback: Duration::from_secs(24 * 3600),
             asc_origins: AllowedOrigins::default(),

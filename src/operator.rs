@@ -170,6 +170,7 @@ pub async fn run_with(
         ServeLimits {
             max_connections: args.max_connections,
             header_read_timeout: args.header_read_timeout,
+            keep_alive_timeout: args.keep_alive_timeout,
         },
         metrics.clone(),
         shutdown.clone(),

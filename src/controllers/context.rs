@@ -32,6 +32,7 @@ pub use webhook_secrets::{WebhookSecret, WebhookSecrets};
 pub use written_asc::WrittenAscStatus;
 
 use super::delivery_index::DeliveryIndex;
+use super::event_recorder::Recorder;
 use super::impersonation::{ActionClients, Identity, ImpersonationError};
 use super::resource_kinds::ResourceKinds;
 use crate::actions::egress::DenyList;
@@ -43,7 +44,6 @@ use crate::receiver::secret_cache::SecretId;
 use crate::receiver::store::DeliveryStore;
 use crate::resources::WebhookRoute;
 use crate::retry::Backoff;
-use super::event_recorder::Recorder;
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Client, Resource};
 use std::sync::Arc;

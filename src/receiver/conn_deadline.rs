@@ -75,6 +75,7 @@ impl Tracker {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(test)]
     fn phase(&self) -> Phase {
         self.shared().phase
     }
@@ -219,7 +220,11 @@ mod tests {
         let t = Instant::now();
         assert_eq!(D.at(Phase::Idle(t)), Some(t + Duration::from_secs(75)));
         assert_eq!(D.at(Phase::Head(t)), Some(t + Duration::from_millis(300)));
-        assert_eq!(D.at(Phase::Serving), None, "the handler bounds a request's body");
+        assert_eq!(
+            D.at(Phase::Serving),
+            None,
+            "the handler bounds a request's body"
+        );
     }
 
     #[test]
@@ -232,7 +237,11 @@ mod tests {
             panic!("a head begun")
         };
         tracker.bytes_arrived();
-        assert_eq!(tracker.phase(), Phase::Head(started), "more of the same head");
+        assert_eq!(
+            tracker.phase(),
+            Phase::Head(started),
+            "more of the same head"
+        );
         tracker.serving();
         tracker.bytes_arrived();
         assert_eq!(tracker.phase(), Phase::Serving, "the body is the handler's");
@@ -254,7 +263,10 @@ mod tests {
         let e = io.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         let waited = started.elapsed();
-        assert!(waited < Duration::from_millis(250), "new: the header time ({waited:?})");
+        assert!(
+            waited < Duration::from_millis(250),
+            "new: the header time ({waited:?})"
+        );
 
         let (near, mut far) = tokio::io::duplex(64);
         let (mut io, tracker) = DeadlineIo::new(near, deadlines);
@@ -263,7 +275,10 @@ mod tests {
         let started = Instant::now();
         let e = io.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert!(started.elapsed() >= Duration::from_millis(300), "idle: the keep-alive time");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "idle: the keep-alive time"
+        );
 
         tracker.done();
         far.write_all(b"POST").await.unwrap();
@@ -272,6 +287,9 @@ mod tests {
         let e = io.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         let waited = begun.elapsed();
-        assert!(waited < Duration::from_millis(250), "a begun head: the header time ({waited:?})");
+        assert!(
+            waited < Duration::from_millis(250),
+            "a begun head: the header time ({waited:?})"
+        );
     }
 }

@@ -137,7 +137,10 @@ mod tests {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(exchange(&mut stream).await > 0);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(exchange(&mut stream).await > 0, "kept past the header timeout");
+        assert!(
+            exchange(&mut stream).await > 0,
+            "kept past the header timeout"
+        );
         let started = std::time::Instant::now();
         let mut buf = [0u8; 16];
         let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
@@ -145,7 +148,11 @@ mod tests {
             .expect("closed after the keep-alive time")
             .unwrap_or(0);
         assert_eq!(n, 0);
-        assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
         shutdown.cancel();
         let _ = server.await;
     }

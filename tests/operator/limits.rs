@@ -221,17 +221,26 @@ async fn exchange(stream: &mut TcpStream) -> Option<String> {
         .expect("an answer or a close")
         .ok()?;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.lines().next().filter(|l| !l.is_empty()).map(str::to_owned)
+    text.lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
 }
 
 /// A sender (Apple, an Ingress, a load balancer) keeps idle connections for its next request; were the
 /// receiver to close one at the moment the next POST is sent on it, that request would be lost.
 #[tokio::test]
-async fn a_kept_alive_connection_outlives_the_header_timeout_and_closes_after_the_keep_alive_time() {
+async fn a_kept_alive_connection_outlives_the_header_timeout_and_closes_after_the_keep_alive_time()
+{
     let api = stage().await;
     let op = Operator::start(
         &api,
-        &["--header-read-timeout", "300ms", "--keep-alive-timeout", "2s"],
+        &[
+            "--header-read-timeout",
+            "300ms",
+            "--keep-alive-timeout",
+            "2s",
+        ],
     )
     .await;
     let addr = op.url.trim_start_matches("http://").to_owned();
@@ -241,7 +250,11 @@ async fn a_kept_alive_connection_outlives_the_header_timeout_and_closes_after_th
     // Idle for three header timeouts: still open, and the next request is served on it.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let second = exchange(&mut stream).await;
-    assert_eq!(second.as_deref(), Some(first.as_str()), "served on the kept connection");
+    assert_eq!(
+        second.as_deref(),
+        Some(first.as_str()),
+        "served on the kept connection"
+    );
     // Idle past the keep-alive time: the receiver closes it.
     let mut buf = [0u8; 64];
     let started = Instant::now();
@@ -250,7 +263,11 @@ async fn a_kept_alive_connection_outlives_the_header_timeout_and_closes_after_th
         .expect("closed within the keep-alive time")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
     op.stop().await;
 }
 

@@ -377,7 +377,8 @@ mod tests {
     }
 
     #[test]
-    fn an_unanswered_ping_is_resent_with_doubling_waits_a_bounded_number_of_times_before_the_verdict() {
+    fn an_unanswered_ping_is_resent_with_doubling_waits_a_bounded_number_of_times_before_the_verdict()
+     {
         let at_of = |asc: &AppStoreConnectStatus| {
             next_resend_at(asc, None, FIVE_MIN).map(crate::time::format_ts)
         };
@@ -396,8 +397,18 @@ mod tests {
         };
         assert_eq!(next_resend_at(&thrice, None, &generous), None);
 
-        assert!(!resend_due(&first, None, at("2026-12-01T10:00:29Z"), FIVE_MIN));
-        assert!(resend_due(&first, None, at("2026-12-01T10:00:30Z"), FIVE_MIN));
+        assert!(!resend_due(
+            &first,
+            None,
+            at("2026-12-01T10:00:29Z"),
+            FIVE_MIN
+        ));
+        assert!(resend_due(
+            &first,
+            None,
+            at("2026-12-01T10:00:30Z"),
+            FIVE_MIN
+        ));
         assert!(
             !resend_due(
                 &first,
@@ -427,8 +438,15 @@ mod tests {
         assert_eq!(next, Some(Duration::from_secs(20)), "the first re-send");
         let asc = resent("2026-12-01T10:00:00Z", 1, "2026-12-01T10:00:30Z");
         let (c, next) = verified_condition(&asc, None, "u", at("2026-12-01T10:00:31Z"), FIVE_MIN);
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("Unknown", "PingResent"));
-        for part in ["requested again 1 of at most 3", "2026-12-01T10:00:30Z", "300 s"] {
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "PingResent")
+        );
+        for part in [
+            "requested again 1 of at most 3",
+            "2026-12-01T10:00:30Z",
+            "300 s",
+        ] {
             assert!(c.message.contains(part), "{part}: {}", c.message);
         }
         assert_eq!(next, Some(Duration::from_secs(59)));

@@ -38,7 +38,11 @@ async fn a_ping_whose_delivery_was_lost_is_requested_again_and_verifies_the_webh
     .await;
     managed_route(&api, "release", "", RULES).await;
     let route = wait_condition(&api, "release", "WebhookVerified", "True", "PingReceived").await;
-    let pings: Vec<_> = mock.deliveries().into_iter().filter(|d| d.event.ping).collect();
+    let pings: Vec<_> = mock
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.event.ping)
+        .collect();
     assert_eq!(
         pings.iter().map(|d| d.state).collect::<Vec<_>>(),
         [DeliveryState::Failed, DeliveryState::Succeeded],
@@ -77,8 +81,7 @@ async fn pings_that_never_arrive_are_resent_a_bounded_number_of_times_before_the
     )
     .await;
     managed_route(&api, "release", "", RULES).await;
-    let waiting =
-        wait_condition(&api, "release", "WebhookVerified", "Unknown", "PingResent").await;
+    let waiting = wait_condition(&api, "release", "WebhookVerified", "Unknown", "PingResent").await;
     let message = condition(&waiting, "WebhookVerified").unwrap().message;
     assert!(message.contains("requested again"), "{message}");
     let route = wait_condition(

@@ -374,11 +374,17 @@ async fn main() {
         }
         assert!(
             started.elapsed() < patience,
-            "only {done} of {routes} routes became {wanted:?}"
+            "only {done} of {routes} routes became {wanted:?}; ping deliveries that failed: {:?}",
+            failed_pings(mock.as_ref())
         );
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let settled_after = started.elapsed();
+    // Apple does not document retrying a failed delivery, and neither does the mock: each ping lost on the
+    // way (and why) is worth seeing, even when its re-send verified the route in time.
+    for failed in failed_pings(mock.as_ref()) {
+        println!("idle_requests: a ping delivery failed: {failed}");
+    }
     // Let the last status writes and their watch events pass before measuring "idle".
     tokio::time::sleep(Duration::from_secs(5)).await;
     api.start_window().await;
@@ -421,6 +427,25 @@ async fn main() {
         secret_access()
     );
     report(&by, elapsed, declared.then_some(asc_calls), rss_max);
+}
+
+/// The mock's ping deliveries the receiver did not answer with 2xx: where, when, and what it got.
+fn failed_pings(mock: Option<&AscMock>) -> Vec<String> {
+    mock.map(|m| m.deliveries())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.event.ping && d.state != testkit::asc_mock::DeliveryState::Succeeded)
+        .map(|d| {
+            format!(
+                "{} at {}: {} (HTTP {:?}, body {:?})",
+                d.request_url,
+                d.created_date,
+                d.error_message.unwrap_or_default(),
+                d.response_status,
+                d.response_body
+            )
+        })
+        .collect()
 }
 
 fn report(by: &Counts, elapsed: f64, asc_calls: Option<usize>, rss_max: u64) {

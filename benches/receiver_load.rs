@@ -347,6 +347,7 @@ fn start_servers(runtime: &tokio::runtime::Runtime, settings: &Settings) -> Serv
         let limits = ServeLimits {
             max_connections: 1024,
             header_read_timeout: std::time::Duration::from_secs(10),
+            keep_alive_timeout: std::time::Duration::from_secs(75),
         };
         tokio::spawn(asc_webhook_operator::receiver::serve::serve(
             listener,

@@ -126,10 +126,17 @@ pub struct RunArgs {
     /// Connections the public listener serves at once; more are closed as they arrive.
     #[arg(long, env = "ASC_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive on the public listener (also the idle time of
-    /// a kept-alive connection); slower connections are closed.
+    /// Time allowed for a request's headers to arrive on the public listener, counted from its first
+    /// bytes; slower connections are closed.
     #[arg(long, env = "ASC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// How long an idle kept-alive connection on the public listener is kept for its next request.
+    /// Longer than the idle time of whatever sends to the receiver (nginx and AWS load balancers: 60 s;
+    /// a Google Cloud load balancer: 600 s, so raise this past it), so that the sender, not the
+    /// receiver, closes an idle connection: a POST sent on a connection the receiver is closing at that
+    /// moment is lost on the way.
+    #[arg(long, env = "ASC_KEEP_ALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub keep_alive_timeout: Duration,
     /// Largest object the API server stores, in bytes (etcd's `--max-request-bytes`, 1.5 MiB by
     /// default). An event whose WebhookDelivery would be larger gets 413 before anything is written.
     #[arg(long, env = "ASC_MAX_OBJECT_BYTES", default_value_t = 1_572_864)]
@@ -198,6 +205,15 @@ pub struct RunArgs {
     /// How long after a test ping `WebhookVerified` stays `Unknown` before it turns `False`.
     #[arg(long, env = "ASC_WEBHOOK_VERIFY_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub webhook_verify_timeout: Duration,
+    /// How long after a test ping was requested, with none received, it is requested again; each later
+    /// re-send waits twice as long (30s: at 30 s, 90 s, 210 s). Apple does not document retrying a
+    /// delivery that failed, so a ping lost on the way (a connection closed under it, a 503) would
+    /// otherwise leave `WebhookVerified` `Unknown` until the timeout. 0 turns re-sends off.
+    #[arg(long, env = "ASC_WEBHOOK_PING_RESEND_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub webhook_ping_resend_after: Duration,
+    /// Re-sends of one test ping at most; none is made at or after `--webhook-verify-timeout`.
+    #[arg(long, env = "ASC_WEBHOOK_PING_RESENDS", default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=10))]
+    pub webhook_ping_resends: i32,
     /// How long a deleted route waits for its App Store Connect webhook to be deleted (credential gone,
     /// API refusing) before its finalizer is released anyway, so namespace deletion never hangs.
     #[arg(long, env = "ASC_WEBHOOK_RELEASE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]

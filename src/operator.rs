@@ -76,6 +76,8 @@ impl From<&RunArgs> for Settings {
             max_concurrent_reconciles: a.max_concurrent_reconciles.max(1),
             webhook_resync_interval: a.webhook_resync_interval.max(Duration::from_secs(1)),
             webhook_verify_timeout: a.webhook_verify_timeout,
+            webhook_ping_resend_after: a.webhook_ping_resend_after,
+            webhook_ping_resends: a.webhook_ping_resends,
             webhook_release_timeout: a.webhook_release_timeout,
             catch_up_lookback: a.catch_up_lookback,
             asc: AscClientOptions {
@@ -171,6 +173,7 @@ pub async fn run_with(
         ServeLimits {
             max_connections: args.max_connections,
             header_read_timeout: args.header_read_timeout,
+            keep_alive_timeout: args.keep_alive_timeout,
         },
         metrics.clone(),
         shutdown.clone(),

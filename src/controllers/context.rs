@@ -32,6 +32,7 @@ pub use webhook_secrets::{WebhookSecret, WebhookSecrets};
 pub use written_asc::WrittenAscStatus;
 
 use super::delivery_index::DeliveryIndex;
+use super::event_recorder::Recorder;
 use super::impersonation::{ActionClients, Identity, ImpersonationError};
 use super::resource_kinds::ResourceKinds;
 use crate::actions::egress::DenyList;
@@ -44,7 +45,7 @@ use crate::receiver::secret_cache::SecretId;
 use crate::receiver::store::DeliveryStore;
 use crate::resources::WebhookRoute;
 use crate::retry::Backoff;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Client, Resource};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +77,11 @@ pub struct Settings {
     pub webhook_resync_interval: Duration,
     /// How long after a ping `WebhookVerified` stays `Unknown` before it turns `False`.
     pub webhook_verify_timeout: Duration,
+    /// How long after the request a test ping not yet received is first requested again (each later
+    /// re-send waits twice as long as the one before).
+    pub webhook_ping_resend_after: Duration,
+    /// Re-sends of one test ping at most (all before the verify timeout).
+    pub webhook_ping_resends: i32,
     /// How long a deleted route waits for its App Store Connect webhook to be deleted before it is
     /// released anyway.
     pub webhook_release_timeout: Duration,
@@ -106,6 +112,8 @@ impl Default for Settings {
             max_concurrent_reconciles: 8,
             webhook_resync_interval: Duration::from_secs(30 * 60),
             webhook_verify_timeout: Duration::from_secs(5 * 60),
+            webhook_ping_resend_after: Duration::from_secs(30),
+            webhook_ping_resends: 3,
             webhook_release_timeout: Duration::from_secs(10 * 60),
             catch_up_lookback: Duration::from_secs(24 * 3600),
             asc_origins: AllowedOrigins::default(),

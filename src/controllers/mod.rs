@@ -8,6 +8,7 @@ pub(crate) mod delivery;
 pub(crate) mod delivery_index;
 mod delivery_wiring;
 pub(crate) mod error;
+pub(crate) mod event_recorder;
 pub(crate) mod impersonation;
 pub(crate) mod match_lint;
 pub mod matching;

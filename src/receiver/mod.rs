@@ -8,6 +8,7 @@ pub(crate) mod admin;
 mod answer;
 pub mod backend;
 pub(crate) mod budget;
+mod conn_deadline;
 mod handler;
 pub mod handoff;
 pub(crate) mod kube_backend;

@@ -118,9 +118,17 @@ pub struct AppStoreConnectStatus {
     /// The webhook's attributes as last registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered: Option<RegisteredWebhook>,
-    /// When the last test ping was requested (after a create or change; RFC 3339).
+    /// When the last test ping was requested (after a create or change; RFC 3339). A ping received
+    /// after this verifies the webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping_requested_time: Option<String>,
+    /// How many times the test ping of `pingRequestedTime` was requested again because none had reached
+    /// the receiver (at most `--webhook-ping-resends`, all before `--webhook-verify-timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_resends: Option<i32>,
+    /// When the test ping was last requested again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_resent_time: Option<String>,
     /// Progress of recovering missed events from the delivery log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<CatchUpStatus>,

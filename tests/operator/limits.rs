@@ -210,6 +210,67 @@ async fn headers_that_do_not_arrive_in_time_close_the_connection() {
     op.stop().await;
 }
 
+/// Sends one request on `stream` and reads its answer's status line; `None` when the server closed the
+/// connection instead.
+async fn exchange(stream: &mut TcpStream) -> Option<String> {
+    let request = b"POST /hooks/ios/nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+    stream.write_all(request).await.ok()?;
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer or a close")
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+/// A sender (Apple, an Ingress, a load balancer) keeps idle connections for its next request; were the
+/// receiver to close one at the moment the next POST is sent on it, that request would be lost.
+#[tokio::test]
+async fn a_kept_alive_connection_outlives_the_header_timeout_and_closes_after_the_keep_alive_time()
+{
+    let api = stage().await;
+    let op = Operator::start(
+        &api,
+        &[
+            "--header-read-timeout",
+            "300ms",
+            "--keep-alive-timeout",
+            "2s",
+        ],
+    )
+    .await;
+    let addr = op.url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let first = exchange(&mut stream).await.expect("answered");
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+    // Idle for three header timeouts: still open, and the next request is served on it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let second = exchange(&mut stream).await;
+    assert_eq!(
+        second.as_deref(),
+        Some(first.as_str()),
+        "served on the kept connection"
+    );
+    // Idle past the keep-alive time: the receiver closes it.
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("closed within the keep-alive time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    op.stop().await;
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_and_counted() {
     let api = stage().await;

@@ -320,9 +320,11 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
             read_every,
         )
     };
-    let ping_owed = previous
-        .as_ref()
-        .is_some_and(|p| p.ping_requested_time.is_none());
+    // Owed: never requested since the last change, or requested and unanswered past its re-send time.
+    let ping_owed = previous.as_ref().is_some_and(|p| {
+        p.ping_requested_time.is_none()
+            || state::resend_due(p, last_ping_time(&route), now, &ping_policy(ctx))
+    });
     if let (Step::Idle(left), Some(asc), false) = (&step, previous.clone(), ping_owed) {
         return idle(ctx, &route, &desired, asc, *left, now).await;
     }
@@ -367,7 +369,7 @@ async fn idle(
         last_ping_time(route),
         &desired.attributes.url,
         now,
-        ctx.settings.webhook_verify_timeout,
+        &ping_policy(ctx),
     );
     write(ctx, route, Some(&asc), vec![verified]).await?;
     let next = [Some(left), Some(recheck), verify_due]
@@ -427,22 +429,13 @@ async fn record_synced(
     if let Some(event) = &synced.event {
         ctx.event(route, false, event.0, event.1.clone()).await;
     }
-    if synced.status.ping_requested_time.is_none() {
-        // Requested before the call so a ping recorded within the same second counts.
-        let at = crate::time::now_rfc3339();
-        match Webhooks::new(client).ping(&synced.id).await {
-            Ok(()) => synced.status.ping_requested_time = Some(at),
-            Err(e) => {
-                tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "test ping not sent; retrying on the next pass")
-            }
-        }
-    }
+    let ping_failed = !request_ping(ctx, route, client, &mut synced).await;
     let (verified, verify_due) = state::verified_condition(
         &synced.status,
         last_ping_time(route),
         &desired.attributes.url,
         jiff::Timestamp::now(),
-        ctx.settings.webhook_verify_timeout,
+        &ping_policy(ctx),
     );
     write(
         ctx,
@@ -454,16 +447,66 @@ async fn record_synced(
         ],
     )
     .await?;
-    let retry_ping = synced
-        .status
-        .ping_requested_time
-        .is_none()
-        .then(|| ctx.backoffs.failed(&key));
+    let retry_ping = ping_failed.then(|| ctx.backoffs.failed(&key));
     let next = [Some(read_every), Some(recheck), verify_due, retry_ping]
         .into_iter()
         .flatten()
         .min();
     Ok(Action::requeue(next.unwrap_or(recheck)))
+}
+
+fn ping_policy(ctx: &Context) -> state::PingPolicy {
+    state::PingPolicy {
+        verify_timeout: ctx.settings.webhook_verify_timeout,
+        resend_after: ctx.settings.webhook_ping_resend_after,
+        max_resends: ctx.settings.webhook_ping_resends,
+    }
+}
+
+/// Requests the test ping owed: the first after a create or change, or a re-send of one that has not
+/// arrived in time (a delivery Apple could not complete is, as far as Apple documents, not retried).
+/// Records it in `synced`; answers false when a request owed failed (tried again after a backoff).
+async fn request_ping(
+    ctx: &Context,
+    route: &WebhookRoute,
+    client: &AscClient,
+    synced: &mut Synced,
+) -> bool {
+    let first = synced.status.ping_requested_time.is_none();
+    let resend = !first
+        && state::resend_due(
+            &synced.status,
+            last_ping_time(route),
+            jiff::Timestamp::now(),
+            &ping_policy(ctx),
+        );
+    if !first && !resend {
+        return true;
+    }
+    // Requested before the call so a ping recorded within the same second counts.
+    let at = crate::time::now_rfc3339();
+    if let Err(e) = Webhooks::new(client).ping(&synced.id).await {
+        tracing::warn!(route = %route.name_any(), error = %crate::text::error_chain(&e), "test ping not sent; retrying after a backoff");
+        return false;
+    }
+    let status = &mut synced.status;
+    if first {
+        status.ping_requested_time = Some(at);
+        status.ping_resends = None;
+        status.ping_resent_time = None;
+        return true;
+    }
+    let n = status.ping_resends.unwrap_or(0) + 1;
+    status.ping_resends = Some(n);
+    status.ping_resent_time = Some(at);
+    let note = format!(
+        "the test ping requested at {} has not reached the receiver; requested it again ({n} of at most {})",
+        status.ping_requested_time.as_deref().unwrap_or_default(),
+        ctx.settings.webhook_ping_resends
+    );
+    tracing::info!(route = %route.name_any(), namespace = ?route.namespace(), %note, "test ping re-sent");
+    ctx.event(route, false, "PingResent", note).await;
+    true
 }
 
 async fn credential(

@@ -139,7 +139,7 @@ fn synced(d: &Desired, at: &str) -> AppStoreConnectStatus {
         observed_secret_version: Some("7".into()),
         registered: Some(d.registered()),
         ping_requested_time: None,
-        catch_up: None,
+        ..Default::default()
     }
 }
 

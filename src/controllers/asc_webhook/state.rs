@@ -19,15 +19,86 @@ pub fn unknown(type_: &str, reason: &str, message: impl Into<String>) -> Conditi
     }
 }
 
-/// `WebhookVerified` from when the last ping was requested and when the receiver last recorded one.
+/// How a test ping is proven: how long to wait for it, and how an unanswered one is requested again.
+/// Apple does not document whether it retries a ping delivery that failed (a connection closed under
+/// it, a 503), so each delivery is treated as possibly the only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingPolicy {
+    /// After this long without the ping, `WebhookVerified` turns `False`.
+    pub verify_timeout: Duration,
+    /// The first re-send is due this long after the request; each later one waits twice as long as the
+    /// one before (30 s → at 30 s, 90 s, 210 s).
+    pub resend_after: Duration,
+    /// Re-sends per request at most; none is made at or after the verify timeout.
+    pub max_resends: i32,
+}
+
+impl Default for PingPolicy {
+    fn default() -> Self {
+        PingPolicy {
+            verify_timeout: Duration::from_secs(5 * 60),
+            resend_after: Duration::from_secs(30),
+            max_resends: 3,
+        }
+    }
+}
+
+fn parse(s: Option<&str>) -> Option<jiff::Timestamp> {
+    s.and_then(crate::time::parse_ts)
+}
+
+/// Whether a ping recorded at `last_ping_time` answers the request in `asc`. Timestamps are whole
+/// seconds: a ping recorded in the second it was requested counts.
+fn answered(asc: &AppStoreConnectStatus, last_ping_time: Option<&str>) -> bool {
+    match (
+        parse(asc.ping_requested_time.as_deref()),
+        parse(last_ping_time),
+    ) {
+        (Some(requested), Some(received)) => received >= requested,
+        _ => false,
+    }
+}
+
+/// When the next re-send of the requested ping is due, if one is still allowed: `resend_after ×
+/// (2^(n+1) − 1)` after the request for the (n+1)-th, and only before the verify timeout.
+pub fn next_resend_at(
+    asc: &AppStoreConnectStatus,
+    last_ping_time: Option<&str>,
+    policy: &PingPolicy,
+) -> Option<jiff::Timestamp> {
+    let requested = parse(asc.ping_requested_time.as_deref())?;
+    let done = asc.ping_resends.unwrap_or(0).max(0);
+    if done >= policy.max_resends || answered(asc, last_ping_time) || policy.resend_after.is_zero()
+    {
+        return None;
+    }
+    let factor = 2_u32.checked_pow(u32::try_from(done + 1).ok()?)? - 1;
+    let after = policy.resend_after.checked_mul(factor)?;
+    (after < policy.verify_timeout)
+        .then(|| requested.checked_add(after).ok())
+        .flatten()
+}
+
+/// Whether the requested ping has not arrived and a re-send is due at `now`.
+pub fn resend_due(
+    asc: &AppStoreConnectStatus,
+    last_ping_time: Option<&str>,
+    now: jiff::Timestamp,
+    policy: &PingPolicy,
+) -> bool {
+    next_resend_at(asc, last_ping_time, policy).is_some_and(|at| at <= now)
+}
+
+/// `WebhookVerified` from when the ping was requested (and re-sent) and when the receiver last recorded
+/// one, with how long until the verdict or the next re-send is due (a re-send already due is not
+/// counted: the caller sends it, or retries after its backoff).
 pub fn verified_condition(
     asc: &AppStoreConnectStatus,
     last_ping_time: Option<&str>,
     url: &str,
     now: jiff::Timestamp,
-    timeout: Duration,
+    policy: &PingPolicy,
 ) -> (Condition, Option<Duration>) {
-    let parse = |s: Option<&str>| s.and_then(crate::time::parse_ts);
     let Some(requested) = parse(asc.ping_requested_time.as_deref()) else {
         return (
             unknown(
@@ -38,8 +109,7 @@ pub fn verified_condition(
             None,
         );
     };
-    // Timestamps are whole seconds: a ping recorded in the second it was requested counts.
-    if parse(last_ping_time).is_some_and(|received| received >= requested) {
+    if answered(asc, last_ping_time) {
         return (
             Condition::new(
                 WEBHOOK_VERIFIED,
@@ -52,37 +122,67 @@ pub fn verified_condition(
             None,
         );
     }
+    let until = |t: jiff::Timestamp| Duration::try_from(t.duration_since(now)).ok();
     let waited = Duration::try_from(now.duration_since(requested)).unwrap_or(Duration::ZERO);
-    match timeout.checked_sub(waited) {
-        Some(left) if !left.is_zero() => (
-            unknown(
-                WEBHOOK_VERIFIED,
-                "PingSent",
-                format!(
-                    "waiting for the test ping requested at {} to reach {url}",
-                    crate::time::format_ts(requested)
-                ),
-            ),
-            Some(left),
-        ),
+    let resends = asc.ping_resends.unwrap_or(0).max(0);
+    let requested_at = crate::time::format_ts(requested);
+    match policy.verify_timeout.checked_sub(waited) {
+        Some(left) if !left.is_zero() => {
+            let resend = next_resend_at(asc, last_ping_time, policy)
+                .and_then(until)
+                .filter(|d| !d.is_zero());
+            let next = [Some(left), resend].into_iter().flatten().min();
+            (waiting(asc, &requested_at, resends, url, policy), next)
+        }
         _ => (
             Condition::new(
                 WEBHOOK_VERIFIED,
                 false,
                 "PingNotReceived",
                 format!(
-                    "App Store Connect accepted a test ping at {} but it has not reached the receiver after {} s: \
+                    "App Store Connect accepted a test ping at {requested_at}{} but none has reached the receiver after {} s: \
                      check that {url} is reachable from the internet (DNS, firewall), that the Ingress routes \
                      /hooks to the operator's Service, and that its TLS certificate is valid and publicly \
                      trusted; App Store Connect's delivery log (Users and Access → Integrations → Webhooks) \
                      shows the error it got",
-                    crate::time::format_ts(requested),
+                    match resends {
+                        0 => String::new(),
+                        n => format!(" (and again {n} time(s))"),
+                    },
                     waited.as_secs()
                 ),
             ),
             None,
         ),
     }
+}
+
+/// `WebhookVerified` while the ping is awaited: `PingSent`, or `PingResent` once it was requested again.
+fn waiting(
+    asc: &AppStoreConnectStatus,
+    requested_at: &str,
+    resends: i32,
+    url: &str,
+    policy: &PingPolicy,
+) -> Condition {
+    if resends == 0 {
+        return unknown(
+            WEBHOOK_VERIFIED,
+            "PingSent",
+            format!("waiting for the test ping requested at {requested_at} to reach {url}"),
+        );
+    }
+    unknown(
+        WEBHOOK_VERIFIED,
+        "PingResent",
+        format!(
+            "the test ping requested at {requested_at} has not reached {url}; requested again {resends} of at \
+             most {} time(s), last at {}; turns False {} s after the first request if none arrives",
+            policy.max_resends,
+            asc.ping_resent_time.as_deref().unwrap_or("?"),
+            policy.verify_timeout.as_secs()
+        ),
+    )
 }
 
 /// Only this reconciler's conditions out of a route's status.
@@ -262,7 +362,107 @@ mod tests {
         }
     }
 
-    const FIVE_MIN: Duration = Duration::from_secs(300);
+    const FIVE_MIN: &PingPolicy = &PingPolicy {
+        verify_timeout: Duration::from_secs(300),
+        resend_after: Duration::from_secs(30),
+        max_resends: 3,
+    };
+
+    fn resent(t: &str, resends: i32, last: &str) -> AppStoreConnectStatus {
+        AppStoreConnectStatus {
+            ping_resends: Some(resends),
+            ping_resent_time: Some(last.into()),
+            ..requested(t)
+        }
+    }
+
+    #[test]
+    fn an_unanswered_ping_is_resent_with_doubling_waits_a_bounded_number_of_times_before_the_verdict()
+     {
+        let at_of = |asc: &AppStoreConnectStatus| {
+            next_resend_at(asc, None, FIVE_MIN).map(crate::time::format_ts)
+        };
+        let first = requested("2026-12-01T10:00:00Z");
+        assert_eq!(at_of(&first).as_deref(), Some("2026-12-01T10:00:30Z"));
+        let once = resent("2026-12-01T10:00:00Z", 1, "2026-12-01T10:00:30Z");
+        assert_eq!(at_of(&once).as_deref(), Some("2026-12-01T10:01:30Z"));
+        let twice = resent("2026-12-01T10:00:00Z", 2, "2026-12-01T10:01:30Z");
+        assert_eq!(at_of(&twice).as_deref(), Some("2026-12-01T10:03:30Z"));
+        let thrice = resent("2026-12-01T10:00:00Z", 3, "2026-12-01T10:03:30Z");
+        assert_eq!(at_of(&thrice), None, "at most three re-sends");
+        // A fourth would be due at 450 s, after a verdict at 300 s: never sent, whatever the limit.
+        let generous = PingPolicy {
+            max_resends: 10,
+            ..*FIVE_MIN
+        };
+        assert_eq!(next_resend_at(&thrice, None, &generous), None);
+
+        assert!(!resend_due(
+            &first,
+            None,
+            at("2026-12-01T10:00:29Z"),
+            FIVE_MIN
+        ));
+        assert!(resend_due(
+            &first,
+            None,
+            at("2026-12-01T10:00:30Z"),
+            FIVE_MIN
+        ));
+        assert!(
+            !resend_due(
+                &first,
+                Some("2026-12-01T10:00:01Z"),
+                at("2026-12-01T10:00:31Z"),
+                FIVE_MIN
+            ),
+            "a ping that arrived is never sent again"
+        );
+        let off = PingPolicy {
+            max_resends: 0,
+            ..*FIVE_MIN
+        };
+        assert!(!resend_due(&first, None, at("2026-12-01T10:04:00Z"), &off));
+    }
+
+    #[test]
+    fn a_resent_ping_says_so_and_the_next_look_is_the_next_resend_or_the_verdict() {
+        let (c, next) = verified_condition(
+            &requested("2026-12-01T10:00:00Z"),
+            None,
+            "u",
+            at("2026-12-01T10:00:10Z"),
+            FIVE_MIN,
+        );
+        assert_eq!(c.reason, "PingSent");
+        assert_eq!(next, Some(Duration::from_secs(20)), "the first re-send");
+        let asc = resent("2026-12-01T10:00:00Z", 1, "2026-12-01T10:00:30Z");
+        let (c, next) = verified_condition(&asc, None, "u", at("2026-12-01T10:00:31Z"), FIVE_MIN);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "PingResent")
+        );
+        for part in [
+            "requested again 1 of at most 3",
+            "2026-12-01T10:00:30Z",
+            "300 s",
+        ] {
+            assert!(c.message.contains(part), "{part}: {}", c.message);
+        }
+        assert_eq!(next, Some(Duration::from_secs(59)));
+        let asc = resent("2026-12-01T10:00:00Z", 3, "2026-12-01T10:03:30Z");
+        let (c, _) = verified_condition(&asc, None, "u", at("2026-12-01T10:05:00Z"), FIVE_MIN);
+        assert_eq!(c.reason, "PingNotReceived");
+        assert!(c.message.contains("and again 3 time(s)"), "{}", c.message);
+        let (c, _) = verified_condition(
+            &asc,
+            Some("2026-12-01T10:04:00Z"),
+            "u",
+            at("2026-12-01T10:05:00Z"),
+            FIVE_MIN,
+        );
+        assert_eq!(c.reason, "PingReceived", "a re-sent ping verifies");
+    }
 
     #[test]
     fn a_ping_recorded_after_the_request_verifies() {

@@ -58,14 +58,21 @@ pub(super) async fn sync(
     let recorded = previous.and_then(|p| p.webhook_id.clone());
     let (planned, gone) = read_and_plan(&hooks, desired, previous, secret, &recorded).await?;
     let now = crate::time::now_rfc3339();
-    let status = |id: &str, ping_requested_time: Option<String>| AppStoreConnectStatus {
-        webhook_id: Some(id.to_owned()),
-        app_id: Some(desired.app_id.clone()),
-        last_sync_time: Some(now.clone()),
-        observed_secret_version: Some(secret.version.clone()),
-        registered: Some(desired.registered()),
-        ping_requested_time,
-        catch_up: previous.and_then(|p| p.catch_up.clone()),
+    // `keep_ping`: the ping already requested (and its re-sends) still proves this webhook; after a
+    // create or change a new one is owed.
+    let status = |id: &str, keep_ping: bool| {
+        let ping = previous.filter(|_| keep_ping);
+        AppStoreConnectStatus {
+            webhook_id: Some(id.to_owned()),
+            app_id: Some(desired.app_id.clone()),
+            last_sync_time: Some(now.clone()),
+            observed_secret_version: Some(secret.version.clone()),
+            registered: Some(desired.registered()),
+            ping_requested_time: ping.and_then(|p| p.ping_requested_time.clone()),
+            ping_resends: ping.and_then(|p| p.ping_resends),
+            ping_resent_time: ping.and_then(|p| p.ping_resent_time.clone()),
+            catch_up: previous.and_then(|p| p.catch_up.clone()),
+        }
     };
     Ok(match planned {
         Plan::Create => {
@@ -74,7 +81,7 @@ pub(super) async fn sync(
                 .await?;
             let (reason, note) = created_event(gone, recorded, &created.id, desired);
             Synced {
-                status: status(&created.id, None),
+                status: status(&created.id, false),
                 reason: "Created",
                 message: format!("{note}; it sends to {}", desired.attributes.url),
                 event: Some((reason, note)),
@@ -89,7 +96,7 @@ pub(super) async fn sync(
         } => {
             let note = update(&hooks, &id, change, send_secret, adopted, secret).await?;
             Synced {
-                status: status(&id, None),
+                status: status(&id, false),
                 reason: "Updated",
                 message: note.clone(),
                 event: Some(("WebhookUpdated", note)),
@@ -97,12 +104,7 @@ pub(super) async fn sync(
             }
         }
         Plan::InSync { id, adopted } => Synced {
-            status: status(
-                &id,
-                previous
-                    .and_then(|p| p.ping_requested_time.clone())
-                    .filter(|_| !adopted),
-            ),
+            status: status(&id, !adopted),
             reason: "InSync",
             message: in_sync_message(&id, desired),
             event: None,

@@ -39,16 +39,36 @@ impl Shared {
             let shared = self.clone();
             tokio::spawn(async move {
                 // Every ping is a new event (its own id), as each of Apple's pings is.
-                let id = format!(
-                    "ping-{:06}",
-                    shared.next_delivery.fetch_add(1, Ordering::Relaxed)
-                );
-                shared
-                    .send(&webhook_id, &deliveries::ping_payload(&id), true)
-                    .await;
+                let n = shared.next_delivery.fetch_add(1, Ordering::Relaxed);
+                let id = format!("ping-{n:06}");
+                let payload = deliveries::ping_payload(&id);
+                if shared.take_lost_ping() {
+                    let mut lost = deliveries::logged(
+                        &webhook_id,
+                        &payload,
+                        deliveries::DeliveryState::Failed,
+                        &deliveries::now(),
+                        n,
+                    );
+                    lost.error_message = Some(
+                        "The endpoint could not be reached: connection closed before message completed"
+                            .into(),
+                    );
+                    lost.event.id = id;
+                    lock(&shared.deliveries).push(lost);
+                    return;
+                }
+                shared.send(&webhook_id, &payload, true).await;
             });
         }
         handled.response
+    }
+
+    /// Whether the next ping delivery is to be lost (one fewer left to lose).
+    fn take_lost_ping(&self) -> bool {
+        self.lost_pings
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     fn sign(&self, webhook_id: &str, body: &[u8]) -> Option<SignedEvent> {
@@ -215,6 +235,14 @@ impl AscMock {
     /// the webhook exists, is enabled and subscribes to the payload's type (`None` otherwise).
     pub async fn send_event(&self, webhook_id: &str, body: &[u8]) -> Option<MockDelivery> {
         self.shared.send(webhook_id, body, false).await
+    }
+
+    /// Loses the next `n` ping deliveries: each ping request is answered as usual, but its delivery
+    /// never reaches the receiver and is logged `FAILED`, as when the connection it was sent on closed
+    /// under it (a kept-alive connection the receiver closed at that moment, a proxy's 502). Apple does
+    /// not document retrying such a delivery; neither does this mock.
+    pub fn lose_ping_deliveries(&self, n: usize) {
+        self.shared.lost_pings.store(n, Ordering::Relaxed);
     }
 
     /// The delivery log, oldest first.

@@ -199,6 +199,8 @@ struct Shared {
     base_url: std::sync::OnceLock<String>,
     sender: reqwest::Client,
     next_delivery: std::sync::atomic::AtomicU64,
+    /// Ping deliveries still to lose (see [`AscMock::lose_ping_deliveries`]).
+    lost_pings: std::sync::atomic::AtomicUsize,
 }
 
 /// Locks a mutex even if a panicking test thread poisoned it: the data stays meaningful for assertions.
@@ -256,6 +258,7 @@ impl AscMock {
                 .build()
                 .map_err(|e| AscMockError::Bind(std::io::Error::other(e)))?,
             next_delivery: std::sync::atomic::AtomicU64::new(1),
+            lost_pings: std::sync::atomic::AtomicUsize::new(0),
         });
 
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ mod documented_events;
 mod examples;
 mod faults;
 mod lifecycle;
+mod ping_resend;
 mod rotation;
 mod token_scope;
 

@@ -16,6 +16,9 @@
 //! 4. Finishing: every Job marked complete, until every delivery is finished.
 //! 5. Restart with those 4,200 finished deliveries: the next event → its Job, after ready.
 //!
+//! `E2E_CRASH_BURST=1` runs instead (after phase 1) exactly once through crashes
+//! (`support/crash_burst.rs`): 400 events from 8 retrying senders, the operator SIGKILLed three times.
+//!
 //! Knobs, to look at one phase: `E2E_ONLY_ONE_AT_A_TIME=1` stops after phase 2, `E2E_ONLY_BURSTS=1`
 //! after phase 3, `E2E_SKIP_BARE=1` leaves out phase 1, `E2E_LATENCY_EVENTS=N` sends N events in phase 2 (200), `E2E_LOG_FILTER=debug` puts the
 //! operator's log at that filter on this bench's stderr, `E2E_KEEP=1` keeps the namespace.
@@ -29,8 +32,12 @@
 
 #[path = "support/bare_pipeline.rs"]
 mod bare_pipeline;
+#[path = "support/crash_burst.rs"]
+mod crash_burst;
 #[path = "support/request_cost.rs"]
 mod request_cost;
+#[path = "support/bench_results.rs"]
+mod results;
 
 use asc_webhook_operator::asc::signature;
 use asc_webhook_operator::resources::{AscCredential, WebhookDelivery, WebhookRoute};
@@ -43,6 +50,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt};
 use request_cost::{per_delivery, request_counts};
+use results::Results;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,9 +102,15 @@ fn event(id: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// `body` and its signature header value.
+fn signed(body: Vec<u8>) -> (Vec<u8>, String) {
+    let sig = signature::sign(SECRET.as_bytes(), &body);
+    (body, sig)
+}
+
 /// POSTs until accepted (202) or known (200), as App Store Connect retries.
 async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) {
-    let sig = signature::sign(SECRET.as_bytes(), &body);
+    let (body, sig) = signed(body);
     for _ in 0..100 {
         let sent = http
             .post(url)
@@ -388,76 +402,6 @@ async fn burst(op: &Operator, watch: &mut JobWatch, tag: &str, routes: usize) ->
     BURST as f64 / last.duration_since(t0).as_secs_f64()
 }
 
-/// What a run measured; `None` where a knob left the phase out.
-#[derive(Default)]
-struct Results {
-    one_create: Option<Histogram<u64>>,
-    bare_rate: Option<f64>,
-    pipeline: Option<(Histogram<u64>, f64)>,
-    latency: Option<Histogram<u64>>,
-    one_rule: Option<f64>,
-    spread: Option<f64>,
-    restart: Option<(usize, Duration)>,
-    tables: Vec<String>,
-}
-
-impl Results {
-    fn print(&self) {
-        let row = |what: String, value: Option<String>| {
-            if let Some(v) = value {
-                println!("| {what} | {v} |");
-            }
-        };
-        let rate = |r: &Option<f64>, unit: &str| r.map(|r| format!("{r:.0} {unit}"));
-        println!("control_plane (real API server from E2E_KUBECONFIG)");
-        println!("| measure | value |\n|---|---|");
-        row(
-            "bare client: one small create, p50 / p99".into(),
-            self.one_create.as_ref().map(quantiles),
-        );
-        row(
-            format!("bare client: {BURST} Jobs, {IN_FLIGHT} in flight"),
-            rate(&self.bare_rate, "Jobs/s"),
-        );
-        if let Some((latency, rate)) = &self.pipeline {
-            row(
-                "bare client, what exactly-once needs: delivery create → Job create, p50 / p99 (one at a time)".into(),
-                Some(quantiles(latency)),
-            );
-            row(
-                format!(
-                    "bare client, what exactly-once needs: {BURST} events × 3 writes, {IN_FLIGHT} in flight"
-                ),
-                Some(format!("{rate:.0} events/s")),
-            );
-        }
-        row(
-            format!(
-                "signed POST → Job exists, p50 / p99 ({} one at a time)",
-                latency_events()
-            ),
-            self.latency.as_ref().map(quantiles),
-        );
-        row(
-            format!("burst of {BURST} events to one Job rule, {IN_FLIGHT} senders"),
-            rate(&self.one_rule, "Jobs/s"),
-        );
-        row(
-            format!("burst of {BURST} events over {ROUTES} routes"),
-            rate(&self.spread, "Jobs/s"),
-        );
-        if let Some((history, took)) = self.restart {
-            row(
-                format!("restart with {history} finished deliveries: next event → Job after ready"),
-                Some(format!("{:.0} ms", took.as_secs_f64() * 1000.0)),
-            );
-        }
-        for table in &self.tables {
-            println!("\n{table}");
-        }
-    }
-}
-
 /// Phase 2: `latency_events()` signed POSTs one at a time, each until its Job is seen.
 async fn one_at_a_time(op: &Operator, watch: &mut JobWatch) -> Histogram<u64> {
     let http = reqwest::Client::new();
@@ -547,6 +491,12 @@ async fn main() {
     let mut watch = JobWatch::start(&client);
     let op = Operator::start(&kubeconfig).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    if std::env::var("E2E_CRASH_BURST").is_ok() {
+        let (op, found) = crash_burst::run(&client, &kubeconfig, op).await;
+        op.kill();
+        println!("three SIGKILLs during 400 events: {found}");
+        return done(&client, &results).await;
+    }
     let before = request_counts(&client).await;
     results.latency = Some(one_at_a_time(&op, &mut watch).await);
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -36,6 +36,8 @@ mod bare_pipeline;
 mod crash_burst;
 #[path = "support/request_cost.rs"]
 mod request_cost;
+#[path = "support/request_total.rs"]
+mod request_total;
 #[path = "support/bench_results.rs"]
 mod results;
 

@@ -30,6 +30,8 @@ use testkit::asc_mock::{AscMock, AscMockOptions, TEST_ISSUER_ID, TEST_KEY_ID};
 
 #[path = "support/real_cluster.rs"]
 mod real_cluster;
+#[path = "support/request_total.rs"]
+mod request_total;
 use real_cluster::{Counts, RealCluster};
 
 /// The namespace of every object (`ASC_BENCH_NAMESPACE`, default `bench`).

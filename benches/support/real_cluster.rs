@@ -3,6 +3,7 @@
 //! client, so a window of the same length with the operator stopped measures everyone else
 //! (kube-controller-manager, the API server's own loops) and is subtracted.
 
+use super::request_total::samples;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
@@ -159,34 +160,11 @@ fn api_resource(obj: &Value, plural: &str) -> ApiResource {
 /// are not resources (`/metrics`, `/readyz`) have no resource and are left out.
 pub fn parse_request_total(text: &str) -> Counts {
     let mut counts = Counts::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split("\",")
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let (verb, resource, subresource) =
-            (label("verb"), label("resource"), label("subresource"));
-        if resource.is_empty() {
-            continue;
+    for sample in samples(text) {
+        let resource = sample.resource();
+        if !resource.is_empty() {
+            *counts.entry((sample.label("verb"), resource)).or_default() += sample.value;
         }
-        let resource = if subresource.is_empty() {
-            resource
-        } else {
-            format!("{resource}/{subresource}")
-        };
-        *counts.entry((verb, resource)).or_default() += value;
     }
     counts
 }

@@ -1,6 +1,7 @@
 //! What each delivery costs the API server, from its own `apiserver_request_total`: the requests to the
 //! resources a delivery touches, per verb, refusals apart by code.
 
+use super::request_total::samples;
 use kube::Client;
 use std::collections::BTreeMap;
 
@@ -14,39 +15,22 @@ pub async fn request_counts(client: &Client) -> Counts {
         .expect("request");
     let text = client.request_text(req).await.expect("GET /metrics");
     let mut counts = Counts::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+    for sample in samples(&text) {
+        let (verb, resource) = (sample.label("verb"), sample.resource());
         let counted = matches!(
-            resource.as_str(),
+            resource.split('/').next().unwrap_or_default(),
             "webhookdeliveries" | "webhookroutes" | "jobs" | "events"
         );
-        if !counted || verb == "WATCH" || (resource == "jobs" && sub == "status") {
+        if !counted || verb == "WATCH" || resource == "jobs/status" {
             continue;
         }
-        let mut what = if sub.is_empty() {
-            format!("{verb} {resource}")
-        } else {
-            format!("{verb} {resource}/{sub}")
-        };
+        let mut what = format!("{verb} {resource}");
         // Refusals apart (a 409 is a write the server fenced off or found done already).
-        let code = label("code");
+        let code = sample.label("code");
         if !code.starts_with('2') {
             what += &format!(" ({code})");
         }
-        *counts.entry(what).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+        *counts.entry(what).or_default() += sample.value;
     }
     counts
 }

@@ -66,18 +66,15 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::delivery::WebhookDeliverySpec;
 
     fn delivery(uid: &str, version: &str) -> WebhookDelivery {
-        let mut d: WebhookDelivery = serde_json::from_value(serde_json::json!({
-            "apiVersion": "asc.webhooks.dev/v1alpha1",
-            "kind": "WebhookDelivery",
-            "metadata": {"name": "r-1", "namespace": "ios", "uid": uid, "resourceVersion": version,
-                "managedFields": [{"manager": "asc-webhook-operator", "operation": "Update"}]},
-            "spec": {"route": "r", "eventId": "e", "eventType": "webhookPingCreated",
-                "receivedAt": "2026-01-01T00:00:00Z", "payload": "{}"}
-        }))
-        .unwrap();
+        let spec = WebhookDeliverySpec::sample("r", "e", "webhookPingCreated", "{}");
+        let mut d = WebhookDelivery::new("r-1", spec);
         d.metadata.namespace = Some("ios".into());
+        d.metadata.uid = Some(uid.into());
+        d.metadata.resource_version = Some(version.into());
+        d.metadata.managed_fields = Some(vec![Default::default()]);
         d
     }
 

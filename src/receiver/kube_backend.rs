@@ -134,19 +134,7 @@ mod tests {
     fn delivery() -> WebhookDelivery {
         let mut d = WebhookDelivery::new(
             "release-abc",
-            WebhookDeliverySpec {
-                route: "release".into(),
-                event_id: "e1".into(),
-                event_type: "webhookPingCreated".into(),
-                old_state: None,
-                new_state: None,
-                instance: None,
-                received_at: "2026-01-01T00:00:00Z".into(),
-                event_created_at: None,
-                source: Default::default(),
-                request_id: None,
-                payload: "{}".into(),
-            },
+            WebhookDeliverySpec::sample("release", "e1", "webhookPingCreated", "{}"),
         );
         d.metadata.namespace = Some("ios".into());
         d

@@ -362,3 +362,23 @@ pub struct ResourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed: Option<String>,
 }
+
+#[cfg(test)]
+impl WebhookDeliverySpec {
+    /// A delivery's spec for unit tests: the given route, event and payload, the rest empty.
+    pub fn sample(route: &str, event_id: &str, event_type: &str, payload: &str) -> Self {
+        WebhookDeliverySpec {
+            route: route.into(),
+            event_id: event_id.into(),
+            event_type: event_type.into(),
+            old_state: None,
+            new_state: None,
+            instance: None,
+            received_at: "2026-01-01T00:00:00Z".into(),
+            event_created_at: None,
+            source: Default::default(),
+            request_id: None,
+            payload: payload.into(),
+        }
+    }
+}

@@ -403,19 +403,7 @@ mod tests {
     fn delivery() -> WebhookDelivery {
         let mut d = WebhookDelivery::new(
             "r-1",
-            WebhookDeliverySpec {
-                route: "r".into(),
-                event_id: "e".into(),
-                event_type: "BUILD_UPLOAD_STATE_UPDATED".into(),
-                old_state: None,
-                new_state: None,
-                instance: None,
-                received_at: "2026-01-01T00:00:00Z".into(),
-                event_created_at: None,
-                source: Default::default(),
-                request_id: None,
-                payload: String::new(),
-            },
+            WebhookDeliverySpec::sample("r", "e", "BUILD_UPLOAD_STATE_UPDATED", ""),
         );
         d.metadata.generation = Some(1);
         d

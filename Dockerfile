@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The operator image: the glibc release binary on distroless `cc` (glibc, libgcc, CA certificates, no
-# shell, uid 65532). glibc, not a static musl build, because it is the binary every speed and memory figure
-# in BENCHMARKS.md is measured on: its allocator (one arena, `malloc_trim` at idle, src/memory.rs) is part
-# of those figures, and musl's allocator is both slower and out of `malloc_trim`'s reach.
+# shell, uid 65532). The glibc build, because it is the binary every speed and memory figure in
+# BENCHMARKS.md is measured on; its allocator (jemalloc, linked in: one arena, no thread caches, free
+# pages purged at idle, src/memory.rs) is part of those figures.
 #
 #   docker build -t asc-webhook-operator:dev --build-arg REVISION="$(git rev-parse HEAD)" .
 #   docker run --rm asc-webhook-operator:dev --help

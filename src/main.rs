@@ -1,11 +1,11 @@
 use asc_webhook_operator::cli::{Cli, Command};
-use asc_webhook_operator::{doctor, operator, replay, resources::crds, send, telemetry};
+use asc_webhook_operator::{doctor, memory, operator, replay, resources::crds, send, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Before the runtime starts its threads, so none of them gets a heap of its own.
-    asc_webhook_operator::memory::limit_arenas();
+    // Before the runtime starts its threads (only without jemalloc: see `memory`).
+    memory::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,3 +62,14 @@ fn report<E: std::error::Error>(result: Result<(), E>) -> ExitCode {
         }
     }
 }
+
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its settings from this symbol before `main` (see [`memory::JEMALLOC_SETTINGS`]);
+/// defined in the binary so the linker always keeps it. `MALLOC_CONF`-style overrides still apply
+/// through the `_RJEM_MALLOC_CONF` environment variable.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: memory::Settings = memory::Settings::JEMALLOC;

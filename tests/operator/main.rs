@@ -2,6 +2,7 @@
 //! CRDs, the receiver over HTTP, and whole-operator scenarios against the in-process fake API server and
 //! mock ASC API.
 
+mod allocator;
 mod api_cost;
 mod apple_webhook;
 mod chart;

@@ -41,6 +41,30 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// `obj`'s reference as controllers queue it: namespace and name only. kube's own reference also keeps
+/// the uid and resourceVersion (two more strings per object in each of a controller's queue tables, for
+/// as long as the object waits for its next requeue); queue entries compare by namespace and name, and
+/// nothing reads the rest.
+pub(crate) fn queued<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
+    let mut r = ObjectRef::from_obj(obj);
+    r.extra = Default::default();
+    r
+}
+
+/// A controller over `changes` whose queue holds each changed object as [`queued`] names it.
+fn queued_controller<K>(
+    changes: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
+    // An empty stream of its own: the controller still ends when every trigger has.
+    Controller::for_shared_stream(futures::stream::empty(), store)
+        .reconcile_on(changes.map(|obj| queued(obj.as_ref())))
+}
+
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
         "{}/{}/{}",
@@ -215,7 +239,7 @@ where
 {
     let client = ctx.client.clone();
     let route_store = ctx.stores.routes.clone();
-    let route_controller = Controller::for_shared_stream(
+    let route_controller = queued_controller(
         route_wakes::changes_to_act_on(routes_to_status),
         route_store.clone(),
     );
@@ -257,7 +281,7 @@ where
                             .as_ref()
                             .is_some_and(|c| c.name == cred_name)
                 })
-                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .map(|r| queued(r.as_ref()))
                 .collect::<Vec<_>>()
         })
         .with_config(controller_config(ctx))
@@ -285,16 +309,15 @@ fn credential_controller<S>(
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
-    let credentials =
-        Controller::for_shared_stream(credentials_to_check, ctx.stores.credentials.clone())
-            .reconcile_on(secrets_changed)
-            .with_config(controller_config(ctx))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                |c, x| instrumented(c, x, "credential", credential::reconcile),
-                error_policy,
-                ctx.clone(),
-            );
+    let credentials = queued_controller(credentials_to_check, ctx.stores.credentials.clone())
+        .reconcile_on(secrets_changed)
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |c, x| instrumented(c, x, "credential", credential::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
     Box::pin(report(credentials, "credential", ctx.metrics.clone()))
 }
 
@@ -313,7 +336,7 @@ where
     // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
     let routes_to_register =
         routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
-    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
+    let webhooks = queued_controller(routes_to_register, webhook_store)
         .reconcile_on(secrets_changed)
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
@@ -355,7 +378,7 @@ where
         .boxed()
     });
     let routes = routes_to_catch_up.filter(|r| futures::future::ready(catch_up::concerns(r)));
-    let passes = Controller::for_shared_stream(routes, ctx.stores.routes.clone())
+    let passes = queued_controller(routes, ctx.stores.routes.clone())
         .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())

@@ -125,7 +125,7 @@ where
             error_policy,
             ctx.clone(),
         );
-    Box::pin(report(deliveries, "delivery", ctx.metrics.clone()))
+    Box::pin(report(deliveries, "delivery", ctx.metrics.clone(), None))
 }
 
 /// The delivery controller of one term with what wakes it: the Jobs of unfinished deliveries, the objects

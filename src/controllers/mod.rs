@@ -1,6 +1,7 @@
 //! The controllers: deliveries into work, routes and credentials into truthful status. They run on the
 //! leader only; the receiver runs on every replica.
 
+pub(crate) mod admission;
 pub(crate) mod asc_webhook;
 pub(crate) mod context;
 pub(crate) mod credential;
@@ -22,6 +23,7 @@ pub(crate) mod shared_watch;
 mod status;
 pub(crate) mod throttle;
 
+pub(crate) use admission::queued;
 pub(crate) use context::{Context, Process, Settings, Stores};
 pub(crate) use error::Error;
 
@@ -31,8 +33,9 @@ use crate::metrics::{
 use crate::resources::names::ANNOTATION_LAST_APPLIED;
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute};
 use crate::watch_retry::{LIST_PAGE_SIZE, api, retrying};
+use admission::{Admission, admitted_controller, refs};
 use futures::StreamExt;
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -160,8 +163,12 @@ where
 /// Logs and counts what a controller's stream yields besides successful reconciles: runner errors.
 /// Failed reconciles are counted and logged by `instrumented` and `error_policy` already, and watch
 /// errors never get here: `watch_retry::retrying` reported them before the controller saw the stream.
-async fn report<K, S>(stream: S, controller: &'static str, metrics: Metrics)
-where
+async fn report<K, S>(
+    stream: S,
+    controller: &'static str,
+    metrics: Metrics,
+    admission: Option<Arc<Admission>>,
+) where
     K: Resource,
     S: futures::Stream<
             Item = Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
@@ -172,7 +179,10 @@ where
             match result {
                 Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(controller::Error::ObjectNotFound(obj)) => {
-                    tracing::debug!(%obj, controller, "object gone before its reconcile")
+                    tracing::debug!(%obj, controller, "object gone before its reconcile");
+                    if let Some(a) = &admission {
+                        a.started(obj.namespace.as_deref(), &obj.name);
+                    }
                 }
                 Err(e) => {
                     metrics
@@ -215,10 +225,6 @@ where
 {
     let client = ctx.client.clone();
     let route_store = ctx.stores.routes.clone();
-    let route_controller = Controller::for_shared_stream(
-        route_wakes::changes_to_act_on(routes_to_status),
-        route_store.clone(),
-    );
     // One watch of every delivery feeds the index the route controller counts from, and says which
     // route to look at again: no LIST per reconcile.
     let delivery_events = retrying(
@@ -241,33 +247,48 @@ where
         .state
         .export_from(route_store.clone(), ctx.stores.credentials.clone());
     let release_metrics = ctx.metrics.release.export_from(route_store.clone());
+    let naming_credential = route_store.clone();
+    let credential_triggers = credential_changes.flat_map(move |cred| {
+        let cred_ns = cred.namespace();
+        let cred_name = cred.name_any();
+        let named: Vec<_> = naming_credential
+            .state()
+            .into_iter()
+            .filter(|r| {
+                r.namespace() == cred_ns
+                    && r.spec
+                        .credential_ref
+                        .as_ref()
+                        .is_some_and(|c| c.name == cred_name)
+            })
+            .map(|r| queued(r.as_ref()))
+            .collect();
+        futures::stream::iter(named)
+    });
+    let triggers = futures::stream::select_all([
+        refs(route_wakes::changes_to_act_on(routes_to_status)).boxed(),
+        route_triggers.boxed(),
+        secrets_changed.boxed(),
+        credential_triggers.boxed(),
+    ]);
+    let (route_controller, admission) = admitted_controller(
+        triggers,
+        route_store.clone(),
+        ctx.settings.max_concurrent_reconciles,
+    );
+    let starts = admission.clone();
     let routes = route_controller
-        .reconcile_on(route_triggers)
-        .reconcile_on(secrets_changed)
-        .watches_shared_stream(credential_changes, move |cred| {
-            let cred_ns = cred.namespace();
-            let cred_name = cred.name_any();
-            route_store
-                .state()
-                .into_iter()
-                .filter(|r| {
-                    r.namespace() == cred_ns
-                        && r.spec
-                            .credential_ref
-                            .as_ref()
-                            .is_some_and(|c| c.name == cred_name)
-                })
-                .map(|r| ObjectRef::from_obj(r.as_ref()))
-                .collect::<Vec<_>>()
-        })
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
-            |r, c| instrumented(r, c, "route", route::reconcile),
+            move |r, c| {
+                starts.reconciling(r.as_ref());
+                instrumented(r, c, "route", route::reconcile)
+            },
             error_policy,
             ctx.clone(),
         );
-    let routes = report(routes, "route", ctx.metrics.clone());
+    let routes = report(routes, "route", ctx.metrics.clone(), Some(admission));
     Box::pin(async move {
         routes.await;
         drop(state_metrics);
@@ -285,17 +306,30 @@ fn credential_controller<S>(
 where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
-    let credentials =
-        Controller::for_shared_stream(credentials_to_check, ctx.stores.credentials.clone())
-            .reconcile_on(secrets_changed)
-            .with_config(controller_config(ctx))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                |c, x| instrumented(c, x, "credential", credential::reconcile),
-                error_policy,
-                ctx.clone(),
-            );
-    Box::pin(report(credentials, "credential", ctx.metrics.clone()))
+    let triggers = futures::stream::select(refs(credentials_to_check), secrets_changed);
+    let (credentials, admission) = admitted_controller(
+        triggers,
+        ctx.stores.credentials.clone(),
+        ctx.settings.max_concurrent_reconciles,
+    );
+    let starts = admission.clone();
+    let credentials = credentials
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            move |c, x| {
+                starts.reconciling(c.as_ref());
+                instrumented(c, x, "credential", credential::reconcile)
+            },
+            error_policy,
+            ctx.clone(),
+        );
+    Box::pin(report(
+        credentials,
+        "credential",
+        ctx.metrics.clone(),
+        Some(admission),
+    ))
 }
 
 /// The App Store Connect webhook controller over the shared routes.
@@ -313,12 +347,21 @@ where
     // Connect re-reads) and must not wait behind the route controller's delivery-driven reconciles.
     let routes_to_register =
         routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
-    let webhooks = Controller::for_shared_stream(routes_to_register, webhook_store)
-        .reconcile_on(secrets_changed)
+    let triggers = futures::stream::select(refs(routes_to_register), secrets_changed);
+    let (webhooks, admission) = admitted_controller(
+        triggers,
+        webhook_store,
+        ctx.settings.max_concurrent_reconciles,
+    );
+    let starts = admission.clone();
+    let webhooks = webhooks
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
-            |r, c| instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile),
+            move |r, c| {
+                starts.reconciling(r.as_ref());
+                instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile)
+            },
             error_policy,
             ctx.clone(),
         );
@@ -326,6 +369,7 @@ where
         webhooks,
         "app-store-connect-webhook",
         ctx.metrics.clone(),
+        Some(admission),
     ))
 }
 
@@ -355,12 +399,29 @@ where
         .boxed()
     });
     let routes = routes_to_catch_up.filter(|r| futures::future::ready(catch_up::concerns(r)));
-    let passes = Controller::for_shared_stream(routes, ctx.stores.routes.clone())
-        .reconcile_all_on(recovered.unwrap_or_else(|| futures::stream::pending().boxed()))
+    // Every cached route, as kube's `reconcile_all_on` would, but through the admission.
+    let store = ctx.stores.routes.clone();
+    let every_route = recovered
+        .unwrap_or_else(|| futures::stream::pending().boxed())
+        .flat_map(move |()| {
+            let all: Vec<_> = store.state().iter().map(|r| queued(r.as_ref())).collect();
+            futures::stream::iter(all)
+        });
+    let triggers = futures::stream::select(refs(routes), every_route);
+    let (passes, admission) = admitted_controller(
+        triggers,
+        ctx.stores.routes.clone(),
+        ctx.settings.max_concurrent_reconciles,
+    );
+    let starts = admission.clone();
+    let passes = passes
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(shutdown.clone())
         .run(
-            |r, c| instrumented(r, c, "app-store-connect-catch-up", catch_up::reconcile),
+            move |r, c| {
+                starts.reconciling(r.as_ref());
+                instrumented(r, c, "app-store-connect-catch-up", catch_up::reconcile)
+            },
             error_policy,
             ctx.clone(),
         );
@@ -368,6 +429,7 @@ where
         passes,
         "app-store-connect-catch-up",
         ctx.metrics.clone(),
+        Some(admission),
     ))
 }
 

@@ -11,7 +11,6 @@ use super::route_status::route_controller_part;
 use crate::resources::WebhookRoute;
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -44,12 +43,21 @@ pub fn wakes_on(route: &WebhookRoute) -> u64 {
 pub fn changes_to_act_on(
     routes: impl Stream<Item = Arc<WebhookRoute>> + Send + 'static,
 ) -> impl Stream<Item = Arc<WebhookRoute>> + Send + 'static {
-    let mut last: HashMap<ObjectRef<WebhookRoute>, u64> = HashMap::new();
+    // Keyed by a digest of namespace and name, not the `ObjectRef` (four strings per route, held for
+    // the term): a wrong answer needs two routes to share 64 bits, and `wakes_on` hashes the uid, so a
+    // route recreated under its name is still seen afresh.
+    let mut last: HashMap<u64, u64> = HashMap::new();
     routes.filter(move |route| {
         let digest = wakes_on(route);
-        let changed = last.insert(ObjectRef::from_obj(route.as_ref()), digest) != Some(digest);
+        let changed = last.insert(route_key(route), digest) != Some(digest);
         futures::future::ready(changed)
     })
+}
+
+fn route_key(route: &WebhookRoute) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&route.metadata.namespace, &route.metadata.name).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

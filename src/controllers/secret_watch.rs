@@ -284,17 +284,11 @@ async fn wake(ctx: &Context, (namespace, name): &SecretName, senders: &mut Sende
         if route_names(route, name) {
             ctx.route_secrets.forget(route);
             // A controller that stopped needs no wake-up.
-            let _ = senders
-                .routes
-                .send(ObjectRef::from_obj(route.as_ref()))
-                .await;
+            let _ = senders.routes.send(super::queued(route.as_ref())).await;
         }
         if webhook_secret_of(route, name) {
             ctx.webhook_secrets.forget(route);
-            let _ = senders
-                .webhooks
-                .send(ObjectRef::from_obj(route.as_ref()))
-                .await;
+            let _ = senders.webhooks.send(super::queued(route.as_ref())).await;
         }
     }
     let creds = ctx.stores.credentials.state();
@@ -302,10 +296,7 @@ async fn wake(ctx: &Context, (namespace, name): &SecretName, senders: &mut Sende
         .iter()
         .filter(|c| in_ns(c.namespace()) && credential_names(c, name))
     {
-        let _ = senders
-            .credentials
-            .send(ObjectRef::from_obj(cred.as_ref()))
-            .await;
+        let _ = senders.credentials.send(super::queued(cred.as_ref())).await;
     }
     tracing::debug!(%namespace, secret = %name, "Secret changed; its routes and credentials look again");
 }

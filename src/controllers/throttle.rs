@@ -29,6 +29,8 @@ pub struct Gate<T> {
     last: HashMap<T, Instant>,
     held: HashSet<T>,
     prune_at: usize,
+    /// When a key last passed.
+    latest: Option<Instant>,
 }
 
 impl<T: Hash + Eq + Clone> Gate<T> {
@@ -39,6 +41,7 @@ impl<T: Hash + Eq + Clone> Gate<T> {
             last: HashMap::new(),
             held: HashSet::new(),
             prune_at: 1024,
+            latest: None,
         }
     }
 
@@ -65,7 +68,27 @@ impl<T: Hash + Eq + Clone> Gate<T> {
         self.passed(key, now);
     }
 
+    /// When every key it remembers will have been quiet for the interval (nothing remembered: `None`).
+    pub fn quiet_at(&self) -> Option<Instant> {
+        let latest = self.latest.filter(|_| !self.last.is_empty())?;
+        Some(latest + self.every)
+    }
+
+    /// Forgets the keys quiet for the interval, and gives back the room a burst took once none is left:
+    /// a start-up that touched every route would otherwise hold a key per route for the whole term.
+    pub fn prune(&mut self, now: Instant) {
+        let every = self.every;
+        self.last.retain(|_, t| now.duration_since(*t) < every);
+        if self.last.is_empty() {
+            self.last.shrink_to_fit();
+        }
+        if self.held.is_empty() {
+            self.held.shrink_to_fit();
+        }
+    }
+
     fn passed(&mut self, key: T, now: Instant) {
+        self.latest = Some(now);
         self.last.insert(key, now);
         // Keys quiet for longer than the interval need no memory: their next trigger passes anyway.
         if self.last.len() > self.prune_at {
@@ -97,6 +120,8 @@ where
     );
     futures::stream::unfold(state, |(mut input, mut gate, mut due)| async move {
         loop {
+            let quiet = gate.quiet_at();
+            let quiet_until = tokio::time::Instant::from_std(quiet.unwrap_or_else(now));
             tokio::select! {
                 item = input.next(), if !input.is_done() => match item {
                     Some(key) => match gate.offer(key.clone(), now()) {
@@ -113,6 +138,9 @@ where
                 Some(key) = due.next(), if !due.is_empty() => {
                     gate.release(key.clone(), now());
                     return Some((key, (input, gate, due)));
+                }
+                () = tokio::time::sleep_until(quiet_until), if quiet.is_some() && !input.is_done() => {
+                    gate.prune(now());
                 }
                 else => return None,
             }
@@ -157,6 +185,24 @@ mod tests {
             gate.offer(i, t0 + SECOND * 2 * i);
         }
         assert!(gate.last.len() <= 1025, "{}", gate.last.len());
+    }
+
+    #[test]
+    fn a_quiet_gate_forgets_every_key_but_still_folds_a_recent_one() {
+        let mut gate = Gate::new(SECOND);
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            gate.offer(i, t0);
+        }
+        assert_eq!(gate.quiet_at(), Some(t0 + SECOND));
+        gate.offer(0, t0 + SECOND / 2);
+        gate.prune(t0 + SECOND);
+        assert_eq!(gate.last.len(), 0, "all quiet for the interval");
+        assert_eq!(gate.quiet_at(), None);
+        assert_eq!(gate.offer(1, t0 + SECOND * 2), Offer::Now);
+        assert_eq!(gate.offer(1, t0 + SECOND * 2), Offer::At(t0 + SECOND * 3));
+        gate.prune(t0 + SECOND * 2);
+        assert_eq!(gate.offer(1, t0 + SECOND * 2), Offer::Folded);
     }
 
     #[tokio::test(start_paused = true)]

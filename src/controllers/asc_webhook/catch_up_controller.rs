@@ -21,6 +21,7 @@ pub fn concerns(route: &WebhookRoute) -> bool {
 
 /// Makes a due catch-up pass for one route and records it; answers when the next one is due.
 pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+    super::written::settle(&ctx, &route);
     if route.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

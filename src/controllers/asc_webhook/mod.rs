@@ -22,6 +22,7 @@ pub mod plan;
 mod secret;
 pub mod state;
 mod sync;
+mod written;
 
 use super::Error;
 use super::context::{Context, CredentialProblem};
@@ -40,6 +41,7 @@ use plan::{Blocked, Desired, Step};
 use secret::WebhookSecret;
 use std::sync::Arc;
 use sync::Synced;
+use written::{known_asc, known_conditions};
 
 use crate::resources::names::{
     FIELD_MANAGER_ASC as FIELD_MANAGER, FINALIZER_ASC_WEBHOOK as FINALIZER,
@@ -47,6 +49,7 @@ use crate::resources::names::{
 
 /// Reconciles the App Store Connect side of one route.
 pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+    written::settle(&ctx, &route);
     let api: Api<WebhookRoute> =
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     if route.spec.app_store_connect.is_none() {
@@ -224,26 +227,6 @@ async fn blocked(ctx: &Context, route: &WebhookRoute, b: Blocked) -> Result<(), 
         ],
     )
     .await
-}
-
-/// What this reconciler last recorded for the route: its own last write when it made one (the cached
-/// route may predate it), else the route's status.
-fn known_asc(ctx: &Context, route: &WebhookRoute) -> Option<AppStoreConnectStatus> {
-    match route.uid().and_then(|uid| ctx.written_asc.get(&uid)) {
-        Some((asc, _)) => asc,
-        None => route
-            .status
-            .as_ref()
-            .and_then(|s| s.app_store_connect.as_deref().cloned()),
-    }
-}
-
-/// This reconciler's conditions as it last wrote them, else as the route shows them.
-fn known_conditions(ctx: &Context, route: &WebhookRoute) -> Vec<Condition> {
-    match route.uid().and_then(|uid| ctx.written_asc.get(&uid)) {
-        Some((_, conditions)) => conditions,
-        None => state::owned_conditions(route),
-    }
 }
 
 fn last_ping_time(route: &WebhookRoute) -> Option<&str> {

@@ -1,7 +1,6 @@
 //! What was last read about each route's Secrets.
 
 use crate::resources::WebhookRoute;
-use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -43,7 +42,7 @@ impl SecretFacts {
 /// What was last read about each route's Secrets, by route uid. Bounded by the routes that exist;
 /// entries of deleted routes age out.
 pub struct RouteSecretFacts {
-    facts: moka::sync::Cache<String, SecretFacts>,
+    facts: moka::sync::Cache<u64, SecretFacts>,
 }
 
 impl RouteSecretFacts {
@@ -74,15 +73,17 @@ impl RouteSecretFacts {
     }
 }
 
-/// The key a route's memories are kept under: its uid, or namespace/name before it has one.
-pub(crate) fn facts_key(route: &WebhookRoute) -> String {
-    route.uid().unwrap_or_else(|| {
-        format!(
-            "{}/{}",
-            route.namespace().unwrap_or_default(),
-            route.name_any()
-        )
-    })
+/// The key a route's memories are kept under: a 64-bit digest of its uid (server-assigned, so no one
+/// picks a colliding one), or of namespace/name before it has one. A string per route in two caches
+/// held the whole term cost more than many of the facts themselves.
+pub(crate) fn facts_key(route: &WebhookRoute) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match route.metadata.uid.as_deref() {
+        Some(uid) => (0u8, uid).hash(&mut h),
+        None => (1u8, &route.metadata.namespace, &route.metadata.name).hash(&mut h),
+    }
+    h.finish()
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ struct Read {
 
 /// Webhook secrets by route uid; entries of deleted routes age out.
 pub struct WebhookSecrets {
-    reads: moka::sync::Cache<String, Read>,
+    reads: moka::sync::Cache<u64, Read>,
 }
 
 impl WebhookSecrets {
@@ -93,7 +93,7 @@ fn reference(route: &WebhookRoute) -> (String, String) {
     )
 }
 
-fn key(route: &WebhookRoute) -> String {
+fn key(route: &WebhookRoute) -> u64 {
     super::route_secret_facts::facts_key(route)
 }
 

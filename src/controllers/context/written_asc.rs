@@ -39,6 +39,27 @@ impl WrittenAscStatus {
             .cloned()
     }
 
+    /// Whether anything is remembered for route `uid`.
+    pub fn holds(&self, uid: &str) -> bool {
+        self.by_uid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(uid)
+    }
+
+    /// Forgets what was written for route `uid` if `shown` says the route shows it; checked and
+    /// forgotten at once, so a write remembered meanwhile is judged itself.
+    pub fn forget_if(&self, uid: &str, shown: impl FnOnce(&WrittenAsc) -> bool) {
+        let mut m = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(uid).is_some_and(shown) {
+            m.remove(uid);
+            if m.capacity() > 2 * m.len() + 16 {
+                // Settled after a start-up burst: the table need not stay sized for it.
+                m.shrink_to_fit();
+            }
+        }
+    }
+
     /// Remembers (or, with `None`, forgets) what was written for route `uid`.
     pub fn remember(&self, uid: &str, status: Option<WrittenAsc>) {
         let mut m = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
@@ -66,5 +87,15 @@ mod tests {
         assert_eq!(written.get("uid-2"), None);
         written.remember("uid-1", None);
         assert_eq!(written.get("uid-1"), None);
+    }
+
+    #[test]
+    fn a_write_is_forgotten_only_when_the_route_shows_it() {
+        let written = WrittenAscStatus::default();
+        written.remember("uid-1", Some((None, vec![])));
+        written.forget_if("uid-1", |_| false);
+        assert!(written.holds("uid-1"));
+        written.forget_if("uid-1", |w| w == &(None, vec![]));
+        assert!(!written.holds("uid-1"));
     }
 }

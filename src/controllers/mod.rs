@@ -197,6 +197,45 @@ async fn report<K, S>(
         .await;
 }
 
+/// Runs `reconcile` as controller `name` over `triggers`, admitted as fast as its reconciles start (see
+/// [`admission`]), with the shared concurrency, shutdown, metrics and error policy.
+fn run_admitted<K, S, F, Fut>(
+    ctx: &Arc<Context>,
+    name: &'static str,
+    triggers: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
+    store: Store<K>,
+    shutdown: S,
+    reconcile: F,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    S: Future<Output = ()> + Send + Sync + Clone + 'static,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let (controller, admission) =
+        admitted_controller(triggers, store, ctx.settings.max_concurrent_reconciles);
+    let starts = admission.clone();
+    let runs = controller
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |obj, c| {
+                starts.reconciling(obj.as_ref());
+                instrumented(obj, c, name, reconcile)
+            },
+            error_policy,
+            ctx.clone(),
+        );
+    report(runs, name, ctx.metrics.clone(), Some(admission))
+}
+
 /// What one of the controllers' watches does with its errors.
 fn watch_reporter(
     controller: &'static str,
@@ -271,24 +310,14 @@ where
         secrets_changed.boxed(),
         credential_triggers.boxed(),
     ]);
-    let (route_controller, admission) = admitted_controller(
+    let routes = run_admitted(
+        ctx,
+        "route",
         triggers,
-        route_store.clone(),
-        ctx.settings.max_concurrent_reconciles,
+        route_store,
+        shutdown,
+        route::reconcile,
     );
-    let starts = admission.clone();
-    let routes = route_controller
-        .with_config(controller_config(ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            move |r, c| {
-                starts.reconciling(r.as_ref());
-                instrumented(r, c, "route", route::reconcile)
-            },
-            error_policy,
-            ctx.clone(),
-        );
-    let routes = report(routes, "route", ctx.metrics.clone(), Some(admission));
     Box::pin(async move {
         routes.await;
         drop(state_metrics);
@@ -307,28 +336,13 @@ where
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
 {
     let triggers = futures::stream::select(refs(credentials_to_check), secrets_changed);
-    let (credentials, admission) = admitted_controller(
+    Box::pin(run_admitted(
+        ctx,
+        "credential",
         triggers,
         ctx.stores.credentials.clone(),
-        ctx.settings.max_concurrent_reconciles,
-    );
-    let starts = admission.clone();
-    let credentials = credentials
-        .with_config(controller_config(ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            move |c, x| {
-                starts.reconciling(c.as_ref());
-                instrumented(c, x, "credential", credential::reconcile)
-            },
-            error_policy,
-            ctx.clone(),
-        );
-    Box::pin(report(
-        credentials,
-        "credential",
-        ctx.metrics.clone(),
-        Some(admission),
+        shutdown,
+        credential::reconcile,
     ))
 }
 
@@ -348,28 +362,13 @@ where
     let routes_to_register =
         routes_to_register.filter(|r| futures::future::ready(asc_webhook::state::concerns(r)));
     let triggers = futures::stream::select(refs(routes_to_register), secrets_changed);
-    let (webhooks, admission) = admitted_controller(
+    Box::pin(run_admitted(
+        ctx,
+        "app-store-connect-webhook",
         triggers,
         webhook_store,
-        ctx.settings.max_concurrent_reconciles,
-    );
-    let starts = admission.clone();
-    let webhooks = webhooks
-        .with_config(controller_config(ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            move |r, c| {
-                starts.reconciling(r.as_ref());
-                instrumented(r, c, "app-store-connect-webhook", asc_webhook::reconcile)
-            },
-            error_policy,
-            ctx.clone(),
-        );
-    Box::pin(report(
-        webhooks,
-        "app-store-connect-webhook",
-        ctx.metrics.clone(),
-        Some(admission),
+        shutdown,
+        asc_webhook::reconcile,
     ))
 }
 
@@ -408,28 +407,13 @@ where
             futures::stream::iter(all)
         });
     let triggers = futures::stream::select(refs(routes), every_route);
-    let (passes, admission) = admitted_controller(
+    Box::pin(run_admitted(
+        ctx,
+        "app-store-connect-catch-up",
         triggers,
         ctx.stores.routes.clone(),
-        ctx.settings.max_concurrent_reconciles,
-    );
-    let starts = admission.clone();
-    let passes = passes
-        .with_config(controller_config(ctx))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            move |r, c| {
-                starts.reconciling(r.as_ref());
-                instrumented(r, c, "app-store-connect-catch-up", catch_up::reconcile)
-            },
-            error_policy,
-            ctx.clone(),
-        );
-    Box::pin(report(
-        passes,
-        "app-store-connect-catch-up",
-        ctx.metrics.clone(),
-        Some(admission),
+        shutdown,
+        catch_up::reconcile,
     ))
 }
 

@@ -139,13 +139,7 @@ fn slim_cache<K>(
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let (reader, writer) = reflector::store();
     let events = watcher(api, config.page_size(LIST_PAGE_SIZE)).modify(move |obj: &mut K| {
@@ -197,6 +191,29 @@ async fn report<K, S>(
         .await;
 }
 
+/// What a controller's cache and queue need of the objects they hold.
+pub(crate) trait Cached:
+    Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cached for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Runs `reconcile` as controller `name` over `triggers`, admitted as fast as its reconciles start (see
 /// [`admission`]), with the shared concurrency, shutdown, metrics and error policy.
 fn run_admitted<K, S, F, Fut>(
@@ -208,13 +225,7 @@ fn run_admitted<K, S, F, Fut>(
     reconcile: F,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut + Copy + Send + Sync + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
@@ -466,13 +477,7 @@ fn shared_cache<K, const N: usize>(
     [futures::channel::mpsc::Receiver<Arc<K>>; N],
 )
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
     let (store, changes) = slim_cache(
         api::<K>(&process.client, ns),

@@ -8,12 +8,13 @@
 //! Nothing is dropped that the controller would not merge anyway: a trigger for an object already in the
 //! controller's queue and not yet started folds into it (that reconcile reads the newest cached object).
 
+use super::digest::of_name as digest;
 use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::{HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 /// The objects handed to one controller and not yet started, shared by its trigger stream and its
@@ -58,12 +59,6 @@ impl Admission {
     fn handed(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
         self.handed.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn digest(namespace: Option<&str>, name: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (namespace, name).hash(&mut h);
-    h.finish()
 }
 
 fn ref_digest<K: kube::runtime::reflector::Lookup>(r: &ObjectRef<K>) -> u64

@@ -8,6 +8,7 @@ pub(crate) mod credential;
 pub(crate) mod delivery;
 pub(crate) mod delivery_index;
 mod delivery_wiring;
+pub(crate) mod digest;
 pub(crate) mod error;
 pub(crate) mod event_recorder;
 pub(crate) mod impersonation;

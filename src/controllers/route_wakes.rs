@@ -55,9 +55,10 @@ pub fn changes_to_act_on(
 }
 
 fn route_key(route: &WebhookRoute) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&route.metadata.namespace, &route.metadata.name).hash(&mut h);
-    h.finish()
+    super::digest::of_name(
+        route.metadata.namespace.as_deref(),
+        route.metadata.name.as_deref().unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]

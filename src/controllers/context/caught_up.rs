@@ -1,5 +1,6 @@
 //! Routes this process made its start-up catch-up pass for.
 
+use crate::controllers::digest::of as digest;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -44,13 +45,6 @@ impl CaughtUp {
     fn routes(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn digest(key: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]

@@ -77,13 +77,11 @@ impl RouteSecretFacts {
 /// picks a colliding one), or of namespace/name before it has one. A string per route in two caches
 /// held the whole term cost more than many of the facts themselves.
 pub(crate) fn facts_key(route: &WebhookRoute) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use crate::controllers::digest::of;
     match route.metadata.uid.as_deref() {
-        Some(uid) => (0u8, uid).hash(&mut h),
-        None => (1u8, &route.metadata.namespace, &route.metadata.name).hash(&mut h),
+        Some(uid) => of(&(0u8, uid)),
+        None => of(&(1u8, &route.metadata.namespace, &route.metadata.name)),
     }
-    h.finish()
 }
 
 #[cfg(test)]

@@ -23,10 +23,7 @@ pub struct WrittenAscStatus {
 impl WrittenAscStatus {
     /// Held while reading what was last written for route `uid` and writing anew.
     pub async fn lock(&self, uid: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        uid.hash(&mut h);
-        let stripe = (h.finish() % self.writing.len() as u64) as usize;
+        let stripe = (crate::controllers::digest::of(uid) % self.writing.len() as u64) as usize;
         self.writing[stripe].lock().await
     }
 

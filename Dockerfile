@@ -1,14 +1,20 @@
 # syntax=docker/dockerfile:1
-# The operator image: the glibc release binary on distroless `cc` (glibc, libgcc, CA certificates, no
-# shell, uid 65532). The glibc build, because it is the binary every speed and memory figure in
-# BENCHMARKS.md is measured on; its allocator (jemalloc, linked in: one arena, no thread caches, free
-# pages purged at idle, src/memory.rs) is part of those figures.
+# The operator image: one static binary (musl, jemalloc linked in) on distroless `static` (CA
+# certificates, /etc/passwd with uid 65532, no shell, no libc). Static, because an idle operator's memory
+# is mostly code pages: glibc, libm and the loader mapped ~2 MiB of them, the parts of musl the binary
+# uses a fraction of that (BENCHMARKS.md §6). musl's own malloc is not used: the allocator is jemalloc
+# (one arena, no thread caches, free pages purged at idle, src/memory.rs), as in every figure of
+# BENCHMARKS.md.
 #
 #   docker build -t asc-webhook-operator:dev --build-arg REVISION="$(git rev-parse HEAD)" .
 #   docker run --rm asc-webhook-operator:dev --help
 
-# Debian 12 (glibc 2.36) on both sides: the binary needs no newer glibc than the runtime image has.
 FROM rust:1-bookworm AS build
+# musl-gcc compiles the C parts (jemalloc, ring) for the musl target.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
 # The source revision `asc_webhook_build_info{revision}` reports (compiled in; `unknown` when not given).
@@ -18,10 +24,10 @@ ENV ASC_BUILD_REVISION=${REVISION}
 # out of the cached target directory in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin asc-webhook-operator \
- && cp target/release/asc-webhook-operator /asc-webhook-operator
+    cargo build --release --locked --target x86_64-unknown-linux-musl --bin asc-webhook-operator \
+ && cp target/x86_64-unknown-linux-musl/release/asc-webhook-operator /asc-webhook-operator
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /asc-webhook-operator /asc-webhook-operator
 USER 65532:65532
 # 8080: the receiver (POST /hooks/<namespace>/<route>); 9090: /healthz, /readyz, /metrics.

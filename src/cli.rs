@@ -182,6 +182,13 @@ pub struct RunArgs {
     /// Reconciles running at once, per controller (each holds API connections while it runs).
     #[arg(long, env = "ASC_MAX_CONCURRENT_RECONCILES", default_value_t = 8)]
     pub max_concurrent_reconciles: u16,
+    /// Idle connections to the API server each client keeps for the next request; more are closed as
+    /// their requests end, so a burst's connections are not held afterwards.
+    #[arg(long, env = "ASC_API_MAX_IDLE_CONNECTIONS", default_value_t = 8)]
+    pub api_max_idle_connections: usize,
+    /// An idle connection to the API server is closed after this long unused.
+    #[arg(long, env = "ASC_API_IDLE_CONNECTION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub api_idle_connection_timeout: Duration,
     /// Per-request timeout of App Store Connect API calls.
     #[arg(long, env = "ASC_API_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub asc_api_timeout: Duration,

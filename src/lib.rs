@@ -5,6 +5,7 @@
 //! `actions` holds the pure builders of that work.
 
 pub mod actions;
+pub mod api_client;
 pub mod asc;
 pub mod cli;
 pub mod controllers;

@@ -140,8 +140,12 @@ pub async fn run_with(
     // writes from the controllers'.
     let mut config = config;
     config.headers.push(user_agent("controllers"));
-    let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
-    let receiver_client = receiver_client(&config)?;
+    let pool = crate::api_client::Pool {
+        max_idle: args.api_max_idle_connections,
+        idle_timeout: args.api_idle_connection_timeout,
+    };
+    let client = crate::api_client::client(config.clone(), pool).map_err(RunError::Client)?;
+    let receiver_client = receiver_client(&config, pool)?;
     let metrics = Metrics::new();
     let readiness = Readiness::default();
 
@@ -201,7 +205,10 @@ pub async fn run_with(
 
 /// The receiver's own client: apart from `run_with` because its settings differ from the controllers'
 /// on purpose (no retries, a short read timeout, its own user agent).
-fn receiver_client(config: &kube::Config) -> Result<Client, RunError> {
+fn receiver_client(
+    config: &kube::Config,
+    pool: crate::api_client::Pool,
+) -> Result<Client, RunError> {
     // The receiver answers Apple within seconds: it must not sit in the client's own retry loop while
     // the API server is down, but say 503 and let Apple (or `send`) come back.
     let mut receiver_config = config.clone();
@@ -211,7 +218,7 @@ fn receiver_client(config: &kube::Config) -> Result<Client, RunError> {
         .retain(|(name, _)| name != http::header::USER_AGENT);
     receiver_config.headers.push(user_agent("receiver"));
     receiver_config.read_timeout = Some(Duration::from_secs(5));
-    Client::try_from(receiver_config).map_err(RunError::Client)
+    crate::api_client::client(receiver_config, pool).map_err(RunError::Client)
 }
 
 /// This replica's name in the Lease and in Events: `--identity`, or the operator's name with a random

@@ -121,21 +121,20 @@ mod tests {
         open.load(Ordering::SeqCst)
     }
 
+    fn keeping(max_idle: usize) -> Pool {
+        Pool {
+            max_idle,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
     #[tokio::test]
     async fn a_burst_leaves_no_more_idle_connections_than_the_pool_keeps() {
-        let pool = Pool {
-            max_idle: 1,
-            idle_timeout: Duration::from_secs(60),
-        };
-        assert_eq!(open_after_burst(pool, 4).await, 1);
+        assert_eq!(open_after_burst(keeping(1), 4).await, 1);
     }
 
     #[tokio::test]
     async fn idle_connections_up_to_the_limit_stay_for_the_next_request() {
-        let pool = Pool {
-            max_idle: 8,
-            idle_timeout: Duration::from_secs(60),
-        };
-        assert_eq!(open_after_burst(pool, 4).await, 4);
+        assert_eq!(open_after_burst(keeping(8), 4).await, 4);
     }
 }

@@ -8,9 +8,9 @@
 use super::context::{Context, CredentialProblem, read_key};
 use super::{Error, status};
 use crate::asc::token::{ApiKey, KeyKind};
+use crate::controllers::next_look::Next;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::{AscCredential, AscCredentialStatus};
-use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,7 +170,7 @@ async fn check_key(
 }
 
 /// Reconciles one credential.
-pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Next, Error> {
     let namespace = cred.namespace().unwrap_or_default();
     let name = cred.name_any();
     let generation = cred.metadata.generation;
@@ -232,7 +232,7 @@ pub async fn reconcile(cred: Arc<AscCredential>, ctx: Arc<Context>) -> Result<Ac
     let ready = matches!(check, KeyCheck::Usable(_));
     let verified_ok =
         conditions::find(&new_status.conditions, "Verified").is_none_or(Condition::is_true);
-    Ok(Action::requeue(match (ready && verified_ok, interval) {
+    Ok(Next::After(match (ready && verified_ok, interval) {
         (false, _) => ctx.settings.recheck_interval,
         (true, Some(i)) => i.min(READY_RECHECK),
         (true, None) => READY_RECHECK,

@@ -14,6 +14,7 @@ pub(crate) mod event_recorder;
 pub(crate) mod impersonation;
 pub(crate) mod match_lint;
 pub mod matching;
+pub(crate) mod next_look;
 pub(crate) mod resource_kinds;
 pub(crate) mod route;
 pub(crate) mod route_status;
@@ -41,6 +42,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
+use next_look::{Next, NextLooks};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,16 +57,16 @@ fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// Wraps a reconciler with metrics and failure bookkeeping.
-async fn instrumented<K, F, Fut>(
+async fn instrumented<K, F, Fut, T>(
     obj: Arc<K>,
     ctx: Arc<Context>,
     controller: &'static str,
     f: F,
-) -> Result<Action, Error>
+) -> Result<T, Error>
 where
     K: Resource<DynamicType = ()>,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
-    Fut: Future<Output = Result<Action, Error>>,
+    Fut: Future<Output = Result<T, Error>>,
 {
     let started = Instant::now();
     let k = key(obj.as_ref());
@@ -229,8 +231,12 @@ where
     K: Cached,
     S: Future<Output = ()> + Send + Sync + Clone + 'static,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut + Copy + Send + Sync + 'static,
-    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+    Fut: Future<Output = Result<Next, Error>> + Send + 'static,
 {
+    // Long waits for the next look are kept in `looks`, which hands each object back through the
+    // admission like any other trigger.
+    let looks = NextLooks::new();
+    let triggers = futures::stream::select(triggers, looks.clone().due());
     let (controller, admission) =
         admitted_controller(triggers, store, ctx.settings.max_concurrent_reconciles);
     let starts = admission.clone();
@@ -240,7 +246,11 @@ where
         .run(
             move |obj, c| {
                 starts.reconciling(obj.as_ref());
-                instrumented(obj, c, name, reconcile)
+                let looks = looks.clone();
+                async move {
+                    let next = instrumented(obj.clone(), c, name, reconcile).await?;
+                    Ok(looks.action(obj.as_ref(), next))
+                }
             },
             error_policy,
             ctx.clone(),

@@ -18,11 +18,11 @@ use super::resource_kinds::KindFact;
 use super::route_status::{self, RouteFacts};
 use super::{Error, status};
 use crate::actions::resource::TypeRef;
+use crate::controllers::next_look::Next;
 use crate::resources::conditions::{self, Condition};
 use crate::resources::{AscCredential, WebhookDelivery, WebhookRoute, WebhookRouteStatus};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::DeleteParams;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use std::collections::BTreeMap;
@@ -37,9 +37,9 @@ const INDEX_LOADING_RETRY: Duration = Duration::from_millis(500);
 const STALE_RETRY: Duration = Duration::from_millis(200);
 
 /// Reconciles one route.
-pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Next, Error> {
     if !ctx.deliveries.is_ready() {
-        return Ok(Action::requeue(INDEX_LOADING_RETRY));
+        return Ok(Next::After(INDEX_LOADING_RETRY));
     }
     let namespace = route.namespace().unwrap_or_default();
     let name = route.name_any();
@@ -95,7 +95,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     );
     match_lint::name_in_ready(&mut new_status, &match_lint::unknown_values(&route));
     if !write_status(&ctx, &route, &new_status).await? {
-        return Ok(Action::requeue(STALE_RETRY));
+        return Ok(Next::After(STALE_RETRY));
     }
     // Observed only once the status that learned it is stored: a stale copy's write is refused above,
     // and a status re-read after a restart or by a new leader has nothing new to teach.
@@ -107,7 +107,7 @@ pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics.release.record(&namespace, &name, &learned);
     delete_pruned(&ctx, &namespace, &name, &prune, &owned).await?;
     let next = fresh_until.saturating_duration_since(Instant::now());
-    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+    Ok(Next::After(next.max(Duration::from_secs(1))))
 }
 
 /// Writes the route controller's part of the status if it changed, and an Event when the route stops

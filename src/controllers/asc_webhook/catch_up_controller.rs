@@ -3,10 +3,10 @@
 //! `status.appStoreConnect.catchUp`, under the route's lock (see [`super::write_catch_up`]).
 
 use super::catch_up;
+use crate::controllers::next_look::Next;
 use crate::controllers::{Context, Error};
 use crate::resources::WebhookRoute;
 use crate::resources::route_asc::AppStoreConnectStatus;
-use kube::runtime::controller::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,33 +20,33 @@ pub fn concerns(route: &WebhookRoute) -> bool {
 }
 
 /// Makes a due catch-up pass for one route and records it; answers when the next one is due.
-pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Next, Error> {
     super::written::settle(&ctx, &route);
     if route.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(Next::Change);
     }
     // Until registration recorded a webhook there is no log to read; its status write wakes this.
     let Some(asc) = super::known_asc(&ctx, &route) else {
-        return Ok(Action::await_change());
+        return Ok(Next::Change);
     };
     let Some(due) = due_in(&ctx, &route, &asc) else {
-        return Ok(Action::await_change());
+        return Ok(Next::Change);
     };
     if !due.is_zero() {
-        return Ok(Action::requeue(due));
+        return Ok(Next::After(due));
     }
     let recheck = ctx.settings.recheck_interval;
     let client = match super::credential(&ctx, &route).await? {
         Ok(client) => client,
         // Registration says why on the route; look again when it may have changed.
-        Err(_) => return Ok(Action::requeue(recheck)),
+        Err(_) => return Ok(Next::After(recheck)),
     };
     let mut working = asc;
     let next = catch_up::pass_if_due(&ctx, &route, &client, &mut working).await?;
     if let Some(state) = working.catch_up {
         super::write_catch_up(&ctx, &route, state).await?;
     }
-    Ok(next.map_or_else(Action::await_change, Action::requeue))
+    Ok(next.map_or(Next::Change, Next::After))
 }
 
 /// When the next pass is due (zero: now; `None`: off or no webhook yet), without any call.

@@ -3,10 +3,10 @@
 
 use super::{Context, Error, credential, failure, registered, write};
 use crate::asc::webhooks::Webhooks;
+use crate::controllers::next_look::Next;
 use crate::resources::WebhookRoute;
 use crate::resources::route_asc::DeletionPolicy;
 use kube::ResourceExt;
-use kube::runtime::controller::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +22,11 @@ pub fn give_up(
     })
 }
 
-pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error> {
+pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Next, Error> {
     let known = super::known_asc(ctx, &route);
     let asc = known.as_ref();
     let Some(id) = asc.and_then(|a| a.webhook_id.clone()) else {
-        return Ok(Action::await_change());
+        return Ok(Next::Change);
     };
     let policy = route
         .spec
@@ -43,7 +43,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
             format!("deletionPolicy Retain: App Store Connect webhook {id} is left as it is"),
         )
         .await;
-        return Ok(Action::await_change());
+        return Ok(Next::Change);
     }
     let (reason, message, cause) = match delete(ctx, &route, &id).await? {
         Ok(existed) => {
@@ -55,7 +55,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
             ctx.event(route.as_ref(), false, "WebhookDeleted", note)
                 .await;
             forget_webhook(ctx, &route);
-            return Ok(Action::await_change());
+            return Ok(Next::Change);
         }
         Err(why) => why,
     };
@@ -73,7 +73,7 @@ pub(super) async fn cleanup(route: Arc<WebhookRoute>, ctx: &Context) -> Result<A
             ),
         )
         .await;
-        return Ok(Action::await_change());
+        return Ok(Next::Change);
     }
     let message = format!(
         "cannot delete App Store Connect webhook {id}: {message}; the route is released within {} s of its \

@@ -28,13 +28,13 @@ use super::Error;
 use super::context::{Context, CredentialProblem};
 use crate::asc::api::AscClient;
 use crate::asc::webhooks::{WebhookError, Webhooks};
+use crate::controllers::next_look::Next;
 use crate::resources::WebhookRoute;
 use crate::resources::conditions::Condition;
 use crate::resources::route_asc::{
     AppStoreConnectStatus, CatchUpStatus, WEBHOOK_REGISTERED, WEBHOOK_VERIFIED,
 };
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalize};
 use kube::{Api, ResourceExt};
 use plan::{Blocked, Desired, Step};
@@ -48,26 +48,32 @@ use crate::resources::names::{
 };
 
 /// Reconciles the App Store Connect side of one route.
-pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(route: Arc<WebhookRoute>, ctx: Arc<Context>) -> Result<Next, Error> {
     written::settle(&ctx, &route);
     let api: Api<WebhookRoute> =
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     if route.spec.app_store_connect.is_none() {
         release_unmanaged(&ctx, &api, &route).await?;
-        return Ok(Action::await_change());
+        return Ok(Next::Change);
     }
+    // kube's finalizer helper speaks kube's `Action`, which does not tell its wait: the pass's own answer
+    // is carried past it. When the helper only added or removed the finalizer, that write wakes the route.
+    let chosen = std::sync::Mutex::new(Next::Change);
     finalizer::finalizer(&api, FINALIZER, route, |event| async {
-        match event {
-            Finalize::Apply(r) => apply(r, &ctx).await,
-            Finalize::Cleanup(r) => cleanup::cleanup(r, &ctx).await,
-        }
+        let next = match event {
+            Finalize::Apply(r) => apply(r, &ctx).await?,
+            Finalize::Cleanup(r) => cleanup::cleanup(r, &ctx).await?,
+        };
+        *chosen.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok::<_, Error>(kube::runtime::controller::Action::await_change())
     })
     .await
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
         other => Error::Finalizer(Box::new(other)),
-    })
+    })?;
+    Ok(chosen.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// `spec.appStoreConnect` was removed: stop managing. The webhook is left in App Store Connect (without
@@ -261,13 +267,13 @@ fn failure_key(route: &WebhookRoute) -> String {
     )
 }
 
-async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error> {
+async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Next, Error> {
     let recheck = ctx.settings.recheck_interval;
     let desired = match plan::desired(&route, ctx.settings.public_url.as_deref()) {
         Ok(d) => d,
         Err(b) => {
             blocked(ctx, &route, b).await?;
-            return Ok(Action::requeue(recheck));
+            return Ok(Next::After(recheck));
         }
     };
     // A person asked for a fresh look: the Secret, App Store Connect's copy of the webhook and its
@@ -283,7 +289,7 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
         Ok(s) => s,
         Err(b) => {
             blocked(ctx, &route, b).await?;
-            return Ok(Action::requeue(recheck));
+            return Ok(Next::After(recheck));
         }
     };
     let now = jiff::Timestamp::now();
@@ -316,13 +322,13 @@ async fn apply(route: Arc<WebhookRoute>, ctx: &Context) -> Result<Action, Error>
     let fingerprint = inputs_fingerprint(&desired, previous.as_ref(), &secret);
     if let Some(left) = ctx.holds.held(&key, fingerprint) {
         // The last call failed for these very inputs; this pass was caused by writing that failure.
-        return Ok(Action::requeue(left));
+        return Ok(Next::After(left));
     }
     let client = match credential(ctx, &route).await? {
         Ok(c) => c,
         Err(b) => {
             blocked(ctx, &route, b).await?;
-            return Ok(Action::requeue(recheck));
+            return Ok(Next::After(recheck));
         }
     };
     let synced = if step == Step::Read {
@@ -345,7 +351,7 @@ async fn idle(
     asc: AppStoreConnectStatus,
     left: std::time::Duration,
     now: jiff::Timestamp,
-) -> Result<Action, Error> {
+) -> Result<Next, Error> {
     let recheck = ctx.settings.recheck_interval;
     let (verified, verify_due) = state::verified_condition(
         &asc,
@@ -359,7 +365,7 @@ async fn idle(
         .into_iter()
         .flatten()
         .min();
-    Ok(Action::requeue(next.unwrap_or(recheck)))
+    Ok(Next::After(next.unwrap_or(recheck)))
 }
 
 /// A failed sync: says why on the route, and holds further calls for these inputs until the backoff (or,
@@ -370,7 +376,7 @@ async fn sync_failed(
     e: &WebhookError,
     key: &str,
     fingerprint: u64,
-) -> Result<Action, Error> {
+) -> Result<Next, Error> {
     let recheck = ctx.settings.recheck_interval;
     let (reason, message) = failure(e);
     blocked(
@@ -392,7 +398,7 @@ async fn sync_failed(
     };
     ctx.holds
         .hold(key, fingerprint, std::time::Instant::now() + delay);
-    Ok(Action::requeue(delay))
+    Ok(Next::After(delay))
 }
 
 /// A successful sync: publishes its Event, sends the ping owed and records it all in status, then picks
@@ -404,7 +410,7 @@ async fn record_synced(
     desired: &Desired,
     mut synced: Synced,
     read_every: std::time::Duration,
-) -> Result<Action, Error> {
+) -> Result<Next, Error> {
     let recheck = ctx.settings.recheck_interval;
     let key = failure_key(route);
     ctx.backoffs.succeeded(&key);
@@ -435,7 +441,7 @@ async fn record_synced(
         .into_iter()
         .flatten()
         .min();
-    Ok(Action::requeue(next.unwrap_or(recheck)))
+    Ok(Next::After(next.unwrap_or(recheck)))
 }
 
 fn ping_policy(ctx: &Context) -> state::PingPolicy {

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Waits shorter than this stay with kube's scheduler.
-pub const SHORT: Duration = Duration::from_secs(5);
+/// Waits shorter than this stay with kube's scheduler: retries after a lost write and the like, which
+/// come and go within the second.
+pub const SHORT: Duration = Duration::from_secs(1);
 
 /// When a reconcile wants to see its object again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,8 @@
 //! its buffers, its dispatch channel and, on a real API server, its TLS session: about 1 MB the idle
 //! operator held for a minute and a half. Here the pool keeps at most `max_idle` connections per
 //! API server and closes one idle for `idle_timeout`; the service stack around it is kube's own
-//! (base URI, retries, credentials, extra headers, connect/read/write timeouts).
+//! (base URI, retries, credentials, extra headers, connect/read/write timeouts), without kube's
+//! debug-level span per HTTP request (the controllers log their own requests' failures).
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
